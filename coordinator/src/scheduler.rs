@@ -1,0 +1,1 @@
+//! Placement decisions (in progress).

@@ -1,0 +1,1 @@
+//! Wire ↔ domain conversions.

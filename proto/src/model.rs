@@ -1,0 +1,585 @@
+//! Domain types shared by the coordinator, the agent and the CLI.
+//!
+//! These are what the code reasons about; the generated wire types in [`crate::pb`] only exist
+//! at process boundaries and convert into these with checks (see [`crate::convert`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// CPU and memory, as reserved by an allocation or offered by a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in millicores (1000 = one core).
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Resources {
+    /// Resources of `self` plus `other`, saturating.
+    pub fn plus(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    /// Resources of `self` minus `other`, saturating at zero.
+    pub fn minus(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+        }
+    }
+
+    /// Whether every dimension of `self` is at most the one of `other`.
+    pub fn fits_in(self, other: Resources) -> bool {
+        self.cpu_millis <= other.cpu_millis && self.memory_bytes <= other.memory_bytes
+    }
+}
+
+/// Transport protocol of a port. Only TCP is routed today.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+}
+
+/// One port a service's containers listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Optional name, unique within the service.
+    pub name: Option<String>,
+    /// Port the process listens on inside the container.
+    pub container_port: u16,
+    /// Port every node's service proxy listens on for this service (the published port).
+    pub service_port: Option<u16>,
+    /// Fixed host port on the node; `None` lets the engine choose one. A fixed host port
+    /// means two replicas can never share a node.
+    pub host_port: Option<u16>,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// How a health check probes a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeAction {
+    /// A TCP connect to the container port succeeds.
+    Tcp {
+        /// Container port to connect to.
+        port: u16,
+    },
+    /// An HTTP GET answers 2xx or 3xx.
+    Http {
+        /// Container port.
+        port: u16,
+        /// Request path, starting with `/`.
+        path: String,
+    },
+    /// A command run inside the container exits 0.
+    Exec {
+        /// Command and arguments.
+        command: Vec<String>,
+    },
+}
+
+/// A periodic health check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What to probe.
+    pub action: ProbeAction,
+    /// Time between probes.
+    pub interval: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes before the replica counts as healthy.
+    pub success_threshold: u32,
+    /// Consecutive failures before the replica counts as unhealthy.
+    pub failure_threshold: u32,
+    /// Grace period after start during which failures do not count.
+    pub start_period: Duration,
+}
+
+impl HealthCheck {
+    /// A check with the defaults Kubernetes uses for probes (10 s, 1 s, 1, 3, no start period).
+    pub fn with_defaults(action: ProbeAction) -> HealthCheck {
+        HealthCheck {
+            action,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 3,
+            start_period: Duration::ZERO,
+        }
+    }
+}
+
+/// When a container that exited is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartMode {
+    /// Always restart, whatever the exit code.
+    #[default]
+    Always,
+    /// Restart only on a non-zero exit code.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// Restart behaviour of a service's replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub mode: RestartMode,
+    /// Restarts attempted before the allocation is `failed` and replaced elsewhere.
+    pub max_attempts: u32,
+    /// First backoff delay; it doubles on every restart.
+    pub initial_backoff: Duration,
+    /// Ceiling of the backoff delay.
+    pub max_backoff: Duration,
+    /// A container that ran this long resets the backoff and the attempt count.
+    pub reset_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            mode: RestartMode::Always,
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            reset_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Operator of a label constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintOp {
+    /// Label equals the single value.
+    Eq,
+    /// Label is absent or differs from the single value.
+    NotEq,
+    /// Label is one of the values.
+    In,
+    /// Label is absent or none of the values.
+    NotIn,
+    /// Label is present, whatever its value.
+    Exists,
+    /// Label is absent.
+    DoesNotExist,
+}
+
+/// A constraint on node labels that a node must satisfy to run a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LabelConstraint {
+    /// Label key.
+    pub key: String,
+    /// Operator.
+    pub op: ConstraintOp,
+    /// Values the operator compares with (one for `eq`/`not_eq`, none for the existence tests).
+    pub values: Vec<String>,
+}
+
+impl LabelConstraint {
+    /// Whether a node with `labels` satisfies this constraint.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match self.op {
+            ConstraintOp::Eq | ConstraintOp::In => value.is_some_and(|v| self.values.contains(v)),
+            ConstraintOp::NotEq | ConstraintOp::NotIn => {
+                value.is_none_or(|v| !self.values.contains(v))
+            }
+            ConstraintOp::Exists => value.is_some(),
+            ConstraintOp::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+impl fmt::Display for LabelConstraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let values = self.values.join(",");
+        match self.op {
+            ConstraintOp::Eq => write!(f, "{}={}", self.key, values),
+            ConstraintOp::NotEq => write!(f, "{}!={}", self.key, values),
+            ConstraintOp::In => write!(f, "{} in ({})", self.key, values),
+            ConstraintOp::NotIn => write!(f, "{} notin ({})", self.key, values),
+            ConstraintOp::Exists => write!(f, "{}", self.key),
+            ConstraintOp::DoesNotExist => write!(f, "!{}", self.key),
+        }
+    }
+}
+
+/// How replicas are scored across feasible nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpreadMode {
+    /// Fewest replicas of this service first, then least allocated node.
+    #[default]
+    Spread,
+    /// Fewest replicas of this service first, then most allocated node (pack nodes full).
+    BinPack,
+}
+
+/// Where replicas may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    /// Every constraint must hold on a node.
+    pub constraints: Vec<LabelConstraint>,
+    /// Scoring among feasible nodes.
+    pub spread: SpreadMode,
+}
+
+/// How a new revision replaces the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpdateStrategy {
+    /// Replicas started above the desired count during an update.
+    pub max_surge: u32,
+    /// Replicas that may be unavailable during an update.
+    pub max_unavailable: u32,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        UpdateStrategy {
+            max_surge: 1,
+            max_unavailable: 0,
+        }
+    }
+}
+
+/// How a service proxy picks a replica for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on active connections, weighted.
+    LeastConn,
+}
+
+impl Strategy {
+    /// The manifest spelling of the strategy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Random => "random",
+            Strategy::LeastConn => "least_conn",
+        }
+    }
+}
+
+/// Traffic policy of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Replica selection strategy.
+    pub strategy: Strategy,
+    /// Weight per revision number; empty means all traffic to the newest revision.
+    pub revision_weights: BTreeMap<u64, u32>,
+}
+
+/// Everything an operator declares about a service. Parsed from manifests, validated, stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// DNS-1123 label, unique in the cluster.
+    pub name: String,
+    /// Container image reference.
+    pub image: String,
+    /// Entrypoint override; empty keeps the image's.
+    pub command: Vec<String>,
+    /// Arguments override; empty keeps the image's.
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Desired number of replicas.
+    pub replicas: u32,
+    /// Resources reserved per replica (and enforced as limits).
+    pub resources: Resources,
+    /// Ports the container listens on.
+    pub ports: Vec<PortSpec>,
+    /// Readiness: a replica receives traffic only while this passes.
+    pub health: Option<HealthCheck>,
+    /// Liveness: a replica whose check fails is restarted.
+    pub liveness: Option<HealthCheck>,
+    /// Restart behaviour.
+    pub restart: RestartPolicy,
+    /// Placement constraints and scoring.
+    pub placement: Placement,
+    /// Update strategy for new revisions.
+    pub update: UpdateStrategy,
+    /// Traffic policy.
+    pub traffic: Traffic,
+    /// Time a container gets between SIGTERM and SIGKILL.
+    pub stop_grace_period: Duration,
+    /// Stop the replicas of this service after this long without the coordinator.
+    pub stop_after_disconnect: Option<Duration>,
+    /// Free-form labels (from the manifest's metadata).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ServiceSpec {
+    /// A spec with defaults for everything but the name and image.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            image: image.into(),
+            command: Vec::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            replicas: 1,
+            resources: Resources::default(),
+            ports: Vec::new(),
+            health: None,
+            liveness: None,
+            restart: RestartPolicy::default(),
+            placement: Placement::default(),
+            update: UpdateStrategy::default(),
+            traffic: Traffic::default(),
+            stop_grace_period: Duration::from_secs(10),
+            stop_after_disconnect: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `other` differs from `self` in what its containers run (anything but the
+    /// replica count and the traffic policy). Such a change makes a new revision.
+    pub fn template_differs(&self, other: &ServiceSpec) -> bool {
+        let strip = |spec: &ServiceSpec| ServiceSpec {
+            replicas: 0,
+            traffic: Traffic::default(),
+            ..spec.clone()
+        };
+        strip(self) != strip(other)
+    }
+
+    /// Host ports that a replica of this spec occupies on its node.
+    pub fn host_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.iter().filter_map(|p| p.host_port)
+    }
+}
+
+/// What the coordinator wants of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    /// Keep it running.
+    Run,
+    /// Stop it and remove its container.
+    Stop,
+}
+
+/// State of an allocation as its agent reports it (plus `Lost`, which the coordinator sets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocState {
+    /// Placed, not yet reported by the agent.
+    #[default]
+    Pending,
+    /// Container being created or started.
+    Starting,
+    /// Running, readiness not yet passed (or no readiness check).
+    Running,
+    /// Running and passing its readiness check.
+    Healthy,
+    /// Running and failing its readiness check.
+    Unhealthy,
+    /// Gave up after restarts, or could not be created.
+    Failed,
+    /// Stopped on purpose.
+    Stopped,
+    /// Its node is down.
+    Lost,
+}
+
+impl AllocState {
+    /// The lowercase name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocState::Pending => "pending",
+            AllocState::Starting => "starting",
+            AllocState::Running => "running",
+            AllocState::Healthy => "healthy",
+            AllocState::Unhealthy => "unhealthy",
+            AllocState::Failed => "failed",
+            AllocState::Stopped => "stopped",
+            AllocState::Lost => "lost",
+        }
+    }
+
+    /// Whether the allocation has ended and will not run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            AllocState::Failed | AllocState::Stopped | AllocState::Lost
+        )
+    }
+}
+
+impl fmt::Display for AllocState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One replica of one revision of a service, placed on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Unique, never reused.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// Spec revision the replica runs.
+    pub revision: u64,
+    /// Node it is placed on.
+    pub node: String,
+    /// Resources reserved on the node.
+    pub resources: Resources,
+    /// What the coordinator wants.
+    pub desired: DesiredState,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// What an agent last reported about an allocation. Not durable: rebuilt from agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocStatus {
+    /// Observed state.
+    pub state: AllocState,
+    /// Why it is in that state, when there is something to say.
+    pub message: String,
+    /// Container id in the engine.
+    pub container_id: String,
+    /// Times the agent restarted the container.
+    pub restarts: u32,
+    /// Host ports published, container port → host port.
+    pub host_ports: BTreeMap<u16, u16>,
+    /// Last measured usage.
+    pub usage: Resources,
+}
+
+/// A node as its agent describes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Stable node id.
+    pub id: String,
+    /// Changes on every agent start.
+    pub generation: u64,
+    /// Address other nodes and clients reach it on.
+    pub address: String,
+    /// Resources available to workloads (host reservation already taken off).
+    pub capacity: Resources,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Operator flags on a node; durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFlags {
+    /// No new placements.
+    pub cordoned: bool,
+    /// Allocations are being moved away.
+    pub draining: bool,
+}
+
+/// Whether a node can take work, as the coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHealth {
+    /// Connected and alive.
+    Ready,
+    /// Not connected to this coordinator.
+    Disconnected,
+    /// Declared dead.
+    Down,
+}
+
+impl NodeHealth {
+    /// The lowercase name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeHealth::Ready => "ready",
+            NodeHealth::Disconnected => "disconnected",
+            NodeHealth::Down => "down",
+        }
+    }
+}
+
+/// Bytes as a short human string with binary units ("512 MiB", "2 GiB").
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 || unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Millicores as a short human string ("500m", "2").
+pub fn format_cpu(millis: u64) -> String {
+    if millis % 1000 == 0 {
+        format!("{}", millis / 1000)
+    } else {
+        format!("{millis}m")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraint_operators() {
+        let labels: BTreeMap<String, String> =
+            [("zone".to_string(), "a".to_string())].into_iter().collect();
+        let c = |op, values: &[&str]| LabelConstraint {
+            key: "zone".into(),
+            op,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        assert!(c(ConstraintOp::Eq, &["a"]).matches(&labels));
+        assert!(!c(ConstraintOp::Eq, &["b"]).matches(&labels));
+        assert!(c(ConstraintOp::NotEq, &["b"]).matches(&labels));
+        assert!(c(ConstraintOp::In, &["b", "a"]).matches(&labels));
+        assert!(!c(ConstraintOp::NotIn, &["a"]).matches(&labels));
+        assert!(c(ConstraintOp::Exists, &[]).matches(&labels));
+        assert!(!c(ConstraintOp::DoesNotExist, &[]).matches(&labels));
+        assert!(c(ConstraintOp::NotEq, &["a"]).matches(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn replicas_and_traffic_do_not_make_a_revision() {
+        let a = ServiceSpec::new("web", "nginx");
+        let mut b = a.clone();
+        b.replicas = 7;
+        b.traffic.strategy = Strategy::Random;
+        assert!(!a.template_differs(&b));
+        b.image = "nginx:2".into();
+        assert!(a.template_differs(&b));
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(format_bytes(2 << 30), "2 GiB");
+        assert_eq!(format_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(format_bytes(100), "100 B");
+        assert_eq!(format_cpu(500), "500m");
+        assert_eq!(format_cpu(2000), "2");
+    }
+}
