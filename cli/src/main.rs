@@ -1,1 +1,162 @@
-fn main() {}
+//! `drover`: the operator's command line.
+
+mod client;
+mod commands;
+mod files;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+/// Drover: run containerised services on plain Linux hosts.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// Coordinator gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update services from manifests (Drover's own or Kubernetes Deployment + Service).
+    Apply {
+        /// Manifest file, directory of *.yaml/*.yml files, or - for standard input. Repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        /// Validate on the coordinator without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete a service and stop its replicas.
+    Delete {
+        /// Service name.
+        service: String,
+    },
+    /// List objects.
+    Get {
+        /// What to list.
+        #[arg(value_enum)]
+        what: GetWhat,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show a service: its revisions and where its replicas run.
+    Status {
+        /// Service name.
+        service: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// List nodes with their state and load.
+    Nodes {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Stop placing new replicas on a node.
+    Cordon {
+        /// Node id.
+        node: String,
+    },
+    /// Allow placements on a node again.
+    Uncordon {
+        /// Node id.
+        node: String,
+    },
+    /// Move a node's replicas elsewhere, then leave it cordoned.
+    Drain {
+        /// Node id.
+        node: String,
+    },
+    /// Set a service's replica count.
+    Scale {
+        /// Service name.
+        service: String,
+        /// Number of replicas.
+        replicas: u32,
+    },
+    /// Set traffic weights between a service's revisions, e.g. `drover weights web 1=90 2=10`.
+    Weights {
+        /// Service name.
+        service: String,
+        /// REVISION=WEIGHT pairs.
+        #[arg(required = true, value_parser = commands::parse_weight)]
+        weights: Vec<(u64, u32)>,
+    },
+    /// Show cluster events.
+    Events {
+        /// Start from this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep following new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// Objects `drover get` lists.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GetWhat {
+    /// Services.
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    /// Nodes.
+    #[value(alias = "node", alias = "no")]
+    Nodes,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let target = cli.coordinator;
+    match cli.command {
+        Command::Apply { files, dry_run } => commands::apply(&target, &files, dry_run).await,
+        Command::Delete { service } => commands::delete(&target, &service).await,
+        Command::Get {
+            what: GetWhat::Services,
+            output,
+        } => commands::services(&target, output).await,
+        Command::Get {
+            what: GetWhat::Nodes,
+            output,
+        }
+        | Command::Nodes { output } => commands::nodes(&target, output).await,
+        Command::Status { service, output } => commands::status(&target, &service, output).await,
+        Command::Cordon { node } => commands::node_action(&target, &node, "cordon").await,
+        Command::Uncordon { node } => commands::node_action(&target, &node, "uncordon").await,
+        Command::Drain { node } => commands::node_action(&target, &node, "drain").await,
+        Command::Scale { service, replicas } => commands::scale(&target, &service, replicas).await,
+        Command::Weights { service, weights } => {
+            commands::weights(&target, &service, weights).await
+        }
+        Command::Events {
+            since,
+            follow,
+            output,
+        } => commands::events(&target, since, follow, output).await,
+    }
+}

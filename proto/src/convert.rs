@@ -1,1 +1,733 @@
-//! Wire ↔ domain conversions.
+//! Conversions between wire types ([`crate::pb`]) and domain types ([`crate::model`]).
+//!
+//! Domain → wire never fails. Wire → domain checks that required fields are present and
+//! values are in range, and names the field that is not.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::model::{
+    AllocState, AllocStatus, Allocation, ConstraintOp, DesiredState, HealthCheck, LabelConstraint,
+    NodeHealth, NodeInfo, Placement, PortSpec, ProbeAction, Protocol, Resources, RestartMode,
+    RestartPolicy, ServiceSpec, SpreadMode, Strategy, Traffic, UpdateStrategy,
+};
+use crate::pb;
+
+/// A wire message that cannot become a domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {message}.{field}: {reason}")]
+pub struct ConvertError {
+    /// Message type, e.g. `ServiceSpec`.
+    pub message: &'static str,
+    /// Field path within it.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ConvertError {
+    fn new(message: &'static str, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConvertError {
+            message,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn missing(message: &'static str, field: &str) -> Self {
+        ConvertError::new(message, field, "required field is missing")
+    }
+
+    fn in_field(self, parent: &'static str, field: &str) -> Self {
+        ConvertError {
+            message: parent,
+            field: format!("{field}.{}", self.field),
+            reason: self.reason,
+        }
+    }
+}
+
+fn port(message: &'static str, field: &str, value: u32) -> Result<u16, ConvertError> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConvertError::new(
+            message,
+            field,
+            format!("port {value} is outside 1..65535"),
+        )),
+    }
+}
+
+fn ms(value: Duration) -> u64 {
+    u64::try_from(value.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<Resources> for pb::Resources {
+    fn from(r: Resources) -> Self {
+        pb::Resources {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        }
+    }
+}
+
+impl From<pb::Resources> for Resources {
+    fn from(r: pb::Resources) -> Self {
+        Resources {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        }
+    }
+}
+
+fn resources(r: Option<pb::Resources>) -> Resources {
+    r.map(Resources::from).unwrap_or_default()
+}
+
+impl From<&PortSpec> for pb::PortSpec {
+    fn from(p: &PortSpec) -> Self {
+        pb::PortSpec {
+            name: p.name.clone(),
+            container_port: p.container_port.into(),
+            service_port: p.service_port.map(u32::from),
+            host_port: p.host_port.map(u32::from),
+            protocol: pb::Protocol::Tcp.into(),
+        }
+    }
+}
+
+impl TryFrom<pb::PortSpec> for PortSpec {
+    type Error = ConvertError;
+
+    fn try_from(p: pb::PortSpec) -> Result<Self, ConvertError> {
+        const M: &str = "PortSpec";
+        let protocol = match pb::Protocol::try_from(p.protocol) {
+            Ok(pb::Protocol::Tcp | pb::Protocol::Unspecified) => Protocol::Tcp,
+            Err(_) => {
+                return Err(ConvertError::new(
+                    M,
+                    "protocol",
+                    format!("unknown protocol {}", p.protocol),
+                ));
+            }
+        };
+        Ok(PortSpec {
+            name: p.name,
+            container_port: port(M, "container_port", p.container_port)?,
+            service_port: p
+                .service_port
+                .map(|v| port(M, "service_port", v))
+                .transpose()?,
+            host_port: p.host_port.map(|v| port(M, "host_port", v)).transpose()?,
+            protocol,
+        })
+    }
+}
+
+impl From<&HealthCheck> for pb::HealthCheck {
+    fn from(h: &HealthCheck) -> Self {
+        let action = match &h.action {
+            ProbeAction::Tcp { port } => pb::health_check::Action::Tcp(pb::TcpProbe {
+                port: (*port).into(),
+            }),
+            ProbeAction::Http { port, path } => pb::health_check::Action::Http(pb::HttpProbe {
+                port: (*port).into(),
+                path: path.clone(),
+            }),
+            ProbeAction::Exec { command } => pb::health_check::Action::Exec(pb::ExecProbe {
+                command: command.clone(),
+            }),
+        };
+        pb::HealthCheck {
+            action: Some(action),
+            interval_ms: ms(h.interval),
+            timeout_ms: ms(h.timeout),
+            success_threshold: h.success_threshold,
+            failure_threshold: h.failure_threshold,
+            start_period_ms: ms(h.start_period),
+        }
+    }
+}
+
+impl TryFrom<pb::HealthCheck> for HealthCheck {
+    type Error = ConvertError;
+
+    fn try_from(h: pb::HealthCheck) -> Result<Self, ConvertError> {
+        const M: &str = "HealthCheck";
+        let action = match h.action {
+            Some(pb::health_check::Action::Tcp(t)) => ProbeAction::Tcp {
+                port: port(M, "tcp.port", t.port)?,
+            },
+            Some(pb::health_check::Action::Http(t)) => ProbeAction::Http {
+                port: port(M, "http.port", t.port)?,
+                path: t.path,
+            },
+            Some(pb::health_check::Action::Exec(e)) => ProbeAction::Exec { command: e.command },
+            None => return Err(ConvertError::missing(M, "action")),
+        };
+        Ok(HealthCheck {
+            action,
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+            success_threshold: h.success_threshold,
+            failure_threshold: h.failure_threshold,
+            start_period: Duration::from_millis(h.start_period_ms),
+        })
+    }
+}
+
+impl From<&RestartPolicy> for pb::RestartPolicy {
+    fn from(r: &RestartPolicy) -> Self {
+        let mode = match r.mode {
+            RestartMode::Always => pb::RestartMode::Always,
+            RestartMode::OnFailure => pb::RestartMode::OnFailure,
+            RestartMode::Never => pb::RestartMode::Never,
+        };
+        pb::RestartPolicy {
+            mode: mode.into(),
+            max_attempts: r.max_attempts,
+            initial_backoff_ms: ms(r.initial_backoff),
+            max_backoff_ms: ms(r.max_backoff),
+            reset_after_ms: ms(r.reset_after),
+        }
+    }
+}
+
+impl TryFrom<pb::RestartPolicy> for RestartPolicy {
+    type Error = ConvertError;
+
+    fn try_from(r: pb::RestartPolicy) -> Result<Self, ConvertError> {
+        let mode = match pb::RestartMode::try_from(r.mode) {
+            Ok(pb::RestartMode::Always | pb::RestartMode::Unspecified) => RestartMode::Always,
+            Ok(pb::RestartMode::OnFailure) => RestartMode::OnFailure,
+            Ok(pb::RestartMode::Never) => RestartMode::Never,
+            Err(_) => {
+                return Err(ConvertError::new(
+                    "RestartPolicy",
+                    "mode",
+                    format!("unknown restart mode {}", r.mode),
+                ));
+            }
+        };
+        Ok(RestartPolicy {
+            mode,
+            max_attempts: r.max_attempts,
+            initial_backoff: Duration::from_millis(r.initial_backoff_ms),
+            max_backoff: Duration::from_millis(r.max_backoff_ms),
+            reset_after: Duration::from_millis(r.reset_after_ms),
+        })
+    }
+}
+
+fn op_to_pb(op: ConstraintOp) -> pb::ConstraintOp {
+    match op {
+        ConstraintOp::Eq => pb::ConstraintOp::Eq,
+        ConstraintOp::NotEq => pb::ConstraintOp::NotEq,
+        ConstraintOp::In => pb::ConstraintOp::In,
+        ConstraintOp::NotIn => pb::ConstraintOp::NotIn,
+        ConstraintOp::Exists => pb::ConstraintOp::Exists,
+        ConstraintOp::DoesNotExist => pb::ConstraintOp::DoesNotExist,
+    }
+}
+
+impl TryFrom<pb::LabelConstraint> for LabelConstraint {
+    type Error = ConvertError;
+
+    fn try_from(c: pb::LabelConstraint) -> Result<Self, ConvertError> {
+        const M: &str = "LabelConstraint";
+        let op = match pb::ConstraintOp::try_from(c.op) {
+            Ok(pb::ConstraintOp::Eq) => ConstraintOp::Eq,
+            Ok(pb::ConstraintOp::NotEq) => ConstraintOp::NotEq,
+            Ok(pb::ConstraintOp::In) => ConstraintOp::In,
+            Ok(pb::ConstraintOp::NotIn) => ConstraintOp::NotIn,
+            Ok(pb::ConstraintOp::Exists) => ConstraintOp::Exists,
+            Ok(pb::ConstraintOp::DoesNotExist) => ConstraintOp::DoesNotExist,
+            Ok(pb::ConstraintOp::Unspecified) => return Err(ConvertError::missing(M, "op")),
+            Err(_) => {
+                return Err(ConvertError::new(
+                    M,
+                    "op",
+                    format!("unknown operator {}", c.op),
+                ));
+            }
+        };
+        if c.key.is_empty() {
+            return Err(ConvertError::missing(M, "key"));
+        }
+        Ok(LabelConstraint {
+            key: c.key,
+            op,
+            values: c.values,
+        })
+    }
+}
+
+/// Domain strategy to its wire enum.
+pub fn strategy_to_pb(s: Strategy) -> pb::Strategy {
+    match s {
+        Strategy::RoundRobin => pb::Strategy::RoundRobin,
+        Strategy::Random => pb::Strategy::Random,
+        Strategy::LeastConn => pb::Strategy::LeastConn,
+    }
+}
+
+/// Wire strategy to the domain; unspecified means the default, round robin.
+pub fn strategy_from_pb(value: i32) -> Result<Strategy, ConvertError> {
+    match pb::Strategy::try_from(value) {
+        Ok(pb::Strategy::RoundRobin | pb::Strategy::Unspecified) => Ok(Strategy::RoundRobin),
+        Ok(pb::Strategy::Random) => Ok(Strategy::Random),
+        Ok(pb::Strategy::LeastConn) => Ok(Strategy::LeastConn),
+        Err(_) => Err(ConvertError::new(
+            "Traffic",
+            "strategy",
+            format!("unknown strategy {value}"),
+        )),
+    }
+}
+
+impl From<&ServiceSpec> for pb::ServiceSpec {
+    fn from(s: &ServiceSpec) -> Self {
+        pb::ServiceSpec {
+            name: s.name.clone(),
+            image: s.image.clone(),
+            command: s.command.clone(),
+            args: s.args.clone(),
+            env: s.env.clone().into_iter().collect(),
+            replicas: s.replicas,
+            resources: Some(s.resources.into()),
+            ports: s.ports.iter().map(Into::into).collect(),
+            health: s.health.as_ref().map(Into::into),
+            liveness: s.liveness.as_ref().map(Into::into),
+            restart: Some((&s.restart).into()),
+            placement: Some(pb::Placement {
+                constraints: s
+                    .placement
+                    .constraints
+                    .iter()
+                    .map(|c| pb::LabelConstraint {
+                        key: c.key.clone(),
+                        op: op_to_pb(c.op).into(),
+                        values: c.values.clone(),
+                    })
+                    .collect(),
+                spread: match s.placement.spread {
+                    SpreadMode::Spread => pb::SpreadMode::Spread,
+                    SpreadMode::BinPack => pb::SpreadMode::BinPack,
+                }
+                .into(),
+            }),
+            update: Some(pb::UpdateStrategy {
+                max_surge: s.update.max_surge,
+                max_unavailable: s.update.max_unavailable,
+            }),
+            traffic: Some(pb::Traffic {
+                strategy: strategy_to_pb(s.traffic.strategy).into(),
+                revision_weights: s.traffic.revision_weights.clone().into_iter().collect(),
+            }),
+            stop_grace_period_ms: ms(s.stop_grace_period),
+            stop_after_disconnect_ms: s.stop_after_disconnect.map(ms),
+            labels: s.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ServiceSpec> for ServiceSpec {
+    type Error = ConvertError;
+
+    fn try_from(s: pb::ServiceSpec) -> Result<Self, ConvertError> {
+        const M: &str = "ServiceSpec";
+        if s.name.is_empty() {
+            return Err(ConvertError::missing(M, "name"));
+        }
+        if s.image.is_empty() {
+            return Err(ConvertError::missing(M, "image"));
+        }
+        let ports = s
+            .ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| PortSpec::try_from(p).map_err(|e| e.in_field(M, &format!("ports[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let health = s
+            .health
+            .map(HealthCheck::try_from)
+            .transpose()
+            .map_err(|e| e.in_field(M, "health"))?;
+        let liveness = s
+            .liveness
+            .map(HealthCheck::try_from)
+            .transpose()
+            .map_err(|e| e.in_field(M, "liveness"))?;
+        let restart = s
+            .restart
+            .map(RestartPolicy::try_from)
+            .transpose()
+            .map_err(|e| e.in_field(M, "restart"))?
+            .unwrap_or_default();
+        let placement = match s.placement {
+            Some(p) => Placement {
+                constraints: p
+                    .constraints
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        LabelConstraint::try_from(c)
+                            .map_err(|e| e.in_field(M, &format!("placement.constraints[{i}]")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                spread: match pb::SpreadMode::try_from(p.spread) {
+                    Ok(pb::SpreadMode::BinPack) => SpreadMode::BinPack,
+                    Ok(_) => SpreadMode::Spread,
+                    Err(_) => {
+                        return Err(ConvertError::new(
+                            M,
+                            "placement.spread",
+                            format!("unknown spread mode {}", p.spread),
+                        ));
+                    }
+                },
+            },
+            None => Placement::default(),
+        };
+        let traffic = match s.traffic {
+            Some(t) => Traffic {
+                strategy: strategy_from_pb(t.strategy).map_err(|e| e.in_field(M, "traffic"))?,
+                revision_weights: t.revision_weights.into_iter().collect(),
+            },
+            None => Traffic::default(),
+        };
+        Ok(ServiceSpec {
+            name: s.name,
+            image: s.image,
+            command: s.command,
+            args: s.args,
+            env: s.env.into_iter().collect(),
+            replicas: s.replicas,
+            resources: resources(s.resources),
+            ports,
+            health,
+            liveness,
+            restart,
+            placement,
+            update: s
+                .update
+                .map(|u| UpdateStrategy {
+                    max_surge: u.max_surge,
+                    max_unavailable: u.max_unavailable,
+                })
+                .unwrap_or_default(),
+            traffic,
+            stop_grace_period: Duration::from_millis(s.stop_grace_period_ms),
+            stop_after_disconnect: s.stop_after_disconnect_ms.map(Duration::from_millis),
+            labels: s.labels.into_iter().collect(),
+        })
+    }
+}
+
+impl From<&Allocation> for pb::Allocation {
+    fn from(a: &Allocation) -> Self {
+        pb::Allocation {
+            id: a.id.clone(),
+            service: a.service.clone(),
+            revision: a.revision,
+            node: a.node.clone(),
+            resources: Some(a.resources.into()),
+            desired: match a.desired {
+                DesiredState::Run => pb::DesiredState::Run,
+                DesiredState::Stop => pb::DesiredState::Stop,
+            }
+            .into(),
+            created_unix_ms: a.created_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::Allocation> for Allocation {
+    type Error = ConvertError;
+
+    fn try_from(a: pb::Allocation) -> Result<Self, ConvertError> {
+        const M: &str = "Allocation";
+        for (field, value) in [("id", &a.id), ("service", &a.service), ("node", &a.node)] {
+            if value.is_empty() {
+                return Err(ConvertError::missing(M, field));
+            }
+        }
+        let desired = match pb::DesiredState::try_from(a.desired) {
+            Ok(pb::DesiredState::Run) => DesiredState::Run,
+            Ok(pb::DesiredState::Stop) => DesiredState::Stop,
+            _ => {
+                return Err(ConvertError::new(
+                    M,
+                    "desired",
+                    format!("must be run or stop, got {}", a.desired),
+                ));
+            }
+        };
+        Ok(Allocation {
+            id: a.id,
+            service: a.service,
+            revision: a.revision,
+            node: a.node,
+            resources: resources(a.resources),
+            desired,
+            created_unix_ms: a.created_unix_ms,
+        })
+    }
+}
+
+/// Domain allocation state to its wire enum.
+pub fn alloc_state_to_pb(s: AllocState) -> pb::AllocState {
+    match s {
+        AllocState::Pending => pb::AllocState::Pending,
+        AllocState::Starting => pb::AllocState::Starting,
+        AllocState::Running => pb::AllocState::Running,
+        AllocState::Healthy => pb::AllocState::Healthy,
+        AllocState::Unhealthy => pb::AllocState::Unhealthy,
+        AllocState::Failed => pb::AllocState::Failed,
+        AllocState::Stopped => pb::AllocState::Stopped,
+        AllocState::Lost => pb::AllocState::Lost,
+    }
+}
+
+impl From<&AllocStatus> for pb::AllocStatus {
+    fn from(s: &AllocStatus) -> Self {
+        pb::AllocStatus {
+            state: alloc_state_to_pb(s.state).into(),
+            message: s.message.clone(),
+            container_id: s.container_id.clone(),
+            restarts: s.restarts,
+            host_ports: s
+                .host_ports
+                .iter()
+                .map(|(c, h)| (u32::from(*c), u32::from(*h)))
+                .collect(),
+            usage: Some(s.usage.into()),
+        }
+    }
+}
+
+impl TryFrom<pb::AllocStatus> for AllocStatus {
+    type Error = ConvertError;
+
+    fn try_from(s: pb::AllocStatus) -> Result<Self, ConvertError> {
+        const M: &str = "AllocStatus";
+        let state = match pb::AllocState::try_from(s.state) {
+            Ok(pb::AllocState::Pending) => AllocState::Pending,
+            Ok(pb::AllocState::Starting) => AllocState::Starting,
+            Ok(pb::AllocState::Running) => AllocState::Running,
+            Ok(pb::AllocState::Healthy) => AllocState::Healthy,
+            Ok(pb::AllocState::Unhealthy) => AllocState::Unhealthy,
+            Ok(pb::AllocState::Failed) => AllocState::Failed,
+            Ok(pb::AllocState::Stopped) => AllocState::Stopped,
+            Ok(pb::AllocState::Lost) => AllocState::Lost,
+            Ok(pb::AllocState::Unspecified) => return Err(ConvertError::missing(M, "state")),
+            Err(_) => {
+                return Err(ConvertError::new(
+                    M,
+                    "state",
+                    format!("unknown state {}", s.state),
+                ));
+            }
+        };
+        let host_ports = s
+            .host_ports
+            .into_iter()
+            .map(|(c, h)| {
+                Ok((
+                    port(M, "host_ports.key", c)?,
+                    port(M, "host_ports.value", h)?,
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>, ConvertError>>()?;
+        Ok(AllocStatus {
+            state,
+            message: s.message,
+            container_id: s.container_id,
+            restarts: s.restarts,
+            host_ports,
+            usage: resources(s.usage),
+        })
+    }
+}
+
+impl From<&NodeInfo> for pb::NodeInfo {
+    fn from(n: &NodeInfo) -> Self {
+        pb::NodeInfo {
+            id: n.id.clone(),
+            generation: n.generation,
+            address: n.address.clone(),
+            capacity: Some(n.capacity.into()),
+            labels: n.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::NodeInfo> for NodeInfo {
+    type Error = ConvertError;
+
+    fn try_from(n: pb::NodeInfo) -> Result<Self, ConvertError> {
+        const M: &str = "NodeInfo";
+        if n.id.is_empty() {
+            return Err(ConvertError::missing(M, "id"));
+        }
+        if n.address.is_empty() {
+            return Err(ConvertError::missing(M, "address"));
+        }
+        let capacity = n
+            .capacity
+            .ok_or_else(|| ConvertError::missing(M, "capacity"))?;
+        Ok(NodeInfo {
+            id: n.id,
+            generation: n.generation,
+            address: n.address,
+            capacity: capacity.into(),
+            labels: n.labels.into_iter().collect(),
+        })
+    }
+}
+
+/// Domain node health to its wire enum.
+pub fn node_health_to_pb(h: NodeHealth) -> pb::NodeHealth {
+    match h {
+        NodeHealth::Ready => pb::NodeHealth::Ready,
+        NodeHealth::Disconnected => pb::NodeHealth::Disconnected,
+        NodeHealth::Down => pb::NodeHealth::Down,
+    }
+}
+
+/// Wire node health to the domain.
+pub fn node_health_from_pb(value: i32) -> Result<NodeHealth, ConvertError> {
+    match pb::NodeHealth::try_from(value) {
+        Ok(pb::NodeHealth::Ready) => Ok(NodeHealth::Ready),
+        Ok(pb::NodeHealth::Disconnected) => Ok(NodeHealth::Disconnected),
+        Ok(pb::NodeHealth::Down) => Ok(NodeHealth::Down),
+        _ => Err(ConvertError::new(
+            "NodeStatus",
+            "health",
+            format!("unknown node health {value}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ProbeAction, SpreadMode};
+
+    fn full_spec() -> ServiceSpec {
+        let mut spec = ServiceSpec::new("web", "web:1");
+        spec.command = vec!["/bin/web".into()];
+        spec.args = vec!["--port".into(), "8080".into()];
+        spec.env.insert("A".into(), "1".into());
+        spec.replicas = 3;
+        spec.resources = Resources {
+            cpu_millis: 250,
+            memory_bytes: 64 << 20,
+        };
+        spec.ports.push(PortSpec {
+            name: Some("http".into()),
+            container_port: 8080,
+            service_port: Some(80),
+            host_port: Some(18080),
+            protocol: Protocol::Tcp,
+        });
+        spec.health = Some(HealthCheck::with_defaults(ProbeAction::Http {
+            port: 8080,
+            path: "/".into(),
+        }));
+        spec.liveness = Some(HealthCheck::with_defaults(ProbeAction::Exec {
+            command: vec!["true".into()],
+        }));
+        spec.placement.constraints.push(LabelConstraint {
+            key: "zone".into(),
+            op: ConstraintOp::In,
+            values: vec!["a".into(), "b".into()],
+        });
+        spec.placement.spread = SpreadMode::BinPack;
+        spec.traffic.strategy = Strategy::LeastConn;
+        spec.traffic.revision_weights.insert(1, 90);
+        spec.stop_after_disconnect = Some(Duration::from_secs(30));
+        spec.labels.insert("tier".into(), "front".into());
+        spec
+    }
+
+    #[test]
+    fn service_spec_round_trips() {
+        let spec = full_spec();
+        let wire = pb::ServiceSpec::from(&spec);
+        assert_eq!(ServiceSpec::try_from(wire), Ok(spec));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let mut wire = pb::ServiceSpec::from(&full_spec());
+        wire.image.clear();
+        let err = ServiceSpec::try_from(wire).expect_err("image is required");
+        assert_eq!(err.field, "image");
+
+        let mut wire = pb::ServiceSpec::from(&full_spec());
+        wire.ports[0].container_port = 70000;
+        let err = ServiceSpec::try_from(wire).expect_err("port out of range");
+        assert_eq!(err.field, "ports[0].container_port");
+        assert!(err.to_string().contains("70000"), "{err}");
+
+        let mut wire = pb::ServiceSpec::from(&full_spec());
+        wire.health.as_mut().expect("health set").action = None;
+        let err = ServiceSpec::try_from(wire).expect_err("probe action is required");
+        assert_eq!(err.field, "health.action");
+    }
+
+    #[test]
+    fn allocation_and_status_round_trip() {
+        let alloc = Allocation {
+            id: "web-1".into(),
+            service: "web".into(),
+            revision: 2,
+            node: "n1".into(),
+            resources: Resources {
+                cpu_millis: 1,
+                memory_bytes: 2,
+            },
+            desired: DesiredState::Stop,
+            created_unix_ms: 5,
+        };
+        assert_eq!(
+            Allocation::try_from(pb::Allocation::from(&alloc)),
+            Ok(alloc)
+        );
+        let status = AllocStatus {
+            state: AllocState::Healthy,
+            message: "ok".into(),
+            container_id: "c1".into(),
+            restarts: 2,
+            host_ports: [(8080, 32768)].into_iter().collect(),
+            usage: Resources::default(),
+        };
+        assert_eq!(
+            AllocStatus::try_from(pb::AllocStatus::from(&status)),
+            Ok(status)
+        );
+        let err = AllocStatus::try_from(pb::AllocStatus::default()).expect_err("state required");
+        assert_eq!(err.field, "state");
+    }
+
+    #[test]
+    fn node_info_requires_id_address_capacity() {
+        let mut wire = pb::NodeInfo {
+            id: "n1".into(),
+            generation: 1,
+            address: "127.0.0.1".into(),
+            capacity: None,
+            labels: Default::default(),
+        };
+        assert_eq!(
+            NodeInfo::try_from(wire.clone())
+                .expect_err("capacity")
+                .field,
+            "capacity"
+        );
+        wire.capacity = Some(pb::Resources::default());
+        wire.id.clear();
+        assert_eq!(NodeInfo::try_from(wire).expect_err("id").field, "id");
+    }
+}

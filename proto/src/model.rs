@@ -546,8 +546,9 @@ mod tests {
 
     #[test]
     fn constraint_operators() {
-        let labels: BTreeMap<String, String> =
-            [("zone".to_string(), "a".to_string())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())]
+            .into_iter()
+            .collect();
         let c = |op, values: &[&str]| LabelConstraint {
             key: "zone".into(),
             op,

@@ -1,0 +1,503 @@
+//! One function per command: call the coordinator, print the answer.
+
+use anyhow::Context;
+use drover_proto::convert::{node_health_from_pb, strategy_from_pb};
+use drover_proto::manifest;
+use drover_proto::model::{
+    AllocStatus, Allocation, NodeHealth, PortSpec, Resources, format_bytes, format_cpu,
+};
+use drover_proto::pb;
+use serde::Serialize;
+use tokio_stream::StreamExt;
+
+use crate::client::{connect, refused};
+use crate::files::read_manifests;
+use crate::output::{Format, age, now_unix_ms, print_json, print_table, table};
+
+/// Parses `REV=WEIGHT`.
+pub fn parse_weight(text: &str) -> Result<(u64, u32), String> {
+    let (rev, weight) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not REVISION=WEIGHT"))?;
+    let rev = rev
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("revision {rev:?} in {text:?} is not a number"))?;
+    let weight = weight
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("weight {weight:?} in {text:?} is not a non-negative integer"))?;
+    Ok((rev, weight))
+}
+
+pub async fn apply(target: &str, paths: &[String], dry_run: bool) -> anyhow::Result<()> {
+    let files = read_manifests(paths)?;
+    // Parsed and validated here first, so errors name files and documents; nothing is
+    // sent unless every document is valid.
+    let specs = manifest::parse_files(&files)?;
+    if specs.is_empty() {
+        anyhow::bail!("no services found in {}", paths.join(", "));
+    }
+    let mut client = connect(target).await?;
+    let response = client
+        .apply(pb::ApplyRequest {
+            services: specs.iter().map(Into::into).collect(),
+            dry_run,
+        })
+        .await
+        .map_err(|s| refused("apply refused", s))?
+        .into_inner();
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for result in response.results {
+        let change = match pb::ApplyChange::try_from(result.change) {
+            Ok(pb::ApplyChange::Created) => "created",
+            Ok(pb::ApplyChange::Updated) => "updated",
+            Ok(pb::ApplyChange::Unchanged) => "unchanged",
+            _ => "applied",
+        };
+        println!(
+            "service/{} {change} (revision {}){suffix}",
+            result.name, result.revision
+        );
+    }
+    Ok(())
+}
+
+pub async fn delete(target: &str, service: &str) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let response = client
+        .delete_service(pb::DeleteServiceRequest {
+            name: service.to_string(),
+        })
+        .await
+        .map_err(|s| refused(&format!("delete {service}"), s))?
+        .into_inner();
+    println!(
+        "service/{service} deleted ({} replicas stopping)",
+        response.stopped_allocations
+    );
+    Ok(())
+}
+
+/// A service as `get services` shows it.
+#[derive(Debug, Serialize)]
+struct ServiceRow {
+    name: String,
+    image: String,
+    revision: u64,
+    desired: u32,
+    placed: u32,
+    running: u32,
+    healthy: u32,
+    strategy: &'static str,
+    ports: Vec<String>,
+    revision_weights: std::collections::BTreeMap<u64, u32>,
+    placement_failure: Option<String>,
+}
+
+fn port_text(port: &pb::PortSpec) -> String {
+    let spec = PortSpec::try_from(port.clone());
+    match spec {
+        Ok(p) => match p.service_port {
+            Some(s) => format!("{s}->{}/tcp", p.container_port),
+            None => format!("{}/tcp", p.container_port),
+        },
+        Err(_) => format!("{}?", port.container_port),
+    }
+}
+
+fn service_row(s: pb::ServiceSummary) -> ServiceRow {
+    ServiceRow {
+        strategy: strategy_from_pb(s.strategy)
+            .map(|st| st.as_str())
+            .unwrap_or("unknown"),
+        ports: s.ports.iter().map(port_text).collect(),
+        revision_weights: s.revision_weights.into_iter().collect(),
+        placement_failure: Some(s.placement_failure).filter(|f| !f.is_empty()),
+        name: s.name,
+        image: s.image,
+        revision: s.revision,
+        desired: s.desired_replicas,
+        placed: s.placed,
+        running: s.running,
+        healthy: s.healthy,
+    }
+}
+
+pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let response = client
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .map_err(|s| refused("list services", s))?
+        .into_inner();
+    let rows: Vec<ServiceRow> = response.services.into_iter().map(service_row).collect();
+    if format == Format::Json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("No services.");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "NAME", "IMAGE", "REV", "READY", "PLACED", "STRATEGY", "PORTS",
+    ]);
+    for r in &rows {
+        t.add_row(vec![
+            r.name.clone(),
+            r.image.clone(),
+            r.revision.to_string(),
+            format!("{}/{}", r.running, r.desired),
+            r.placed.to_string(),
+            r.strategy.to_string(),
+            r.ports.join(","),
+        ]);
+    }
+    print_table(&t);
+    for r in rows.iter().filter(|r| r.placement_failure.is_some()) {
+        println!(
+            "\n{}: {}",
+            r.name,
+            r.placement_failure.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// An allocation as `status` shows it.
+#[derive(Debug, Serialize)]
+struct AllocationRow {
+    #[serde(flatten)]
+    allocation: Allocation,
+    #[serde(flatten)]
+    status: AllocStatus,
+}
+
+/// A service as `status` shows it.
+#[derive(Debug, Serialize)]
+struct StatusView {
+    #[serde(flatten)]
+    summary: ServiceRow,
+    revisions: Vec<u64>,
+    allocations: Vec<AllocationRow>,
+}
+
+pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let response = client
+        .get_service(pb::GetServiceRequest {
+            name: service.to_string(),
+        })
+        .await
+        .map_err(|s| refused(&format!("status of {service}"), s))?
+        .into_inner();
+    let summary = response
+        .summary
+        .context("coordinator answered without a summary")?;
+    let mut allocations = Vec::new();
+    for view in response.allocations {
+        let allocation = Allocation::try_from(view.allocation.unwrap_or_default())
+            .context("coordinator sent an invalid allocation")?;
+        let status = match view.status {
+            Some(s) if s.state != pb::AllocState::Unspecified as i32 => {
+                AllocStatus::try_from(s).context("coordinator sent an invalid allocation status")?
+            }
+            _ => AllocStatus::default(),
+        };
+        allocations.push(AllocationRow { allocation, status });
+    }
+    let view = StatusView {
+        summary: service_row(summary),
+        revisions: response.revisions.iter().map(|r| r.revision).collect(),
+        allocations,
+    };
+    if format == Format::Json {
+        return print_json(&view);
+    }
+    let s = &view.summary;
+    println!("Service:   {}", s.name);
+    println!("Image:     {}", s.image);
+    println!(
+        "Revision:  {} (revisions: {})",
+        s.revision,
+        view.revisions
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "Replicas:  {} desired, {} placed, {} running, {} healthy",
+        s.desired, s.placed, s.running, s.healthy
+    );
+    println!(
+        "Ports:     {}",
+        if s.ports.is_empty() {
+            "-".into()
+        } else {
+            s.ports.join(", ")
+        }
+    );
+    let weights = if s.revision_weights.is_empty() {
+        "all traffic to the newest revision".to_string()
+    } else {
+        s.revision_weights
+            .iter()
+            .map(|(r, w)| format!("{r}={w}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("Traffic:   {} ({weights})", s.strategy);
+    if let Some(failure) = &s.placement_failure {
+        println!("Placement: {failure}");
+    }
+    println!();
+    if view.allocations.is_empty() {
+        println!("No allocations.");
+        return Ok(());
+    }
+    let now = now_unix_ms();
+    let mut t = table(&[
+        "ALLOCATION",
+        "NODE",
+        "REV",
+        "DESIRED",
+        "STATE",
+        "RESTARTS",
+        "CONTAINER",
+        "AGE",
+        "MESSAGE",
+    ]);
+    for row in &view.allocations {
+        let a = &row.allocation;
+        t.add_row(vec![
+            a.id.clone(),
+            a.node.clone(),
+            a.revision.to_string(),
+            format!("{:?}", a.desired).to_lowercase(),
+            row.status.state.to_string(),
+            row.status.restarts.to_string(),
+            row.status.container_id.chars().take(12).collect(),
+            age(a.created_unix_ms, now),
+            row.status.message.clone(),
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+/// A node as `nodes` shows it.
+#[derive(Debug, Serialize)]
+struct NodeRow {
+    id: String,
+    address: String,
+    health: &'static str,
+    cordoned: bool,
+    draining: bool,
+    capacity: Resources,
+    allocated: Resources,
+    allocations: u32,
+    labels: std::collections::BTreeMap<String, String>,
+    reason: String,
+}
+
+pub async fn nodes(target: &str, format: Format) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let response = client
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .map_err(|s| refused("list nodes", s))?
+        .into_inner();
+    let rows: Vec<NodeRow> = response
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let info = n.info.unwrap_or_default();
+            NodeRow {
+                health: node_health_from_pb(n.health)
+                    .map(NodeHealth::as_str)
+                    .unwrap_or("unknown"),
+                id: info.id,
+                address: info.address,
+                cordoned: n.cordoned,
+                draining: n.draining,
+                capacity: info.capacity.map(Into::into).unwrap_or_default(),
+                allocated: n.allocated.map(Into::into).unwrap_or_default(),
+                allocations: n.allocations,
+                labels: info.labels.into_iter().collect(),
+                reason: n.reason,
+            }
+        })
+        .collect();
+    if format == Format::Json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("No nodes. Start drover-agent on a host, pointed at this coordinator.");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "NODE", "ADDRESS", "STATE", "ALLOCS", "CPU", "MEMORY", "LABELS", "REASON",
+    ]);
+    for r in &rows {
+        let mut state = r.health.to_string();
+        if r.draining {
+            state.push_str(",draining");
+        } else if r.cordoned {
+            state.push_str(",cordoned");
+        }
+        t.add_row(vec![
+            r.id.clone(),
+            r.address.clone(),
+            state,
+            r.allocations.to_string(),
+            format!(
+                "{}/{}",
+                format_cpu(r.allocated.cpu_millis),
+                format_cpu(r.capacity.cpu_millis)
+            ),
+            format!(
+                "{}/{}",
+                format_bytes(r.allocated.memory_bytes),
+                format_bytes(r.capacity.memory_bytes)
+            ),
+            r.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            r.reason.clone(),
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+pub async fn node_action(target: &str, node: &str, action: &str) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let request = pb::NodeRequest {
+        node: node.to_string(),
+    };
+    let what = format!("{action} {node}");
+    let status = match action {
+        "cordon" => client.cordon(request).await,
+        "uncordon" => client.uncordon(request).await,
+        _ => client.drain(request).await,
+    }
+    .map_err(|s| refused(&what, s))?
+    .into_inner();
+    let state = if status.draining {
+        "draining"
+    } else if status.cordoned {
+        "cordoned"
+    } else {
+        "schedulable"
+    };
+    println!("node/{node} {state}");
+    Ok(())
+}
+
+pub async fn scale(target: &str, service: &str, replicas: u32) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    client
+        .scale(pb::ScaleRequest {
+            name: service.to_string(),
+            replicas,
+        })
+        .await
+        .map_err(|s| refused(&format!("scale {service}"), s))?;
+    println!("service/{service} scaled to {replicas} replicas");
+    Ok(())
+}
+
+pub async fn weights(target: &str, service: &str, weights: Vec<(u64, u32)>) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let text = weights
+        .iter()
+        .map(|(r, w)| format!("{r}={w}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    client
+        .set_weights(pb::SetWeightsRequest {
+            name: service.to_string(),
+            revision_weights: weights.into_iter().collect(),
+        })
+        .await
+        .map_err(|s| refused(&format!("weights for {service}"), s))?;
+    println!("service/{service} traffic weights set: {text}");
+    Ok(())
+}
+
+/// An event as `events` shows it.
+#[derive(Debug, Serialize)]
+struct EventRow {
+    seq: u64,
+    unix_ms: u64,
+    kind: String,
+    subject: String,
+    message: String,
+}
+
+pub async fn events(target: &str, since: u64, follow: bool, format: Format) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let mut stream = client
+        .watch_events(pb::WatchEventsRequest { since, follow })
+        .await
+        .map_err(|s| refused("watch events", s))?
+        .into_inner();
+    let mut rows = Vec::new();
+    let now = now_unix_ms();
+    while let Some(item) = stream.next().await {
+        let e = item.map_err(|s| refused("event stream", s))?;
+        let row = EventRow {
+            seq: e.seq,
+            unix_ms: e.unix_ms,
+            kind: e.kind,
+            subject: e.subject,
+            message: e.message,
+        };
+        if follow {
+            // Print as they come; a table cannot be aligned ahead of time.
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&row)?),
+                Format::Table => println!(
+                    "{:>6}  {:<20} {:<24} {}",
+                    row.seq, row.kind, row.subject, row.message
+                ),
+            }
+        } else {
+            rows.push(row);
+        }
+    }
+    if follow {
+        return Ok(());
+    }
+    if format == Format::Json {
+        return print_json(&rows);
+    }
+    let mut t = table(&["SEQ", "AGE", "KIND", "SUBJECT", "MESSAGE"]);
+    for r in &rows {
+        t.add_row(vec![
+            r.seq.to_string(),
+            age(r.unix_ms, now),
+            r.kind.clone(),
+            r.subject.clone(),
+            r.message.clone(),
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_and_refuse() {
+        assert_eq!(parse_weight("2=10"), Ok((2, 10)));
+        assert!(parse_weight("2").is_err());
+        assert!(parse_weight("a=1").expect_err("bad rev").contains("\"a\""));
+        assert!(parse_weight("1=-5").expect_err("negative").contains("-5"));
+    }
+}

@@ -1,0 +1,147 @@
+//! The coordinator's configuration: defaults, then the TOML file, then `DROVER_*` environment
+//! variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Default path of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/coordinator.toml";
+
+/// Coordinator settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC API (operators and agents).
+    pub listen: SocketAddr,
+    /// Directory of the state file.
+    pub data_dir: PathBuf,
+    /// Name of the cluster; agents of another cluster are refused.
+    pub cluster_id: String,
+    /// Time between reconcile passes when nothing wakes the loop earlier.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// How long open requests get to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            data_dir: PathBuf::from("/var/lib/drover"),
+            cluster_id: "drover".into(),
+            reconcile_interval: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Keys that `DROVER_<KEY>` environment variables may set.
+const ENV_KEYS: [&str; 5] = [
+    "listen",
+    "data_dir",
+    "cluster_id",
+    "reconcile_interval",
+    "shutdown_grace",
+];
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// A value is invalid or a key unknown.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+}
+
+impl Config {
+    /// Loads the configuration. `path` is the file named on the command line, if any; without
+    /// one the default path is read when it exists. `overrides` holds flags given on the
+    /// command line, as a partial config.
+    pub fn load(
+        path: Option<&Path>,
+        overrides: Serialized<impl Serialize>,
+    ) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("DROVER_").only(&ENV_KEYS))
+            .merge(overrides)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// Path of the store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("coordinator.redb")
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    fn file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/a\"\nreconcile_interval = \"5s\"\n",
+            )?;
+            jail.set_env("DROVER_DATA_DIR", "/tmp/b");
+            #[derive(Serialize)]
+            struct Flags {
+                cluster_id: String,
+            }
+            let config = Config::load(
+                Some(Path::new("c.toml")),
+                Serialized::globals(Flags {
+                    cluster_id: "edge".into(),
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(config.listen, "127.0.0.1:9000".parse().expect("addr"));
+            assert_eq!(config.data_dir, PathBuf::from("/tmp/b"));
+            assert_eq!(config.cluster_id, "edge");
+            assert_eq!(config.reconcile_interval, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_and_missing_file_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "lisen = \"127.0.0.1:9000\"\n")?;
+            let err = Config::load(Some(Path::new("c.toml")), Serialized::globals(NoFlags {}))
+                .expect_err("typo in key");
+            assert!(err.to_string().contains("lisen"), "{err}");
+            let err = Config::load(
+                Some(Path::new("nope.toml")),
+                Serialized::globals(NoFlags {}),
+            )
+            .expect_err("missing file");
+            assert!(err.to_string().contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

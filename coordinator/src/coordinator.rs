@@ -1,0 +1,429 @@
+//! The running coordinator: state behind one lock, durable commits, the reconcile loop, and
+//! the push of desired sets and route policy to connected agents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_proto::model::{AllocState, AllocStatus, DesiredState, NodeHealth, NodeInfo};
+use drover_proto::pb;
+use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::changes::ChangeSet;
+use crate::error::Error;
+use crate::events;
+use crate::reconcile;
+use crate::state::{ClusterState, NodeEntry};
+use crate::store::{EventRecord, Store, Write, counters};
+
+/// Messages queued to one agent's stream.
+pub type AgentSender = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
+
+#[derive(Debug)]
+struct AgentSession {
+    generation: u64,
+    tx: AgentSender,
+    /// Last desired set sent, to send only changes.
+    sent_desired: Option<Vec<pb::DesiredAllocation>>,
+    sent_routes: Option<Vec<pb::ServiceRoute>>,
+}
+
+/// State plus the sessions of connected agents, guarded together.
+#[derive(Debug)]
+pub struct Inner {
+    /// Desired state and observations.
+    pub state: ClusterState,
+    agents: HashMap<String, AgentSession>,
+    version: u64,
+}
+
+/// The coordinator shared by the gRPC services and the reconcile loop.
+#[derive(Debug)]
+pub struct Coordinator {
+    inner: Mutex<Inner>,
+    cluster_id: String,
+    shutdown: CancellationToken,
+    store: Arc<dyn Store>,
+    events: broadcast::Sender<EventRecord>,
+    wake: Notify,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Coordinator {
+    /// Loads the state from `store` and records the start.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        cluster_id: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Coordinator>, Error> {
+        let loaded = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load())
+                .await
+                .map_err(|e| Error::Internal(format!("loading the store: {e}")))??
+        };
+        let boots = loaded.counter(counters::BOOTS) + 1;
+        let state = ClusterState::from_stored(loaded);
+        info!(
+            services = state.stored.services.len(),
+            allocations = state.stored.allocations.len(),
+            boot = boots,
+            "state loaded"
+        );
+        let (events, _) = broadcast::channel(1024);
+        let coordinator = Arc::new(Coordinator {
+            inner: Mutex::new(Inner {
+                state,
+                agents: HashMap::new(),
+                // Versions of desired sets and routes start above any earlier boot's.
+                version: boots << 32,
+            }),
+            cluster_id: cluster_id.to_string(),
+            shutdown,
+            store,
+            events,
+            wake: Notify::new(),
+        });
+        let mut inner = coordinator.inner.lock().await;
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        changes.push(Write::PutCounter(counters::BOOTS, boots));
+        changes.event(
+            events::COORDINATOR_STARTED,
+            "coordinator",
+            format!("coordinator started (boot {boots})"),
+        );
+        coordinator.commit(&mut inner, changes).await?;
+        drop(inner);
+        Ok(coordinator)
+    }
+
+    /// Locks the state.
+    pub async fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().await
+    }
+
+    /// New events as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+        self.events.subscribe()
+    }
+
+    /// The store, for reading the event log.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Name of the cluster this coordinator runs; agents of another are refused.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Cancelled when the coordinator shuts down; long streams end on it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Ends every agent session (their streams close), for shutdown.
+    pub async fn close_sessions(&self) {
+        let mut inner = self.inner.lock().await;
+        let count = inner.agents.len();
+        inner.agents.clear();
+        info!(sessions = count, "agent sessions closed");
+    }
+
+    /// Asks the reconcile loop to run soon.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Makes `changes` durable, then applies them to the state and publishes their events.
+    pub async fn commit(&self, inner: &mut Inner, changes: ChangeSet) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (writes, events) = changes.finish();
+        let store = self.store.clone();
+        let writes = tokio::task::spawn_blocking(move || store.commit(&writes).map(|()| writes))
+            .await
+            .map_err(|e| Error::Internal(format!("store commit task: {e}")))??;
+        inner.state.apply(&writes);
+        for event in events {
+            debug!(seq = event.seq, kind = %event.kind, subject = %event.subject, "event");
+            // No subscribers is fine.
+            let _ = self.events.send(event);
+        }
+        Ok(())
+    }
+
+    /// Runs reconcile passes until the state is stable (bounded), then pushes to agents.
+    pub async fn reconcile(&self) -> Result<(), Error> {
+        let mut inner = self.inner.lock().await;
+        for _ in 0..8 {
+            let plan = reconcile::plan(&inner.state, now_unix_ms());
+            inner.state.placement_failures = plan.placement_failures;
+            if plan.changes.is_empty() {
+                break;
+            }
+            self.commit(&mut inner, plan.changes).await?;
+        }
+        self.push(&mut inner).await;
+        Ok(())
+    }
+
+    /// Runs the reconcile loop until `shutdown`: on every wake-up and every `interval`.
+    pub async fn run_reconcile_loop(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.reconcile().await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "reconcile failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    self.wake();
+                }
+            }
+        }
+    }
+
+    /// Sends each connected agent its desired set and the route policy, when they changed.
+    async fn push(&self, inner: &mut Inner) {
+        let routes = route_policy(&inner.state);
+        let nodes: Vec<String> = inner.agents.keys().cloned().collect();
+        for node in nodes {
+            let desired = desired_set(&inner.state, &node);
+            let Some(session) = inner.agents.get(&node) else {
+                continue;
+            };
+            let send_desired = session.sent_desired.as_ref() != Some(&desired);
+            let send_routes = session.sent_routes.as_ref() != Some(&routes);
+            if !send_desired && !send_routes {
+                continue;
+            }
+            inner.version += 1;
+            let version = inner.version;
+            let Some(session) = inner.agents.get_mut(&node) else {
+                continue;
+            };
+            let mut ok = true;
+            if send_desired {
+                let message = pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::Desired(pb::DesiredSet {
+                        version,
+                        allocations: desired.clone(),
+                    })),
+                };
+                ok &= session.tx.try_send(Ok(message)).is_ok();
+                if ok {
+                    session.sent_desired = Some(desired);
+                }
+            }
+            if send_routes && ok {
+                let message = pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::Routes(pb::RoutePolicy {
+                        version,
+                        services: routes.clone(),
+                    })),
+                };
+                ok &= session.tx.try_send(Ok(message)).is_ok();
+                if ok {
+                    session.sent_routes = Some(routes.clone());
+                }
+            }
+            if !ok {
+                // A full queue means a slow agent; the next pass retries with the full set.
+                warn!(node = %node, "agent stream is backed up; will resend");
+            }
+        }
+    }
+
+    /// Registers an agent's session from its hello.
+    pub async fn agent_connected(
+        &self,
+        info: NodeInfo,
+        running: Vec<(String, AllocStatus)>,
+        tx: AgentSender,
+    ) -> Result<(), Error> {
+        let mut inner = self.inner.lock().await;
+        let node = info.id.clone();
+        let generation = info.generation;
+        info!(node = %node, generation, address = %info.address, allocations = running.len(), "agent connected");
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        changes.event(
+            events::NODE_CONNECTED,
+            &node,
+            format!(
+                "agent connected from {} (generation {generation}, {} allocations running)",
+                info.address,
+                running.len()
+            ),
+        );
+        inner.state.nodes.insert(
+            node.clone(),
+            NodeEntry {
+                info,
+                health: NodeHealth::Ready,
+                reason: String::new(),
+                usage: Default::default(),
+            },
+        );
+        for (id, status) in running {
+            inner.state.status.insert(id, status);
+        }
+        inner.agents.insert(
+            node,
+            AgentSession {
+                generation,
+                tx,
+                sent_desired: None,
+                sent_routes: None,
+            },
+        );
+        self.commit(&mut inner, changes).await?;
+        drop(inner);
+        self.wake();
+        Ok(())
+    }
+
+    /// Records allocation status reported by an agent.
+    pub async fn agent_status(
+        &self,
+        node: &str,
+        updates: Vec<(String, AllocStatus)>,
+        usage: Option<drover_proto::model::Resources>,
+    ) -> Result<(), Error> {
+        let mut inner = self.inner.lock().await;
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        let mut wake = false;
+        for (id, status) in updates {
+            let previous = inner.state.alloc_state(&id);
+            if status.state != previous {
+                wake = true;
+                if status.state == AllocState::Failed {
+                    changes.event(
+                        events::ALLOCATION_FAILED,
+                        &id,
+                        format!("failed on node {node}: {}", status.message),
+                    );
+                }
+            }
+            inner.state.status.insert(id, status);
+        }
+        if let (Some(usage), Some(entry)) = (usage, inner.state.nodes.get_mut(node)) {
+            entry.usage = usage;
+        }
+        self.commit(&mut inner, changes).await?;
+        drop(inner);
+        if wake {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Ends an agent's session, unless a newer one replaced it.
+    pub async fn agent_disconnected(&self, node: &str, generation: u64, cause: &str) {
+        let mut inner = self.inner.lock().await;
+        let current = inner.agents.get(node).map(|s| s.generation);
+        if current != Some(generation) {
+            return;
+        }
+        inner.agents.remove(node);
+        if let Some(entry) = inner.state.nodes.get_mut(node) {
+            entry.health = NodeHealth::Disconnected;
+            entry.reason = format!("agent stream ended: {cause}");
+        }
+        info!(node = %node, generation, cause, "agent disconnected");
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        changes.event(
+            events::NODE_DISCONNECTED,
+            node,
+            format!("agent stream ended: {cause}"),
+        );
+        if let Err(e) = self.commit(&mut inner, changes).await {
+            warn!(node = %node, error = %e, "cannot record disconnect event");
+        }
+        drop(inner);
+        self.wake();
+    }
+}
+
+/// The desired set of one node: every allocation placed there, with the spec it runs.
+pub fn desired_set(state: &ClusterState, node: &str) -> Vec<pb::DesiredAllocation> {
+    state
+        .stored
+        .allocations
+        .values()
+        .filter(|a| a.node == node)
+        .filter_map(|a| {
+            let spec = state.revision_spec(&a.service, a.revision)?;
+            Some(pb::DesiredAllocation {
+                allocation: Some(a.into()),
+                spec: Some(spec.into()),
+            })
+        })
+        .collect()
+}
+
+/// Route policy: for each service with a published port, its allocations that should run,
+/// with their address once known, and the weights to apply.
+pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
+    let mut routes = Vec::new();
+    for name in state.stored.services.keys() {
+        let Some((_, spec)) = state.service(name) else {
+            continue;
+        };
+        for port in &spec.ports {
+            let Some(service_port) = port.service_port else {
+                continue;
+            };
+            let mut endpoints = Vec::new();
+            for alloc in state.allocations_of(name) {
+                if alloc.desired != DesiredState::Run {
+                    continue;
+                }
+                let host_port = state
+                    .status
+                    .get(&alloc.id)
+                    .and_then(|s| s.host_ports.get(&port.container_port).copied());
+                let address = state.nodes.get(&alloc.node).map(|n| n.info.address.clone());
+                let (Some(host_port), Some(address)) = (host_port, address) else {
+                    continue;
+                };
+                endpoints.push(pb::RouteEndpoint {
+                    allocation_id: alloc.id.clone(),
+                    node: alloc.node.clone(),
+                    revision: alloc.revision,
+                    address: format!("{address}:{host_port}"),
+                    weight: 1,
+                });
+            }
+            let weights: BTreeMap<u64, u32> = spec.traffic.revision_weights.clone();
+            routes.push(pb::ServiceRoute {
+                service: name.clone(),
+                service_port: service_port.into(),
+                container_port: port.container_port.into(),
+                strategy: drover_proto::convert::strategy_to_pb(spec.traffic.strategy).into(),
+                revision_weights: weights.into_iter().collect(),
+                endpoints,
+            });
+        }
+    }
+    routes
+}

@@ -1,0 +1,36 @@
+//! The coordinator's error type and its one mapping to gRPC status codes.
+
+use crate::store::StoreError;
+
+/// Errors of coordinator operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or asks for something invalid; nothing was changed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The named object does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Object kind, e.g. "service".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The store failed; the change was not made.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A background task failed unexpectedly.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match &e {
+            Error::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
+            Error::NotFound { .. } => tonic::Status::not_found(e.to_string()),
+            Error::Store(_) => tonic::Status::unavailable(e.to_string()),
+            Error::Internal(_) => tonic::Status::internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Kinds of cluster events, one place for their names.
+
+/// A service was created.
+pub const SERVICE_CREATED: &str = "service_created";
+/// A service changed (new revision, replicas or traffic).
+pub const SERVICE_UPDATED: &str = "service_updated";
+/// A service was deleted.
+pub const SERVICE_DELETED: &str = "service_deleted";
+/// An allocation was placed on a node.
+pub const ALLOCATION_PLACED: &str = "allocation_placed";
+/// An allocation was told to stop.
+pub const ALLOCATION_STOPPED: &str = "allocation_stopped";
+/// An agent reported an allocation failed.
+pub const ALLOCATION_FAILED: &str = "allocation_failed";
+/// Replicas could not be placed.
+pub const PLACEMENT_FAILED: &str = "placement_failed";
+/// A node's agent connected.
+pub const NODE_CONNECTED: &str = "node_connected";
+/// A node's agent stream ended.
+pub const NODE_DISCONNECTED: &str = "node_disconnected";
+/// An operator changed a node's flags.
+pub const NODE_FLAGS: &str = "node_flags_changed";
+/// A draining node has no allocations left.
+pub const NODE_DRAINED: &str = "node_drained";
+/// The coordinator started.
+pub const COORDINATOR_STARTED: &str = "coordinator_started";

@@ -1,0 +1,82 @@
+//! `drover-coordinator`: the cluster's brain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use drover_coordinator::Config;
+use drover_coordinator::store::RedbStore;
+use figment::providers::Serialized;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Drover coordinator: stores desired state, places services on nodes, serves the gRPC API.
+#[derive(Debug, Parser, Serialize)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Default: /etc/drover/coordinator.toml, when it exists.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Directory of the state file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Address of the gRPC API.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref(), Serialized::globals(&args))?;
+    info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, data_dir = %config.data_dir.display(), "starting coordinator");
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = RedbStore::open(&config.store_path())
+        .with_context(|| format!("opening store {}", config.store_path().display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener on {}", config.listen))?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    drover_coordinator::run(config, Arc::new(store), listener, shutdown).await?;
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            info!("shutting down");
+            shutdown.cancel();
+        } else {
+            warn!("second signal, exiting now");
+            std::process::exit(130);
+        }
+    }
+}

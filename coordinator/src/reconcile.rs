@@ -1,0 +1,229 @@
+//! The level-triggered reconcile decision: compare desired replicas with allocations and
+//! return the changes that close the gap. Pure: state in, changes out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use drover_proto::model::{AllocState, Allocation, DesiredState, NodeHealth, ServiceSpec};
+
+use crate::changes::ChangeSet;
+use crate::events;
+use crate::scheduler::PlacementRequest;
+use crate::state::ClusterState;
+use crate::store::Write;
+
+/// What one reconcile pass decided.
+#[derive(Debug)]
+pub struct Plan {
+    /// Writes and events to commit.
+    pub changes: ChangeSet,
+    /// Why replicas could not be placed, per service (replaces the previous map).
+    pub placement_failures: BTreeMap<String, String>,
+}
+
+struct Stop<'a> {
+    alloc: &'a Allocation,
+    reason: String,
+}
+
+/// Decides one reconcile pass.
+pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
+    let mut changes = ChangeSet::new(state, now_unix_ms);
+    let mut stops: Vec<Stop> = Vec::new();
+    let mut wanted: Vec<(ServiceSpec, u32)> = Vec::new();
+
+    for alloc in state.stored.allocations.values() {
+        if alloc.desired == DesiredState::Run && !state.stored.services.contains_key(&alloc.service)
+        {
+            stops.push(Stop {
+                alloc,
+                reason: "its service no longer exists".into(),
+            });
+        }
+    }
+
+    for name in state.stored.services.keys() {
+        let Some((record, spec)) = state.service(name) else {
+            continue;
+        };
+        let mut active: Vec<&Allocation> = Vec::new();
+        let mut migrating: Vec<&Allocation> = Vec::new();
+        for alloc in state.allocations_of(name) {
+            if alloc.desired != DesiredState::Run {
+                continue;
+            }
+            let observed = state.alloc_state(&alloc.id);
+            if observed.is_terminal() {
+                stops.push(Stop {
+                    alloc,
+                    reason: format!("it is {observed}; a replacement is placed"),
+                });
+            } else if alloc.revision != record.revision {
+                stops.push(Stop {
+                    alloc,
+                    reason: format!(
+                        "revision {} is replaced by {}",
+                        alloc.revision, record.revision
+                    ),
+                });
+            } else if state.node_flags(&alloc.node).draining {
+                migrating.push(alloc);
+            } else {
+                active.push(alloc);
+            }
+        }
+
+        let replicas = spec.replicas as usize;
+        if active.len() > replicas {
+            for alloc in surplus(state, &active, active.len() - replicas) {
+                stops.push(Stop {
+                    alloc,
+                    reason: format!("the service wants {replicas} replicas"),
+                });
+            }
+        } else if active.len() < replicas {
+            wanted.push((spec.clone(), (replicas - active.len()) as u32));
+        }
+
+        // A draining node keeps its replicas until enough replacements run elsewhere, so
+        // the service never drops below its replica count because of a drain.
+        let ready = active
+            .iter()
+            .filter(|a| is_up(state.alloc_state(&a.id)))
+            .count();
+        if !migrating.is_empty() && ready >= replicas {
+            for alloc in migrating {
+                stops.push(Stop {
+                    alloc,
+                    reason: format!("node {} is draining", alloc.node),
+                });
+            }
+        }
+    }
+
+    let stopping: BTreeSet<String> = stops.iter().map(|s| s.alloc.id.clone()).collect();
+    for stop in stops {
+        let mut alloc = stop.alloc.clone();
+        alloc.desired = DesiredState::Stop;
+        changes.push(Write::PutAllocation(alloc));
+        changes.event(
+            events::ALLOCATION_STOPPED,
+            &stop.alloc.id,
+            format!("stopping on node {}: {}", stop.alloc.node, stop.reason),
+        );
+    }
+
+    let mut snapshot = state.snapshot(&stopping);
+    let mut placement_failures = BTreeMap::new();
+    for (spec, count) in wanted {
+        let outcome = snapshot.place(&PlacementRequest {
+            service: &spec.name,
+            spec: &spec,
+            count,
+            avoid_nodes: &[],
+        });
+        let revision = state
+            .stored
+            .services
+            .get(&spec.name)
+            .map(|r| r.revision)
+            .unwrap_or(1);
+        for node in outcome.placed {
+            let alloc = Allocation {
+                id: changes.alloc_id(&spec.name),
+                service: spec.name.clone(),
+                revision,
+                node: node.clone(),
+                resources: spec.resources,
+                desired: DesiredState::Run,
+                created_unix_ms: now_unix_ms,
+            };
+            changes.event(
+                events::ALLOCATION_PLACED,
+                &alloc.id,
+                format!("placed on node {node} (revision {revision})"),
+            );
+            changes.push(Write::PutAllocation(alloc));
+        }
+        if let Some(failure) = outcome.failure {
+            let message = failure.to_string();
+            if state.placement_failures.get(&spec.name) != Some(&message) {
+                changes.event(events::PLACEMENT_FAILED, &spec.name, message.clone());
+            }
+            placement_failures.insert(spec.name.clone(), message);
+        }
+    }
+
+    forget_stopped(state, &mut changes);
+    finish_drains(state, &stopping, &mut changes);
+    Plan {
+        changes,
+        placement_failures,
+    }
+}
+
+fn is_up(state: AllocState) -> bool {
+    matches!(state, AllocState::Running | AllocState::Healthy)
+}
+
+/// Which of `active` to stop: pending ones first, then those on the nodes most crowded with
+/// this service, newest first. Deterministic.
+fn surplus<'a>(
+    state: &ClusterState,
+    active: &[&'a Allocation],
+    count: usize,
+) -> Vec<&'a Allocation> {
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in active {
+        *per_node.entry(a.node.as_str()).or_default() += 1;
+    }
+    let mut ranked: Vec<&Allocation> = active.to_vec();
+    ranked.sort_by_key(|a| {
+        (
+            is_up(state.alloc_state(&a.id)),
+            std::cmp::Reverse(per_node[a.node.as_str()]),
+            std::cmp::Reverse(a.created_unix_ms),
+            std::cmp::Reverse(a.id.clone()),
+        )
+    });
+    ranked.truncate(count);
+    ranked
+}
+
+/// Allocations told to stop are forgotten once nothing runs them any more: their agent
+/// reported them ended or never had them, or their node is not connected (a node that comes
+/// back stops whatever is not in its desired set).
+fn forget_stopped(state: &ClusterState, changes: &mut ChangeSet) {
+    for alloc in state.stored.allocations.values() {
+        if alloc.desired != DesiredState::Stop {
+            continue;
+        }
+        let gone = match state.status.get(&alloc.id) {
+            None => true,
+            Some(status) => status.state.is_terminal(),
+        };
+        if gone || state.node_health(&alloc.node) != NodeHealth::Ready {
+            changes.push(Write::DeleteAllocation(alloc.id.clone()));
+        }
+    }
+}
+
+fn finish_drains(state: &ClusterState, stopping: &BTreeSet<String>, changes: &mut ChangeSet) {
+    for (node, flags) in &state.stored.node_flags {
+        if !flags.draining {
+            continue;
+        }
+        let remaining = state.stored.allocations.values().any(|a| {
+            a.node == *node && a.desired == DesiredState::Run && !stopping.contains(&a.id)
+        });
+        if !remaining {
+            let mut done = *flags;
+            done.draining = false;
+            changes.push(Write::PutNodeFlags(node.clone(), done));
+            changes.event(
+                events::NODE_DRAINED,
+                node,
+                "drain complete; node stays cordoned".into(),
+            );
+        }
+    }
+}

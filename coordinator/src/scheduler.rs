@@ -1,1 +1,0 @@
-//! Placement decisions (in progress).

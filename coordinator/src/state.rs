@@ -1,0 +1,164 @@
+//! The coordinator's working state: durable desired state mirrored from the store, plus what
+//! agents report (rebuilt after a restart).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use drover_proto::model::{
+    AllocState, AllocStatus, Allocation, DesiredState, NodeFlags, NodeHealth, NodeInfo, Resources,
+    ServiceSpec,
+};
+
+use crate::scheduler::{ClusterSnapshot, NodeView};
+use crate::store::{ServiceRecord, StoredState, Write, apply_writes};
+
+/// A node as agents report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeEntry {
+    /// What the agent said about itself in its last hello.
+    pub info: NodeInfo,
+    /// Whether it can take work.
+    pub health: NodeHealth,
+    /// Why it is in that state.
+    pub reason: String,
+    /// Resources its workloads use, as last reported.
+    pub usage: Resources,
+}
+
+/// Desired state plus observations.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// Mirror of the store.
+    pub stored: StoredState,
+    /// Nodes that have connected since this coordinator started.
+    pub nodes: BTreeMap<String, NodeEntry>,
+    /// Last reported status per allocation id.
+    pub status: HashMap<String, AllocStatus>,
+    /// Why replicas of a service could not be placed, by service.
+    pub placement_failures: BTreeMap<String, String>,
+}
+
+impl ClusterState {
+    /// State rebuilt from the store, with no observations yet.
+    pub fn from_stored(stored: StoredState) -> ClusterState {
+        ClusterState {
+            stored,
+            ..ClusterState::default()
+        }
+    }
+
+    /// Applies committed writes to the mirror.
+    pub fn apply(&mut self, writes: &[Write]) {
+        apply_writes(&mut self.stored, writes);
+        for write in writes {
+            if let Write::DeleteAllocation(id) = write {
+                self.status.remove(id);
+            }
+        }
+    }
+
+    /// A service record with the spec of its current revision, replicas and traffic as set.
+    pub fn service(&self, name: &str) -> Option<(&ServiceRecord, ServiceSpec)> {
+        let record = self.stored.services.get(name)?;
+        let mut spec = self.revision_spec(name, record.revision)?.clone();
+        spec.replicas = record.replicas;
+        spec.traffic = record.traffic.clone();
+        Some((record, spec))
+    }
+
+    /// The spec of one revision.
+    pub fn revision_spec(&self, service: &str, revision: u64) -> Option<&ServiceSpec> {
+        self.stored
+            .revisions
+            .get(&(service.to_string(), revision))
+            .map(|r| &r.spec)
+    }
+
+    /// Allocations of one service, in id order.
+    pub fn allocations_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Allocation> {
+        self.stored
+            .allocations
+            .values()
+            .filter(move |a| a.service == service)
+    }
+
+    /// Observed state of an allocation; `Pending` until its agent reports.
+    pub fn alloc_state(&self, id: &str) -> AllocState {
+        self.status.get(id).map(|s| s.state).unwrap_or_default()
+    }
+
+    /// Operator flags of a node.
+    pub fn node_flags(&self, node: &str) -> NodeFlags {
+        self.stored
+            .node_flags
+            .get(node)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Health of a node; nodes not connected since start are `Disconnected`.
+    pub fn node_health(&self, node: &str) -> NodeHealth {
+        self.nodes
+            .get(node)
+            .map(|n| n.health)
+            .unwrap_or(NodeHealth::Disconnected)
+    }
+
+    /// Whether a node is known at all (connected once, flagged, or holding allocations).
+    pub fn node_known(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
+            || self.stored.node_flags.contains_key(node)
+            || self.stored.allocations.values().any(|a| a.node == node)
+    }
+
+    /// Resources reserved on each node by allocations that should run.
+    pub fn allocated_by_node(&self) -> HashMap<&str, Resources> {
+        let mut out: HashMap<&str, Resources> = HashMap::new();
+        for a in self.running_allocations() {
+            let entry = out.entry(a.node.as_str()).or_default();
+            *entry = entry.plus(a.resources);
+        }
+        out
+    }
+
+    fn running_allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.stored
+            .allocations
+            .values()
+            .filter(|a| a.desired == DesiredState::Run)
+    }
+
+    /// The scheduler's view of the cluster, given allocations that this pass stops.
+    pub fn snapshot(&self, stopping: &BTreeSet<String>) -> ClusterSnapshot {
+        let mut views: BTreeMap<&str, NodeView> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let view = NodeView {
+                    id: id.clone(),
+                    health: n.health,
+                    flags: self.node_flags(id),
+                    labels: n.info.labels.clone(),
+                    capacity: n.info.capacity,
+                    allocated: Resources::default(),
+                    host_ports: Default::default(),
+                    service_counts: Default::default(),
+                };
+                (id.as_str(), view)
+            })
+            .collect();
+        for a in self.running_allocations() {
+            if stopping.contains(&a.id) {
+                continue;
+            }
+            let Some(view) = views.get_mut(a.node.as_str()) else {
+                continue;
+            };
+            view.allocated = view.allocated.plus(a.resources);
+            *view.service_counts.entry(a.service.clone()).or_default() += 1;
+            if let Some(spec) = self.revision_spec(&a.service, a.revision) {
+                view.host_ports.extend(spec.host_ports());
+            }
+        }
+        ClusterSnapshot::new(views.into_values().collect())
+    }
+}

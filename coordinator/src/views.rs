@@ -1,0 +1,121 @@
+//! Read models for the Control API, built from the state.
+
+use drover_proto::convert::{node_health_to_pb, strategy_to_pb};
+use drover_proto::model::{AllocState, DesiredState, Resources};
+use drover_proto::pb;
+
+use crate::state::ClusterState;
+
+/// Summary of one service.
+pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSummary> {
+    let (record, spec) = state.service(name)?;
+    let mut placed = 0;
+    let mut running = 0;
+    let mut healthy = 0;
+    for alloc in state.allocations_of(name) {
+        if alloc.desired != DesiredState::Run {
+            continue;
+        }
+        placed += 1;
+        match state.alloc_state(&alloc.id) {
+            AllocState::Running => running += 1,
+            AllocState::Healthy => {
+                running += 1;
+                healthy += 1;
+            }
+            AllocState::Unhealthy => running += 1,
+            _ => {}
+        }
+    }
+    Some(pb::ServiceSummary {
+        name: name.to_string(),
+        image: spec.image.clone(),
+        revision: record.revision,
+        desired_replicas: record.replicas,
+        placed,
+        running,
+        healthy,
+        strategy: strategy_to_pb(spec.traffic.strategy).into(),
+        revision_weights: spec.traffic.revision_weights.clone().into_iter().collect(),
+        ports: spec.ports.iter().map(Into::into).collect(),
+        placement_failure: state
+            .placement_failures
+            .get(name)
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+/// Everything about one service.
+pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceStatus> {
+    let summary = service_summary(state, name)?;
+    let (_, spec) = state.service(name)?;
+    let revisions = state
+        .stored
+        .revisions
+        .range((name.to_string(), 0)..=(name.to_string(), u64::MAX))
+        .map(|(_, r)| pb::Revision {
+            revision: r.revision,
+            spec: Some((&r.spec).into()),
+            created_unix_ms: r.created_unix_ms,
+        })
+        .collect();
+    let allocations = state
+        .allocations_of(name)
+        .map(|a| {
+            let status = state.status.get(&a.id).cloned().unwrap_or_default();
+            pb::AllocationView {
+                allocation: Some(a.into()),
+                status: Some((&status).into()),
+            }
+        })
+        .collect();
+    Some(pb::ServiceStatus {
+        summary: Some(summary),
+        spec: Some((&spec).into()),
+        revisions,
+        allocations,
+    })
+}
+
+/// Every node known: connected since start, flagged, or holding allocations.
+pub fn nodes(state: &ClusterState) -> Vec<pb::NodeStatus> {
+    let mut ids: std::collections::BTreeSet<&str> =
+        state.nodes.keys().map(String::as_str).collect();
+    ids.extend(state.stored.node_flags.keys().map(String::as_str));
+    ids.extend(state.stored.allocations.values().map(|a| a.node.as_str()));
+    let allocated = state.allocated_by_node();
+    ids.into_iter()
+        .map(|id| node_status(state, id, allocated.get(id).copied().unwrap_or_default()))
+        .collect()
+}
+
+/// One node's status.
+pub fn node_status(state: &ClusterState, id: &str, allocated: Resources) -> pb::NodeStatus {
+    let flags = state.node_flags(id);
+    let entry = state.nodes.get(id);
+    let allocations = state
+        .stored
+        .allocations
+        .values()
+        .filter(|a| a.node == id && a.desired == DesiredState::Run)
+        .count() as u32;
+    pb::NodeStatus {
+        info: Some(match entry {
+            Some(e) => (&e.info).into(),
+            None => pb::NodeInfo {
+                id: id.to_string(),
+                ..Default::default()
+            },
+        }),
+        health: node_health_to_pb(state.node_health(id)).into(),
+        cordoned: flags.cordoned,
+        draining: flags.draining,
+        allocated: Some(allocated.into()),
+        allocations,
+        reason: match entry {
+            Some(e) => e.reason.clone(),
+            None => "not connected since the coordinator started".into(),
+        },
+    }
+}

@@ -1,0 +1,620 @@
+//! The Control and AgentLink APIs through a real tonic server on a loopback port, with
+//! agents played by the generated client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_coordinator::Config;
+use drover_coordinator::store::RedbStore;
+use drover_proto::model::{PortSpec, Protocol, Resources, ServiceSpec};
+use drover_proto::pb;
+use drover_proto::pb::agent_link_client::AgentLinkClient;
+use drover_proto::pb::control_client::ControlClient;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+struct Server {
+    url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), drover_coordinator::Error>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RedbStore::open(&dir.path().join("c.redb")).expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = Config {
+        reconcile_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_millis(500),
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(drover_coordinator::run(
+        config,
+        Arc::new(store),
+        listener,
+        shutdown.clone(),
+    ));
+    Server {
+        url,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+async fn control(url: &str) -> ControlClient<Channel> {
+    ControlClient::connect(url.to_string())
+        .await
+        .expect("connect control")
+}
+
+/// An agent played by the test: its outbound queue and the coordinator's messages.
+struct FakeAgent {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::CoordinatorMessage>,
+    desired: Vec<pb::DesiredAllocation>,
+    desired_version: u64,
+    routes: Vec<pb::ServiceRoute>,
+}
+
+impl FakeAgent {
+    async fn connect(url: &str, id: &str, labels: &[(&str, &str)]) -> FakeAgent {
+        let mut client = AgentLinkClient::connect(url.to_string())
+            .await
+            .expect("connect agent link");
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Hello(pb::Hello {
+                node: Some(pb::NodeInfo {
+                    id: id.to_string(),
+                    generation: 1,
+                    address: "127.0.0.1".into(),
+                    capacity: Some(pb::Resources {
+                        cpu_millis: 4000,
+                        memory_bytes: 8 << 30,
+                    }),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                }),
+                allocations: vec![],
+                desired_version: 0,
+                cluster_id: "drover".into(),
+            })),
+        };
+        tx.send(hello).await.expect("queue hello");
+        let inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .expect("session")
+            .into_inner();
+        FakeAgent {
+            tx,
+            inbound,
+            desired: vec![],
+            desired_version: 0,
+            routes: vec![],
+        }
+    }
+
+    /// Reads coordinator messages until `done` holds for this agent's view, or times out.
+    async fn until(&mut self, what: &str, done: impl Fn(&FakeAgent) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            let message = tokio::time::timeout_at(deadline, self.inbound.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .expect("stream open")
+                .expect("message");
+            match message.body {
+                Some(pb::coordinator_message::Body::Desired(set)) => {
+                    assert!(set.version > self.desired_version, "versions increase");
+                    self.desired_version = set.version;
+                    self.desired = set.allocations;
+                }
+                Some(pb::coordinator_message::Body::Routes(r)) => self.routes = r.services,
+                None => {}
+            }
+        }
+    }
+
+    fn running_ids(&self) -> Vec<String> {
+        self.desired
+            .iter()
+            .filter_map(|d| d.allocation.as_ref())
+            .filter(|a| a.desired == pb::DesiredState::Run as i32)
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
+    async fn report(&self, ids: &[String], state: pb::AllocState, host_port: u32) {
+        let allocations = ids
+            .iter()
+            .map(|id| pb::RunningAllocation {
+                id: id.clone(),
+                status: Some(pb::AllocStatus {
+                    state: state as i32,
+                    container_id: format!("c-{id}"),
+                    host_ports: [(8080, host_port)].into_iter().collect(),
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        self.tx
+            .send(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
+                    allocations,
+                    node_usage: None,
+                })),
+            })
+            .await
+            .expect("send status");
+    }
+}
+
+fn web(replicas: u32) -> pb::ServiceSpec {
+    let mut spec = ServiceSpec::new("web", "web:1");
+    spec.replicas = replicas;
+    spec.resources = Resources {
+        cpu_millis: 100,
+        memory_bytes: 64 << 20,
+    };
+    spec.ports.push(PortSpec {
+        name: None,
+        container_port: 8080,
+        service_port: Some(80),
+        host_port: None,
+        protocol: Protocol::Tcp,
+    });
+    (&spec).into()
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn apply_place_report_scale_delete() {
+    let server = start().await;
+    let mut client = control(&server.url).await;
+
+    let applied = client
+        .apply(pb::ApplyRequest {
+            services: vec![web(3)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(applied.results[0].revision, 1);
+    assert_eq!(applied.results[0].change, pb::ApplyChange::Created as i32);
+
+    // Nothing can be placed without nodes, and the reason is recorded.
+    let summary = eventually("placement failure", async || {
+        let s = client
+            .get_service(pb::GetServiceRequest { name: "web".into() })
+            .await
+            .expect("get")
+            .into_inner()
+            .summary
+            .expect("summary");
+        (!s.placement_failure.is_empty()).then_some(s)
+    })
+    .await;
+    assert!(
+        summary.placement_failure.contains("placed 0 of 3"),
+        "{}",
+        summary.placement_failure
+    );
+
+    // Nodes joining one by one would each take what fits; scale to 0 until all three are
+    // in, so the spread across them is visible.
+    client
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 0,
+        })
+        .await
+        .expect("scale to 0");
+    let mut agents = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        agents.push(FakeAgent::connect(&server.url, id, &[("zone", "a")]).await);
+    }
+    eventually("3 ready nodes", async || {
+        let nodes = client
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .expect("nodes")
+            .into_inner()
+            .nodes;
+        let ready = nodes
+            .iter()
+            .filter(|n| n.health == pb::NodeHealth::Ready as i32)
+            .count();
+        (ready == 3).then_some(())
+    })
+    .await;
+    client
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 3,
+        })
+        .await
+        .expect("scale to 3");
+    // Spread: one replica on each node.
+    for agent in &mut agents {
+        agent
+            .until("one allocation", |a| a.running_ids().len() == 1)
+            .await;
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        agent
+            .report(
+                &agent.running_ids(),
+                pb::AllocState::Healthy,
+                30000 + i as u32,
+            )
+            .await;
+    }
+    let status = eventually("3 healthy", async || {
+        let s = client
+            .get_service(pb::GetServiceRequest { name: "web".into() })
+            .await
+            .expect("get")
+            .into_inner();
+        (s.summary.as_ref().expect("summary").healthy == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(status.allocations.len(), 3);
+    assert!(
+        status
+            .summary
+            .expect("summary")
+            .placement_failure
+            .is_empty()
+    );
+
+    // Route policy lists the three endpoints with their host ports.
+    agents[0]
+        .until("3 endpoints", |a| {
+            a.routes.first().is_some_and(|r| r.endpoints.len() == 3)
+        })
+        .await;
+    let route = &agents[0].routes[0];
+    assert_eq!(route.service_port, 80);
+    let mut addresses: Vec<_> = route.endpoints.iter().map(|e| e.address.clone()).collect();
+    addresses.sort();
+    assert_eq!(
+        addresses,
+        vec!["127.0.0.1:30000", "127.0.0.1:30001", "127.0.0.1:30002"]
+    );
+
+    // Scale up: 6 replicas spread 2 per node.
+    client
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 6,
+        })
+        .await
+        .expect("scale");
+    for agent in &mut agents {
+        agent
+            .until("two allocations", |a| a.running_ids().len() == 2)
+            .await;
+    }
+
+    // Scale down to 1: surplus told to stop.
+    client
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 1,
+        })
+        .await
+        .expect("scale down");
+    let placed = eventually("1 placed", async || {
+        let s = client
+            .list_services(pb::ListServicesRequest {})
+            .await
+            .expect("list")
+            .into_inner();
+        (s.services[0].placed == 1).then_some(s.services[0].placed)
+    })
+    .await;
+    assert_eq!(placed, 1);
+
+    // Delete: every allocation leaves the desired sets.
+    let deleted = client
+        .delete_service(pb::DeleteServiceRequest { name: "web".into() })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.stopped_allocations, 1);
+    for agent in &mut agents {
+        agent
+            .until("nothing to run", |a| a.running_ids().is_empty())
+            .await;
+    }
+    let err = client
+        .get_service(pb::GetServiceRequest { name: "web".into() })
+        .await
+        .expect_err("deleted");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let events: Vec<pb::Event> = client
+        .watch_events(pb::WatchEventsRequest {
+            since: 0,
+            follow: false,
+        })
+        .await
+        .expect("events")
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await
+        .expect("event stream");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    for kind in [
+        "service_created",
+        "placement_failed",
+        "node_connected",
+        "allocation_placed",
+        "allocation_stopped",
+        "service_deleted",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    server.shutdown.cancel();
+    server.task.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn invalid_apply_changes_nothing() {
+    let server = start().await;
+    let mut client = control(&server.url).await;
+    client
+        .apply(pb::ApplyRequest {
+            services: vec![web(1)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
+
+    let mut bad = web(2);
+    bad.name = "other".into(); // valid, but its service port 80 collides with web's
+    let mut worse = web(1);
+    worse.name = "Bad_Name".into();
+    let err = client
+        .apply(pb::ApplyRequest {
+            services: vec![bad.clone(), worse],
+            dry_run: false,
+        })
+        .await
+        .expect_err("invalid apply");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("Bad_Name"), "{}", err.message());
+    assert!(
+        err.message().contains("service port 80"),
+        "{}",
+        err.message()
+    );
+
+    let missing_image = pb::ServiceSpec {
+        image: String::new(),
+        ..web(1)
+    };
+    let err = client
+        .apply(pb::ApplyRequest {
+            services: vec![missing_image],
+            dry_run: false,
+        })
+        .await
+        .expect_err("no image");
+    assert!(err.message().contains("image"), "{}", err.message());
+
+    let names: Vec<String> = client
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .services
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, vec!["web"], "a refused apply stores nothing");
+
+    // Dry run validates without storing.
+    let mut new = web(1);
+    new.name = "dry".into();
+    new.ports.clear();
+    client
+        .apply(pb::ApplyRequest {
+            services: vec![new],
+            dry_run: true,
+        })
+        .await
+        .expect("dry run");
+    let count = client
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .services
+        .len();
+    assert_eq!(count, 1);
+
+    server.shutdown.cancel();
+    server.task.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn revisions_and_weights() {
+    let server = start().await;
+    let mut client = control(&server.url).await;
+    client
+        .apply(pb::ApplyRequest {
+            services: vec![web(2)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply v1");
+    // Same spec: unchanged. Only replicas: same revision. New image: revision 2.
+    let same = client
+        .apply(pb::ApplyRequest {
+            services: vec![web(2)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply same")
+        .into_inner();
+    assert_eq!(same.results[0].change, pb::ApplyChange::Unchanged as i32);
+    let scaled = client
+        .apply(pb::ApplyRequest {
+            services: vec![web(4)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply replicas")
+        .into_inner();
+    assert_eq!(
+        (scaled.results[0].revision, scaled.results[0].change),
+        (1, pb::ApplyChange::Updated as i32)
+    );
+    let v2 = client
+        .apply(pb::ApplyRequest {
+            services: vec![pb::ServiceSpec {
+                image: "web:2".into(),
+                ..web(4)
+            }],
+            dry_run: false,
+        })
+        .await
+        .expect("apply v2")
+        .into_inner();
+    assert_eq!(v2.results[0].revision, 2);
+
+    let err = client
+        .set_weights(pb::SetWeightsRequest {
+            name: "web".into(),
+            revision_weights: [(1, 90), (3, 10)].into_iter().collect(),
+        })
+        .await
+        .expect_err("revision 3 does not exist");
+    assert!(err.message().contains("revision 3"), "{}", err.message());
+    let err = client
+        .set_weights(pb::SetWeightsRequest {
+            name: "web".into(),
+            revision_weights: [(1, 0), (2, 0)].into_iter().collect(),
+        })
+        .await
+        .expect_err("all zero");
+    assert!(err.message().contains("zero"), "{}", err.message());
+    let summary = client
+        .set_weights(pb::SetWeightsRequest {
+            name: "web".into(),
+            revision_weights: [(1, 90), (2, 10)].into_iter().collect(),
+        })
+        .await
+        .expect("weights")
+        .into_inner();
+    assert_eq!(summary.revision_weights.get(&1), Some(&90));
+    let status = client
+        .get_service(pb::GetServiceRequest { name: "web".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(status.revisions.len(), 2);
+    assert_eq!(status.summary.expect("summary").revision, 2);
+
+    let err = client
+        .cordon(pb::NodeRequest {
+            node: "ghost".into(),
+        })
+        .await
+        .expect_err("unknown node");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    server.shutdown.cancel();
+    server.task.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn drain_moves_replicas_before_stopping_them() {
+    let server = start().await;
+    let mut client = control(&server.url).await;
+    let mut a = FakeAgent::connect(&server.url, "a", &[]).await;
+    client
+        .apply(pb::ApplyRequest {
+            services: vec![web(1)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
+    a.until("allocation on a", |x| x.running_ids().len() == 1)
+        .await;
+    let first = a.running_ids();
+    a.report(&first, pb::AllocState::Healthy, 31000).await;
+
+    let mut b = FakeAgent::connect(&server.url, "b", &[]).await;
+    let drained = client
+        .drain(pb::NodeRequest { node: "a".into() })
+        .await
+        .expect("drain")
+        .into_inner();
+    assert!(drained.draining && drained.cordoned);
+
+    // The replacement lands on b while a keeps its replica running.
+    b.until("replacement on b", |x| x.running_ids().len() == 1)
+        .await;
+    assert_eq!(
+        a.running_ids(),
+        first,
+        "old replica kept until the new one runs"
+    );
+    let second = b.running_ids();
+    b.report(&second, pb::AllocState::Healthy, 31001).await;
+    a.until("old replica stopped", |x| x.running_ids().is_empty())
+        .await;
+
+    let nodes = eventually("drain finished", async || {
+        let nodes = client
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .expect("nodes")
+            .into_inner()
+            .nodes;
+        let a = nodes
+            .iter()
+            .find(|n| n.info.as_ref().is_some_and(|i| i.id == "a"))?;
+        (!a.draining).then_some(nodes)
+    })
+    .await;
+    let node_a = nodes
+        .iter()
+        .find(|n| n.info.as_ref().is_some_and(|i| i.id == "a"))
+        .expect("node a");
+    assert!(node_a.cordoned, "a drained node stays cordoned");
+
+    server.shutdown.cancel();
+    server.task.await.expect("join").expect("clean shutdown");
+}

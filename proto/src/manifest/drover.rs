@@ -1,0 +1,304 @@
+//! Drover's own manifest format, `apiVersion: drover.dev/v1`, `kind: Service`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::constraint::parse_constraint;
+use super::error::{Errors, FieldError, at};
+use super::input::{Cpu, Dur, Memory, Proto, Text, count_at_least, port_number};
+use crate::model::{
+    ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol, Resources,
+    RestartMode, ServiceSpec, SpreadMode, Strategy,
+};
+
+/// `apiVersion` of Drover's format.
+pub(crate) const API_VERSION: &str = "drover.dev/v1";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct Document {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    image: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Text>,
+    replicas: Option<i64>,
+    #[serde(default)]
+    resources: ResourcesInput,
+    #[serde(default)]
+    ports: Vec<PortInput>,
+    health: Option<CheckInput>,
+    liveness: Option<CheckInput>,
+    #[serde(default)]
+    restart: RestartInput,
+    #[serde(default)]
+    placement: PlacementInput,
+    #[serde(default)]
+    update: UpdateInput,
+    #[serde(default)]
+    traffic: TrafficInput,
+    stop_grace_period: Option<Dur>,
+    stop_after_disconnect: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesInput {
+    cpu: Option<Cpu>,
+    memory: Option<Memory>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PortInput {
+    name: Option<String>,
+    container_port: i64,
+    service_port: Option<i64>,
+    host_port: Option<i64>,
+    protocol: Option<Proto>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CheckInput {
+    http: Option<HttpInput>,
+    tcp: Option<TcpInput>,
+    exec: Option<ExecInput>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    success_threshold: Option<u32>,
+    failure_threshold: Option<u32>,
+    start_period: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpInput {
+    port: i64,
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpInput {
+    port: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecInput {
+    command: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RestartInput {
+    policy: Option<RestartMode>,
+    max_attempts: Option<u32>,
+    initial_backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    reset_after: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementInput {
+    #[serde(default)]
+    constraints: Vec<String>,
+    spread: Option<SpreadMode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateInput {
+    max_surge: Option<u32>,
+    max_unavailable: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrafficInput {
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    weights: BTreeMap<u64, u32>,
+}
+
+impl Document {
+    /// The spec this document declares; errors use the document's field paths. Values
+    /// that do not convert are replaced by placeholders that [`super::validate`] also
+    /// refuses at the same path, so the caller can merge both lists.
+    pub(crate) fn into_spec(self) -> (ServiceSpec, Vec<FieldError>) {
+        let mut errors = Errors::default();
+        let input = self.spec;
+        let mut spec = ServiceSpec::new(self.metadata.name, input.image);
+        spec.labels = self.metadata.labels;
+        spec.command = input.command;
+        spec.args = input.args;
+        spec.env = input.env.into_iter().map(|(k, v)| (k, v.0)).collect();
+        if let Some(replicas) = input.replicas {
+            spec.replicas = errors
+                .check("spec.replicas", count_at_least(replicas, 0))
+                .unwrap_or(0);
+        }
+        spec.resources = Resources {
+            cpu_millis: input.resources.cpu.map_or(0, |c| c.0),
+            memory_bytes: input.resources.memory.map_or(0, |m| m.0),
+        };
+        spec.ports = input
+            .ports
+            .into_iter()
+            .enumerate()
+            .map(|(index, port)| convert_port(&mut errors, index, port))
+            .collect();
+        spec.health = input
+            .health
+            .and_then(|check| convert_check(&mut errors, "spec.health", check));
+        spec.liveness = input
+            .liveness
+            .and_then(|check| convert_check(&mut errors, "spec.liveness", check));
+        convert_restart(&mut spec, input.restart);
+        spec.placement.constraints = input
+            .placement
+            .constraints
+            .iter()
+            .enumerate()
+            .map(|(index, text)| convert_constraint(&mut errors, index, text))
+            .collect();
+        if let Some(spread) = input.placement.spread {
+            spec.placement.spread = spread;
+        }
+        if let Some(max_surge) = input.update.max_surge {
+            spec.update.max_surge = max_surge;
+        }
+        if let Some(max_unavailable) = input.update.max_unavailable {
+            spec.update.max_unavailable = max_unavailable;
+        }
+        if let Some(strategy) = input.traffic.strategy {
+            spec.traffic.strategy = strategy;
+        }
+        spec.traffic.revision_weights = input.traffic.weights;
+        if let Some(period) = input.stop_grace_period {
+            spec.stop_grace_period = period.0;
+        }
+        spec.stop_after_disconnect = input.stop_after_disconnect.map(|d| d.0);
+        (spec, errors.0)
+    }
+}
+
+fn convert_port(errors: &mut Errors, index: usize, port: PortInput) -> PortSpec {
+    let base = format!("spec.ports[{index}]");
+    let mut number = |field: &str, value: i64| {
+        errors
+            .check(at(&base, field), port_number(value))
+            .unwrap_or(0)
+    };
+    PortSpec {
+        name: port.name,
+        container_port: number("containerPort", port.container_port),
+        service_port: port.service_port.map(|p| number("servicePort", p)),
+        host_port: port.host_port.map(|p| number("hostPort", p)),
+        protocol: port.protocol.map_or(Protocol::Tcp, |p| p.0),
+    }
+}
+
+fn convert_check(errors: &mut Errors, base: &str, check: CheckInput) -> Option<HealthCheck> {
+    let mut actions = Vec::new();
+    if let Some(http) = check.http {
+        let port = errors
+            .check(format!("{base}.http.port"), port_number(http.port))
+            .unwrap_or(0);
+        let path = http.path.unwrap_or_else(|| "/".to_string());
+        actions.push(ProbeAction::Http { port, path });
+    }
+    if let Some(tcp) = check.tcp {
+        let port = errors
+            .check(format!("{base}.tcp.port"), port_number(tcp.port))
+            .unwrap_or(0);
+        actions.push(ProbeAction::Tcp { port });
+    }
+    if let Some(exec) = check.exec {
+        actions.push(ProbeAction::Exec {
+            command: exec.command,
+        });
+    }
+    if actions.len() != 1 {
+        errors.push(
+            base,
+            format!(
+                "exactly one of http, tcp, exec is required, found {}",
+                actions.len()
+            ),
+        );
+        return None;
+    }
+    let mut health = HealthCheck::with_defaults(actions.remove(0));
+    if let Some(interval) = check.interval {
+        health.interval = interval.0;
+    }
+    if let Some(timeout) = check.timeout {
+        health.timeout = timeout.0;
+    }
+    if let Some(threshold) = check.success_threshold {
+        health.success_threshold = threshold;
+    }
+    if let Some(threshold) = check.failure_threshold {
+        health.failure_threshold = threshold;
+    }
+    if let Some(period) = check.start_period {
+        health.start_period = period.0;
+    }
+    Some(health)
+}
+
+fn convert_restart(spec: &mut ServiceSpec, input: RestartInput) {
+    let restart = &mut spec.restart;
+    if let Some(mode) = input.policy {
+        restart.mode = mode;
+    }
+    if let Some(attempts) = input.max_attempts {
+        restart.max_attempts = attempts;
+    }
+    if let Some(backoff) = input.initial_backoff {
+        restart.initial_backoff = backoff.0;
+    }
+    if let Some(backoff) = input.max_backoff {
+        restart.max_backoff = backoff.0;
+    }
+    if let Some(after) = input.reset_after {
+        restart.reset_after = after.0;
+    }
+}
+
+fn convert_constraint(errors: &mut Errors, index: usize, text: &str) -> LabelConstraint {
+    let parsed = parse_constraint(text).map_err(|err| err.0);
+    errors
+        .check(format!("spec.placement.constraints[{index}]"), parsed)
+        .unwrap_or_else(|| LabelConstraint {
+            key: String::new(),
+            op: ConstraintOp::Exists,
+            values: Vec::new(),
+        })
+}

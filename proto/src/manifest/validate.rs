@@ -1,0 +1,247 @@
+//! Validation of a [`ServiceSpec`], whatever it was parsed from; errors use Drover manifest paths.
+
+use std::collections::BTreeMap;
+
+use super::constraint;
+use super::error::{Errors, FieldError, at};
+use crate::model::{HealthCheck, ProbeAction, ServiceSpec};
+
+/// Validates one spec. Errors name the field as Drover's own manifest spells it
+/// (`metadata.name`, `spec.ports[1].containerPort`, `spec.health.timeout`).
+pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
+    let mut errors = Errors::default();
+    errors.check("metadata.name", dns_label(&spec.name));
+    errors.check("spec.image", image(&spec.image));
+    check_ports(&mut errors, spec);
+    for key in spec.env.keys() {
+        errors.check(format!("spec.env.{key}"), env_name(key));
+    }
+    if let Some(check) = &spec.health {
+        check_probe(&mut errors, "spec.health", check);
+    }
+    if let Some(check) = &spec.liveness {
+        check_probe(&mut errors, "spec.liveness", check);
+    }
+    let restart = &spec.restart;
+    if restart.initial_backoff > restart.max_backoff {
+        errors.push(
+            "spec.restart.initialBackoff",
+            format!(
+                "initial backoff {} is longer than maxBackoff {}",
+                humantime::format_duration(restart.initial_backoff),
+                humantime::format_duration(restart.max_backoff)
+            ),
+        );
+    }
+    for (index, constraint) in spec.placement.constraints.iter().enumerate() {
+        let checked = constraint::check(constraint)
+            .map_err(|why| format!("constraint \"{constraint}\": {why}"));
+        errors.check(format!("spec.placement.constraints[{index}]"), checked);
+    }
+    errors.check(
+        "spec.update",
+        update(spec.update.max_surge, spec.update.max_unavailable),
+    );
+    let weights = &spec.traffic.revision_weights;
+    if !weights.is_empty() && weights.values().all(|w| *w == 0) {
+        errors.push(
+            "spec.traffic.weights",
+            "every weight is 0: at least one revision must receive traffic",
+        );
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.0)
+    }
+}
+
+fn check_ports(errors: &mut Errors, spec: &ServiceSpec) {
+    let mut container_ports = BTreeMap::new();
+    let mut service_ports = BTreeMap::new();
+    let mut host_ports = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    for (index, port) in spec.ports.iter().enumerate() {
+        let base = format!("spec.ports[{index}]");
+        let container = at(&base, "containerPort");
+        if errors
+            .check(&container, nonzero(port.container_port))
+            .is_some()
+        {
+            errors.check(
+                &container,
+                unique(
+                    &mut container_ports,
+                    port.container_port,
+                    "container port",
+                    index,
+                ),
+            );
+        }
+        if let Some(service_port) = port.service_port {
+            let path = at(&base, "servicePort");
+            if errors.check(&path, nonzero(service_port)).is_some() {
+                errors.check(
+                    &path,
+                    unique(&mut service_ports, service_port, "service port", index),
+                );
+            }
+        }
+        if let Some(host_port) = port.host_port {
+            let path = at(&base, "hostPort");
+            if errors.check(&path, nonzero(host_port)).is_some() {
+                errors.check(
+                    &path,
+                    unique(&mut host_ports, host_port, "host port", index),
+                );
+            }
+        }
+        if let Some(name) = &port.name {
+            let path = at(&base, "name");
+            if errors.check(&path, port_name(name)).is_some() {
+                errors.check(&path, unique(&mut names, name.clone(), "port name", index));
+            }
+        }
+    }
+}
+
+/// Records `value` as seen at port `index`; an error names the earlier port that has it.
+fn unique<T: Ord + std::fmt::Display>(
+    seen: &mut BTreeMap<T, usize>,
+    value: T,
+    what: &str,
+    index: usize,
+) -> Result<(), String> {
+    if let Some(first) = seen.get(&value) {
+        return Err(format!(
+            "{what} {value} is already used by spec.ports[{first}]"
+        ));
+    }
+    seen.insert(value, index);
+    Ok(())
+}
+
+fn nonzero(port: u16) -> Result<(), String> {
+    if port == 0 {
+        Err("port 0 is out of range 1..=65535".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_probe(errors: &mut Errors, base: &str, check: &HealthCheck) {
+    match &check.action {
+        ProbeAction::Tcp { port } => {
+            errors.check(format!("{base}.tcp.port"), nonzero(*port));
+        }
+        ProbeAction::Http { port, path } => {
+            errors.check(format!("{base}.http.port"), nonzero(*port));
+            errors.check(format!("{base}.http.path"), http_path(path));
+        }
+        ProbeAction::Exec { command } => {
+            errors.check(format!("{base}.exec.command"), exec_command(command));
+        }
+    }
+    if check.interval.is_zero() {
+        errors.push(at(base, "interval"), "must be longer than 0s");
+    }
+    if check.timeout.is_zero() {
+        errors.push(at(base, "timeout"), "must be longer than 0s");
+    }
+    errors.check(
+        at(base, "successThreshold"),
+        threshold(check.success_threshold),
+    );
+    errors.check(
+        at(base, "failureThreshold"),
+        threshold(check.failure_threshold),
+    );
+}
+
+/// A DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or
+/// digit, at most 63 characters.
+pub(crate) fn dns_label(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "name \"{name}\" is not a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// A non-empty image reference without whitespace.
+pub(crate) fn image(image: &str) -> Result<(), String> {
+    if image.trim().is_empty() {
+        Err("image must not be empty".into())
+    } else if image.chars().any(char::is_whitespace) {
+        Err(format!("image \"{image}\" contains whitespace"))
+    } else {
+        Ok(())
+    }
+}
+
+/// An environment variable name: non-empty and without '='.
+pub(crate) fn env_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("environment variable name must not be empty".into())
+    } else if name.contains('=') || name.contains('\0') {
+        Err(format!(
+            "environment variable name \"{name}\" contains '=' or NUL"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A port name: non-empty, without whitespace.
+pub(crate) fn port_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        Err(format!(
+            "port name \"{name}\" must be non-empty and without whitespace"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// An HTTP probe path, absolute.
+pub(crate) fn http_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!("path \"{path}\" must start with '/'"))
+    }
+}
+
+/// An exec probe command: at least the program.
+pub(crate) fn exec_command(command: &[String]) -> Result<(), String> {
+    match command.first() {
+        Some(program) if !program.is_empty() => Ok(()),
+        _ => Err("command must name a program".into()),
+    }
+}
+
+fn threshold(value: u32) -> Result<(), String> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(format!("must be >= 1, got {value}"))
+    }
+}
+
+/// An update strategy that can make progress.
+pub(crate) fn update(max_surge: u32, max_unavailable: u32) -> Result<(), String> {
+    if max_surge == 0 && max_unavailable == 0 {
+        Err("maxSurge and maxUnavailable are both 0: an update could never progress".into())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The operator's path through the real binaries: start a coordinator, apply the seed
+//! manifests with `drover`, read them back, restart the coordinator, read them again.
+
+use drover_tests::{CoordinatorProcess, failure, success, workspace_root};
+
+#[test]
+fn seed_manifests_survive_a_coordinator_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = CoordinatorProcess::start(dir.path());
+    let seed = workspace_root().join("examples/seed");
+    let seed = seed.to_str().expect("utf-8 path");
+
+    let out = success(&coordinator.cli(&["apply", "-f", seed]), "drover apply");
+    assert!(
+        out.contains("service/user-service created (revision 1)"),
+        "{out}"
+    );
+
+    let out = success(
+        &coordinator.cli(&["get", "services"]),
+        "drover get services",
+    );
+    assert!(out.contains("user-service"), "{out}");
+    assert!(out.contains("80->8080/tcp"), "{out}");
+
+    let json = success(
+        &coordinator.cli(&["get", "services", "-o", "json"]),
+        "drover get services -o json",
+    );
+    let services: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(services[0]["name"], "user-service");
+    assert_eq!(services[0]["desired"], 3);
+    assert_eq!(services[0]["image"], "user-service");
+
+    let out = success(
+        &coordinator.cli(&["status", "user-service"]),
+        "drover status",
+    );
+    assert!(out.contains("3 desired"), "{out}");
+    // No agent yet: the placement failure says why.
+    assert!(out.contains("placed 0 of 3"), "{out}");
+
+    // Applying again changes nothing.
+    let out = success(&coordinator.cli(&["apply", "-f", seed]), "second apply");
+    assert!(out.contains("unchanged"), "{out}");
+
+    coordinator.kill_and_restart();
+    let json = success(
+        &coordinator.cli(&["status", "user-service", "-o", "json"]),
+        "status after restart",
+    );
+    let status: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(status["desired"], 3);
+    assert_eq!(status["revisions"], serde_json::json!([1]));
+
+    let out = success(&coordinator.cli(&["events"]), "drover events");
+    assert!(out.contains("service_created"), "{out}");
+    assert!(out.contains("coordinator_started"), "{out}");
+
+    let out = success(&coordinator.cli(&["scale", "user-service", "5"]), "scale");
+    assert!(out.contains("5 replicas"), "{out}");
+    let out = success(
+        &coordinator.cli(&["delete", "user-service"]),
+        "drover delete",
+    );
+    assert!(out.contains("deleted"), "{out}");
+    let err = failure(
+        &coordinator.cli(&["status", "user-service"]),
+        "status of a deleted service",
+    );
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn errors_name_the_problem_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: ok}\nspec: {image: ok}\n---\n\
+         apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: broken}\nspec: {image: x, replicas: -1}\n",
+    )
+    .expect("write manifest");
+    let err = failure(
+        &coordinator.cli(&["apply", "-f", bad.to_str().expect("path")]),
+        "apply of an invalid manifest",
+    );
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(err.contains("replicas"), "{err}");
+    let out = success(&coordinator.cli(&["get", "services"]), "get services");
+    assert!(out.contains("No services"), "nothing stored: {out}");
+
+    let err = failure(
+        &coordinator.cli(&["weights", "nope", "1=10"]),
+        "weights for a missing service",
+    );
+    assert!(err.contains("nope") && err.contains("not found"), "{err}");
+
+    let err = failure(
+        &coordinator.cli(&["--coordinator", "http://127.0.0.1:1", "get", "services"]),
+        "unreachable coordinator",
+    );
+    assert!(
+        err.contains("cannot reach the coordinator at http://127.0.0.1:1"),
+        "{err}"
+    );
+}
