@@ -1,1 +1,4 @@
-//! Drover agent: manages one host's containers. Built in the agent issue; the crate exists so the workspace has its final shape.
+//! Drover's agent: runs the containers the coordinator assigns to this host, checks their
+//! health, restarts them, and gossips node and service health to its peers.
+
+pub mod runtime;

@@ -1,0 +1,153 @@
+//! The container engine behind a narrow trait: Docker (and Podman's Docker-compatible API)
+//! through bollard in production, an in-memory fake for unit tests.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use drover_proto::model::Resources;
+
+/// Labels every Drover container carries; the agent finds its containers by them.
+pub mod labels {
+    /// Allocation id.
+    pub const ALLOC: &str = "drover.alloc";
+    /// Service name.
+    pub const SERVICE: &str = "drover.service";
+    /// Spec revision.
+    pub const REVISION: &str = "drover.revision";
+    /// Node id of the agent that owns the container.
+    pub const NODE: &str = "drover.node";
+}
+
+/// A published port: container port → host port on `host_ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortBinding {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host port; `None` lets the engine pick a free one.
+    pub host_port: Option<u16>,
+    /// Host address the port is bound to (the node's advertise address).
+    pub host_ip: IpAddr,
+}
+
+/// Everything needed to create a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Container name, unique on the engine.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Entrypoint override; empty keeps the image's.
+    pub command: Vec<String>,
+    /// Arguments override; empty keeps the image's.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Labels (see [`labels`]).
+    pub labels: BTreeMap<String, String>,
+    /// CPU limit in millicores; 0 = no limit.
+    pub cpu_millis: u64,
+    /// Memory limit in bytes; 0 = no limit.
+    pub memory_bytes: u64,
+    /// Published ports.
+    pub ports: Vec<PortBinding>,
+}
+
+/// Lifecycle state of a container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Exited with this code (also after being killed: 137 for SIGKILL).
+    Exited {
+        /// Exit code.
+        code: i64,
+    },
+    /// Any other engine state (paused, restarting, removing, dead), by its name.
+    Other(String),
+}
+
+/// A container as observed on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Engine id (full).
+    pub id: String,
+    /// Name, without a leading slash.
+    pub name: String,
+    /// Image reference it was created from.
+    pub image: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Current state.
+    pub state: ContainerState,
+    /// When it last started, if ever.
+    pub started_at: Option<SystemTime>,
+    /// Published ports: container port → host port.
+    pub host_ports: BTreeMap<u16, u16>,
+}
+
+/// Errors of a container runtime. Messages name the container or image and the engine's
+/// own words.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not on the node and could not be pulled.
+    #[error("image {image:?} is not present on this node and could not be pulled: {reason}")]
+    ImageUnavailable {
+        /// Image reference.
+        image: String,
+        /// Why the pull failed (no registry reachable, not found, …).
+        reason: String,
+    },
+    /// No such container.
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    /// The engine cannot be reached.
+    #[error("container engine at {endpoint} is unreachable: {reason}")]
+    Unreachable {
+        /// Socket or URL.
+        endpoint: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The engine refused or failed an operation.
+    #[error("{operation} {target}: {reason}")]
+    Engine {
+        /// What was attempted, e.g. "create container".
+        operation: &'static str,
+        /// Container name/id or image.
+        target: String,
+        /// The engine's message.
+        reason: String,
+    },
+}
+
+/// A container engine. Every method acts on one container or image; the agent's reconcile
+/// loop decides what to call.
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync + std::fmt::Debug + 'static {
+    /// Containers labelled with `drover.node = node`, in every state.
+    async fn list(&self, node: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// Makes sure `image` is present: nothing if it is, a pull (progress logged) if not.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
+    /// Creates a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Starts a created or exited container.
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes a container (forcefully, if it still runs).
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Current state of one container.
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
+    /// Runs `command` in the container; returns its exit code. Bounded by `timeout`.
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<i64, RuntimeError>;
+    /// CPU (millicores, averaged since the previous sample) and memory in use.
+    async fn usage(&self, id: &str) -> Result<Resources, RuntimeError>;
+}
