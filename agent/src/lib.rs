@@ -1,4 +1,19 @@
 //! Drover's agent: runs the containers the coordinator assigns to this host, checks their
 //! health, restarts them, and gossips node and service health to its peers.
+//!
+//! [`supervisor`] is the reconcile loop over a [`runtime::ContainerRuntime`]; [`link`] is the
+//! stream to the coordinator; [`health`] probes replicas; [`server::run`] wires them.
 
+pub mod config;
+pub mod error;
+pub mod gossip;
+pub mod health;
+pub mod host;
+pub mod link;
 pub mod runtime;
+pub mod server;
+pub mod supervisor;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::run;

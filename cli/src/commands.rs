@@ -173,6 +173,13 @@ struct AllocationRow {
     status: AllocStatus,
 }
 
+fn endpoint_text(status: &AllocStatus, address: Option<&String>) -> String {
+    match (status.host_ports.values().next(), address) {
+        (Some(port), Some(address)) => format!("{address}:{port}"),
+        _ => "-".into(),
+    }
+}
+
 /// A service as `status` shows it.
 #[derive(Debug, Serialize)]
 struct StatusView {
@@ -256,6 +263,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
         println!("No allocations.");
         return Ok(());
     }
+    let addresses = node_addresses(&mut client).await?;
     let now = now_unix_ms();
     let mut t = table(&[
         "ALLOCATION",
@@ -265,6 +273,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
         "STATE",
         "RESTARTS",
         "CONTAINER",
+        "ENDPOINT",
         "AGE",
         "MESSAGE",
     ]);
@@ -278,12 +287,79 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             row.status.state.to_string(),
             row.status.restarts.to_string(),
             row.status.container_id.chars().take(12).collect(),
+            endpoint_text(&row.status, addresses.get(&a.node)),
             age(a.created_unix_ms, now),
             row.status.message.clone(),
         ]);
     }
     print_table(&t);
     Ok(())
+}
+
+/// Names of every service.
+pub async fn service_names(
+    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .map_err(|s| refused("list services", s))?
+        .into_inner()
+        .services
+        .into_iter()
+        .map(|s| s.name)
+        .collect())
+}
+
+/// `address:host_port` of each running replica's first published port.
+pub async fn endpoints(
+    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+    service: &str,
+) -> anyhow::Result<Vec<String>> {
+    let addresses = node_addresses(client).await?;
+    let status = client
+        .get_service(pb::GetServiceRequest {
+            name: service.to_string(),
+        })
+        .await
+        .map_err(|s| refused(&format!("status of {service}"), s))?
+        .into_inner();
+    let Some(port) = status
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.first())
+        .map(|p| p.container_port)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for view in status.allocations {
+        let (Some(a), Some(s)) = (view.allocation, view.status) else {
+            continue;
+        };
+        if a.desired != pb::DesiredState::Run as i32 {
+            continue;
+        }
+        if let (Some(host_port), Some(address)) = (s.host_ports.get(&port), addresses.get(&a.node)) {
+            out.push(format!("{address}:{host_port}"));
+        }
+    }
+    Ok(out)
+}
+
+async fn node_addresses(
+    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    Ok(client
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .map_err(|s| refused("list nodes", s))?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .filter_map(|n| n.info)
+        .map(|i| (i.id, i.address))
+        .collect())
 }
 
 /// A node as `nodes` shows it.

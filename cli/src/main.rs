@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod dev;
 mod files;
 mod output;
 
@@ -27,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a coordinator and an agent in this process, on loopback (laptop or single edge box).
+    Dev(dev::DevArgs),
     /// Create or update services from manifests (Drover's own or Kubernetes Deployment + Service).
     Apply {
         /// Manifest file, directory of *.yaml/*.yml files, or - for standard input. Repeatable.
@@ -119,7 +122,7 @@ enum GetWhat {
     Nodes,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
@@ -134,6 +137,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let target = cli.coordinator;
     match cli.command {
+        Command::Dev(args) => {
+            init_logs();
+            dev::run(args).await
+        }
         Command::Apply { files, dry_run } => commands::apply(&target, &files, dry_run).await,
         Command::Delete { service } => commands::delete(&target, &service).await,
         Command::Get {
@@ -159,4 +166,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => commands::events(&target, since, follow, output).await,
     }
+}
+
+/// Logs of the in-process coordinator and agent, for `drover dev`.
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

@@ -28,6 +28,16 @@ pub struct Config {
     /// How long open requests get to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// UDP address gossip listens on; `None` keeps the coordinator out of gossip.
+    pub gossip_listen: Option<SocketAddr>,
+    /// Address peers reach this member's gossip on; default: derived from the listen
+    /// addresses.
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip peers to join through (`host:port`).
+    pub gossip_seeds: Vec<String>,
+    /// Time between gossip rounds.
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
 }
 
 impl Default for Config {
@@ -38,17 +48,25 @@ impl Default for Config {
             cluster_id: "drover".into(),
             reconcile_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            gossip_listen: Some(SocketAddr::from(([0, 0, 0, 0], 7402))),
+            gossip_advertise: None,
+            gossip_seeds: Vec::new(),
+            gossip_interval: Duration::from_millis(250),
         }
     }
 }
 
 /// Keys that `DROVER_<KEY>` environment variables may set.
-const ENV_KEYS: [&str; 5] = [
+const ENV_KEYS: [&str; 9] = [
     "listen",
     "data_dir",
     "cluster_id",
     "reconcile_interval",
     "shutdown_grace",
+    "gossip_listen",
+    "gossip_advertise",
+    "gossip_seeds",
+    "gossip_interval",
 ];
 
 /// Errors loading the configuration.
@@ -84,6 +102,19 @@ impl Config {
             .merge(overrides)
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// The gossip address peers are told: configured, or the gossip or gRPC listen IP when
+    /// specific, or loopback (single-host use only).
+    pub fn gossip_advertise(&self, listen: SocketAddr) -> SocketAddr {
+        if let Some(addr) = self.gossip_advertise {
+            return addr;
+        }
+        let ip = [listen.ip(), self.listen.ip()]
+            .into_iter()
+            .find(|ip| !ip.is_unspecified())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        SocketAddr::new(ip, listen.port())
     }
 
     /// Path of the store file.

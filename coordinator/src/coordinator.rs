@@ -131,6 +131,11 @@ impl Coordinator {
         &self.shutdown
     }
 
+    /// Records which members gossip says are alive.
+    pub async fn set_gossip_live(&self, live: std::collections::BTreeSet<String>) {
+        self.inner.lock().await.state.gossip_live = Some(live);
+    }
+
     /// Ends every agent session (their streams close), for shutdown.
     pub async fn close_sessions(&self) {
         let mut inner = self.inner.lock().await;

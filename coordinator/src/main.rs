@@ -29,6 +29,14 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
+    /// UDP address gossip listens on.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gossip_listen: Option<SocketAddr>,
+    /// Gossip seed peer (host:port); repeatable.
+    #[arg(long = "gossip-seed")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gossip_seeds: Vec<String>,
 }
 
 #[tokio::main]

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::control::ControlService;
 use crate::coordinator::Coordinator;
 use crate::error::Error;
+use crate::gossip;
 use crate::store::Store;
 
 /// Runs a coordinator on `store`, serving gRPC on `listener`, until `shutdown` is cancelled.
@@ -32,12 +33,23 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
 
+    let membership = gossip::join(&config, address).await?;
+
     let reconcile = tokio::spawn(
         coordinator
             .clone()
             .run_reconcile_loop(config.reconcile_interval, shutdown.clone()),
     );
     coordinator.wake();
+
+    let gossip_watch = membership.map(|membership| {
+        let coordinator = coordinator.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            gossip::watch_members(&membership, coordinator, shutdown).await;
+            membership.leave(std::time::Duration::from_secs(1)).await;
+        })
+    });
 
     info!(%address, "serving grpc");
     let closing = coordinator.clone();
@@ -70,6 +82,11 @@ pub async fn run(
     shutdown.cancel();
     if let Err(e) = reconcile.await {
         return Err(Error::Internal(format!("reconcile loop task: {e}")));
+    }
+    if let Some(task) = gossip_watch {
+        if let Err(e) = task.await {
+            return Err(Error::Internal(format!("gossip task: {e}")));
+        }
     }
     info!("coordinator stopped");
     match served {

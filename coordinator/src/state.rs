@@ -35,6 +35,8 @@ pub struct ClusterState {
     pub status: HashMap<String, AllocStatus>,
     /// Why replicas of a service could not be placed, by service.
     pub placement_failures: BTreeMap<String, String>,
+    /// Members gossip says are alive; `None` when the coordinator is not in gossip.
+    pub gossip_live: Option<BTreeSet<String>>,
 }
 
 impl ClusterState {

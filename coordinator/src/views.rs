@@ -113,9 +113,26 @@ pub fn node_status(state: &ClusterState, id: &str, allocated: Resources) -> pb::
         draining: flags.draining,
         allocated: Some(allocated.into()),
         allocations,
-        reason: match entry {
-            Some(e) => e.reason.clone(),
-            None => "not connected since the coordinator started".into(),
-        },
+        reason: node_reason(state, id),
     }
+}
+
+fn node_reason(state: &ClusterState, id: &str) -> String {
+    let mut reason = match state.nodes.get(id) {
+        Some(e) => e.reason.clone(),
+        None => "not connected since the coordinator started".into(),
+    };
+    if let Some(live) = &state.gossip_live {
+        let gossip = if live.contains(id) {
+            "alive in gossip"
+        } else {
+            "not alive in gossip"
+        };
+        if reason.is_empty() {
+            reason = gossip.to_string();
+        } else {
+            reason = format!("{reason}; {gossip}");
+        }
+    }
+    reason
 }

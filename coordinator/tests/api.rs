@@ -33,6 +33,7 @@ async fn start() -> Server {
     let config = Config {
         reconcile_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_millis(500),
+        gossip_listen: None,
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };

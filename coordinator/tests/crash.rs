@@ -22,6 +22,9 @@ fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
         .arg(data_dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        // Gossip on the same port number over UDP: free while the TCP port is ours.
+        .arg("--gossip-listen")
+        .arg(format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

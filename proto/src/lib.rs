@@ -2,6 +2,7 @@
 //! every crate reasons about, the conversions between the two, and the manifest formats.
 
 pub mod convert;
+pub mod gossip;
 pub mod manifest;
 pub mod model;
 

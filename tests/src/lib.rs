@@ -31,6 +31,14 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free UDP port on loopback (bound, then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
 /// A coordinator process with its own data dir and port; its log goes to a file that is
 /// printed when the test fails.
 #[derive(Debug)]
@@ -40,6 +48,8 @@ pub struct CoordinatorProcess {
     pub data_dir: PathBuf,
     /// gRPC port.
     pub port: u16,
+    /// Gossip (UDP) port.
+    pub gossip_port: u16,
     log: PathBuf,
 }
 
@@ -50,6 +60,7 @@ impl CoordinatorProcess {
             child: None,
             data_dir: data_dir.to_path_buf(),
             port: free_port(),
+            gossip_port: free_udp_port(),
             log: data_dir.join("coordinator.log"),
         };
         process.spawn();
@@ -67,6 +78,8 @@ impl CoordinatorProcess {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--gossip-listen")
+            .arg(format!("127.0.0.1:{}", self.gossip_port))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -151,3 +151,11 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug + 'static {
     /// CPU (millicores, averaged since the previous sample) and memory in use.
     async fn usage(&self, id: &str) -> Result<Resources, RuntimeError>;
 }
+
+#[doc(hidden)]
+pub mod conformance;
+mod docker;
+mod fake;
+
+pub use docker::DockerRuntime;
+pub use fake::{FakeOp, FakeRuntime};

@@ -1,0 +1,132 @@
+//! The agent's configuration: defaults, then the TOML file, then `DROVER_*` environment
+//! variables, then command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Default path of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/agent.toml";
+
+/// Agent settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Stable node id; default: the host's machine-id.
+    pub node_id: Option<String>,
+    /// Address other nodes and clients reach this node on; published ports bind to it.
+    pub advertise: IpAddr,
+    /// Coordinator gRPC URLs, tried in turn.
+    pub coordinators: Vec<String>,
+    /// Name of the cluster to join.
+    pub cluster_id: String,
+    /// UDP address gossip listens on.
+    pub gossip_listen: SocketAddr,
+    /// Gossip peers to join through (`host:port`).
+    pub gossip_seeds: Vec<String>,
+    /// Time between gossip rounds; failure detection takes about 5–8 of them.
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Node labels, matched by placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// CPU kept for the host, e.g. "500m".
+    pub reserved_cpu: String,
+    /// Memory kept for the host, e.g. "512Mi".
+    pub reserved_memory: String,
+    /// Directory of the agent's own state (gossip generation).
+    pub data_dir: PathBuf,
+    /// Container engine endpoint, e.g. `unix:///run/podman/podman.sock`; default: Docker's.
+    pub engine: Option<String>,
+    /// Time between reconcile passes when nothing wakes the loop earlier.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            advertise: IpAddr::from([127, 0, 0, 1]),
+            coordinators: vec!["http://127.0.0.1:7400".into()],
+            cluster_id: "drover".into(),
+            gossip_listen: SocketAddr::from(([0, 0, 0, 0], 7402)),
+            gossip_seeds: Vec::new(),
+            gossip_interval: Duration::from_millis(250),
+            labels: BTreeMap::new(),
+            reserved_cpu: "250m".into(),
+            reserved_memory: "256Mi".into(),
+            data_dir: PathBuf::from("/var/lib/drover/agent"),
+            engine: None,
+            reconcile_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+const ENV_KEYS: [&str; 13] = [
+    "node_id",
+    "advertise",
+    "coordinators",
+    "cluster_id",
+    "gossip_listen",
+    "gossip_seeds",
+    "gossip_interval",
+    "labels",
+    "reserved_cpu",
+    "reserved_memory",
+    "data_dir",
+    "engine",
+    "reconcile_interval",
+];
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// A value is invalid or a key unknown.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// No node id was configured and the machine id could not be read.
+    #[error("no node_id configured and /etc/machine-id is unreadable: {0}")]
+    NodeId(std::io::Error),
+}
+
+impl Config {
+    /// Loads the configuration. `path` is the file named on the command line, if any;
+    /// without one the default path is read when it exists. `overrides` holds the flags.
+    pub fn load(
+        path: Option<&Path>,
+        overrides: Serialized<impl Serialize>,
+    ) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("DROVER_").only(&ENV_KEYS))
+            .merge(overrides)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// The node id: configured, or the host's machine-id.
+    pub fn resolve_node_id(&self) -> Result<String, ConfigError> {
+        if let Some(id) = &self.node_id {
+            return Ok(id.clone());
+        }
+        std::fs::read_to_string("/etc/machine-id")
+            .map(|s| s.trim().to_string())
+            .map_err(ConfigError::NodeId)
+    }
+}

@@ -1,0 +1,101 @@
+//! `drover-agent`: runs on every host; manages its containers for the coordinator.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use drover_agent::Config;
+use drover_agent::runtime::DockerRuntime;
+use figment::providers::Serialized;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Drover agent: runs and watches the containers the coordinator assigns to this host.
+#[derive(Debug, Parser, Serialize)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Default: /etc/drover/agent.toml, when it exists.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Stable node id (default: the host's machine-id).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
+    /// Address other nodes and clients reach this node on.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<IpAddr>,
+    /// Coordinator gRPC URL; repeat for several.
+    #[arg(long = "coordinator")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    coordinators: Vec<String>,
+    /// UDP address gossip listens on.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gossip_listen: Option<SocketAddr>,
+    /// Gossip seed peer (host:port); repeatable.
+    #[arg(long = "gossip-seed")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gossip_seeds: Vec<String>,
+    /// Directory of the agent's state.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Container engine endpoint, e.g. unix:///run/podman/podman.sock.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref(), Serialized::globals(&args))?;
+    info!(version = env!("CARGO_PKG_VERSION"), "starting drover-agent");
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let runtime = DockerRuntime::connect(config.engine.as_deref())
+        .await
+        .context("connecting to the container engine")?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    drover_agent::run(config, Arc::new(runtime), shutdown).await?;
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown (containers keep running). Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            info!("shutting down; containers keep running");
+            shutdown.cancel();
+        } else {
+            warn!("second signal, exiting now");
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Starting and stopping an agent: the injectable `run` that the binary, `drover dev` and
+//! tests share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use drover_membership::next_generation;
+use drover_proto::model::NodeInfo;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::gossip;
+use crate::host;
+use crate::link::Link;
+use crate::runtime::ContainerRuntime;
+use crate::supervisor::{LinkState, Supervisor, SupervisorChannels};
+
+/// Runs an agent with `runtime` until `shutdown` is cancelled. Containers keep running when
+/// the agent stops: a restarted agent adopts them.
+pub async fn run(
+    config: Config,
+    runtime: Arc<dyn ContainerRuntime>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let node_id = config
+        .resolve_node_id()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if config.coordinators.is_empty() {
+        return Err(Error::Config("no coordinator URL configured".into()));
+    }
+    let capacity = host::capacity(&config.reserved_cpu, &config.reserved_memory)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Config(format!("creating data dir {}: {e}", config.data_dir.display()))
+    })?;
+    // Strictly larger on every start, so gossip peers take this incarnation's keys.
+    let generation = next_generation(&config.data_dir).map_err(|e| {
+        Error::Config(format!("gossip generation in {}: {e}", config.data_dir.display()))
+    })?;
+    info!(node = %node_id, generation, advertise = %config.advertise, cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes, "starting agent");
+
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (link_tx, link_rx) = watch::channel(LinkState::default());
+    let (status_tx, status_rx) = watch::channel(BTreeMap::new());
+    let (routes_tx, _routes_rx) = watch::channel(None);
+
+    let membership = gossip::join(&config, &node_id, generation, capacity).await?;
+    let gossip_terminated = membership.termination();
+    info!(listen = %config.gossip_listen, seeds = ?config.gossip_seeds, "joined gossip");
+
+    let supervisor = Supervisor::new(
+        node_id.clone(),
+        config.advertise,
+        runtime,
+        SupervisorChannels {
+            desired: desired_rx,
+            link: link_rx,
+            statuses: status_tx,
+        },
+        config.reconcile_interval,
+        shutdown.clone(),
+    );
+    let supervisor = tokio::spawn(supervisor.run());
+
+    let link = Link {
+        coordinators: config.coordinators.clone(),
+        cluster_id: config.cluster_id.clone(),
+        node: NodeInfo {
+            id: node_id,
+            generation,
+            address: config.advertise.to_string(),
+            capacity,
+            labels: config.labels.clone(),
+        },
+        statuses: status_rx.clone(),
+        desired: desired_tx,
+        link: link_tx,
+        routes: routes_tx,
+    };
+    let link = tokio::spawn(link.run(shutdown.clone()));
+
+    let publishing = gossip::publish_allocations(&membership, config.advertise, status_rx, shutdown.clone());
+    let failure = tokio::select! {
+        () = publishing => None,
+        result = gossip_terminated => result.err(),
+    };
+    shutdown.cancel();
+    supervisor
+        .await
+        .map_err(|e| Error::Internal(format!("supervisor task: {e}")))?;
+    link.await
+        .map_err(|e| Error::Internal(format!("link task: {e}")))?;
+    if let Some(e) = failure {
+        // Gossip is gone for good: exit so systemd restarts the agent.
+        return Err(Error::Gossip(e.to_string()));
+    }
+    membership.leave(config.gossip_interval * 4).await;
+    info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! The agent's reconcile loop: desired allocations (from the coordinator) against containers
+//! observed on the engine (by label) → create, start, restart with backoff, stop, remove.
+//!
+//! Level-triggered: every pass lists the node's containers and acts on the difference, so a
+//! missed event or a failed call is repaired by the next pass.
+
+mod backoff;
+#[cfg(test)]
+mod tests;
+mod tracked;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::model::{AllocStatus, Allocation, DesiredState, ServiceSpec};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::health::{CheckKind, HealthEvent, HealthStatus};
+use crate::runtime::{ContainerInfo, ContainerRuntime, labels};
+pub use backoff::{RestartDecision, after_exit, delay};
+use tracked::Tracked;
+
+/// One allocation the coordinator wants on this node, with the spec it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredAlloc {
+    /// The allocation.
+    pub allocation: Allocation,
+    /// The spec of its revision.
+    pub spec: ServiceSpec,
+}
+
+/// The node's desired set as last received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredUpdate {
+    /// Version from the coordinator; only newer versions replace older ones.
+    pub version: u64,
+    /// Link session it arrived on.
+    pub session: u64,
+    /// Allocations by id.
+    pub allocations: BTreeMap<String, DesiredAlloc>,
+}
+
+/// What the agent reports about one allocation: to the coordinator (status) and to gossip
+/// (service, revision, endpoint, health).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocReport {
+    /// Service name.
+    pub service: String,
+    /// Spec revision.
+    pub revision: u64,
+    /// Observed status.
+    pub status: AllocStatus,
+}
+
+/// Whether the link to the coordinator is up, and which session it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Session counter, increased on every connect.
+    pub session: u64,
+    /// Whether the session is open.
+    pub connected: bool,
+}
+
+/// Channels the supervisor works with.
+#[derive(Debug)]
+pub struct SupervisorChannels {
+    /// Desired set; `None` until the first one arrives.
+    pub desired: watch::Receiver<Option<DesiredUpdate>>,
+    /// Link state.
+    pub link: watch::Receiver<LinkState>,
+    /// Status of every allocation the agent knows, published after each pass.
+    pub statuses: watch::Sender<BTreeMap<String, AllocReport>>,
+}
+
+/// How often container usage is sampled.
+const USAGE_INTERVAL: Duration = Duration::from_secs(5);
+/// Grace period for containers whose spec is unknown (adopted, then undesired).
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// The reconcile loop of one node.
+#[derive(Debug)]
+pub struct Supervisor {
+    node: String,
+    advertise: IpAddr,
+    runtime: Arc<dyn ContainerRuntime>,
+    channels: SupervisorChannels,
+    tracked: BTreeMap<String, Tracked>,
+    health_tx: mpsc::Sender<HealthEvent>,
+    health_rx: mpsc::Receiver<HealthEvent>,
+    interval: Duration,
+    next_usage: Instant,
+    cancel: CancellationToken,
+}
+
+impl Supervisor {
+    /// A supervisor for `node`, binding published ports to `advertise`.
+    pub fn new(
+        node: String,
+        advertise: IpAddr,
+        runtime: Arc<dyn ContainerRuntime>,
+        channels: SupervisorChannels,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) -> Supervisor {
+        let (health_tx, health_rx) = mpsc::channel(256);
+        Supervisor {
+            node,
+            advertise,
+            runtime,
+            channels,
+            tracked: BTreeMap::new(),
+            health_tx,
+            health_rx,
+            interval,
+            next_usage: Instant::now(),
+            cancel,
+        }
+    }
+
+    /// Runs passes until cancelled: on every desired-set or link change, every health
+    /// transition, every `interval`, and when a restart backoff ends.
+    pub async fn run(mut self) {
+        info!(node = %self.node, "supervisor started");
+        loop {
+            self.pass().await;
+            let wake_at = self.next_wake();
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                changed = self.channels.desired.changed() => {
+                    if changed.is_err() { break; }
+                }
+                changed = self.channels.link.changed() => {
+                    if changed.is_err() { break; }
+                }
+                Some(event) = self.health_rx.recv() => self.on_health(event).await,
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+        for t in self.tracked.values_mut() {
+            t.stop_checks();
+        }
+        info!(node = %self.node, "supervisor stopped; containers keep running");
+    }
+
+    fn next_wake(&self) -> Instant {
+        let tick = Instant::now() + self.interval;
+        self.tracked
+            .values()
+            .filter_map(|t| t.restart_at)
+            .fold(tick, Instant::min)
+    }
+
+    /// One reconcile pass.
+    pub async fn pass(&mut self) {
+        let containers = match self.runtime.list(&self.node).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(node = %self.node, error = %e, "cannot list containers; retrying next pass");
+                return;
+            }
+        };
+        let mut by_alloc: HashMap<String, ContainerInfo> = HashMap::new();
+        for c in containers {
+            let Some(alloc) = c.labels.get(labels::ALLOC).cloned() else {
+                continue;
+            };
+            // Adoption: a container this node runs is tracked even before the desired set
+            // arrives, so the hello lists it and nothing restarts.
+            self.tracked
+                .entry(alloc.clone())
+                .or_insert_with(|| Tracked::adopted(&alloc, &c));
+            by_alloc.insert(alloc, c);
+        }
+
+        let desired = self.channels.desired.borrow().clone();
+        let link = *self.channels.link.borrow();
+        // Undesired containers are removed only on the coordinator's word in this session.
+        let confirmed = desired
+            .as_ref()
+            .is_some_and(|d| link.connected && d.session == link.session);
+        let wanted = desired.map(|d| d.allocations).unwrap_or_default();
+
+        for (id, want) in &wanted {
+            let container = by_alloc.get(id);
+            match want.allocation.desired {
+                DesiredState::Run => self.ensure_running(id, want, container).await,
+                DesiredState::Stop => {
+                    self.ensure_stopped(id, container, want.spec.stop_grace_period)
+                }
+            }
+        }
+        let unwanted: Vec<String> = self
+            .tracked
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in unwanted {
+            let container = by_alloc.get(&id);
+            if confirmed {
+                let grace = self
+                    .tracked
+                    .get(&id)
+                    .and_then(|t| t.spec.as_ref())
+                    .map(|s| s.stop_grace_period)
+                    .unwrap_or(DEFAULT_GRACE);
+                self.ensure_stopped(&id, container, grace);
+                if container.is_none() {
+                    self.tracked.remove(&id);
+                }
+            } else if let Some(t) = self.tracked.get_mut(&id) {
+                t.observe(container);
+            }
+        }
+        if Instant::now() >= self.next_usage {
+            self.sample_usage(&by_alloc).await;
+            self.next_usage = Instant::now() + USAGE_INTERVAL;
+        }
+        self.publish();
+    }
+
+    async fn ensure_running(&mut self, id: &str, want: &DesiredAlloc, container: Option<&ContainerInfo>) {
+        let t = self
+            .tracked
+            .entry(id.to_string())
+            .or_insert_with(|| Tracked::new(&want.allocation));
+        t.spec = Some(want.spec.clone());
+        t.revision = want.allocation.revision;
+        match container {
+            None => t.create(&self.node, self.advertise, self.runtime.as_ref()).await,
+            Some(c) => {
+                t.drive(c, self.runtime.as_ref()).await;
+                if t.is_running() {
+                    t.start_checks(self.advertise, c, &self.runtime, &self.health_tx);
+                }
+            }
+        }
+    }
+
+    fn ensure_stopped(&mut self, id: &str, container: Option<&ContainerInfo>, grace: Duration) {
+        let Some(t) = self.tracked.get_mut(id) else {
+            return;
+        };
+        t.stop(container, grace, &self.runtime);
+    }
+
+    async fn on_health(&mut self, event: HealthEvent) {
+        let Some(t) = self.tracked.get_mut(&event.alloc_id) else {
+            return;
+        };
+        match event.kind {
+            CheckKind::Readiness => t.readiness = Some(event.status),
+            CheckKind::Liveness if event.status == HealthStatus::Unhealthy => {
+                warn!(alloc = %event.alloc_id, detail = %event.detail, "liveness check failed; restarting container");
+                t.liveness_failed(&event.detail, &self.runtime);
+            }
+            CheckKind::Liveness => {}
+        }
+        t.refresh_health_state();
+        if let Some(detail) = Some(event.detail).filter(|d| !d.is_empty()) {
+            t.health_detail = detail;
+        }
+    }
+
+    async fn sample_usage(&mut self, containers: &HashMap<String, ContainerInfo>) {
+        for (id, t) in self.tracked.iter_mut() {
+            let Some(c) = containers.get(id).filter(|c| t.container_is(&c.id)) else {
+                continue;
+            };
+            if !t.is_running() {
+                continue;
+            }
+            match self.runtime.usage(&c.id).await {
+                Ok(usage) => t.status.usage = usage,
+                Err(e) => warn!(alloc = %id, error = %e, "cannot read container usage"),
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let statuses: BTreeMap<String, AllocReport> = self
+            .tracked
+            .iter()
+            .map(|(id, t)| {
+                let report = AllocReport {
+                    service: t.service.clone(),
+                    revision: t.revision,
+                    status: t.status.clone(),
+                };
+                (id.clone(), report)
+            })
+            .collect();
+        self.channels.statuses.send_if_modified(|current| {
+            if *current == statuses {
+                false
+            } else {
+                *current = statuses;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,451 @@
+//! One allocation as the agent tracks it: its container, restart backoff and health.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::model::{AllocState, AllocStatus, Allocation, ServiceSpec};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::backoff::{RestartDecision, after_exit, delay};
+use crate::health::{CheckKind, HealthChecker, HealthEvent, HealthStatus, ProbeTarget};
+use crate::runtime::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, PortBinding, RuntimeError,
+    labels,
+};
+
+/// Local state of one allocation.
+#[derive(Debug)]
+pub(super) struct Tracked {
+    pub id: String,
+    pub service: String,
+    pub revision: u64,
+    /// Known once the desired set names the allocation.
+    pub spec: Option<ServiceSpec>,
+    /// What is reported to the coordinator.
+    pub status: AllocStatus,
+    /// Restarts since the last stable run.
+    pub attempts: u32,
+    /// When the next (re)start may happen.
+    pub restart_at: Option<Instant>,
+    running_since: Option<Instant>,
+    pub readiness: Option<HealthStatus>,
+    pub health_detail: String,
+    checks: Option<(String, CancellationToken)>,
+    stopping: bool,
+}
+
+impl Tracked {
+    /// A new allocation, no container yet.
+    pub fn new(alloc: &Allocation) -> Tracked {
+        Tracked {
+            id: alloc.id.clone(),
+            service: alloc.service.clone(),
+            revision: alloc.revision,
+            spec: None,
+            status: AllocStatus::default(),
+            attempts: 0,
+            restart_at: None,
+            running_since: None,
+            readiness: None,
+            health_detail: String::new(),
+            checks: None,
+            stopping: false,
+        }
+    }
+
+    /// An allocation found as a running container (agent restart or upgrade).
+    pub fn adopted(id: &str, container: &ContainerInfo) -> Tracked {
+        let revision = container
+            .labels
+            .get(labels::REVISION)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        let mut t = Tracked {
+            id: id.to_string(),
+            service: container
+                .labels
+                .get(labels::SERVICE)
+                .cloned()
+                .unwrap_or_default(),
+            revision,
+            spec: None,
+            status: AllocStatus::default(),
+            attempts: 0,
+            restart_at: None,
+            running_since: None,
+            readiness: None,
+            health_detail: String::new(),
+            checks: None,
+            stopping: false,
+        };
+        info!(alloc = %id, container = %container.id, "adopted running container");
+        t.observe(Some(container));
+        t
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.status.state,
+            AllocState::Running | AllocState::Healthy | AllocState::Unhealthy
+        )
+    }
+
+    pub fn container_is(&self, id: &str) -> bool {
+        self.status.container_id == id
+    }
+
+    /// Updates the status from the container without acting on it.
+    pub fn observe(&mut self, container: Option<&ContainerInfo>) {
+        match container {
+            None => {
+                self.status.container_id.clear();
+                if !self.status.state.is_terminal() {
+                    self.set_state(AllocState::Pending, "no container".into());
+                }
+            }
+            Some(c) => {
+                self.status.container_id = c.id.clone();
+                self.status.host_ports = c.host_ports.clone();
+                match &c.state {
+                    ContainerState::Running => {
+                        if !self.is_running() {
+                            self.set_state(AllocState::Running, String::new());
+                        }
+                        self.running_since.get_or_insert_with(Instant::now);
+                        self.refresh_health_state();
+                    }
+                    ContainerState::Exited { code } => {
+                        if !self.status.state.is_terminal() && self.restart_at.is_none() {
+                            self.set_state(AllocState::Starting, format!("exited with code {code}"));
+                        }
+                    }
+                    ContainerState::Created => {
+                        self.set_state(AllocState::Starting, "created, not started".into());
+                    }
+                    ContainerState::Other(state) => {
+                        self.status.message = format!("container is {state}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_state(&mut self, state: AllocState, message: String) {
+        if self.status.state != state {
+            info!(alloc = %self.id, from = %self.status.state, to = %state, message = %message, "allocation state");
+        }
+        self.status.state = state;
+        self.status.message = message;
+    }
+
+    /// Running containers report readiness: healthy without a readiness check.
+    pub fn refresh_health_state(&mut self) {
+        if !self.is_running() {
+            return;
+        }
+        let has_check = self.spec.as_ref().is_some_and(|s| s.health.is_some());
+        let (state, message) = match (has_check, self.readiness) {
+            (false, _) | (true, Some(HealthStatus::Healthy)) => (AllocState::Healthy, String::new()),
+            (true, Some(HealthStatus::Unhealthy)) => (
+                AllocState::Unhealthy,
+                format!("readiness check failing: {}", self.health_detail),
+            ),
+            (true, _) => (AllocState::Running, "waiting for readiness check".into()),
+        };
+        self.set_state(state, message);
+    }
+
+    /// Creates and starts the container, unless a backoff is running or it gave up.
+    pub async fn create(&mut self, node: &str, advertise: IpAddr, runtime: &dyn ContainerRuntime) {
+        if self.status.state.is_terminal() || self.stopping {
+            return;
+        }
+        if self.restart_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let Some(spec) = self.spec.clone() else {
+            return;
+        };
+        self.stop_checks();
+        self.set_state(AllocState::Starting, format!("creating container from {}", spec.image));
+        if let Err(e) = runtime.ensure_image(&spec.image).await {
+            if matches!(e, RuntimeError::ImageUnavailable { .. }) {
+                self.set_state(AllocState::Failed, e.to_string());
+                warn!(alloc = %self.id, error = %e, "allocation failed");
+                return;
+            }
+            self.retry_later(format!("cannot prepare image: {e}"));
+            return;
+        }
+        let container = container_spec(&self.id, node, advertise, self.revision, &spec);
+        let id = match runtime.create(&container).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.retry_later(e.to_string());
+                return;
+            }
+        };
+        self.status.container_id = id.clone();
+        match runtime.start(&id).await {
+            Ok(()) => {
+                info!(alloc = %self.id, container = %id, "container started");
+                // Published ports are known once it runs; report them with the first status.
+                match runtime.inspect(&id).await {
+                    Ok(info) => self.status.host_ports = info.host_ports,
+                    Err(e) => warn!(alloc = %self.id, error = %e, "cannot inspect started container"),
+                }
+                self.restart_at = None;
+                self.running_since = Some(Instant::now());
+                self.readiness = None;
+                self.set_state(AllocState::Running, String::new());
+                self.refresh_health_state();
+            }
+            Err(e) => self.retry_later(e.to_string()),
+        }
+    }
+
+    /// A failed create or start: try again after the backoff, or give up.
+    fn retry_later(&mut self, reason: String) {
+        let Some(policy) = self.spec.as_ref().map(|s| s.restart.clone()) else {
+            return;
+        };
+        if self.attempts >= policy.max_attempts {
+            self.set_state(
+                AllocState::Failed,
+                format!("{reason}; gave up after {} attempts", self.attempts),
+            );
+            return;
+        }
+        let wait = delay(&policy, self.attempts);
+        self.attempts += 1;
+        self.restart_at = Some(Instant::now() + wait);
+        warn!(alloc = %self.id, reason = %reason, retry_in = ?wait, "container start failed");
+        self.set_state(
+            AllocState::Starting,
+            format!("{reason}; retrying in {}", humanize(wait)),
+        );
+    }
+
+    /// Acts on an existing container: keeps it running, restarts it with backoff.
+    pub async fn drive(&mut self, c: &ContainerInfo, runtime: &dyn ContainerRuntime) {
+        self.status.container_id = c.id.clone();
+        self.status.host_ports = c.host_ports.clone();
+        if self.status.state == AllocState::Failed || self.stopping {
+            return;
+        }
+        let Some(policy) = self.spec.as_ref().map(|s| s.restart.clone()) else {
+            return;
+        };
+        match &c.state {
+            ContainerState::Running => {
+                let since = *self.running_since.get_or_insert_with(Instant::now);
+                if self.attempts > 0 && since.elapsed() >= policy.reset_after {
+                    self.attempts = 0;
+                }
+                self.restart_at = None;
+                if !self.is_running() {
+                    self.set_state(AllocState::Running, String::new());
+                }
+                self.refresh_health_state();
+            }
+            ContainerState::Created => self.start_again(c, runtime, false).await,
+            ContainerState::Exited { code } => {
+                self.stop_checks();
+                self.running_since = None;
+                match self.restart_at {
+                    None => match after_exit(&policy, *code, self.attempts) {
+                        RestartDecision::RestartAfter(wait) => {
+                            self.restart_at = Some(Instant::now() + wait);
+                            self.set_state(
+                                AllocState::Starting,
+                                format!(
+                                    "exited with code {code}; back-off {}, restart {} of {}",
+                                    humanize(wait),
+                                    self.attempts + 1,
+                                    policy.max_attempts
+                                ),
+                            );
+                        }
+                        RestartDecision::Completed => {
+                            self.set_state(AllocState::Stopped, format!("exited with code {code}"));
+                        }
+                        RestartDecision::GiveUp => {
+                            self.set_state(
+                                AllocState::Failed,
+                                format!(
+                                    "exited with code {code}; gave up after {} restarts",
+                                    self.attempts
+                                ),
+                            );
+                        }
+                    },
+                    Some(at) if Instant::now() >= at => self.start_again(c, runtime, true).await,
+                    Some(_) => {}
+                }
+            }
+            ContainerState::Other(state) => {
+                self.status.message = format!("container is {state}");
+            }
+        }
+    }
+
+    async fn start_again(&mut self, c: &ContainerInfo, runtime: &dyn ContainerRuntime, counts: bool) {
+        match runtime.start(&c.id).await {
+            Ok(()) => {
+                if counts {
+                    self.attempts += 1;
+                    self.status.restarts += 1;
+                }
+                info!(alloc = %self.id, container = %c.id, restarts = self.status.restarts, "container restarted");
+                self.restart_at = None;
+                self.running_since = Some(Instant::now());
+                self.readiness = None;
+                self.set_state(AllocState::Running, String::new());
+                self.refresh_health_state();
+            }
+            Err(e) => self.retry_later(e.to_string()),
+        }
+    }
+
+    /// Starts the readiness and liveness checks of a running container, once per container.
+    pub fn start_checks(
+        &mut self,
+        advertise: IpAddr,
+        c: &ContainerInfo,
+        runtime: &Arc<dyn ContainerRuntime>,
+        events: &mpsc::Sender<HealthEvent>,
+    ) {
+        if self.checks.as_ref().is_some_and(|(id, _)| *id == c.id) {
+            return;
+        }
+        self.stop_checks();
+        let Some(spec) = &self.spec else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        let target = ProbeTarget {
+            container_id: c.id.clone(),
+            host: advertise,
+            host_ports: c.host_ports.clone(),
+        };
+        for (kind, check) in [
+            (CheckKind::Readiness, &spec.health),
+            (CheckKind::Liveness, &spec.liveness),
+        ] {
+            if let Some(check) = check {
+                HealthChecker::spawn(
+                    self.id.clone(),
+                    kind,
+                    check.clone(),
+                    target.clone(),
+                    runtime.clone(),
+                    events.clone(),
+                    cancel.clone(),
+                );
+            }
+        }
+        self.checks = Some((c.id.clone(), cancel));
+    }
+
+    pub fn stop_checks(&mut self) {
+        if let Some((_, cancel)) = self.checks.take() {
+            cancel.cancel();
+        }
+    }
+
+    /// Stops and removes the container in the background (bounded by `grace`).
+    pub fn stop(
+        &mut self,
+        container: Option<&ContainerInfo>,
+        grace: Duration,
+        runtime: &Arc<dyn ContainerRuntime>,
+    ) {
+        self.stop_checks();
+        let Some(c) = container else {
+            self.stopping = false;
+            self.set_state(AllocState::Stopped, String::new());
+            return;
+        };
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.set_state(AllocState::Stopped, "stopping".into());
+        let runtime = runtime.clone();
+        let id = c.id.clone();
+        let alloc = self.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.stop(&id, grace).await {
+                warn!(alloc = %alloc, container = %id, error = %e, "stop failed; removing anyway");
+            }
+            match runtime.remove(&id).await {
+                Ok(()) => info!(alloc = %alloc, container = %id, "container removed"),
+                Err(e) => warn!(alloc = %alloc, container = %id, error = %e, "remove failed; next pass retries"),
+            }
+        });
+    }
+
+    /// Liveness failed: stop the container; the next pass restarts it with backoff.
+    pub fn liveness_failed(&mut self, detail: &str, runtime: &Arc<dyn ContainerRuntime>) {
+        self.stop_checks();
+        self.set_state(AllocState::Unhealthy, format!("liveness check failed: {detail}"));
+        let grace = self
+            .spec
+            .as_ref()
+            .map(|s| s.stop_grace_period)
+            .unwrap_or(Duration::from_secs(10));
+        let runtime = runtime.clone();
+        let id = self.status.container_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.stop(&id, grace).await {
+                warn!(container = %id, error = %e, "stopping a container that failed liveness");
+            }
+        });
+    }
+}
+
+fn container_spec(
+    alloc: &str,
+    node: &str,
+    advertise: IpAddr,
+    revision: u64,
+    spec: &ServiceSpec,
+) -> ContainerSpec {
+    let labels: BTreeMap<String, String> = [
+        (labels::ALLOC, alloc.to_string()),
+        (labels::SERVICE, spec.name.clone()),
+        (labels::REVISION, revision.to_string()),
+        (labels::NODE, node.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ContainerSpec {
+        name: format!("drover-{alloc}"),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        labels,
+        cpu_millis: spec.resources.cpu_millis,
+        memory_bytes: spec.resources.memory_bytes,
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| PortBinding {
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: advertise,
+            })
+            .collect(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
+}

@@ -1,0 +1,339 @@
+//! The Docker runtime against the real engine: the shared conformance checks, then what only a
+//! real engine can show (signals, limits, published ports, the seed images).
+//!
+//! Needs a Docker engine (20.10 or newer, or Podman via DOCKER_HOST) and busybox-static: the
+//! images are built by examples/seed/build-images.sh. Every test labels its containers with
+//! its own node id and removes them when it ends, even by a panic.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use drover_agent::runtime::conformance::{self, CONTAINER_PORT, Fixture};
+use drover_agent::runtime::{
+    ContainerRuntime, ContainerState, DockerRuntime, RuntimeError, labels,
+};
+
+/// The image the checks run: busybox httpd on port 8080 answering "drover-test-busybox <id>".
+const TEST_IMAGE: &str = "drover-test-busybox";
+
+/// Builds the images once per test binary; the script itself is idempotent and locked.
+fn build_images() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/seed/build-images.sh"
+        );
+        let output = Command::new(script)
+            .output()
+            .map_err(|err| format!("running {script}: {err}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{script} failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    });
+    if let Err(err) = built {
+        panic!("{err}");
+    }
+}
+
+/// A node id no other test (in this or another process) uses.
+fn unique_node() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    format!(
+        "test-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes the test's containers when dropped, also while unwinding from a panic: those
+/// labelled with its node id and those named after it (checks label some with other nodes).
+/// Synchronous, through the docker CLI, so that it works outside the async runtime.
+struct Cleanup {
+    node: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut ids = Vec::new();
+        for filter in [
+            format!("label={}={}", labels::NODE, self.node),
+            format!("name={}", self.node),
+        ] {
+            let listed = Command::new("docker")
+                .args(["ps", "--all", "--quiet", "--no-trunc", "--filter", &filter])
+                .output();
+            match listed {
+                Ok(output) => ids.extend(
+                    String::from_utf8_lossy(&output.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned),
+                ),
+                Err(err) => eprintln!("cleanup of {}: docker ps: {err}", self.node),
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() {
+            return;
+        }
+        let removed = Command::new("docker")
+            .args(["rm", "--force", "--volumes"])
+            .args(&ids)
+            .output();
+        if let Err(err) = removed {
+            eprintln!("cleanup of {}: docker rm: {err}", self.node);
+        }
+    }
+}
+
+/// A connected runtime, a fixture with a fresh node id, and the guard that cleans up after it.
+async fn setup() -> (DockerRuntime, Fixture, Cleanup) {
+    build_images();
+    let runtime = DockerRuntime::connect(None)
+        .await
+        .expect("connect to the Docker engine");
+    let node = unique_node();
+    let cleanup = Cleanup { node: node.clone() };
+    (runtime, Fixture::new(&node, TEST_IMAGE), cleanup)
+}
+
+macro_rules! conformance_tests {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $check() {
+            let (runtime, fixture, _cleanup) = setup().await;
+            conformance::$check(&runtime, &fixture)
+                .await
+                .expect(concat!("conformance check ", stringify!($check)));
+        }
+    )*};
+}
+
+conformance_tests!(
+    create_start_list,
+    stop_then_start_again,
+    remove,
+    list_filters_by_node,
+    missing_image,
+    duplicate_name,
+    missing_container,
+    exec_exit_codes,
+    usage,
+    fixed_host_port,
+);
+
+#[tokio::test]
+async fn connects_with_a_negotiated_api_version() {
+    let runtime = DockerRuntime::connect(Some("unix:///var/run/docker.sock"))
+        .await
+        .expect("connect to /var/run/docker.sock");
+    let (major, minor) = runtime
+        .api_version()
+        .split_once('.')
+        .and_then(|(major, minor)| Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?)))
+        .expect("a numeric API version");
+    assert!((major, minor) <= (1, 41), "API {major}.{minor}");
+    assert_eq!(runtime.endpoint(), "unix:///var/run/docker.sock");
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_named() {
+    let endpoint = "unix:///nonexistent/drover-test.sock";
+    let err = DockerRuntime::connect(Some(endpoint))
+        .await
+        .expect_err("no engine listens there");
+    assert!(
+        matches!(&err, RuntimeError::Unreachable { endpoint: named, .. } if named == endpoint),
+        "{err}"
+    );
+    assert!(err.to_string().contains(endpoint), "{err}");
+
+    let err = DockerRuntime::connect(Some("ftp://example"))
+        .await
+        .expect_err("unsupported scheme");
+    assert!(matches!(err, RuntimeError::Unreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn missing_image_fails_promptly_with_the_engines_reason() {
+    let (runtime, fixture, _cleanup) = setup().await;
+    let image = format!("{}-nowhere/missing:1.0", fixture.node);
+    let started = Instant::now();
+    let err = runtime
+        .ensure_image(&image)
+        .await
+        .expect_err("no registry is reachable");
+    eprintln!(
+        "ensure_image({image}) failed after {:?}: {err}",
+        started.elapsed()
+    );
+    let RuntimeError::ImageUnavailable {
+        image: named,
+        reason,
+    } = err
+    else {
+        panic!("expected ImageUnavailable, got {err}");
+    };
+    assert_eq!(named, image);
+    assert!(!reason.is_empty());
+}
+
+#[tokio::test]
+async fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let (runtime, fixture, _cleanup) = setup().await;
+
+    // The test image's shell traps SIGTERM and exits 0 at once.
+    let graceful = runtime
+        .create(&fixture.spec("graceful"))
+        .await
+        .expect("create");
+    runtime.start(&graceful).await.expect("start");
+    runtime
+        .stop(&graceful, Duration::from_secs(30))
+        .await
+        .expect("stop");
+    let state = runtime.inspect(&graceful).await.expect("inspect").state;
+    assert_eq!(state, ContainerState::Exited { code: 0 });
+
+    // sleep as PID 1 has no SIGTERM handler, so the kernel ignores the signal: only the
+    // SIGKILL after the grace period ends it.
+    let mut spec = fixture.spec("stubborn");
+    spec.command = vec!["/bin/sleep".to_owned()];
+    spec.args = vec!["600".to_owned()];
+    let stubborn = runtime.create(&spec).await.expect("create");
+    runtime.start(&stubborn).await.expect("start");
+    runtime
+        .stop(&stubborn, Duration::from_millis(500))
+        .await
+        .expect("stop");
+    let state = runtime.inspect(&stubborn).await.expect("inspect").state;
+    assert_eq!(state, ContainerState::Exited { code: 137 });
+}
+
+#[tokio::test]
+async fn exec_sees_the_environment_and_times_out() {
+    let (runtime, fixture, _cleanup) = setup().await;
+    let mut spec = fixture.spec("web");
+    spec.env = BTreeMap::from([("GREETING".to_owned(), "hello world".to_owned())]);
+    let id = runtime.create(&spec).await.expect("create");
+    runtime.start(&id).await.expect("start");
+    let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let timeout = Duration::from_secs(10);
+
+    let code = runtime
+        .exec(&id, &sh(r#"test "$GREETING" = "hello world""#), timeout)
+        .await
+        .expect("exec");
+    assert_eq!(code, 0);
+    let code = runtime
+        .exec(&id, &sh("exit 7"), timeout)
+        .await
+        .expect("exec");
+    assert_eq!(code, 7);
+
+    let err = runtime
+        .exec(&id, &sh("sleep 30"), Duration::from_millis(300))
+        .await
+        .expect_err("times out");
+    assert!(
+        matches!(&err, RuntimeError::Engine { reason, .. } if reason.contains("exec timed out after 300ms")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn limits_and_no_restart_policy_reach_the_engine() {
+    let (runtime, fixture, _cleanup) = setup().await;
+    let mut spec = fixture.spec("limited");
+    spec.cpu_millis = 250;
+    spec.memory_bytes = 64 << 20;
+    let id = runtime.create(&spec).await.expect("create");
+    let output = Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.Init}}",
+            &id,
+        ])
+        .output()
+        .expect("docker inspect");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "250000000 67108864 no false"
+    );
+
+    runtime.start(&id).await.expect("start");
+    let used = runtime.usage(&id).await.expect("usage");
+    assert!(
+        used.memory_bytes > 0 && used.memory_bytes <= 64 << 20,
+        "{used:?}"
+    );
+}
+
+#[tokio::test]
+async fn published_port_serves_the_seed_images() {
+    let (runtime, fixture, _cleanup) = setup().await;
+    for image in ["user-service", "order-service", TEST_IMAGE] {
+        let spec = drover_agent::runtime::ContainerSpec {
+            image: image.to_owned(),
+            ..fixture.spec(image)
+        };
+        let id = runtime.create(&spec).await.expect("create");
+        runtime.start(&id).await.expect("start");
+        let info = runtime.inspect(&id).await.expect("inspect");
+        let port = info.host_ports[&CONTAINER_PORT];
+        let body = http_get(port, "/", Duration::from_secs(10));
+        // The hostname of a Docker container is its short id.
+        assert_eq!(body.trim(), format!("{image} {}", &id[..12]));
+        assert_eq!(
+            http_get(port, "/healthz", Duration::from_secs(10)).trim(),
+            "ok"
+        );
+    }
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`, retried until `deadline` elapses (the server
+/// may still be starting).
+fn http_get(port: u16, path: &str, deadline: Duration) -> String {
+    let until = Instant::now() + deadline;
+    loop {
+        match try_http_get(port, path) {
+            Ok(body) => return body,
+            Err(err) if Instant::now() >= until => {
+                panic!("GET http://127.0.0.1:{port}{path}: {err}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("malformed response {response:?}")))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("response {head:?}")));
+    }
+    Ok(body.to_owned())
+}

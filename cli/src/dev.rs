@@ -1,0 +1,200 @@
+//! `drover dev`: a coordinator and an agent in one process on loopback, for a laptop or a
+//! single edge box.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use drover_agent::runtime::DockerRuntime;
+use drover_coordinator::store::RedbStore;
+use drover_proto::pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::connect;
+use crate::commands;
+
+/// Options of `drover dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// State directory. Default: the user's data dir (e.g. ~/.local/share/drover/dev).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the coordinator's gRPC API.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Node id of the local agent.
+    #[arg(long, default_value = "dev")]
+    node_id: String,
+    /// Manifests to apply once the cluster is up (file, directory or -). Repeatable.
+    #[arg(long = "apply")]
+    apply: Vec<String>,
+    /// Container engine endpoint (default: Docker's, or $DOCKER_HOST).
+    #[arg(long)]
+    engine: Option<String>,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => dirs::data_dir()
+            .context("no user data directory; pass --data-dir")?
+            .join("drover")
+            .join("dev"),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+
+    // Coordinator and agent each need their own gossip port on loopback.
+    let coordinator_gossip = SocketAddr::new(args.listen.ip(), 7402);
+    let coordinator_config = drover_coordinator::Config {
+        listen: args.listen,
+        data_dir: data_dir.clone(),
+        gossip_listen: Some(coordinator_gossip),
+        ..drover_coordinator::Config::default()
+    };
+    let store = RedbStore::open(&coordinator_config.store_path()).with_context(|| {
+        format!(
+            "opening {} (is another drover dev running?)",
+            coordinator_config.store_path().display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the coordinator API on {}", args.listen))?;
+    let url = format!("http://{}", args.listen);
+
+    let runtime = DockerRuntime::connect(args.engine.as_deref())
+        .await
+        .context("connecting to the container engine")?;
+    let agent_config = drover_agent::Config {
+        node_id: Some(args.node_id.clone()),
+        advertise: args.listen.ip(),
+        coordinators: vec![url.clone()],
+        data_dir: data_dir.join("agent"),
+        gossip_listen: SocketAddr::new(args.listen.ip(), 7405),
+        gossip_seeds: vec![coordinator_gossip.to_string()],
+        ..drover_agent::Config::default()
+    };
+
+    let mut coordinator = tokio::spawn(drover_coordinator::run(
+        coordinator_config,
+        Arc::new(store),
+        listener,
+        shutdown.clone(),
+    ));
+    let mut agent = tokio::spawn(drover_agent::run(
+        agent_config,
+        Arc::new(runtime),
+        shutdown.clone(),
+    ));
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    // Either half failing to start ends `drover dev` with its error.
+    tokio::select! {
+        ready = wait_for_node(&url, &args.node_id) => ready?,
+        ended = &mut coordinator => {
+            shutdown.cancel();
+            ended.context("coordinator task")?.context("coordinator")?;
+            anyhow::bail!("the coordinator stopped during start-up");
+        }
+        ended = &mut agent => {
+            shutdown.cancel();
+            ended.context("agent task")?.context("agent")?;
+            anyhow::bail!("the agent stopped during start-up");
+        }
+    }
+    println!("Drover dev is up: coordinator API at {url}, node {:?}, state in {}", args.node_id, data_dir.display());
+    println!("  export DROVER_COORDINATOR={url}");
+    if !args.apply.is_empty() {
+        commands::apply(&url, &args.apply, false).await?;
+        wait_and_show_endpoints(&url).await?;
+    }
+    println!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");
+
+    let coordinator = coordinator.await.context("coordinator task")?;
+    let agent = agent.await.context("agent task")?;
+    coordinator.context("coordinator")?;
+    agent.context("agent")?;
+    Ok(())
+}
+
+async fn wait_for_node(url: &str, node: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut client) = connect(url).await {
+            if let Ok(nodes) = client.list_nodes(pb::ListNodesRequest {}).await {
+                let ready = nodes.into_inner().nodes.iter().any(|n| {
+                    n.health == pb::NodeHealth::Ready as i32
+                        && n.info.as_ref().is_some_and(|i| i.id == node)
+                });
+                if ready {
+                    return Ok(());
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the local agent did not join the coordinator at {url} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (with progress) until every service's replicas run, then prints what to curl.
+async fn wait_and_show_endpoints(url: &str) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    loop {
+        let services = client
+            .list_services(pb::ListServicesRequest {})
+            .await
+            .context("list services")?
+            .into_inner()
+            .services;
+        let progress = services
+            .iter()
+            .map(|s| format!("{} {}/{}", s.name, s.healthy, s.desired_replicas))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if progress != last {
+            println!("  waiting for replicas: {progress}");
+            last = progress;
+        }
+        let failures: Vec<String> = services
+            .iter()
+            .filter(|s| !s.placement_failure.is_empty())
+            .map(|s| format!("{}: {}", s.name, s.placement_failure))
+            .collect();
+        if services.iter().all(|s| s.healthy >= s.desired_replicas) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            println!("  not every replica is healthy after 2 minutes; see `drover status SERVICE`");
+            for f in failures {
+                println!("  {f}");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for name in commands::service_names(&mut client).await? {
+        let endpoints = commands::endpoints(&mut client, &name).await?;
+        for endpoint in endpoints {
+            println!("  curl http://{endpoint}/      # {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("stopping drover dev (containers keep running)");
+        shutdown.cancel();
+    }
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}

@@ -1,0 +1,99 @@
+#!/bin/sh
+# Builds the seed example's workload images locally, FROM scratch with Debian's static busybox
+# (no registry is reachable on the machines Drover is tested on):
+#
+#   user-service:latest         the seed example's services; each answers HTTP on port 8080
+#   order-service:latest        with "<service name> <container hostname>" (the hostname of a
+#   drover-test-busybox:latest  Docker container is its short id); the last one is what
+#                               Drover's own tests run.
+#
+# Every image also serves /healthz ("ok") and stops at once on SIGTERM.
+#
+# Usage: examples/seed/build-images.sh [--force]
+#   Builds only the images that are missing; --force rebuilds all of them.
+#   DOCKER (default "docker") names the client to use, e.g. DOCKER=podman.
+set -eu
+
+IMAGES="user-service order-service drover-test-busybox"
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+DOCKER=${DOCKER:-docker}
+
+force=false
+for arg in "$@"; do
+    case "$arg" in
+    --force) force=true ;;
+    -h | --help)
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "build-images.sh: unknown argument: $arg (usage: $0 [--force])" >&2
+        exit 2
+        ;;
+    esac
+done
+
+die() {
+    echo "build-images.sh: $*" >&2
+    exit 1
+}
+
+command -v "$DOCKER" >/dev/null 2>&1 ||
+    die "'$DOCKER' is not installed; install Docker (apt-get install -y docker.io) or set DOCKER"
+"$DOCKER" version >/dev/null 2>&1 ||
+    die "the container engine is unavailable: '$DOCKER version' failed (is the daemon running, may this user reach its socket?)"
+
+# Concurrent callers (parallel test binaries) wait for each other instead of racing.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"${TMPDIR:-/tmp}/drover-build-images.lock"
+    flock 9
+fi
+
+missing=""
+for image in $IMAGES; do
+    if $force || ! "$DOCKER" image inspect "$image:latest" >/dev/null 2>&1; then
+        missing="$missing $image"
+    fi
+done
+if [ -z "$missing" ]; then
+    echo "build-images.sh: images present:$(printf ' %s:latest' $IMAGES) (--force rebuilds)"
+    exit 0
+fi
+
+[ -x "$BUSYBOX" ] ||
+    die "$BUSYBOX is missing; install it with: sudo apt-get update && sudo apt-get install -y busybox-static"
+if command -v file >/dev/null 2>&1; then
+    file -L "$BUSYBOX" | grep -q 'statically linked' ||
+        die "$BUSYBOX is not statically linked; install it with: sudo apt-get install -y busybox-static"
+fi
+
+context=$(mktemp -d "${TMPDIR:-/tmp}/drover-images.XXXXXX")
+trap 'rm -rf "$context"' EXIT
+trap 'exit 1' INT TERM
+cp "$BUSYBOX" "$context/busybox"
+
+# sh stays PID 1 and traps SIGTERM, so `docker stop` ends the container at once instead of
+# waiting for the grace period (PID 1 ignores signals it has no handler for).
+cat >"$context/Dockerfile" <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ARG SERVICE_NAME
+ENV SERVICE_NAME=${SERVICE_NAME}
+LABEL org.opencontainers.image.title=${SERVICE_NAME} \
+      org.opencontainers.image.description="Drover seed workload: busybox httpd on port 8080"
+EXPOSE 8080
+CMD ["/bin/sh", "-c", "set -e; mkdir -p /www; echo \"$SERVICE_NAME $(hostname)\" > /www/index.html; echo ok > /www/healthz; trap 'exit 0' TERM INT; httpd -f -v -p 8080 -h /www & wait"]
+EOF
+
+for image in $missing; do
+    echo "build-images.sh: building $image:latest"
+    # The classic builder needs no buildx plugin; its deprecation notice is kept out of
+    # the output unless the build fails.
+    if ! DOCKER_BUILDKIT=0 "$DOCKER" build --quiet --build-arg "SERVICE_NAME=$image" \
+        --tag "$image:latest" "$context" >"$context/build.log" 2>&1; then
+        cat "$context/build.log" >&2
+        die "building $image:latest failed"
+    fi
+    echo "build-images.sh: built $image:latest ($("$DOCKER" image inspect --format '{{.Id}}' "$image:latest"))"
+done
