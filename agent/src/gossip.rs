@@ -31,8 +31,8 @@ pub async fn join(
     membership.advertise = SocketAddr::new(config.advertise, config.gossip_listen.port());
     membership.seeds = config.gossip_seeds.clone();
     membership.gossip_interval = config.gossip_interval;
-    let labels = gossip::encode_labels(&config.labels)
-        .map_err(|e| Error::Config(format!("labels: {e}")))?;
+    let labels =
+        gossip::encode_labels(&config.labels).map_err(|e| Error::Config(format!("labels: {e}")))?;
     let initial = vec![
         (gossip::ROLE.to_string(), Role::Agent.as_str().to_string()),
         (gossip::ADDR.to_string(), config.advertise.to_string()),

@@ -94,7 +94,9 @@ impl Link {
                 cluster_id: self.cluster_id.clone(),
             })),
         };
-        tx.send(hello).await.map_err(|_| "session closed".to_string())?;
+        tx.send(hello)
+            .await
+            .map_err(|_| "session closed".to_string())?;
         let mut inbound = client
             .session(ReceiverStream::new(rx))
             .await
@@ -146,12 +148,19 @@ impl Link {
             Some(pb::coordinator_message::Body::Desired(set)) => {
                 let current = self.desired.borrow().as_ref().map(|d| d.version);
                 if current.is_some_and(|v| set.version <= v) {
-                    warn!(version = set.version, "ignoring a desired set older than the applied one");
+                    warn!(
+                        version = set.version,
+                        "ignoring a desired set older than the applied one"
+                    );
                     return;
                 }
                 match desired_update(set, session) {
                     Ok(update) => {
-                        info!(version = update.version, allocations = update.allocations.len(), "desired set received");
+                        info!(
+                            version = update.version,
+                            allocations = update.allocations.len(),
+                            "desired set received"
+                        );
                         self.desired.send_replace(Some(update));
                     }
                     Err(e) => warn!(error = %e, "invalid desired set ignored"),

@@ -33,11 +33,17 @@ pub async fn run(
     }
     let capacity = host::capacity(&config.reserved_cpu, &config.reserved_memory)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        Error::Config(format!("creating data dir {}: {e}", config.data_dir.display()))
+        Error::Config(format!(
+            "creating data dir {}: {e}",
+            config.data_dir.display()
+        ))
     })?;
     // Strictly larger on every start, so gossip peers take this incarnation's keys.
     let generation = next_generation(&config.data_dir).map_err(|e| {
-        Error::Config(format!("gossip generation in {}: {e}", config.data_dir.display()))
+        Error::Config(format!(
+            "gossip generation in {}: {e}",
+            config.data_dir.display()
+        ))
     })?;
     info!(node = %node_id, generation, advertise = %config.advertise, cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes, "starting agent");
 
@@ -81,7 +87,8 @@ pub async fn run(
     };
     let link = tokio::spawn(link.run(shutdown.clone()));
 
-    let publishing = gossip::publish_allocations(&membership, config.advertise, status_rx, shutdown.clone());
+    let publishing =
+        gossip::publish_allocations(&membership, config.advertise, status_rx, shutdown.clone());
     let failure = tokio::select! {
         () = publishing => None,
         result = gossip_terminated => result.err(),

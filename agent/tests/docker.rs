@@ -198,12 +198,19 @@ async fn missing_image_fails_promptly_with_the_engines_reason() {
 async fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
     let (runtime, fixture, _cleanup) = setup().await;
 
-    // The test image's shell traps SIGTERM and exits 0 at once.
+    // The test image's shell traps SIGTERM and exits 0 at once, once it has set the trap:
+    // it serves HTTP after that.
     let graceful = runtime
         .create(&fixture.spec("graceful"))
         .await
         .expect("create");
     runtime.start(&graceful).await.expect("start");
+    let info = runtime.inspect(&graceful).await.expect("inspect");
+    http_get(
+        info.host_ports[&CONTAINER_PORT],
+        "/",
+        Duration::from_secs(10),
+    );
     runtime
         .stop(&graceful, Duration::from_secs(30))
         .await

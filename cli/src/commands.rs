@@ -340,7 +340,8 @@ pub async fn endpoints(
         if a.desired != pb::DesiredState::Run as i32 {
             continue;
         }
-        if let (Some(host_port), Some(address)) = (s.host_ports.get(&port), addresses.get(&a.node)) {
+        if let (Some(host_port), Some(address)) = (s.host_ports.get(&port), addresses.get(&a.node))
+        {
             out.push(format!("{address}:{host_port}"));
         }
     }

@@ -33,6 +33,12 @@ pub struct DevArgs {
     /// Container engine endpoint (default: Docker's, or $DOCKER_HOST).
     #[arg(long)]
     engine: Option<String>,
+    /// UDP address of the coordinator's gossip.
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    coordinator_gossip: SocketAddr,
+    /// UDP address of the agent's gossip.
+    #[arg(long, default_value = "127.0.0.1:7405")]
+    agent_gossip: SocketAddr,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -48,7 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
 
     // Coordinator and agent each need their own gossip port on loopback.
-    let coordinator_gossip = SocketAddr::new(args.listen.ip(), 7402);
+    let coordinator_gossip = args.coordinator_gossip;
     let coordinator_config = drover_coordinator::Config {
         listen: args.listen,
         data_dir: data_dir.clone(),
@@ -74,7 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         advertise: args.listen.ip(),
         coordinators: vec![url.clone()],
         data_dir: data_dir.join("agent"),
-        gossip_listen: SocketAddr::new(args.listen.ip(), 7405),
+        gossip_listen: args.agent_gossip,
         gossip_seeds: vec![coordinator_gossip.to_string()],
         ..drover_agent::Config::default()
     };
@@ -106,7 +112,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             anyhow::bail!("the agent stopped during start-up");
         }
     }
-    println!("Drover dev is up: coordinator API at {url}, node {:?}, state in {}", args.node_id, data_dir.display());
+    println!(
+        "Drover dev is up: coordinator API at {url}, node {:?}, state in {}",
+        args.node_id,
+        data_dir.display()
+    );
     println!("  export DROVER_COORDINATOR={url}");
     if !args.apply.is_empty() {
         commands::apply(&url, &args.apply, false).await?;

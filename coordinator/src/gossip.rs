@@ -36,7 +36,10 @@ pub async fn join(config: &Config, grpc: SocketAddr) -> Result<Option<Membership
     membership.gossip_interval = config.gossip_interval;
     let grpc = SocketAddr::new(membership.advertise.ip(), grpc.port());
     let initial = vec![
-        (gossip::ROLE.to_string(), Role::Coordinator.as_str().to_string()),
+        (
+            gossip::ROLE.to_string(),
+            Role::Coordinator.as_str().to_string(),
+        ),
         (gossip::GRPC.to_string(), grpc.to_string()),
     ];
     let advertise = membership.advertise;

@@ -25,11 +25,20 @@ struct Stop<'a> {
     reason: String,
 }
 
+/// Replicas a service is short of, and the failed allocations they replace.
+struct Wanted<'a> {
+    spec: ServiceSpec,
+    count: u32,
+    /// Failed allocations stay (visible, with their reason) until a replacement is placed
+    /// for them on another node; replacing them on the node where they failed would loop.
+    failed: Vec<&'a Allocation>,
+}
+
 /// Decides one reconcile pass.
 pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
     let mut changes = ChangeSet::new(state, now_unix_ms);
     let mut stops: Vec<Stop> = Vec::new();
-    let mut wanted: Vec<(ServiceSpec, u32)> = Vec::new();
+    let mut wanted: Vec<Wanted> = Vec::new();
 
     for alloc in state.stored.allocations.values() {
         if alloc.desired == DesiredState::Run && !state.stored.services.contains_key(&alloc.service)
@@ -47,12 +56,15 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         };
         let mut active: Vec<&Allocation> = Vec::new();
         let mut migrating: Vec<&Allocation> = Vec::new();
+        let mut failed: Vec<&Allocation> = Vec::new();
         for alloc in state.allocations_of(name) {
             if alloc.desired != DesiredState::Run {
                 continue;
             }
             let observed = state.alloc_state(&alloc.id);
-            if observed.is_terminal() {
+            if observed == AllocState::Failed && alloc.revision == record.revision {
+                failed.push(alloc);
+            } else if observed.is_terminal() {
                 stops.push(Stop {
                     alloc,
                     reason: format!("it is {observed}; a replacement is placed"),
@@ -73,6 +85,14 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         }
 
         let replicas = spec.replicas as usize;
+        if active.len() >= replicas {
+            for alloc in failed.drain(..) {
+                stops.push(Stop {
+                    alloc,
+                    reason: "it failed and the service has its replicas".into(),
+                });
+            }
+        }
         if active.len() > replicas {
             for alloc in surplus(state, &active, active.len() - replicas) {
                 stops.push(Stop {
@@ -81,7 +101,11 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
                 });
             }
         } else if active.len() < replicas {
-            wanted.push((spec.clone(), (replicas - active.len()) as u32));
+            wanted.push(Wanted {
+                spec: spec.clone(),
+                count: (replicas - active.len()) as u32,
+                failed,
+            });
         }
 
         // A draining node keeps its replicas until enough replacements run elsewhere, so
@@ -114,13 +138,36 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
 
     let mut snapshot = state.snapshot(&stopping);
     let mut placement_failures = BTreeMap::new();
-    for (spec, count) in wanted {
+    for Wanted {
+        spec,
+        count,
+        mut failed,
+    } in wanted
+    {
+        let mut avoid: Vec<String> = failed.iter().map(|a| a.node.clone()).collect();
+        avoid.sort();
+        avoid.dedup();
         let outcome = snapshot.place(&PlacementRequest {
             service: &spec.name,
             spec: &spec,
             count,
-            avoid_nodes: &[],
+            avoid_nodes: &avoid,
         });
+        // Each placed replica replaces one failed allocation, oldest first.
+        failed.sort_by_key(|a| a.created_unix_ms);
+        for replaced in failed.iter().take(outcome.placed.len()) {
+            let mut alloc = (*replaced).clone();
+            alloc.desired = DesiredState::Stop;
+            changes.push(Write::PutAllocation(alloc));
+            changes.event(
+                events::ALLOCATION_STOPPED,
+                &replaced.id,
+                format!(
+                    "stopping on node {}: it failed; a replacement is placed on another node",
+                    replaced.node
+                ),
+            );
+        }
         let revision = state
             .stored
             .services

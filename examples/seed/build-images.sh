@@ -10,7 +10,7 @@
 # Every image also serves /healthz ("ok") and stops at once on SIGTERM.
 #
 # Usage: examples/seed/build-images.sh [--force]
-#   Builds only the images that are missing; --force rebuilds all of them.
+#   Builds the images that are missing or from an older recipe; --force rebuilds all.
 #   DOCKER (default "docker") names the client to use, e.g. DOCKER=podman.
 set -eu
 
@@ -49,14 +49,34 @@ if command -v flock >/dev/null 2>&1; then
     flock 9
 fi
 
+# sh stays PID 1 and traps SIGTERM first thing, so `docker stop` ends the container at once
+# instead of waiting out the grace period (PID 1 ignores signals it has no handler for).
+DOCKERFILE=$(cat <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ARG SERVICE_NAME
+ENV SERVICE_NAME=${SERVICE_NAME}
+LABEL org.opencontainers.image.title=${SERVICE_NAME} \
+      org.opencontainers.image.description="Drover seed workload: busybox httpd on port 8080"
+EXPOSE 8080
+CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; set -e; mkdir -p /www; echo \"$SERVICE_NAME $(hostname)\" > /www/index.html; echo ok > /www/healthz; httpd -f -v -p 8080 -h /www & wait"]
+EOF
+)
+# Images built from another version of this recipe are rebuilt too.
+RECIPE_LABEL=dev.drover.seed.recipe
+recipe=$(printf '%s\n' "$DOCKERFILE" | cksum | cut -d' ' -f1)
+
 missing=""
 for image in $IMAGES; do
-    if $force || ! "$DOCKER" image inspect "$image:latest" >/dev/null 2>&1; then
+    built=$("$DOCKER" image inspect --format "{{ index .Config.Labels \"$RECIPE_LABEL\" }}" \
+        "$image:latest" 2>/dev/null || true)
+    if $force || [ "$built" != "$recipe" ]; then
         missing="$missing $image"
     fi
 done
 if [ -z "$missing" ]; then
-    echo "build-images.sh: images present:$(printf ' %s:latest' $IMAGES) (--force rebuilds)"
+    echo "build-images.sh: images up to date:$(printf ' %s:latest' $IMAGES) (--force rebuilds)"
     exit 0
 fi
 
@@ -71,27 +91,14 @@ context=$(mktemp -d "${TMPDIR:-/tmp}/drover-images.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 trap 'exit 1' INT TERM
 cp "$BUSYBOX" "$context/busybox"
-
-# sh stays PID 1 and traps SIGTERM, so `docker stop` ends the container at once instead of
-# waiting for the grace period (PID 1 ignores signals it has no handler for).
-cat >"$context/Dockerfile" <<'EOF'
-FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-ARG SERVICE_NAME
-ENV SERVICE_NAME=${SERVICE_NAME}
-LABEL org.opencontainers.image.title=${SERVICE_NAME} \
-      org.opencontainers.image.description="Drover seed workload: busybox httpd on port 8080"
-EXPOSE 8080
-CMD ["/bin/sh", "-c", "set -e; mkdir -p /www; echo \"$SERVICE_NAME $(hostname)\" > /www/index.html; echo ok > /www/healthz; trap 'exit 0' TERM INT; httpd -f -v -p 8080 -h /www & wait"]
-EOF
+printf '%s\n' "$DOCKERFILE" >"$context/Dockerfile"
 
 for image in $missing; do
     echo "build-images.sh: building $image:latest"
     # The classic builder needs no buildx plugin; its deprecation notice is kept out of
     # the output unless the build fails.
     if ! DOCKER_BUILDKIT=0 "$DOCKER" build --quiet --build-arg "SERVICE_NAME=$image" \
-        --tag "$image:latest" "$context" >"$context/build.log" 2>&1; then
+        --label "$RECIPE_LABEL=$recipe" --tag "$image:latest" "$context" >"$context/build.log" 2>&1; then
         cat "$context/build.log" >&2
         die "building $image:latest failed"
     fi

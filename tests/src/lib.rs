@@ -2,7 +2,7 @@
 //! conditions with deadlines, and prints each process's log when a test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// Path of one of the workspace's binaries, built next to the test executable by
@@ -39,29 +39,73 @@ pub fn free_udp_port() -> u16 {
         .expect("free udp port")
 }
 
-/// A coordinator process with its own data dir and port; its log goes to a file that is
-/// printed when the test fails.
+/// One of Drover's binaries running as a child process, with its log in a file that is
+/// printed when the test fails, and its gRPC port for the CLI.
 #[derive(Debug)]
-pub struct CoordinatorProcess {
+pub struct DroverProcess {
     child: Option<Child>,
-    /// Data directory (kept across restarts).
-    pub data_dir: PathBuf,
-    /// gRPC port.
+    binary: &'static str,
+    args: Vec<String>,
+    /// gRPC port of the coordinator it runs (or is).
     pub port: u16,
-    /// Gossip (UDP) port.
-    pub gossip_port: u16,
     log: PathBuf,
+    /// Node id whose containers are removed when the process is dropped.
+    cleanup_node: Option<String>,
 }
 
-impl CoordinatorProcess {
-    /// Starts `drover-coordinator` on a free port with `data_dir`.
-    pub fn start(data_dir: &Path) -> CoordinatorProcess {
-        let mut process = CoordinatorProcess {
+impl DroverProcess {
+    /// Starts `drover-coordinator` on free ports with `data_dir`.
+    pub fn coordinator(data_dir: &Path) -> DroverProcess {
+        let port = free_port();
+        let args = vec![
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{}", free_udp_port()),
+        ];
+        DroverProcess::start("drover-coordinator", args, port, data_dir, None)
+    }
+
+    /// Starts `drover dev` for node `node` on free ports with `data_dir`, applying `apply`.
+    /// Containers of `node` are removed when the process is dropped.
+    pub fn dev(data_dir: &Path, node: &str, apply: &[&Path]) -> DroverProcess {
+        let port = free_port();
+        let mut args = vec![
+            "dev".to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--node-id".into(),
+            node.into(),
+            "--coordinator-gossip".into(),
+            format!("127.0.0.1:{}", free_udp_port()),
+            "--agent-gossip".into(),
+            format!("127.0.0.1:{}", free_udp_port()),
+        ];
+        for path in apply {
+            args.push("--apply".into());
+            args.push(path.display().to_string());
+        }
+        DroverProcess::start("drover", args, port, data_dir, Some(node.to_string()))
+    }
+
+    fn start(
+        binary: &'static str,
+        args: Vec<String>,
+        port: u16,
+        data_dir: &Path,
+        cleanup_node: Option<String>,
+    ) -> DroverProcess {
+        let mut process = DroverProcess {
             child: None,
-            data_dir: data_dir.to_path_buf(),
-            port: free_port(),
-            gossip_port: free_udp_port(),
-            log: data_dir.join("coordinator.log"),
+            binary,
+            args,
+            port,
+            log: data_dir.join(format!("{binary}.log")),
+            cleanup_node,
         };
         process.spawn();
         process
@@ -72,24 +116,21 @@ impl CoordinatorProcess {
             .create(true)
             .append(true)
             .open(&self.log)
-            .expect("open coordinator log");
-        let child = Command::new(binary("drover-coordinator"))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--gossip-listen")
-            .arg(format!("127.0.0.1:{}", self.gossip_port))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .expect("open process log");
+        let stdout = log.try_clone().expect("clone log handle");
+        let child = Command::new(binary(self.binary))
+            .args(&self.args)
+            .env("RUST_LOG", "info,h2=warn,tower=warn,hyper=warn")
+            .stdout(stdout)
             .stderr(log)
             .spawn()
-            .expect("spawn drover-coordinator");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary));
         self.child = Some(child);
+        let port = self.port;
         wait_for(
-            &format!("coordinator on port {}", self.port),
-            Duration::from_secs(20),
-            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            &format!("{} on port {port}", self.binary),
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         );
     }
 
@@ -98,7 +139,7 @@ impl CoordinatorProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// SIGKILL, then start again on the same port and data dir.
+    /// SIGKILL, then start again with the same arguments and data dir.
     pub fn kill_and_restart(&mut self) {
         self.kill();
         self.spawn();
@@ -120,16 +161,86 @@ impl CoordinatorProcess {
             .output()
             .expect("run drover")
     }
+
+    /// `drover <args> -o json`, parsed; `None` when the command fails (e.g. not yet applied).
+    pub fn try_cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `drover <args> -o json`, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = success(&self.cli(&all), &format!("drover {}", all.join(" ")));
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("json from drover {all:?}: {e}\n{out}"))
+    }
 }
 
-impl Drop for CoordinatorProcess {
+impl Drop for DroverProcess {
     fn drop(&mut self) {
         self.kill();
+        if let Some(node) = &self.cleanup_node {
+            remove_node_containers(node);
+        }
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("---- coordinator log ({}) ----\n{log}", self.log.display());
+            eprintln!(
+                "---- {} log ({}) ----\n{log}",
+                self.binary,
+                self.log.display()
+            );
         }
     }
+}
+
+/// Removes every container labelled with `drover.node = node`.
+pub fn remove_node_containers(node: &str) {
+    for id in node_containers(node, true) {
+        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    }
+}
+
+/// Ids of containers labelled with `drover.node = node` (`all`: stopped ones too).
+pub fn node_containers(node: &str, all: bool) -> Vec<String> {
+    let filter = format!("label=drover.node={node}");
+    let mut args = vec!["ps", "-q", "--no-trunc", "--filter", filter.as_str()];
+    if all {
+        args.push("-a");
+    }
+    let out = Command::new("docker")
+        .args(&args)
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Builds the seed and test images when missing (examples/seed/build-images.sh).
+pub fn build_images() {
+    let script = workspace_root().join("examples/seed/build-images.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run build-images.sh");
+    success(&out, "examples/seed/build-images.sh");
+}
+
+/// A node id unique to this test run, so tests sharing one engine never meet.
+pub fn unique_node(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{name}-{}-{nanos}", std::process::id())
 }
 
 /// Polls `condition` until it holds, panicking with `what` after `timeout`.

@@ -1,12 +1,12 @@
 //! The operator's path through the real binaries: start a coordinator, apply the seed
 //! manifests with `drover`, read them back, restart the coordinator, read them again.
 
-use drover_tests::{CoordinatorProcess, failure, success, workspace_root};
+use drover_tests::{DroverProcess, failure, success, workspace_root};
 
 #[test]
 fn seed_manifests_survive_a_coordinator_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut coordinator = CoordinatorProcess::start(dir.path());
+    let mut coordinator = DroverProcess::coordinator(dir.path());
     let seed = workspace_root().join("examples/seed");
     let seed = seed.to_str().expect("utf-8 path");
 
@@ -27,10 +27,12 @@ fn seed_manifests_survive_a_coordinator_restart() {
         &coordinator.cli(&["get", "services", "-o", "json"]),
         "drover get services -o json",
     );
-    let services: serde_json::Value = serde_json::from_str(&json).expect("json");
-    assert_eq!(services[0]["name"], "user-service");
-    assert_eq!(services[0]["desired"], 3);
-    assert_eq!(services[0]["image"], "user-service");
+    let services: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
+    let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, vec!["order-service", "user-service"]);
+    let user = &services[1];
+    assert_eq!(user["desired"], 3);
+    assert_eq!(user["image"], "user-service");
 
     let out = success(
         &coordinator.cli(&["status", "user-service"]),
@@ -74,7 +76,7 @@ fn seed_manifests_survive_a_coordinator_restart() {
 #[test]
 fn errors_name_the_problem_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator = CoordinatorProcess::start(dir.path());
+    let coordinator = DroverProcess::coordinator(dir.path());
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,

@@ -43,7 +43,7 @@ impl Fixture {
         }
     }
 
-    /// A container of this fixture's node, named "<node>-<suffix>", publishing
+    /// A container of this fixture's node, named `<node>-<suffix>`, publishing
     /// [`CONTAINER_PORT`] on 127.0.0.1 at a port the engine picks.
     pub fn spec(&self, suffix: &str) -> ContainerSpec {
         self.spec_on(&self.node, suffix)

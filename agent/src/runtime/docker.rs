@@ -92,7 +92,11 @@ impl DockerRuntime {
             .await
             .map_err(|err| unreachable(format!("API version negotiation failed: {err}")))?;
         let runtime = DockerRuntime { docker, endpoint };
-        debug!(endpoint = %runtime.endpoint, api_version = %runtime.api_version(), "connected to container engine");
+        debug!(
+            endpoint = %runtime.endpoint,
+            api_version = %runtime.api_version(),
+            "connected to container engine"
+        );
         Ok(runtime)
     }
 

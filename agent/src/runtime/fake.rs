@@ -81,7 +81,7 @@ impl FakeOp {
 /// - [`set_fail_next`](FakeRuntime::set_fail_next): the next call of an operation fails;
 ///   [`set_unreachable`](FakeRuntime::set_unreachable): every call fails as if the engine
 ///   were down;
-/// - [`calls`](FakeRuntime::calls): every call so far, as "create web.1", "start <id>", ….
+/// - [`calls`](FakeRuntime::calls): every call so far, as `create web.1`, `start <id>`, ….
 #[derive(Debug)]
 pub struct FakeRuntime {
     state: Mutex<State>,
@@ -151,9 +151,9 @@ impl FakeRuntime {
         }
     }
 
-    /// Every call so far, in order: "list <node>", "ensure_image <image>", "create <name>",
-    /// "start <id>", "stop <id>", "remove <id>", "inspect <id>", "exec <id> <command…>",
-    /// "usage <id>" (with the id or name the caller passed). Failed calls are recorded too.
+    /// Every call so far, in order: `list <node>`, `ensure_image <image>`, `create <name>`,
+    /// `start <id>`, `stop <id>`, `remove <id>`, `inspect <id>`, `exec <id> <command…>`,
+    /// `usage <id>` (with the id or name the caller passed). Failed calls are recorded too.
     pub fn calls(&self) -> Vec<String> {
         self.state().calls.clone()
     }

@@ -224,7 +224,12 @@ impl Supervisor {
         self.publish();
     }
 
-    async fn ensure_running(&mut self, id: &str, want: &DesiredAlloc, container: Option<&ContainerInfo>) {
+    async fn ensure_running(
+        &mut self,
+        id: &str,
+        want: &DesiredAlloc,
+        container: Option<&ContainerInfo>,
+    ) {
         let t = self
             .tracked
             .entry(id.to_string())
@@ -232,7 +237,10 @@ impl Supervisor {
         t.spec = Some(want.spec.clone());
         t.revision = want.allocation.revision;
         match container {
-            None => t.create(&self.node, self.advertise, self.runtime.as_ref()).await,
+            None => {
+                t.create(&self.node, self.advertise, self.runtime.as_ref())
+                    .await
+            }
             Some(c) => {
                 t.drive(c, self.runtime.as_ref()).await;
                 if t.is_running() {

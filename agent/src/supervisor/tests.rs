@@ -228,19 +228,31 @@ async fn restarts_with_doubling_backoff_then_fails() {
     // Second crash: 2 s backoff; third: 4 s; then out of attempts (max 3).
     h.runtime.kill(&id, 1);
     h.supervisor.pass().await;
-    assert!(h.status("web.1").message.contains("back-off 2s"), "{}", h.status("web.1").message);
+    assert!(
+        h.status("web.1").message.contains("back-off 2s"),
+        "{}",
+        h.status("web.1").message
+    );
     h.passes(3, Duration::from_secs(1)).await;
     assert_eq!(h.status("web.1").restarts, 2);
     h.runtime.kill(&id, 1);
     h.supervisor.pass().await;
-    assert!(h.status("web.1").message.contains("back-off 4s"), "{}", h.status("web.1").message);
+    assert!(
+        h.status("web.1").message.contains("back-off 4s"),
+        "{}",
+        h.status("web.1").message
+    );
     h.passes(5, Duration::from_secs(1)).await;
     assert_eq!(h.status("web.1").restarts, 3);
     h.runtime.kill(&id, 1);
     h.passes(2, Duration::from_secs(1)).await;
     let status = h.status("web.1");
     assert_eq!(status.state, AllocState::Failed, "{status:?}");
-    assert!(status.message.contains("gave up after 3 restarts"), "{}", status.message);
+    assert!(
+        status.message.contains("gave up after 3 restarts"),
+        "{}",
+        status.message
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,7 +280,11 @@ async fn undesired_containers_are_removed_only_on_a_confirmed_set() {
     });
     h.want(1, &[]);
     h.passes(3, Duration::from_secs(1)).await;
-    assert_eq!(h.runtime.list("n1").await.expect("list").len(), 1, "kept while cut off");
+    assert_eq!(
+        h.runtime.list("n1").await.expect("list").len(),
+        1,
+        "kept while cut off"
+    );
 
     // Reconnected, and the new session's set leaves it out: stopped and removed.
     h.connect(2);

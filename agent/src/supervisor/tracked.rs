@@ -121,7 +121,10 @@ impl Tracked {
                     }
                     ContainerState::Exited { code } => {
                         if !self.status.state.is_terminal() && self.restart_at.is_none() {
-                            self.set_state(AllocState::Starting, format!("exited with code {code}"));
+                            self.set_state(
+                                AllocState::Starting,
+                                format!("exited with code {code}"),
+                            );
                         }
                     }
                     ContainerState::Created => {
@@ -148,9 +151,15 @@ impl Tracked {
         if !self.is_running() {
             return;
         }
-        let has_check = self.spec.as_ref().is_some_and(|s| s.health.is_some());
+        // An adopted container whose spec is not known yet is running, readiness unknown.
+        let Some(spec) = &self.spec else {
+            return;
+        };
+        let has_check = spec.health.is_some();
         let (state, message) = match (has_check, self.readiness) {
-            (false, _) | (true, Some(HealthStatus::Healthy)) => (AllocState::Healthy, String::new()),
+            (false, _) | (true, Some(HealthStatus::Healthy)) => {
+                (AllocState::Healthy, String::new())
+            }
             (true, Some(HealthStatus::Unhealthy)) => (
                 AllocState::Unhealthy,
                 format!("readiness check failing: {}", self.health_detail),
@@ -172,7 +181,10 @@ impl Tracked {
             return;
         };
         self.stop_checks();
-        self.set_state(AllocState::Starting, format!("creating container from {}", spec.image));
+        self.set_state(
+            AllocState::Starting,
+            format!("creating container from {}", spec.image),
+        );
         if let Err(e) = runtime.ensure_image(&spec.image).await {
             if matches!(e, RuntimeError::ImageUnavailable { .. }) {
                 self.set_state(AllocState::Failed, e.to_string());
@@ -197,7 +209,9 @@ impl Tracked {
                 // Published ports are known once it runs; report them with the first status.
                 match runtime.inspect(&id).await {
                     Ok(info) => self.status.host_ports = info.host_ports,
-                    Err(e) => warn!(alloc = %self.id, error = %e, "cannot inspect started container"),
+                    Err(e) => {
+                        warn!(alloc = %self.id, error = %e, "cannot inspect started container")
+                    }
                 }
                 self.restart_at = None;
                 self.running_since = Some(Instant::now());
@@ -294,7 +308,12 @@ impl Tracked {
         }
     }
 
-    async fn start_again(&mut self, c: &ContainerInfo, runtime: &dyn ContainerRuntime, counts: bool) {
+    async fn start_again(
+        &mut self,
+        c: &ContainerInfo,
+        runtime: &dyn ContainerRuntime,
+        counts: bool,
+    ) {
         match runtime.start(&c.id).await {
             Ok(()) => {
                 if counts {
@@ -385,7 +404,9 @@ impl Tracked {
             }
             match runtime.remove(&id).await {
                 Ok(()) => info!(alloc = %alloc, container = %id, "container removed"),
-                Err(e) => warn!(alloc = %alloc, container = %id, error = %e, "remove failed; next pass retries"),
+                Err(e) => {
+                    warn!(alloc = %alloc, container = %id, error = %e, "remove failed; next pass retries")
+                }
             }
         });
     }
@@ -393,7 +414,10 @@ impl Tracked {
     /// Liveness failed: stop the container; the next pass restarts it with backoff.
     pub fn liveness_failed(&mut self, detail: &str, runtime: &Arc<dyn ContainerRuntime>) {
         self.stop_checks();
-        self.set_state(AllocState::Unhealthy, format!("liveness check failed: {detail}"));
+        self.set_state(
+            AllocState::Unhealthy,
+            format!("liveness check failed: {detail}"),
+        );
         let grace = self
             .spec
             .as_ref()
@@ -426,7 +450,8 @@ fn container_spec(
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     ContainerSpec {
-        name: format!("drover-{alloc}"),
+        // Unique on an engine that several nodes (or clusters) share.
+        name: format!("drover-{alloc}-{}", sanitize(node)),
         image: spec.image.clone(),
         command: spec.command.clone(),
         args: spec.args.clone(),
@@ -444,6 +469,19 @@ fn container_spec(
             })
             .collect(),
     }
+}
+
+/// Keeps only characters Docker allows in container names.
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn humanize(d: Duration) -> String {

@@ -1,0 +1,181 @@
+//! `drover dev` against the real Docker engine: the seed example runs, heals, survives a
+//! restart of Drover without restarting its containers, and goes away on delete; a missing
+//! image and a crash loop end as `failed` with the reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_tests::{
+    DroverProcess, build_images, node_containers, success, unique_node, wait_for, workspace_root,
+};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn allocations(process: &DroverProcess, service: &str) -> Vec<Value> {
+    let Some(status) = process.try_cli_json(&["status", service]) else {
+        return Vec::new();
+    };
+    status["allocations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["desired"] == "run")
+        .collect()
+}
+
+fn healthy_containers(process: &DroverProcess, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = allocations(process, service)
+        .iter()
+        .filter(|a| a["state"] == "healthy")
+        .filter_map(|a| a["container_id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn seed_runs_heals_survives_restart_and_deletes() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = unique_node("seed");
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let mut dev = DroverProcess::dev(dir.path(), &node, &[seed.as_path()]);
+
+    wait_for("3 healthy user-service replicas", DEADLINE, || {
+        healthy_containers(&dev, "user-service").len() == 3
+    });
+    let before = healthy_containers(&dev, "user-service");
+    let running = node_containers(&node, false);
+    assert_eq!(running.len(), 3, "exactly 3 containers run: {running:?}");
+
+    // Each replica answers over its published port with its name and container id.
+    for a in allocations(&dev, "user-service") {
+        let port = a["host_ports"]["8080"].as_u64().expect("published port");
+        let body = http_get(&format!("127.0.0.1:{port}"));
+        let id = a["container_id"].as_str().expect("container id");
+        assert!(body.starts_with("user-service "), "{body}");
+        assert!(
+            id.starts_with(body.trim().trim_start_matches("user-service ")),
+            "{body} vs {id}"
+        );
+    }
+
+    // docker kill → restarted in place, with a higher restart count.
+    let victim = before[0].clone();
+    success(
+        &std::process::Command::new("docker")
+            .args(["kill", &victim])
+            .output()
+            .expect("docker kill"),
+        "docker kill",
+    );
+    wait_for(
+        "the killed replica healthy again, restarted",
+        DEADLINE,
+        || {
+            allocations(&dev, "user-service").iter().any(|a| {
+                a["container_id"] == victim.as_str()
+                    && a["state"] == "healthy"
+                    && a["restarts"] == 1
+            })
+        },
+    );
+    assert_eq!(healthy_containers(&dev, "user-service").len(), 3);
+    let allocs_before: Vec<Value> = allocations(&dev, "user-service")
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
+
+    // SIGKILL Drover (coordinator and agent) and start it again: the same containers run,
+    // nothing restarts, the coordinator's view is the same.
+    dev.kill_and_restart();
+    wait_for("3 healthy replicas after the restart", DEADLINE, || {
+        healthy_containers(&dev, "user-service").len() == 3
+    });
+    assert_eq!(healthy_containers(&dev, "user-service"), before);
+    let allocs_after: Vec<Value> = allocations(&dev, "user-service")
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
+    assert_eq!(allocs_after, allocs_before);
+    let mut still_running = node_containers(&node, false);
+    still_running.sort();
+    assert_eq!(still_running, before, "no container was replaced");
+
+    success(&dev.cli(&["delete", "user-service"]), "drover delete");
+    wait_for("user-service containers gone", DEADLINE, || {
+        node_containers(&node, true).is_empty()
+    });
+}
+
+#[test]
+fn missing_image_and_crash_loop_end_failed() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = unique_node("fail");
+    let manifest = dir.path().join("failing.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: drover.dev/v1
+kind: Service
+metadata: {name: ghost}
+spec:
+  image: drover-no-such-image:1
+---
+apiVersion: drover.dev/v1
+kind: Service
+metadata: {name: crasher}
+spec:
+  image: drover-test-busybox
+  command: ["/bin/sh", "-c", "exit 3"]
+  restart: {policy: always, maxAttempts: 2, initialBackoff: 1s, maxBackoff: 2s}
+"#,
+    )
+    .expect("write manifest");
+    let dev = DroverProcess::dev(dir.path(), &node, &[Path::new(&manifest)]);
+
+    wait_for("ghost failed", DEADLINE, || {
+        allocations(&dev, "ghost")
+            .iter()
+            .any(|a| a["state"] == "failed")
+    });
+    let ghost = allocations(&dev, "ghost");
+    let message = ghost[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("drover-no-such-image:1"), "{message}");
+
+    // The backoff shows in status before the allocation gives up.
+    wait_for("crasher backing off", DEADLINE, || {
+        allocations(&dev, "crasher").iter().any(|a| {
+            a["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("exited with code 3") && m.contains("back-off"))
+        })
+    });
+    wait_for("crasher failed after its restarts", DEADLINE, || {
+        allocations(&dev, "crasher").iter().any(|a| {
+            a["state"] == "failed"
+                && a["restarts"] == 2
+                && a["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("gave up after 2 restarts"))
+        })
+    });
+}
+
+fn http_get(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect replica");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    body.to_string()
+}
