@@ -80,6 +80,11 @@ if [ -z "$missing" ]; then
     exit 0
 fi
 
+# On a fresh Debian/Ubuntu machine, as root, fetch the static busybox the images are made of.
+if [ ! -x "$BUSYBOX" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "build-images.sh: installing busybox-static (apt-get)"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null
+fi
 [ -x "$BUSYBOX" ] ||
     die "$BUSYBOX is missing; install it with: sudo apt-get update && sudo apt-get install -y busybox-static"
 if command -v file >/dev/null 2>&1; then
