@@ -6,8 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 
 /// Default path of the configuration file.
@@ -83,19 +82,12 @@ const ENV_KEYS: [&str; 13] = [
     "reconcile_interval",
 ];
 
-/// Errors loading the configuration.
+pub use drover_daemon::ConfigError;
+
+/// The node id could not be found.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file named with `--config` does not exist.
-    #[error("config file {0} does not exist")]
-    Missing(PathBuf),
-    /// A value is invalid or a key unknown.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
-    /// No node id was configured and the machine id could not be read.
-    #[error("no node_id configured and /etc/machine-id is unreadable: {0}")]
-    NodeId(std::io::Error),
-}
+#[error("no node_id configured and /etc/machine-id is unreadable: {0}")]
+pub struct NodeIdError(std::io::Error);
 
 impl Config {
     /// Loads the configuration. `path` is the file named on the command line, if any;
@@ -104,29 +96,16 @@ impl Config {
         path: Option<&Path>,
         overrides: Serialized<impl Serialize>,
     ) -> Result<Config, ConfigError> {
-        let file = match path {
-            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
-            Some(p) => Some(p.to_path_buf()),
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
-        };
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment
-            .merge(Env::prefixed("DROVER_").only(&ENV_KEYS))
-            .merge(overrides)
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+        drover_daemon::load_config(DEFAULT_CONFIG_PATH, path, &ENV_KEYS, overrides)
     }
 
     /// The node id: configured, or the host's machine-id.
-    pub fn resolve_node_id(&self) -> Result<String, ConfigError> {
+    pub fn resolve_node_id(&self) -> Result<String, NodeIdError> {
         if let Some(id) = &self.node_id {
             return Ok(id.clone());
         }
         std::fs::read_to_string("/etc/machine-id")
             .map(|s| s.trim().to_string())
-            .map_err(ConfigError::NodeId)
+            .map_err(NodeIdError)
     }
 }

@@ -11,7 +11,7 @@ use drover_agent::runtime::DockerRuntime;
 use figment::providers::Serialized;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Drover agent: runs and watches the containers the coordinator assigns to this host.
 #[derive(Debug, Parser, Serialize)]
@@ -53,14 +53,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    drover_daemon::init_logs();
     let args = Args::parse();
     let config = Config::load(args.config.as_deref(), Serialized::globals(&args))?;
     info!(version = env!("CARGO_PKG_VERSION"), "starting drover-agent");
@@ -71,31 +64,7 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the container engine")?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
     drover_agent::run(config, Arc::new(runtime), shutdown).await?;
     Ok(())
-}
-
-/// First SIGINT/SIGTERM: graceful shutdown (containers keep running). Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    for round in 0..2 {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        if round == 0 {
-            info!("shutting down; containers keep running");
-            shutdown.cancel();
-        } else {
-            warn!("second signal, exiting now");
-            std::process::exit(130);
-        }
-    }
 }

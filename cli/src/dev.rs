@@ -96,7 +96,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Arc::new(runtime),
         shutdown.clone(),
     ));
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
 
     // Either half failing to start ends `drover dev` with its error.
     tokio::select! {
@@ -197,14 +197,4 @@ async fn wait_and_show_endpoints(url: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn watch_signals(shutdown: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("stopping drover dev (containers keep running)");
-        shutdown.cancel();
-    }
-    if tokio::signal::ctrl_c().await.is_ok() {
-        std::process::exit(130);
-    }
 }

@@ -138,7 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let target = cli.coordinator;
     match cli.command {
         Command::Dev(args) => {
-            init_logs();
+            drover_daemon::init_logs();
             dev::run(args).await
         }
         Command::Apply { files, dry_run } => commands::apply(&target, &files, dry_run).await,
@@ -166,16 +166,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => commands::events(&target, since, follow, output).await,
     }
-}
-
-/// Logs of the in-process coordinator and agent, for `drover dev`.
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 
 /// Default path of the configuration file.
@@ -69,39 +68,16 @@ const ENV_KEYS: [&str; 9] = [
     "gossip_interval",
 ];
 
-/// Errors loading the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file named with `--config` does not exist.
-    #[error("config file {0} does not exist")]
-    Missing(PathBuf),
-    /// A value is invalid or a key unknown.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
-}
+pub use drover_daemon::ConfigError;
 
 impl Config {
-    /// Loads the configuration. `path` is the file named on the command line, if any; without
-    /// one the default path is read when it exists. `overrides` holds flags given on the
-    /// command line, as a partial config.
+    /// Loads the configuration. `path` is the file named on the command line, if any;
+    /// without one the default path is read when it exists. `overrides` holds the flags.
     pub fn load(
         path: Option<&Path>,
         overrides: Serialized<impl Serialize>,
     ) -> Result<Config, ConfigError> {
-        let file = match path {
-            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
-            Some(p) => Some(p.to_path_buf()),
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
-        };
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment
-            .merge(Env::prefixed("DROVER_").only(&ENV_KEYS))
-            .merge(overrides)
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+        drover_daemon::load_config(DEFAULT_CONFIG_PATH, path, &ENV_KEYS, overrides)
     }
 
     /// The gossip address peers are told: configured, or the gossip or gRPC listen IP when

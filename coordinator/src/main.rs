@@ -11,7 +11,7 @@ use drover_coordinator::store::RedbStore;
 use figment::providers::Serialized;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Drover coordinator: stores desired state, places services on nodes, serves the gRPC API.
 #[derive(Debug, Parser, Serialize)]
@@ -41,13 +41,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    drover_daemon::init_logs();
     let args = Args::parse();
     let config = Config::load(args.config.as_deref(), Serialized::globals(&args))?;
     info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, data_dir = %config.data_dir.display(), "starting coordinator");
@@ -61,31 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding gRPC listener on {}", config.listen))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
     drover_coordinator::run(config, Arc::new(store), listener, shutdown).await?;
     Ok(())
-}
-
-/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    for round in 0..2 {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        if round == 0 {
-            info!("shutting down");
-            shutdown.cancel();
-        } else {
-            warn!("second signal, exiting now");
-            std::process::exit(130);
-        }
-    }
 }

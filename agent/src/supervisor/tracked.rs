@@ -42,10 +42,14 @@ pub(super) struct Tracked {
 impl Tracked {
     /// A new allocation, no container yet.
     pub fn new(alloc: &Allocation) -> Tracked {
+        Tracked::blank(&alloc.id, alloc.service.clone(), alloc.revision)
+    }
+
+    fn blank(id: &str, service: String, revision: u64) -> Tracked {
         Tracked {
-            id: alloc.id.clone(),
-            service: alloc.service.clone(),
-            revision: alloc.revision,
+            id: id.to_string(),
+            service,
+            revision,
             spec: None,
             status: AllocStatus::default(),
             attempts: 0,
@@ -65,24 +69,12 @@ impl Tracked {
             .get(labels::REVISION)
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
-        let mut t = Tracked {
-            id: id.to_string(),
-            service: container
-                .labels
-                .get(labels::SERVICE)
-                .cloned()
-                .unwrap_or_default(),
-            revision,
-            spec: None,
-            status: AllocStatus::default(),
-            attempts: 0,
-            restart_at: None,
-            running_since: None,
-            readiness: None,
-            health_detail: String::new(),
-            checks: None,
-            stopping: false,
-        };
+        let service = container
+            .labels
+            .get(labels::SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        let mut t = Tracked::blank(id, service, revision);
         info!(alloc = %id, container = %container.id, "adopted running container");
         t.observe(Some(container));
         t

@@ -1,0 +1,88 @@
+//! What Drover's daemons (`drover-coordinator`, `drover-agent`, `drover dev`) share: layered
+//! configuration, logging to stderr, and signal handling.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// A value is invalid or a key unknown.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+}
+
+/// Loads a configuration: `T::default()`, then the TOML file, then `DROVER_<KEY>` variables
+/// for `env_keys`, then `overrides` (the command-line flags). `path` is the file named on
+/// the command line; without one, `default_path` is read when it exists.
+pub fn load_config<T>(
+    default_path: &str,
+    path: Option<&Path>,
+    env_keys: &[&str],
+    overrides: Serialized<impl Serialize>,
+) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + DeserializeOwned,
+{
+    let file = match path {
+        Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(default_path)).filter(|p| p.exists()),
+    };
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment
+        .merge(Env::prefixed("DROVER_").only(env_keys))
+        .merge(overrides)
+        .extract()
+        .map_err(|e| ConfigError::Invalid(Box::new(e)))
+}
+
+/// Logs to stderr (the journal under systemd), plain when stderr is not a terminal.
+/// `RUST_LOG` overrides the default filter.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// First SIGINT or SIGTERM cancels `shutdown` (graceful, bounded by the daemon); a second
+/// one exits at once.
+pub async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            info!("shutting down");
+            shutdown.cancel();
+        } else {
+            warn!("second signal, exiting now");
+            std::process::exit(130);
+        }
+    }
+}
