@@ -274,3 +274,162 @@ fn finish_drains(state: &ClusterState, stopping: &BTreeSet<String>, changes: &mu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::{AllocStatus, NodeInfo, Resources, ServiceSpec, Traffic};
+
+    use super::*;
+    use crate::state::NodeEntry;
+    use crate::store::{RevisionRecord, ServiceRecord};
+
+    fn state(nodes: &[&str], replicas: u32) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in nodes {
+            state.nodes.insert(
+                id.to_string(),
+                NodeEntry {
+                    info: NodeInfo {
+                        id: id.to_string(),
+                        generation: 1,
+                        address: "127.0.0.1".into(),
+                        capacity: Resources {
+                            cpu_millis: 4000,
+                            memory_bytes: 8 << 30,
+                        },
+                        labels: Default::default(),
+                    },
+                    health: NodeHealth::Ready,
+                    reason: String::new(),
+                    usage: Resources::default(),
+                },
+            );
+        }
+        let spec = ServiceSpec::new("web", "web:1");
+        state.stored.services.insert(
+            "web".into(),
+            ServiceRecord {
+                name: "web".into(),
+                revision: 1,
+                replicas,
+                traffic: Traffic::default(),
+                created_unix_ms: 0,
+                updated_unix_ms: 0,
+            },
+        );
+        state.stored.revisions.insert(
+            ("web".into(), 1),
+            RevisionRecord {
+                service: "web".into(),
+                revision: 1,
+                spec,
+                created_unix_ms: 0,
+            },
+        );
+        state
+    }
+
+    fn apply(state: &mut ClusterState) -> Vec<Write> {
+        let plan = plan(state, 1);
+        state.placement_failures = plan.placement_failures;
+        let (writes, _) = plan.changes.finish();
+        state.apply(&writes);
+        writes
+    }
+
+    fn running_on(state: &ClusterState) -> Vec<String> {
+        let mut nodes: Vec<String> = state
+            .allocations_of("web")
+            .filter(|a| a.desired == DesiredState::Run)
+            .map(|a| a.node.clone())
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn report(state: &mut ClusterState, node: &str, observed: AllocState) {
+        let ids: Vec<String> = state
+            .allocations_of("web")
+            .filter(|a| a.node == node && a.desired == DesiredState::Run)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in ids {
+            state.status.insert(
+                id,
+                AllocStatus {
+                    state: observed,
+                    ..AllocStatus::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn places_spread_and_is_stable() {
+        let mut s = state(&["a", "b", "c"], 3);
+        apply(&mut s);
+        assert_eq!(running_on(&s), vec!["a", "b", "c"]);
+        assert!(apply(&mut s).is_empty(), "a second pass changes nothing");
+    }
+
+    #[test]
+    fn surplus_is_stopped_pending_first() {
+        let mut s = state(&["a", "b", "c"], 3);
+        apply(&mut s);
+        report(&mut s, "a", AllocState::Healthy);
+        report(&mut s, "b", AllocState::Healthy);
+        s.stored.services.get_mut("web").expect("web").replicas = 2;
+        apply(&mut s);
+        assert_eq!(running_on(&s), vec!["a", "b"], "the pending one on c goes");
+    }
+
+    #[test]
+    fn failed_allocation_is_replaced_on_another_node_only() {
+        let mut s = state(&["a"], 1);
+        apply(&mut s);
+        report(&mut s, "a", AllocState::Failed);
+        apply(&mut s);
+        // Only node a exists: the failed allocation stays, visible, and the reason says why.
+        assert_eq!(running_on(&s), vec!["a"]);
+        let failure = &s.placement_failures["web"];
+        assert!(failure.contains("placed 0 of 1"), "{failure}");
+        assert!(
+            apply(&mut s)
+                .iter()
+                .all(|w| !matches!(w, Write::PutAllocation(_)))
+        );
+
+        // A second node appears: the replacement goes there and the failed one stops.
+        let mut with_b = state(&["a", "b"], 1);
+        with_b.stored.allocations = s.stored.allocations.clone();
+        with_b.stored.counters = s.stored.counters.clone();
+        with_b.status = s.status.clone();
+        apply(&mut with_b);
+        assert_eq!(running_on(&with_b), vec!["b"]);
+    }
+
+    #[test]
+    fn new_revision_replaces_old_allocations() {
+        let mut s = state(&["a", "b"], 2);
+        apply(&mut s);
+        let mut spec = ServiceSpec::new("web", "web:2");
+        spec.replicas = 2;
+        s.stored.revisions.insert(
+            ("web".into(), 2),
+            RevisionRecord {
+                service: "web".into(),
+                revision: 2,
+                spec,
+                created_unix_ms: 0,
+            },
+        );
+        s.stored.services.get_mut("web").expect("web").revision = 2;
+        apply(&mut s);
+        let revisions: Vec<u64> = s
+            .allocations_of("web")
+            .filter(|a| a.desired == DesiredState::Run)
+            .map(|a| a.revision)
+            .collect();
+        assert_eq!(revisions, vec![2, 2]);
+    }
+}
