@@ -92,6 +92,36 @@ impl DroverProcess {
         DroverProcess::start("drover", args, port, data_dir, Some(node.to_string()))
     }
 
+    /// Starts `drover-agent` for node `node` with `data_dir`, advertising 127.0.0.1, on a free
+    /// gossip port, joining `coordinator` (its gRPC URL, and its gossip address as the seed).
+    /// Containers of `node` are removed when the process is dropped.
+    pub fn agent(data_dir: &Path, node: &str, coordinator: &DroverProcess) -> DroverProcess {
+        let mut args = vec![
+            "--node-id".to_string(),
+            node.into(),
+            "--advertise".into(),
+            "127.0.0.1".into(),
+            "--coordinator".into(),
+            coordinator.url(),
+            "--gossip-listen".into(),
+            format!("127.0.0.1:{}", free_udp_port()),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        if let Some(seed) = coordinator.gossip_listen() {
+            args.push("--gossip-seed".into());
+            args.push(seed.to_string());
+        }
+        // The agent serves no TCP port: `port` is its coordinator's, for the CLI.
+        DroverProcess::start(
+            "drover-agent",
+            args,
+            coordinator.port,
+            data_dir,
+            Some(node.to_string()),
+        )
+    }
+
     fn start(
         binary: &'static str,
         args: Vec<String>,
@@ -132,6 +162,24 @@ impl DroverProcess {
             Duration::from_secs(30),
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         );
+    }
+
+    /// Process id of the running child, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The UDP address the process's gossip (its coordinator's, for `drover dev`) listens on.
+    fn gossip_listen(&self) -> Option<&str> {
+        let flag = if self.binary == "drover" {
+            "--coordinator-gossip"
+        } else {
+            "--gossip-listen"
+        };
+        self.args
+            .windows(2)
+            .find(|pair| pair[0] == flag)
+            .map(|pair| pair[1].as_str())
     }
 
     /// The URL the CLI takes with `--coordinator`.

@@ -188,7 +188,12 @@ impl Supervisor {
         for (id, want) in &wanted {
             let container = by_alloc.get(id);
             match want.allocation.desired {
-                DesiredState::Run => self.ensure_running(id, want, container).await,
+                DesiredState::Run => {
+                    self.ensure_running(id, want, container).await;
+                    // Creating containers one by one takes a while on a busy node: report
+                    // each as it starts rather than all at the end of the pass.
+                    self.publish();
+                }
                 DesiredState::Stop => {
                     self.ensure_stopped(id, container, want.spec.stop_grace_period)
                 }
