@@ -367,6 +367,7 @@ async fn node_addresses(
 #[derive(Debug, Serialize)]
 struct NodeRow {
     id: String,
+    generation: u64,
     address: String,
     health: &'static str,
     cordoned: bool,
@@ -395,6 +396,7 @@ pub async fn nodes(target: &str, format: Format) -> anyhow::Result<()> {
                     .map(NodeHealth::as_str)
                     .unwrap_or("unknown"),
                 id: info.id,
+                generation: info.generation,
                 address: info.address,
                 cordoned: n.cordoned,
                 draining: n.draining,

@@ -333,3 +333,29 @@ pub fn workspace_root() -> PathBuf {
         .expect("tests/ sits in the workspace root")
         .to_path_buf()
 }
+
+/// Allocations of `service` that should run, as `drover status -o json` lists them; empty
+/// while the service does not exist (yet).
+pub fn allocations(process: &DroverProcess, service: &str) -> Vec<serde_json::Value> {
+    let Some(status) = process.try_cli_json(&["status", service]) else {
+        return Vec::new();
+    };
+    status["allocations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["desired"] == "run")
+        .collect()
+}
+
+/// Sorted container ids of the healthy allocations of `service`.
+pub fn healthy_containers(process: &DroverProcess, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = allocations(process, service)
+        .iter()
+        .filter(|a| a["state"] == "healthy")
+        .filter_map(|a| a["container_id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}

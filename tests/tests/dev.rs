@@ -6,34 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_tests::{
-    DroverProcess, build_images, node_containers, success, unique_node, wait_for, workspace_root,
+    DroverProcess, allocations, build_images, healthy_containers, node_containers, success,
+    unique_node, wait_for, workspace_root,
 };
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn allocations(process: &DroverProcess, service: &str) -> Vec<Value> {
-    let Some(status) = process.try_cli_json(&["status", service]) else {
-        return Vec::new();
-    };
-    status["allocations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a["desired"] == "run")
-        .collect()
-}
-
-fn healthy_containers(process: &DroverProcess, service: &str) -> Vec<String> {
-    let mut ids: Vec<String> = allocations(process, service)
-        .iter()
-        .filter(|a| a["state"] == "healthy")
-        .filter_map(|a| a["container_id"].as_str().map(str::to_string))
-        .collect();
-    ids.sort();
-    ids
-}
 
 #[test]
 fn seed_runs_heals_survives_restart_and_deletes() {
