@@ -44,6 +44,9 @@ pub struct Config {
     /// Time between reconcile passes when nothing wakes the loop earlier.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// Address the service proxy listens on (each service's published port); default: the
+    /// advertise address.
+    pub proxy_bind: Option<IpAddr>,
 }
 
 impl Default for Config {
@@ -62,11 +65,13 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/drover/agent"),
             engine: None,
             reconcile_interval: Duration::from_secs(1),
+            proxy_bind: None,
         }
     }
 }
 
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 14] = [
+    "proxy_bind",
     "node_id",
     "advertise",
     "coordinators",

@@ -10,6 +10,8 @@ pub mod gossip;
 pub mod health;
 pub mod host;
 pub mod link;
+pub mod proxy;
+pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod supervisor;

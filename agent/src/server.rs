@@ -15,6 +15,8 @@ use crate::error::Error;
 use crate::gossip;
 use crate::host;
 use crate::link::Link;
+use crate::proxy::{ProxyConfig, ProxyManager};
+use crate::routes;
 use crate::runtime::ContainerRuntime;
 use crate::supervisor::{LinkState, Supervisor, SupervisorChannels};
 
@@ -50,7 +52,7 @@ pub async fn run(
     let (desired_tx, desired_rx) = watch::channel(None);
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
-    let (routes_tx, _routes_rx) = watch::channel(None);
+    let (routes_tx, routes_rx) = watch::channel(None);
 
     let membership = gossip::join(&config, &node_id, generation, capacity).await?;
     let gossip_terminated = membership.termination();
@@ -87,6 +89,17 @@ pub async fn run(
     };
     let link = tokio::spawn(link.run(shutdown.clone()));
 
+    // Every node proxies each service's published port to healthy replicas anywhere:
+    // policy from the coordinator, liveness and health from gossip.
+    let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
+    let proxy = ProxyManager::new(proxy_bind, ProxyConfig::default(), generation);
+    let routing = tokio::spawn(routes::run(
+        proxy,
+        routes_rx,
+        membership.live_members(),
+        shutdown.clone(),
+    ));
+
     let publishing =
         gossip::publish_allocations(&membership, config.advertise, status_rx, shutdown.clone());
     let failure = tokio::select! {
@@ -99,6 +112,9 @@ pub async fn run(
         .map_err(|e| Error::Internal(format!("supervisor task: {e}")))?;
     link.await
         .map_err(|e| Error::Internal(format!("link task: {e}")))?;
+    routing
+        .await
+        .map_err(|e| Error::Internal(format!("routing task: {e}")))?;
     if let Some(e) = failure {
         // Gossip is gone for good: exit so systemd restarts the agent.
         return Err(Error::Gossip(e.to_string()));

@@ -246,7 +246,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
         }
     );
     let weights = if s.revision_weights.is_empty() {
-        "all traffic to the newest revision".to_string()
+        "no revision weights: one pool of every running replica".to_string()
     } else {
         s.revision_weights
             .iter()

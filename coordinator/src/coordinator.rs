@@ -387,7 +387,7 @@ pub fn desired_set(state: &ClusterState, node: &str) -> Vec<pb::DesiredAllocatio
 }
 
 /// Route policy: for each service with a published port, its allocations that should run,
-/// with their address once known, and the weights to apply.
+/// with their address once known (empty before), and the weights to apply.
 pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
     let mut routes = Vec::new();
     for name in state.stored.services.keys() {
@@ -403,19 +403,22 @@ pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
                 if alloc.desired != DesiredState::Run {
                     continue;
                 }
+                // Every member is listed; proxies route only to those gossip says are alive
+                // and healthy, and take the current address from gossip when it has one.
                 let host_port = state
                     .status
                     .get(&alloc.id)
                     .and_then(|s| s.host_ports.get(&port.container_port).copied());
                 let address = state.nodes.get(&alloc.node).map(|n| n.info.address.clone());
-                let (Some(host_port), Some(address)) = (host_port, address) else {
-                    continue;
+                let address = match (address, host_port) {
+                    (Some(address), Some(host_port)) => format!("{address}:{host_port}"),
+                    _ => String::new(),
                 };
                 endpoints.push(pb::RouteEndpoint {
                     allocation_id: alloc.id.clone(),
                     node: alloc.node.clone(),
                     revision: alloc.revision,
-                    address: format!("{address}:{host_port}"),
+                    address,
                     weight: 1,
                 });
             }

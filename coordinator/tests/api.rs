@@ -297,8 +297,10 @@ async fn apply_place_report_scale_delete() {
 
     // Route policy lists the three endpoints with their host ports.
     agents[0]
-        .until("3 endpoints", |a| {
-            a.routes.first().is_some_and(|r| r.endpoints.len() == 3)
+        .until("3 endpoints with addresses", |a| {
+            a.routes.first().is_some_and(|r| {
+                r.endpoints.len() == 3 && r.endpoints.iter().all(|e| !e.address.is_empty())
+            })
         })
         .await;
     let route = &agents[0].routes[0];

@@ -285,7 +285,8 @@ impl Strategy {
 pub struct Traffic {
     /// Replica selection strategy.
     pub strategy: Strategy,
-    /// Weight per revision number; empty means all traffic to the newest revision.
+    /// Weight per revision number; empty means one pool: every running replica, whatever its
+    /// revision, by its endpoint weight (old replicas keep serving while new ones start).
     pub revision_weights: BTreeMap<u64, u32>,
 }
 

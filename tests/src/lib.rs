@@ -46,6 +46,8 @@ pub struct DroverProcess {
     child: Option<Child>,
     binary: &'static str,
     args: Vec<String>,
+    /// Address the coordinator's gRPC API listens on.
+    pub host: String,
     /// gRPC port of the coordinator it runs (or is).
     pub port: u16,
     log: PathBuf,
@@ -70,26 +72,33 @@ impl DroverProcess {
 
     /// Starts `drover dev` for node `node` on free ports with `data_dir`, applying `apply`.
     /// Containers of `node` are removed when the process is dropped.
-    pub fn dev(data_dir: &Path, node: &str, apply: &[&Path]) -> DroverProcess {
+    ///
+    /// `ip` is a loopback address of its own (127.0.0.x), so that the service proxies of
+    /// tests running side by side (all on port 80 for the seed) never meet.
+    pub fn dev(data_dir: &Path, ip: &str, node: &str, apply: &[&Path]) -> DroverProcess {
         let port = free_port();
         let mut args = vec![
             "dev".to_string(),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            format!("{ip}:{port}"),
             "--node-id".into(),
             node.into(),
             "--coordinator-gossip".into(),
-            format!("127.0.0.1:{}", free_udp_port()),
+            format!("{ip}:{}", free_udp_port()),
             "--agent-gossip".into(),
-            format!("127.0.0.1:{}", free_udp_port()),
+            format!("{ip}:{}", free_udp_port()),
         ];
         for path in apply {
             args.push("--apply".into());
             args.push(path.display().to_string());
         }
-        DroverProcess::start("drover", args, port, data_dir, Some(node.to_string()))
+        let mut process =
+            DroverProcess::prepare("drover", args, port, data_dir, Some(node.to_string()));
+        process.host = ip.to_string();
+        process.spawn();
+        process
     }
 
     /// Starts `drover-agent` for node `node` with `data_dir`, advertising 127.0.0.1, on a free
@@ -129,16 +138,27 @@ impl DroverProcess {
         data_dir: &Path,
         cleanup_node: Option<String>,
     ) -> DroverProcess {
-        let mut process = DroverProcess {
+        let mut process = DroverProcess::prepare(binary, args, port, data_dir, cleanup_node);
+        process.spawn();
+        process
+    }
+
+    fn prepare(
+        binary: &'static str,
+        args: Vec<String>,
+        port: u16,
+        data_dir: &Path,
+        cleanup_node: Option<String>,
+    ) -> DroverProcess {
+        DroverProcess {
             child: None,
             binary,
             args,
+            host: "127.0.0.1".to_string(),
             port,
             log: data_dir.join(format!("{binary}.log")),
             cleanup_node,
-        };
-        process.spawn();
-        process
+        }
     }
 
     fn spawn(&mut self) {
@@ -156,11 +176,11 @@ impl DroverProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary));
         self.child = Some(child);
-        let port = self.port;
+        let address = format!("{}:{}", self.host, self.port);
         wait_for(
-            &format!("{} on port {port}", self.binary),
+            &format!("{} on {address}", self.binary),
             Duration::from_secs(30),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || std::net::TcpStream::connect(address.as_str()).is_ok(),
         );
     }
 
@@ -184,7 +204,7 @@ impl DroverProcess {
 
     /// The URL the CLI takes with `--coordinator`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// SIGKILL, then start again with the same arguments and data dir.

@@ -12,6 +12,8 @@ use drover_tests::{
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// Loopback address of the seed test's node: its proxy serves user-service on port 80 here.
+const SEED_IP: &str = "127.0.0.11";
 
 #[test]
 fn seed_runs_heals_survives_restart_and_deletes() {
@@ -19,7 +21,7 @@ fn seed_runs_heals_survives_restart_and_deletes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = unique_node("seed");
     let seed = workspace_root().join("examples/seed/user-service.yaml");
-    let mut dev = DroverProcess::dev(dir.path(), &node, &[seed.as_path()]);
+    let mut dev = DroverProcess::dev(dir.path(), SEED_IP, &node, &[seed.as_path()]);
 
     wait_for("3 healthy user-service replicas", DEADLINE, || {
         healthy_containers(&dev, "user-service").len() == 3
@@ -31,7 +33,7 @@ fn seed_runs_heals_survives_restart_and_deletes() {
     // Each replica answers over its published port with its name and container id.
     for a in allocations(&dev, "user-service") {
         let port = a["host_ports"]["8080"].as_u64().expect("published port");
-        let body = http_get(&format!("127.0.0.1:{port}"));
+        let body = http_get(&format!("{SEED_IP}:{port}"));
         let id = a["container_id"].as_str().expect("container id");
         assert!(body.starts_with("user-service "), "{body}");
         assert!(
@@ -39,6 +41,30 @@ fn seed_runs_heals_survives_restart_and_deletes() {
             "{body} vs {id}"
         );
     }
+
+    // The service proxy on port 80 spreads connections over the 3 replicas in turn.
+    let short: Vec<String> = before.iter().map(|id| id[..12].to_string()).collect();
+    let through_proxy = || http_get(&format!("{SEED_IP}:80"));
+    let round = || {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..30 {
+            let body = through_proxy();
+            let id = body.trim().trim_start_matches("user-service ").to_string();
+            *counts.entry(id).or_default() += 1;
+        }
+        counts
+    };
+    // New endpoints warm up (slow start) for a few seconds; then the schedule is exact.
+    let mut last = Default::default();
+    wait_for(
+        "round robin over the 3 replicas through port 80",
+        DEADLINE,
+        || {
+            last = round();
+            last.values().all(|n| *n == 10) && last.keys().all(|id| short.contains(id))
+        },
+    );
+    assert_eq!(last.len(), 3, "{last:?}");
 
     // docker kill → restarted in place, with a higher restart count.
     let victim = before[0].clone();
@@ -112,7 +138,7 @@ spec:
 "#,
     )
     .expect("write manifest");
-    let dev = DroverProcess::dev(dir.path(), &node, &[Path::new(&manifest)]);
+    let dev = DroverProcess::dev(dir.path(), "127.0.0.12", &node, &[Path::new(&manifest)]);
 
     wait_for("ghost failed", DEADLINE, || {
         allocations(&dev, "ghost")
@@ -144,13 +170,19 @@ spec:
 
 fn http_get(address: &str) -> String {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect replica");
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
+    if write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").is_err() {
+        return String::new();
+    }
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
+    if stream.read_to_string(&mut response).is_err() {
+        return String::new();
+    }
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)

@@ -1,0 +1,105 @@
+//! Per-service proxy counters: relaxed atomics bumped on the data path, read as a
+//! [`CountersSnapshot`] by the metrics endpoint.
+
+use std::ops::AddAssign;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Live counters of one service proxy (one published port). Every update is a relaxed atomic
+/// add, so the data path never takes a lock for them.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connect_errors: AtomicU64,
+    retries: AtomicU64,
+    failed: AtomicU64,
+    drained: AtomicU64,
+}
+
+/// A point-in-time copy of [`ServiceCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CountersSnapshot {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Client connections being handled now (connecting or copying).
+    pub active: u64,
+    /// Bytes read from clients (and forwarded to replicas).
+    pub bytes_in: u64,
+    /// Bytes written to clients (read from replicas).
+    pub bytes_out: u64,
+    /// Failed connect attempts to a replica (refused, unreachable, timed out).
+    pub connect_errors: u64,
+    /// Connect attempts beyond the first one of a client connection.
+    pub retries: u64,
+    /// Client connections closed because no replica could be connected.
+    pub failed: u64,
+    /// Connections closed by the drain deadline after their replica was removed.
+    pub drained: u64,
+}
+
+impl AddAssign for CountersSnapshot {
+    fn add_assign(&mut self, other: CountersSnapshot) {
+        self.accepted += other.accepted;
+        self.active += other.active;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.connect_errors += other.connect_errors;
+        self.retries += other.retries;
+        self.failed += other.failed;
+        self.drained += other.drained;
+    }
+}
+
+impl ServiceCounters {
+    /// A copy of every counter. Counters are read one by one, so a snapshot taken under load
+    /// may mix values from slightly different instants.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            connect_errors: self.connect_errors.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            drained: self.drained.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn connection_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_ended(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connect_error(&self) {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn client_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_drained(&self) {
+        self.drained.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,489 @@
+//! The data path of one service port: accept a client, pick a replica with the
+//! [`Balancer`], connect (retrying a refused or timed-out connect on another replica), then
+//! copy bytes both ways until either side is done.
+//!
+//! Draining: [`ServiceProxy::update`] hands the balancer the new endpoint set, so a removed
+//! endpoint gets no new connection at once; connections already open to it keep copying until
+//! they end or until [`ProxyConfig::drain_timeout`] after the removal, when they are closed.
+//! Each endpoint with open connections has a deadline in a `watch` channel that its connection
+//! tasks wait on; a removal sets it, a re-add clears it.
+//!
+//! The copy is `tokio::io::copy_bidirectional_with_sizes` with [`ProxyConfig::buffer_size`]
+//! buffers and `TCP_NODELAY` on both sockets. A `splice(2)` fast path is not done.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use drover_proto::model::Strategy;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::balancer::{Balancer, BalancerConfig, Endpoint, EndpointState};
+use super::counters::{CountersSnapshot, ServiceCounters};
+
+/// Tuning of the data path, shared by every service proxy of an agent.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Longest wait for one connect to a replica.
+    pub connect_timeout: Duration,
+    /// Connect attempts per client connection, each on a different replica.
+    pub attempts: u32,
+    /// Copy buffer per direction.
+    pub buffer_size: usize,
+    /// How long connections to a removed endpoint may stay open before they are closed.
+    pub drain_timeout: Duration,
+    /// Settings of each service's balancer (ejection, slow start).
+    pub balancer: BalancerConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(1),
+            attempts: 3,
+            buffer_size: 64 * 1024,
+            drain_timeout: Duration::from_secs(30),
+            balancer: BalancerConfig::default(),
+        }
+    }
+}
+
+/// The proxy of one service port: its balancer, counters and open connections.
+pub struct ServiceProxy {
+    service: String,
+    balancer: Arc<Mutex<Balancer>>,
+    counters: Arc<ServiceCounters>,
+    config: ProxyConfig,
+    /// Open upstream connections per endpoint id, and the current endpoint ids.
+    connections: Mutex<Connections>,
+    /// Client connections being handled (connecting or copying); `closed` waits for zero.
+    handling: watch::Sender<usize>,
+}
+
+impl fmt::Debug for ServiceProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceProxy")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("counters", &self.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    /// Ids of the endpoints of the last update.
+    current: HashSet<String>,
+    /// Endpoints with at least one open connection.
+    open: HashMap<String, Tracked>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    count: usize,
+    /// When the open connections must be closed; `None` while the endpoint is current.
+    deadline: watch::Sender<Option<Instant>>,
+}
+
+impl ServiceProxy {
+    /// A proxy for `service` with no endpoints yet; `seed` seeds its balancer.
+    pub fn new(
+        service: impl Into<String>,
+        strategy: Strategy,
+        config: ProxyConfig,
+        seed: u64,
+    ) -> ServiceProxy {
+        let balancer = Balancer::new(strategy, config.balancer.clone(), seed);
+        ServiceProxy {
+            service: service.into(),
+            balancer: Arc::new(Mutex::new(balancer)),
+            counters: Arc::new(ServiceCounters::default()),
+            config,
+            connections: Mutex::new(Connections::default()),
+            handling: watch::Sender::new(0),
+        }
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &Arc<ServiceCounters> {
+        &self.counters
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Replace the endpoint set, the revision weights and the strategy. Endpoints no longer
+    /// listed get no new connection; their open connections are closed after the drain
+    /// timeout unless they end first or the endpoint comes back.
+    pub fn update(
+        &self,
+        endpoints: Vec<Endpoint>,
+        revision_weights: &BTreeMap<u64, u32>,
+        strategy: Strategy,
+    ) {
+        let current: HashSet<String> = endpoints.iter().map(|e| e.id.clone()).collect();
+        {
+            let mut balancer = self.lock_balancer();
+            balancer.set_strategy(strategy);
+            balancer.update(endpoints, revision_weights, Instant::now());
+        }
+        self.set_current(current);
+    }
+
+    /// Remove every endpoint: no new connection is forwarded, open ones drain.
+    pub fn drain_all(&self) {
+        self.lock_balancer()
+            .update(Vec::new(), &BTreeMap::new(), Instant::now());
+        self.set_current(HashSet::new());
+    }
+
+    /// Client connections being handled now.
+    pub fn open_connections(&self) -> usize {
+        *self.handling.borrow()
+    }
+
+    /// What the balancer knows of each endpoint (weights, active connections, ejection).
+    pub fn endpoints(&self) -> Vec<EndpointState> {
+        self.lock_balancer().endpoints_at(Instant::now())
+    }
+
+    /// Open connections per endpoint id (only endpoints with at least one).
+    pub fn open_by_endpoint(&self) -> BTreeMap<String, usize> {
+        self.lock_connections()
+            .open
+            .iter()
+            .map(|(id, t)| (id.clone(), t.count))
+            .collect()
+    }
+
+    /// Wait until no client connection is being handled.
+    pub async fn closed(&self) {
+        let mut rx = self.handling.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we borrow it.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    fn set_current(&self, current: HashSet<String>) {
+        let deadline = Instant::now() + self.config.drain_timeout;
+        let mut connections = self.lock_connections();
+        for (id, tracked) in &connections.open {
+            let listed = current.contains(id);
+            let mut started = false;
+            tracked.deadline.send_if_modified(|d| match (listed, *d) {
+                (true, Some(_)) => {
+                    *d = None;
+                    true
+                }
+                (false, None) => {
+                    *d = Some(deadline);
+                    started = true;
+                    true
+                }
+                _ => false,
+            });
+            if started {
+                debug!(service = %self.service, endpoint = %id, open = tracked.count,
+                    "endpoint removed; draining its connections");
+            }
+        }
+        connections.current = current;
+    }
+
+    fn lock_balancer(&self) -> MutexGuard<'_, Balancer> {
+        self.balancer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connect to a replica, trying up to `attempts` different ones.
+    async fn connect_upstream(&self, peer: SocketAddr) -> Option<(Endpoint, TcpStream)> {
+        let mut tried: Vec<String> = Vec::new();
+        for attempt in 0..self.config.attempts.max(1) {
+            let picked = {
+                let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+                self.lock_balancer().pick(Instant::now(), &exclude)
+            };
+            let Some(endpoint) = picked else {
+                debug!(service = %self.service, %peer, attempt, "no endpoint left to try");
+                return None;
+            };
+            if attempt > 0 {
+                self.counters.retry();
+            }
+            let error = match tokio::time::timeout(
+                self.config.connect_timeout,
+                TcpStream::connect(endpoint.address),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => {
+                    let mut balancer = self.lock_balancer();
+                    let now = Instant::now();
+                    balancer.connect_succeeded(&endpoint.id, now);
+                    balancer.connection_opened(&endpoint.id);
+                    return Some((endpoint, stream));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            };
+            self.counters.connect_error();
+            self.lock_balancer()
+                .connect_failed(&endpoint.id, Instant::now());
+            debug!(service = %self.service, %peer, endpoint = %endpoint.id,
+                address = %endpoint.address, attempt, error = %error, "connect to replica failed");
+            tried.push(endpoint.id);
+        }
+        None
+    }
+
+    /// Count an open connection to `id` (already reported to the balancer).
+    fn track(&self, id: &str) -> Lease<'_> {
+        let mut connections = self.lock_connections();
+        let listed = connections.current.contains(id);
+        let tracked = connections
+            .open
+            .entry(id.to_owned())
+            .or_insert_with(|| Tracked {
+                count: 0,
+                deadline: watch::Sender::new(None),
+            });
+        tracked.count += 1;
+        if !listed {
+            // Removed while we were connecting: it drains from now on.
+            let deadline = Instant::now() + self.config.drain_timeout;
+            tracked.deadline.send_if_modified(|d| {
+                let unset = d.is_none();
+                if unset {
+                    *d = Some(deadline);
+                }
+                unset
+            });
+        }
+        let deadline = tracked.deadline.subscribe();
+        Lease {
+            proxy: self,
+            id: id.to_owned(),
+            deadline,
+        }
+    }
+
+    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
+        if let Err(e) = client.set_nodelay(true) {
+            debug!(service = %self.service, %peer, error = %e, "cannot set TCP_NODELAY on client");
+        }
+        let Some((endpoint, mut upstream)) = self.connect_upstream(peer).await else {
+            self.counters.client_failed();
+            warn!(service = %self.service, %peer,
+                "no replica accepted a connection; closing the client");
+            return;
+        };
+        let mut lease = self.track(&endpoint.id);
+        if let Err(e) = upstream.set_nodelay(true) {
+            debug!(service = %self.service, endpoint = %endpoint.id, error = %e,
+                "cannot set TCP_NODELAY on upstream");
+        }
+        let mut metered = Metered {
+            inner: &mut client,
+            counters: &self.counters,
+        };
+        let size = self.config.buffer_size.max(1);
+        tokio::select! {
+            result = tokio::io::copy_bidirectional_with_sizes(&mut metered, &mut upstream, size, size) => {
+                if let Err(e) = result {
+                    debug!(service = %self.service, %peer, endpoint = %endpoint.id, error = %e,
+                        "connection ended with an error");
+                }
+            }
+            () = lease.drain_deadline() => {
+                self.counters.connection_drained();
+                debug!(service = %self.service, %peer, endpoint = %endpoint.id,
+                    "drain deadline passed; closing the connection");
+            }
+        }
+    }
+}
+
+/// One open upstream connection, counted per endpoint until dropped.
+struct Lease<'a> {
+    proxy: &'a ServiceProxy,
+    id: String,
+    deadline: watch::Receiver<Option<Instant>>,
+}
+
+impl Lease<'_> {
+    /// Resolves when the endpoint's drain deadline passes.
+    async fn drain_deadline(&mut self) {
+        loop {
+            let deadline = *self.deadline.borrow_and_update();
+            let changed = match deadline {
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at) => return,
+                    changed = self.deadline.changed() => changed,
+                },
+                None => self.deadline.changed().await,
+            };
+            if changed.is_err() {
+                // Only happens once the entry is gone, which the lease itself prevents.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        {
+            let mut connections = self.proxy.lock_connections();
+            if let Some(tracked) = connections.open.get_mut(&self.id) {
+                tracked.count -= 1;
+                if tracked.count == 0 {
+                    connections.open.remove(&self.id);
+                }
+            }
+        }
+        self.proxy.lock_balancer().connection_closed(&self.id);
+    }
+}
+
+/// A client connection counted from accept until it ends.
+struct Handling(Arc<ServiceProxy>);
+
+impl Handling {
+    fn new(proxy: &Arc<ServiceProxy>) -> Handling {
+        proxy.counters.connection_accepted();
+        proxy.handling.send_modify(|n| *n += 1);
+        Handling(Arc::clone(proxy))
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.counters.connection_ended();
+        self.0.handling.send_modify(|n| *n -= 1);
+    }
+}
+
+/// The client socket, counting bytes read from it (in) and written to it (out).
+struct Metered<'a> {
+    inner: &'a mut TcpStream,
+    counters: &'a ServiceCounters,
+}
+
+impl AsyncRead for Metered<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.counters.add_bytes_in(buf.filled().len() - before);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Metered<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counters.add_bytes_out(n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counters.add_bytes_out(n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accept clients on `listener` and forward each one through `proxy`, until `shutdown` is
+/// cancelled. The listener is closed on return; connections already accepted keep running
+/// (see [`ServiceProxy::drain_all`] and [`ServiceProxy::closed`]).
+pub async fn serve(listener: TcpListener, proxy: Arc<ServiceProxy>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let handling = Handling::new(&proxy);
+                tokio::spawn(async move {
+                    let proxy = &handling.0;
+                    proxy.handle(client, peer).await;
+                    drop(handling);
+                });
+            }
+            Err(e) if is_per_connection(&e) => {
+                debug!(service = %proxy.service, error = %e, "accept failed for one connection");
+            }
+            Err(e) => {
+                // Typically EMFILE/ENFILE: back off instead of spinning.
+                warn!(service = %proxy.service, error = %e, "accept failed; pausing 100 ms");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}

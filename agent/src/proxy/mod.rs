@@ -1,0 +1,18 @@
+//! The agent's L4 service proxy: every agent listens on each service's published port and
+//! forwards each TCP connection to a healthy replica anywhere in the cluster (DESIGN.md §5).
+//!
+//! - [`balancer`]: the pure, synchronous replica picker (strategies, weights, ejection);
+//! - [`forward`]: the data path of one port ([`ServiceProxy`], [`serve`]): connect with retry
+//!   on another replica, copy both ways, drain removed replicas;
+//! - [`listeners`]: [`ProxyManager`], one listener per published port, reconciled from
+//!   [`ServiceRoute`]s;
+//! - [`counters`]: per-service atomics and their [`CountersSnapshot`].
+
+pub mod balancer;
+pub mod counters;
+pub mod forward;
+pub mod listeners;
+
+pub use counters::{CountersSnapshot, ServiceCounters};
+pub use forward::{ProxyConfig, ServiceProxy, serve};
+pub use listeners::{ProxyManager, ServiceRoute};
