@@ -44,6 +44,10 @@ pub struct Config {
     /// Time between reconcile passes when nothing wakes the loop earlier.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// How long a replica being removed keeps serving its open connections (while getting
+    /// no new ones) before its container is stopped.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// Address the service proxy listens on (each service's published port); default: the
     /// advertise address.
     pub proxy_bind: Option<IpAddr>,
@@ -66,11 +70,13 @@ impl Default for Config {
             engine: None,
             reconcile_interval: Duration::from_secs(1),
             proxy_bind: None,
+            drain_delay: Duration::from_secs(3),
         }
     }
 }
 
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
+    "drain_delay",
     "proxy_bind",
     "node_id",
     "advertise",

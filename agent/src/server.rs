@@ -58,7 +58,7 @@ pub async fn run(
     let gossip_terminated = membership.termination();
     info!(listen = %config.gossip_listen, seeds = ?config.gossip_seeds, "joined gossip");
 
-    let supervisor = Supervisor::new(
+    let mut supervisor = Supervisor::new(
         node_id.clone(),
         config.advertise,
         runtime,
@@ -70,6 +70,7 @@ pub async fn run(
         config.reconcile_interval,
         shutdown.clone(),
     );
+    supervisor.set_drain(config.drain_delay);
     let supervisor = tokio::spawn(supervisor.run());
 
     let link = Link {

@@ -105,15 +105,25 @@ impl DroverProcess {
     /// gossip port, joining `coordinator` (its gRPC URL, and its gossip address as the seed).
     /// Containers of `node` are removed when the process is dropped.
     pub fn agent(data_dir: &Path, node: &str, coordinator: &DroverProcess) -> DroverProcess {
+        DroverProcess::agent_on(data_dir, "127.0.0.1", node, coordinator)
+    }
+
+    /// [`DroverProcess::agent`] advertising (and proxying on) loopback address `ip`.
+    pub fn agent_on(
+        data_dir: &Path,
+        ip: &str,
+        node: &str,
+        coordinator: &DroverProcess,
+    ) -> DroverProcess {
         let mut args = vec![
             "--node-id".to_string(),
             node.into(),
             "--advertise".into(),
-            "127.0.0.1".into(),
+            ip.into(),
             "--coordinator".into(),
             coordinator.url(),
             "--gossip-listen".into(),
-            format!("127.0.0.1:{}", free_udp_port()),
+            format!("{ip}:{}", free_udp_port()),
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];

@@ -21,7 +21,7 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
     std::fs::create_dir_all(&agent_dir).expect("agent dir");
     let coordinator = DroverProcess::coordinator(&coordinator_dir);
     let node = unique_node("agent");
-    let mut agent = DroverProcess::agent(&agent_dir, &node, &coordinator);
+    let mut agent = DroverProcess::agent_on(&agent_dir, "127.0.0.14", &node, &coordinator);
 
     let seed = workspace_root().join("examples/seed/user-service.yaml");
     success(
@@ -90,4 +90,83 @@ fn started_at(containers: &[String]) -> Vec<String> {
             success(&out, "docker inspect").trim().to_string()
         })
         .collect()
+}
+
+/// One HTTP GET; the body, or an empty string when the connection failed.
+fn http_get(address: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    if stream.read_to_string(&mut response).is_err() {
+        return String::new();
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+    std::fs::create_dir_all(&agent_dir).expect("agent dir");
+    let mut coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let node = unique_node("route");
+    let ip = "127.0.0.15";
+    let _agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    success(
+        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
+        "drover apply",
+    );
+    wait_for("3 healthy replicas", DEADLINE, || {
+        healthy_containers(&coordinator, "user-service").len() == 3
+    });
+    let containers = healthy_containers(&coordinator, "user-service");
+    let proxy = format!("{ip}:80");
+    wait_for("the proxy reaching all 3 replicas", DEADLINE, || {
+        let seen: std::collections::BTreeSet<String> = (0..9)
+            .map(|_| http_get(&proxy))
+            .filter(|b| !b.is_empty())
+            .collect();
+        seen.len() == 3
+    });
+
+    // The coordinator goes away: the proxy keeps routing on the last policy and on gossip.
+    coordinator.kill();
+    let mut failures = 0;
+    let mut answers = 0;
+    for i in 0..300 {
+        if i == 50 {
+            // One replica dies while the client keeps connecting.
+            success(
+                &std::process::Command::new("docker")
+                    .args(["kill", &containers[0]])
+                    .output()
+                    .expect("docker kill"),
+                "docker kill",
+            );
+        }
+        let body = http_get(&proxy);
+        if body.starts_with("user-service ") {
+            answers += 1;
+        } else {
+            failures += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        failures, 0,
+        "{failures} of 300 connections failed ({answers} answered)"
+    );
 }

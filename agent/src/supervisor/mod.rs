@@ -93,6 +93,7 @@ pub struct Supervisor {
     health_tx: mpsc::Sender<HealthEvent>,
     health_rx: mpsc::Receiver<HealthEvent>,
     interval: Duration,
+    drain: Duration,
     next_usage: Instant,
     cancel: CancellationToken,
 }
@@ -117,9 +118,16 @@ impl Supervisor {
             health_tx,
             health_rx,
             interval,
+            drain: Duration::ZERO,
             next_usage: Instant::now(),
             cancel,
         }
+    }
+
+    /// How long a container being stopped keeps serving open connections before SIGTERM
+    /// (default: none).
+    pub fn set_drain(&mut self, drain: Duration) {
+        self.drain = drain;
     }
 
     /// Runs passes until cancelled: on every desired-set or link change, every health
@@ -259,7 +267,7 @@ impl Supervisor {
         let Some(t) = self.tracked.get_mut(id) else {
             return;
         };
-        t.stop(container, grace, &self.runtime);
+        t.stop(container, self.drain, grace, &self.runtime);
     }
 
     async fn on_health(&mut self, event: HealthEvent) {

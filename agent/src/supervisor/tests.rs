@@ -310,3 +310,31 @@ async fn desired_stop_stops_and_removes() {
     );
     assert!(remaining.is_empty(), "removed: {remaining:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_replica_drains_before_its_container_stops() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.supervisor.set_drain(Duration::from_secs(5));
+    h.connect(1);
+    h.want(1, &[("web.1", DesiredState::Run, spec("web:1"))]);
+    h.passes(1, Duration::from_millis(10)).await;
+    h.want(1, &[("web.1", DesiredState::Stop, spec("web:1"))]);
+    h.supervisor.pass().await;
+    // Reported stopped at once (no new connections), still running for open ones.
+    let status = h.status("web.1");
+    assert_eq!(status.state, AllocState::Stopped);
+    assert!(
+        status.message.contains("draining for 5s"),
+        "{}",
+        status.message
+    );
+    h.passes(3, Duration::from_secs(1)).await;
+    let running = h.runtime.list("n1").await.expect("list");
+    assert_eq!(running.len(), 1, "still serving during the drain");
+    assert_eq!(running[0].state, ContainerState::Running);
+    h.passes(4, Duration::from_secs(1)).await;
+    assert!(
+        h.runtime.list("n1").await.expect("list").is_empty(),
+        "stopped after the drain"
+    );
+}

@@ -36,7 +36,8 @@ pub(super) struct Tracked {
     pub readiness: Option<HealthStatus>,
     pub health_detail: String,
     checks: Option<(String, CancellationToken)>,
-    stopping: bool,
+    /// When the current stop began, if one is in flight.
+    stop_started: Option<Instant>,
 }
 
 impl Tracked {
@@ -58,7 +59,7 @@ impl Tracked {
             readiness: None,
             health_detail: String::new(),
             checks: None,
-            stopping: false,
+            stop_started: None,
         }
     }
 
@@ -163,7 +164,7 @@ impl Tracked {
 
     /// Creates and starts the container, unless a backoff is running or it gave up.
     pub async fn create(&mut self, node: &str, advertise: IpAddr, runtime: &dyn ContainerRuntime) {
-        if self.status.state.is_terminal() || self.stopping {
+        if self.status.state.is_terminal() || self.stop_started.is_some() {
             return;
         }
         if self.restart_at.is_some_and(|at| Instant::now() < at) {
@@ -241,7 +242,7 @@ impl Tracked {
     pub async fn drive(&mut self, c: &ContainerInfo, runtime: &dyn ContainerRuntime) {
         self.status.container_id = c.id.clone();
         self.status.host_ports = c.host_ports.clone();
-        if self.status.state == AllocState::Failed || self.stopping {
+        if self.status.state == AllocState::Failed || self.stop_started.is_some() {
             return;
         }
         let Some(policy) = self.spec.as_ref().map(|s| s.restart.clone()) else {
@@ -369,35 +370,46 @@ impl Tracked {
         }
     }
 
-    /// Stops and removes the container in the background (bounded by `grace`).
+    /// Stops and removes the container in the background. The allocation reports `stopped`
+    /// at once, so proxies send it no new connections; the container keeps serving open
+    /// ones for `drain`, then gets SIGTERM and `grace` before SIGKILL.
     pub fn stop(
         &mut self,
         container: Option<&ContainerInfo>,
+        drain: Duration,
         grace: Duration,
         runtime: &Arc<dyn ContainerRuntime>,
     ) {
         self.stop_checks();
         let Some(c) = container else {
-            self.stopping = false;
+            self.stop_started = None;
             self.set_state(AllocState::Stopped, String::new());
             return;
         };
-        if self.stopping {
+        // A stop in flight is left alone; one that should long be over is tried again.
+        let patience = drain + grace + Duration::from_secs(30);
+        if self.stop_started.is_some_and(|at| at.elapsed() < patience) {
             return;
         }
-        self.stopping = true;
-        self.set_state(AllocState::Stopped, "stopping".into());
+        self.stop_started = Some(Instant::now());
+        let message = if drain.is_zero() {
+            "stopping".to_string()
+        } else {
+            format!("draining for {}, then stopping", humanize(drain))
+        };
+        self.set_state(AllocState::Stopped, message);
         let runtime = runtime.clone();
         let id = c.id.clone();
         let alloc = self.id.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
             if let Err(e) = runtime.stop(&id, grace).await {
                 warn!(alloc = %alloc, container = %id, error = %e, "stop failed; removing anyway");
             }
             match runtime.remove(&id).await {
                 Ok(()) => info!(alloc = %alloc, container = %id, "container removed"),
                 Err(e) => {
-                    warn!(alloc = %alloc, container = %id, error = %e, "remove failed; next pass retries")
+                    warn!(alloc = %alloc, container = %id, error = %e, "remove failed; a later pass retries")
                 }
             }
         });
