@@ -311,6 +311,22 @@ pub async fn service_names(
         .collect())
 }
 
+/// The first published service port of `service`, if any.
+pub async fn service_port(
+    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+    service: &str,
+) -> anyhow::Result<Option<u32>> {
+    let summary = client
+        .get_service(pb::GetServiceRequest {
+            name: service.to_string(),
+        })
+        .await
+        .map_err(|s| refused(&format!("status of {service}"), s))?
+        .into_inner()
+        .summary;
+    Ok(summary.and_then(|s| s.ports.into_iter().find_map(|p| p.service_port)))
+}
+
 /// `address:host_port` of each running replica's first published port.
 pub async fn endpoints(
     client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,

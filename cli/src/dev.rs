@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  export DROVER_COORDINATOR={url}");
     if !args.apply.is_empty() {
         commands::apply(&url, &args.apply, false).await?;
-        wait_and_show_endpoints(&url).await?;
+        wait_and_show_endpoints(&url, args.listen.ip()).await?;
     }
     println!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");
 
@@ -153,7 +153,7 @@ async fn wait_for_node(url: &str, node: &str) -> anyhow::Result<()> {
 }
 
 /// Waits (with progress) until every service's replicas run, then prints what to curl.
-async fn wait_and_show_endpoints(url: &str) -> anyhow::Result<()> {
+async fn wait_and_show_endpoints(url: &str, proxy: std::net::IpAddr) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut last = String::new();
@@ -191,9 +191,14 @@ async fn wait_and_show_endpoints(url: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for name in commands::service_names(&mut client).await? {
+        if let Some(port) = commands::service_port(&mut client, &name).await? {
+            println!(
+                "  curl http://{proxy}:{port}/      # {name} through the service proxy, replica by replica"
+            );
+        }
         let endpoints = commands::endpoints(&mut client, &name).await?;
         for endpoint in endpoints {
-            println!("  curl http://{endpoint}/      # {name}");
+            println!("  curl http://{endpoint}/      # {name}, one replica directly");
         }
     }
     Ok(())
