@@ -70,6 +70,17 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
                     reason: format!("it is {observed}; a replacement is placed"),
                 });
             } else if alloc.revision != record.revision {
+                // A canary split keeps an older revision's replicas while it has weight.
+                if record
+                    .traffic
+                    .revision_weights
+                    .get(&alloc.revision)
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+                {
+                    continue;
+                }
                 stops.push(Stop {
                     alloc,
                     reason: format!(
@@ -406,6 +417,50 @@ mod tests {
         with_b.status = s.status.clone();
         apply(&mut with_b);
         assert_eq!(running_on(&with_b), vec!["b"]);
+    }
+
+    #[test]
+    fn a_weighted_older_revision_keeps_its_replicas() {
+        let mut s = state(&["a", "b"], 2);
+        apply(&mut s);
+        let mut spec = ServiceSpec::new("web", "web:2");
+        spec.replicas = 1;
+        s.stored.revisions.insert(
+            ("web".into(), 2),
+            RevisionRecord {
+                service: "web".into(),
+                revision: 2,
+                spec,
+                created_unix_ms: 0,
+            },
+        );
+        let record = s.stored.services.get_mut("web").expect("web");
+        record.revision = 2;
+        record.replicas = 1;
+        record.traffic.revision_weights = [(1, 90), (2, 10)].into_iter().collect();
+        apply(&mut s);
+        let mut revisions: Vec<u64> = s
+            .allocations_of("web")
+            .filter(|a| a.desired == DesiredState::Run)
+            .map(|a| a.revision)
+            .collect();
+        revisions.sort();
+        assert_eq!(
+            revisions,
+            vec![1, 1, 2],
+            "stable replicas stay beside the canary"
+        );
+
+        // Weight moved entirely to revision 2: the old replicas go.
+        let record = s.stored.services.get_mut("web").expect("web");
+        record.traffic.revision_weights = [(1, 0), (2, 100)].into_iter().collect();
+        apply(&mut s);
+        let revisions: Vec<u64> = s
+            .allocations_of("web")
+            .filter(|a| a.desired == DesiredState::Run)
+            .map(|a| a.revision)
+            .collect();
+        assert_eq!(revisions, vec![2]);
     }
 
     #[test]

@@ -189,3 +189,71 @@ fn http_get(address: &str) -> String {
         .unwrap_or_default();
     body.to_string()
 }
+
+/// A canary: revision 2 gets 10% of the connections through port 80 while revision 1 keeps
+/// serving the rest; `drover weights` then moves everything to revision 2.
+#[test]
+fn canary_split_by_revision_weights() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = unique_node("canary");
+    let ip = "127.0.0.16";
+    let manifest = |image: &str, weights: &str| {
+        format!(
+            "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  image: {image}\n  replicas: 1\n  ports: [{{containerPort: 8080, servicePort: 80}}]\n{weights}"
+        )
+    };
+    let v1 = dir.path().join("v1.yaml");
+    std::fs::write(&v1, manifest("user-service", "")).expect("write v1");
+    let dev = DroverProcess::dev(dir.path(), ip, &node, &[Path::new(&v1)]);
+    wait_for("revision 1 healthy", DEADLINE, || {
+        healthy_containers(&dev, "web").len() == 1
+    });
+
+    // Revision 2 (another image) with 90/10 weights: revision 1 keeps its replica.
+    let v2 = dir.path().join("v2.yaml");
+    std::fs::write(
+        &v2,
+        manifest(
+            "order-service",
+            "  traffic: {strategy: round_robin, weights: {1: 90, 2: 10}}\n",
+        ),
+    )
+    .expect("write v2");
+    success(
+        &dev.cli(&["apply", "-f", v2.to_str().expect("path")]),
+        "apply v2",
+    );
+    wait_for("both revisions healthy", DEADLINE, || {
+        healthy_containers(&dev, "web").len() == 2
+    });
+    let proxy = format!("{ip}:80");
+    let split = || {
+        let mut canary = 0;
+        let mut stable = 0;
+        for _ in 0..100 {
+            let body = http_get(&proxy);
+            if body.starts_with("order-service") {
+                canary += 1;
+            } else if body.starts_with("user-service") {
+                stable += 1;
+            }
+        }
+        (stable, canary)
+    };
+    // After the canary's warm-up, the split is exact.
+    let mut last = (0, 0);
+    wait_for("a 90/10 split through the proxy", DEADLINE, || {
+        last = split();
+        last == (90, 10)
+    });
+
+    success(
+        &dev.cli(&["weights", "web", "1=0", "2=100"]),
+        "drover weights",
+    );
+    wait_for("everything on revision 2", DEADLINE, || split() == (0, 100));
+    wait_for("revision 1 stopped", DEADLINE, || {
+        allocations(&dev, "web").iter().all(|a| a["revision"] == 2)
+    });
+}
