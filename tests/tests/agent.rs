@@ -11,8 +11,8 @@ use drover_tests::{
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-#[test]
-fn agent_sigkill_and_restart_restarts_no_workload() {
+/// A coordinator and one agent (proxying on `ip`) in a fresh temp dir, images built.
+fn cluster(name: &str, ip: &str) -> (tempfile::TempDir, DroverProcess, DroverProcess, String) {
     build_images();
     let dir = tempfile::tempdir().expect("tempdir");
     let coordinator_dir = dir.path().join("coordinator");
@@ -20,8 +20,14 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
     std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
     std::fs::create_dir_all(&agent_dir).expect("agent dir");
     let coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let node = unique_node("agent");
-    let mut agent = DroverProcess::agent_on(&agent_dir, "127.0.0.14", &node, &coordinator);
+    let node = unique_node(name);
+    let agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
+    (dir, coordinator, agent, node)
+}
+
+#[test]
+fn agent_sigkill_and_restart_restarts_no_workload() {
+    let (_dir, coordinator, mut agent, node) = cluster("agent", "127.0.0.14");
 
     let seed = workspace_root().join("examples/seed/user-service.yaml");
     success(
@@ -114,16 +120,8 @@ fn http_get(address: &str) -> String {
 
 #[test]
 fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
-    std::fs::create_dir_all(&agent_dir).expect("agent dir");
-    let mut coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let node = unique_node("route");
     let ip = "127.0.0.15";
-    let _agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
+    let (_dir, mut coordinator, _agent, _node) = cluster("route", ip);
     let seed = workspace_root().join("examples/seed/user-service.yaml");
     success(
         &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),

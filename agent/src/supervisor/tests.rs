@@ -51,7 +51,11 @@ fn alloc(id: &str, desired: DesiredState) -> Allocation {
 
 impl Harness {
     fn new(runtime: FakeRuntime) -> Harness {
-        let runtime = Arc::new(runtime);
+        Harness::new_sharing(Arc::new(runtime))
+    }
+
+    /// A supervisor over an engine another harness may also use (an agent restart).
+    fn new_sharing(runtime: Arc<FakeRuntime>) -> Harness {
         let (desired, desired_rx) = watch::channel(None);
         let (link, link_rx) = watch::channel(LinkState::default());
         let (status_tx, statuses) = watch::channel(BTreeMap::new());
@@ -173,33 +177,6 @@ async fn adopts_running_containers_without_restarting_them() {
         .cloned()
         .collect();
     assert!(new_calls.is_empty(), "adoption must not act: {new_calls:?}");
-}
-
-impl Harness {
-    fn new_sharing(runtime: Arc<FakeRuntime>) -> Harness {
-        let mut h = Harness::new(FakeRuntime::with_images(&[]));
-        let (desired, desired_rx) = watch::channel(None);
-        let (link, link_rx) = watch::channel(LinkState::default());
-        let (status_tx, statuses) = watch::channel(BTreeMap::new());
-        let dyn_runtime: Arc<dyn ContainerRuntime> = runtime.clone();
-        h.supervisor = Supervisor::new(
-            "n1".into(),
-            IpAddr::from([127, 0, 0, 1]),
-            dyn_runtime,
-            SupervisorChannels {
-                desired: desired_rx,
-                link: link_rx,
-                statuses: status_tx,
-            },
-            Duration::from_secs(1),
-            CancellationToken::new(),
-        );
-        h.runtime = runtime;
-        h.desired = desired;
-        h.link = link;
-        h.statuses = statuses;
-        h
-    }
 }
 
 #[tokio::test(start_paused = true)]
