@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::changes::ChangeSet;
 use crate::error::Error;
 use crate::events;
+use crate::failure;
 use crate::reconcile;
 use crate::state::{ClusterState, NodeEntry};
 use crate::store::{EventRecord, Store, Write, counters};
@@ -37,6 +38,8 @@ pub struct Inner {
     pub state: ClusterState,
     agents: HashMap<String, AgentSession>,
     version: u64,
+    /// Why rescheduling is held back, while it is (reported once).
+    held_back: Option<String>,
 }
 
 /// The coordinator shared by the gRPC services and the reconcile loop.
@@ -86,6 +89,7 @@ impl Coordinator {
                 agents: HashMap::new(),
                 // Versions of desired sets and routes start above any earlier boot's.
                 version: boots << 32,
+                held_back: None,
             }),
             cluster_id: cluster_id.to_string(),
             shutdown,
@@ -133,7 +137,14 @@ impl Coordinator {
 
     /// Records which members gossip says are alive.
     pub async fn set_gossip_live(&self, live: std::collections::BTreeSet<String>) {
-        self.inner.lock().await.state.gossip_live = Some(live);
+        let mut inner = self.inner.lock().await;
+        let changed = inner.state.gossip_live.as_ref() != Some(&live);
+        inner.state.gossip_live = Some(live);
+        drop(inner);
+        if changed {
+            // A member gone from gossip may make a disconnected node down.
+            self.wake();
+        }
     }
 
     /// Ends every agent session (their streams close), for shutdown.
@@ -171,6 +182,7 @@ impl Coordinator {
     /// Runs reconcile passes until the state is stable (bounded), then pushes to agents.
     pub async fn reconcile(&self) -> Result<(), Error> {
         let mut inner = self.inner.lock().await;
+        self.detect_down(&mut inner).await?;
         for _ in 0..8 {
             let plan = reconcile::plan(&inner.state, now_unix_ms());
             inner.state.placement_failures = plan.placement_failures;
@@ -181,6 +193,50 @@ impl Coordinator {
         }
         self.push(&mut inner).await;
         Ok(())
+    }
+
+    /// Marks nodes down that the link and gossip both lost; their allocations become `lost`
+    /// (and are replaced by the reconcile pass that follows).
+    async fn detect_down(&self, inner: &mut Inner) -> Result<(), Error> {
+        let now = now_unix_ms();
+        let verdict = failure::check(&inner.state, now);
+        let mut changes = ChangeSet::new(&inner.state, now);
+        if let Some(why) = verdict.held_back {
+            if inner.held_back.as_deref() != Some(why.as_str()) {
+                warn!(reason = %why, "not rescheduling");
+                changes.event(events::RESCHEDULE_HELD, "coordinator", why.clone());
+            }
+            inner.held_back = Some(why);
+        } else {
+            inner.held_back = None;
+        }
+        for (node, reason) in verdict.down {
+            warn!(node = %node, reason = %reason, "node down");
+            if let Some(entry) = inner.state.nodes.get_mut(&node) {
+                entry.health = NodeHealth::Down;
+                entry.reason = reason.clone();
+            }
+            changes.event(events::NODE_DOWN, &node, reason);
+            let lost: Vec<String> = inner
+                .state
+                .stored
+                .allocations
+                .values()
+                .filter(|a| a.node == node && a.desired == DesiredState::Run)
+                .map(|a| a.id.clone())
+                .collect();
+            for id in lost {
+                let status = inner.state.status.entry(id.clone()).or_default();
+                status.state = AllocState::Lost;
+                status.message = format!("node {node} is down");
+                changes.event(
+                    events::ALLOCATION_LOST,
+                    &id,
+                    format!("lost with node {node}"),
+                );
+            }
+        }
+        self.commit(inner, changes).await
     }
 
     /// Runs the reconcile loop until `shutdown`: on every wake-up and every `interval`.
@@ -287,6 +343,7 @@ impl Coordinator {
                 health: NodeHealth::Ready,
                 reason: String::new(),
                 usage: Default::default(),
+                disconnected_since_ms: None,
             },
         );
         for (id, status) in running {
@@ -353,6 +410,7 @@ impl Coordinator {
         if let Some(entry) = inner.state.nodes.get_mut(node) {
             entry.health = NodeHealth::Disconnected;
             entry.reason = format!("agent stream ended: {cause}");
+            entry.disconnected_since_ms = Some(now_unix_ms());
         }
         info!(node = %node, generation, cause, "agent disconnected");
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());

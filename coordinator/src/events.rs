@@ -24,3 +24,9 @@ pub const NODE_FLAGS: &str = "node_flags_changed";
 pub const NODE_DRAINED: &str = "node_drained";
 /// The coordinator started.
 pub const COORDINATOR_STARTED: &str = "coordinator_started";
+/// A node's link and gossip both lost it.
+pub const NODE_DOWN: &str = "node_down";
+/// An allocation's node is down.
+pub const ALLOCATION_LOST: &str = "allocation_lost";
+/// Too many nodes failed at once to trust the verdict.
+pub const RESCHEDULE_HELD: &str = "reschedule_held_back";

@@ -12,6 +12,7 @@ pub mod control;
 pub mod coordinator;
 pub mod error;
 pub mod events;
+pub mod failure;
 pub mod gossip;
 pub mod operations;
 pub mod reconcile;

@@ -313,6 +313,7 @@ mod tests {
                     health: NodeHealth::Ready,
                     reason: String::new(),
                     usage: Resources::default(),
+                    disconnected_since_ms: None,
                 },
             );
         }

@@ -22,6 +22,8 @@ pub struct NodeEntry {
     pub reason: String,
     /// Resources its workloads use, as last reported.
     pub usage: Resources,
+    /// When its agent stream ended, if it is not connected.
+    pub disconnected_since_ms: Option<u64>,
 }
 
 /// Desired state plus observations.

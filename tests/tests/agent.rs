@@ -168,3 +168,97 @@ fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
         "{failures} of 300 connections failed ({answers} answered)"
     );
 }
+
+/// Three nodes; one is SIGKILLed with its containers. Its replica is rescheduled on the
+/// others, exactly 3 run, and a client connecting through a surviving node's proxy the whole
+/// time sees no failure.
+#[test]
+fn a_dead_node_is_isolated_and_its_replicas_move() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let mut agents = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, ip) in ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
+        .into_iter()
+        .enumerate()
+    {
+        let agent_dir = dir.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&agent_dir).expect("agent dir");
+        let node = unique_node(&format!("n{i}"));
+        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
+        nodes.push(node);
+    }
+    wait_for("3 ready nodes", DEADLINE, || {
+        coordinator
+            .try_cli_json(&["nodes"])
+            .and_then(|n| n.as_array().cloned())
+            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == 3)
+    });
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    success(
+        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
+        "drover apply",
+    );
+    wait_for("3 healthy replicas, one per node", DEADLINE, || {
+        let allocs = allocations(&coordinator, "user-service");
+        let on: std::collections::BTreeSet<String> = allocs
+            .iter()
+            .filter(|a| a["state"] == "healthy")
+            .filter_map(|a| a["node"].as_str().map(str::to_string))
+            .collect();
+        on.len() == 3
+    });
+    let proxy = "127.0.0.21:80";
+    wait_for("node 0's proxy reaching all 3 replicas", DEADLINE, || {
+        let seen: std::collections::BTreeSet<String> = (0..9)
+            .map(|_| http_get(proxy))
+            .filter(|b| !b.is_empty())
+            .collect();
+        seen.len() == 3
+    });
+
+    // Node 2 dies: agent SIGKILLed, its containers killed.
+    let dead = nodes[2].clone();
+    agents[2].kill();
+    drover_tests::remove_node_containers(&dead);
+    let mut failures = 0;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if !http_get(proxy).starts_with("user-service ") {
+            failures += 1;
+        }
+        let allocs = allocations(&coordinator, "user-service");
+        let healthy_elsewhere = allocs
+            .iter()
+            .filter(|a| a["state"] == "healthy" && a["node"] != dead.as_str())
+            .count();
+        if healthy_elsewhere == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas not rescheduled in time: {allocs:?}"
+        );
+    }
+    let allocs = allocations(&coordinator, "user-service");
+    assert_eq!(allocs.len(), 3, "exactly 3 should run: {allocs:?}");
+    assert!(
+        allocs.iter().all(|a| a["node"] != dead.as_str()),
+        "{allocs:?}"
+    );
+    assert_eq!(failures, 0, "client connections failed during the failover");
+    let nodes_view = coordinator.cli_json(&["nodes"]);
+    let dead_view = nodes_view
+        .as_array()
+        .and_then(|n| n.iter().find(|x| x["id"] == dead.as_str()).cloned())
+        .expect("dead node listed");
+    assert_eq!(dead_view["health"], "down", "{dead_view}");
+    let events = success(&coordinator.cli(&["events"]), "drover events");
+    assert!(
+        events.contains("node_down") && events.contains("allocation_lost"),
+        "{events}"
+    );
+}

@@ -1,0 +1,159 @@
+//! Which nodes are down: a pure decision from the agent links and gossip.
+//!
+//! A node is `down` only when both say so: its AgentLink stream is gone (it is
+//! `disconnected`) for at least [`LINK_GRACE_MS`], and gossip's failure detector no longer
+//! lists it as alive. A link that drops while gossip still hears the node is not a failure
+//! (a coordinator restart, a network blip between two hosts). When most nodes fail at once
+//! the coordinator itself is the likely one cut off, so nothing is declared down.
+
+use std::collections::BTreeSet;
+
+use drover_proto::model::NodeHealth;
+
+use crate::state::ClusterState;
+
+/// How long a link must have been gone before gossip's verdict counts.
+pub const LINK_GRACE_MS: u64 = 1_000;
+
+/// Outcome of one check.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Nodes to mark down now, with the reason.
+    pub down: Vec<(String, String)>,
+    /// Set when the guard held back: why.
+    pub held_back: Option<String>,
+}
+
+/// Decides which disconnected nodes are down at `now_unix_ms`.
+pub fn check(state: &ClusterState, now_unix_ms: u64) -> Verdict {
+    // Without gossip there is no second opinion: never declare a node down on the link alone.
+    let Some(live) = &state.gossip_live else {
+        return Verdict::default();
+    };
+    let candidates: Vec<&String> = state
+        .nodes
+        .iter()
+        .filter(|(id, n)| {
+            n.health == NodeHealth::Disconnected
+                && n.disconnected_since_ms
+                    .is_some_and(|since| now_unix_ms.saturating_sub(since) >= LINK_GRACE_MS)
+                && !live.contains(*id)
+        })
+        .map(|(id, _)| id)
+        .collect();
+    if candidates.is_empty() {
+        return Verdict::default();
+    }
+    let already: BTreeSet<&String> = state
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.health == NodeHealth::Down)
+        .map(|(id, _)| id)
+        .collect();
+    let total = state.nodes.len();
+    let failing = already.len() + candidates.len();
+    // Losing more than half of the nodes at once looks like this coordinator's isolation.
+    if total >= 2 && failing * 2 > total {
+        return Verdict {
+            down: Vec::new(),
+            held_back: Some(format!(
+                "{failing} of {total} nodes look down at once; this coordinator is likely the one cut off, so nothing is rescheduled"
+            )),
+        };
+    }
+    Verdict {
+        down: candidates
+            .into_iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    "agent stream gone and gossip's failure detector says dead".to_string(),
+                )
+            })
+            .collect(),
+        held_back: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::{NodeInfo, Resources};
+
+    use super::*;
+    use crate::state::NodeEntry;
+
+    fn state(nodes: &[(&str, NodeHealth, Option<u64>)], live: &[&str]) -> ClusterState {
+        let mut state = ClusterState::default();
+        for (id, health, since) in nodes {
+            state.nodes.insert(
+                id.to_string(),
+                NodeEntry {
+                    info: NodeInfo {
+                        id: id.to_string(),
+                        generation: 1,
+                        address: "127.0.0.1".into(),
+                        capacity: Resources::default(),
+                        labels: Default::default(),
+                    },
+                    health: *health,
+                    reason: String::new(),
+                    usage: Resources::default(),
+                    disconnected_since_ms: *since,
+                },
+            );
+        }
+        state.gossip_live = Some(live.iter().map(|s| s.to_string()).collect());
+        state
+    }
+
+    #[test]
+    fn down_needs_both_link_and_gossip() {
+        use NodeHealth::*;
+        let s = state(
+            &[
+                ("a", Ready, None),
+                ("b", Ready, None),
+                ("c", Disconnected, Some(0)),
+            ],
+            &["a", "b"],
+        );
+        let down: Vec<String> = check(&s, 5_000)
+            .down
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(down, vec!["c"]);
+        // Within the link grace: not yet.
+        assert!(check(&s, 500).down.is_empty());
+        // Gossip still hears it: not down.
+        let s = state(
+            &[
+                ("a", Ready, None),
+                ("b", Ready, None),
+                ("c", Disconnected, Some(0)),
+            ],
+            &["a", "b", "c"],
+        );
+        assert!(check(&s, 5_000).down.is_empty());
+        // No gossip at all: never on the link alone.
+        let mut s = state(&[("a", Ready, None), ("c", Disconnected, Some(0))], &[]);
+        s.gossip_live = None;
+        assert!(check(&s, 5_000).down.is_empty());
+    }
+
+    #[test]
+    fn mass_failure_is_held_back() {
+        use NodeHealth::*;
+        let s = state(
+            &[
+                ("a", Ready, None),
+                ("b", Disconnected, Some(0)),
+                ("c", Disconnected, Some(0)),
+            ],
+            &["a"],
+        );
+        let verdict = check(&s, 5_000);
+        assert!(verdict.down.is_empty());
+        assert!(verdict.held_back.expect("held back").contains("2 of 3"));
+    }
+}
