@@ -48,6 +48,8 @@ pub struct Config {
     /// no new ones) before its container is stopped.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// Source address of the connection to the coordinator; default: the kernel's choice.
+    pub link_source: Option<IpAddr>,
     /// Address the service proxy listens on (each service's published port); default: the
     /// advertise address.
     pub proxy_bind: Option<IpAddr>,
@@ -70,12 +72,14 @@ impl Default for Config {
             engine: None,
             reconcile_interval: Duration::from_secs(1),
             proxy_bind: None,
+            link_source: None,
             drain_delay: Duration::from_secs(3),
         }
     }
 }
 
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 16] = [
+    "link_source",
     "drain_delay",
     "proxy_bind",
     "node_id",

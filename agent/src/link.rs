@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::supervisor::{AllocReport, DesiredAlloc, DesiredUpdate, LinkState};
@@ -32,6 +33,8 @@ pub struct Link {
     pub link: watch::Sender<LinkState>,
     /// Route policy for the service proxy.
     pub routes: watch::Sender<Option<pb::RoutePolicy>>,
+    /// Source address of the connection to the coordinator; `None` lets the kernel choose.
+    pub source: Option<std::net::IpAddr>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -75,9 +78,19 @@ impl Link {
     }
 
     async fn session(&mut self, url: &str, session: u64) -> Result<(), String> {
-        let mut client = AgentLinkClient::connect(url.to_string())
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("coordinator URL {url:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            // A coordinator cut off must show as a dead session in seconds.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+            .local_address(self.source);
+        let channel = endpoint
+            .connect()
             .await
             .map_err(|e| format!("connect {url}: {}", source_text(&e)))?;
+        let mut client = AgentLinkClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
         let mut sent = self.statuses.borrow_and_update().clone();
         let applied = self

@@ -45,6 +45,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Source address of the connection to the coordinator.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_source: Option<IpAddr>,
     /// Container engine endpoint, e.g. unix:///run/podman/podman.sock.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

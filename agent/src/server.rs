@@ -87,6 +87,7 @@ pub async fn run(
         desired: desired_tx,
         link: link_tx,
         routes: routes_tx,
+        source: config.link_source,
     };
     let link = tokio::spawn(link.run(shutdown.clone()));
 

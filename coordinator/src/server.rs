@@ -56,6 +56,9 @@ pub async fn run(
     let signal = shutdown.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            // A partitioned agent's stream must end in seconds, not at the TCP timeout.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
             .add_service(ControlServer::new(ControlService::new(coordinator.clone())))
             .add_service(AgentLinkServer::new(AgentLinkService::new(coordinator)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

@@ -120,6 +120,9 @@ impl DroverProcess {
             node.into(),
             "--advertise".into(),
             ip.into(),
+            // Every packet of this node carries its own address, so a test can cut it off.
+            "--link-source".into(),
+            ip.into(),
             "--coordinator".into(),
             coordinator.url(),
             "--gossip-listen".into(),
@@ -388,4 +391,63 @@ pub fn healthy_containers(process: &DroverProcess, service: &str) -> Vec<String>
         .collect();
     ids.sort();
     ids
+}
+
+/// A network partition of one loopback address from every other: iptables DROP rules in
+/// both directions, removed by [`Partition::heal`] or when dropped (even on panic).
+#[derive(Debug)]
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    /// Cuts `ip` (127.0.0.x) off from every other loopback address, both directions.
+    pub fn isolate(ip: &str) -> Partition {
+        let tag = format!("drover-test-{}-{ip}", std::process::id());
+        let rule = |this: &str, other: &str| -> Vec<String> {
+            let words = [
+                "INPUT",
+                "-i",
+                "lo",
+                this,
+                ip,
+                "!",
+                other,
+                ip,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "DROP",
+            ];
+            words.iter().map(|w| w.to_string()).collect()
+        };
+        let rules = vec![rule("-s", "-d"), rule("-d", "-s")];
+        for r in &rules {
+            let mut args = vec!["-I".to_string()];
+            args.extend(r.iter().cloned());
+            let out = Command::new("iptables")
+                .args(&args)
+                .output()
+                .expect("run iptables");
+            success(&out, &format!("iptables {}", args.join(" ")));
+        }
+        Partition { rules }
+    }
+
+    /// Removes the rules.
+    pub fn heal(&mut self) {
+        for r in self.rules.drain(..) {
+            let mut args = vec!["-D".to_string()];
+            args.extend(r);
+            let _ = Command::new("iptables").args(&args).output();
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
 }

@@ -262,3 +262,69 @@ fn a_dead_node_is_isolated_and_its_replicas_move() {
         "{events}"
     );
 }
+
+/// One node cut off by iptables: its replica is rescheduled on the others (the cut-off agent
+/// keeps its copy running meanwhile); when the partition heals, the stale copy is stopped and
+/// exactly 3 replicas run.
+#[test]
+fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let ips = ["127.0.0.31", "127.0.0.32", "127.0.0.33"];
+    let mut agents = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, ip) in ips.into_iter().enumerate() {
+        let agent_dir = dir.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&agent_dir).expect("agent dir");
+        let node = unique_node(&format!("p{i}"));
+        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
+        nodes.push(node);
+    }
+    wait_for("3 ready nodes", DEADLINE, || {
+        coordinator
+            .try_cli_json(&["nodes"])
+            .and_then(|n| n.as_array().cloned())
+            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == 3)
+    });
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    success(
+        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
+        "drover apply",
+    );
+    let healthy_on = |c: &DroverProcess| -> Vec<String> {
+        allocations(c, "user-service")
+            .iter()
+            .filter(|a| a["state"] == "healthy")
+            .filter_map(|a| a["node"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for("3 healthy replicas, one per node", DEADLINE, || {
+        let on: std::collections::BTreeSet<String> = healthy_on(&coordinator).into_iter().collect();
+        on.len() == 3
+    });
+    let cut = nodes[2].clone();
+    let running = |node: &str| node_containers(node, false).len();
+
+    let mut partition = drover_tests::Partition::isolate(ips[2]);
+    wait_for(
+        "the replica rescheduled away from the cut-off node",
+        DEADLINE,
+        || {
+            let on = healthy_on(&coordinator);
+            on.len() == 3 && on.iter().all(|n| *n != cut)
+        },
+    );
+    assert_eq!(running(&cut), 1, "the cut-off agent keeps its copy running");
+
+    partition.heal();
+    wait_for("the stale copy stopped after the heal", DEADLINE, || {
+        running(&cut) == 0
+    });
+    let total: usize = nodes.iter().map(|n| running(n)).sum();
+    assert_eq!(total, 3, "exactly 3 replicas run after the heal");
+    assert_eq!(allocations(&coordinator, "user-service").len(), 3);
+    drop(agents);
+}
