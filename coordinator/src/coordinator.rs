@@ -217,24 +217,16 @@ impl Coordinator {
                 entry.reason = reason.clone();
             }
             changes.event(events::NODE_DOWN, &node, reason);
-            let lost: Vec<String> = inner
-                .state
-                .stored
-                .allocations
-                .values()
-                .filter(|a| a.node == node && a.desired == DesiredState::Run)
-                .map(|a| a.id.clone())
-                .collect();
-            for id in lost {
-                let status = inner.state.status.entry(id.clone()).or_default();
-                status.state = AllocState::Lost;
-                status.message = format!("node {node} is down");
-                changes.event(
-                    events::ALLOCATION_LOST,
-                    &id,
-                    format!("lost with node {node}"),
-                );
-            }
+        }
+        for (id, node) in failure::lost_allocations(&inner.state, now) {
+            let status = inner.state.status.entry(id.clone()).or_default();
+            status.state = AllocState::Lost;
+            status.message = format!("node {node} is down");
+            changes.event(
+                events::ALLOCATION_LOST,
+                &id,
+                format!("lost with node {node}"),
+            );
         }
         self.commit(inner, changes).await
     }

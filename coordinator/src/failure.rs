@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use drover_proto::model::NodeHealth;
+use drover_proto::model::{AllocState, DesiredState, NodeHealth};
 
 use crate::state::ClusterState;
 
@@ -73,6 +73,46 @@ pub fn check(state: &ClusterState, now_unix_ms: u64) -> Verdict {
             .collect(),
         held_back: None,
     }
+}
+
+/// Margin added to a service's `stop_after_disconnect` before its replicas on a down node
+/// count as lost: the cut-off agent has stopped them by then, so a singleton never runs twice.
+pub const STOP_AFTER_DISCONNECT_MARGIN_MS: u64 = 2_000;
+
+/// Allocations on down nodes to mark lost now, with their node. Replicas of a service with
+/// `stop_after_disconnect` wait until the cut-off agent has stopped them (plus a margin).
+pub fn lost_allocations(state: &ClusterState, now_unix_ms: u64) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for alloc in state.stored.allocations.values() {
+        if alloc.desired != DesiredState::Run || state.alloc_state(&alloc.id) == AllocState::Lost {
+            continue;
+        }
+        let Some(node) = state.nodes.get(&alloc.node) else {
+            continue;
+        };
+        if node.health != NodeHealth::Down {
+            continue;
+        }
+        // The agent stops the replica `stop_after_disconnect` after it lost the link, which
+        // takes up to `stop_grace_period`; the margin covers the two clocks' skew.
+        let wait = state
+            .revision_spec(&alloc.service, alloc.revision)
+            .and_then(|spec| {
+                let limit = spec.stop_after_disconnect?;
+                Some(limit + spec.stop_grace_period)
+            })
+            .map(|d| {
+                u64::try_from(d.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(STOP_AFTER_DISCONNECT_MARGIN_MS)
+            })
+            .unwrap_or(0);
+        let since = node.disconnected_since_ms.unwrap_or(now_unix_ms);
+        if now_unix_ms.saturating_sub(since) >= wait {
+            out.push((alloc.id.clone(), alloc.node.clone()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -155,5 +195,52 @@ mod tests {
         let verdict = check(&s, 5_000);
         assert!(verdict.down.is_empty());
         assert!(verdict.held_back.expect("held back").contains("2 of 3"));
+    }
+
+    #[test]
+    fn stop_after_disconnect_delays_lost() {
+        use drover_proto::model::{Allocation, ServiceSpec};
+
+        use crate::store::RevisionRecord;
+        let mut s = state(&[("a", NodeHealth::Down, Some(0))], &[]);
+        for (service, limit) in [("single", Some(10_000)), ("web", None)] {
+            let mut spec = ServiceSpec::new(service, "img");
+            spec.stop_after_disconnect = limit.map(std::time::Duration::from_millis);
+            s.stored.revisions.insert(
+                (service.to_string(), 1),
+                RevisionRecord {
+                    service: service.into(),
+                    revision: 1,
+                    spec,
+                    created_unix_ms: 0,
+                },
+            );
+            s.stored.allocations.insert(
+                format!("{service}.1"),
+                Allocation {
+                    id: format!("{service}.1"),
+                    service: service.into(),
+                    revision: 1,
+                    node: "a".into(),
+                    resources: Resources::default(),
+                    desired: DesiredState::Run,
+                    created_unix_ms: 0,
+                },
+            );
+        }
+        let ids = |now| -> Vec<String> {
+            lost_allocations(&s, now)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        // 10 s limit + 10 s default stop grace + 2 s margin.
+        assert_eq!(ids(1_000), vec!["web.1"], "the singleton waits");
+        assert_eq!(
+            ids(21_999),
+            vec!["web.1"],
+            "limit, grace and margin not yet over"
+        );
+        assert_eq!(ids(22_000), vec!["single.1", "web.1"]);
     }
 }

@@ -328,3 +328,77 @@ fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
     assert_eq!(allocations(&coordinator, "user-service").len(), 3);
     drop(agents);
 }
+
+/// A `stop_after_disconnect` singleton whose node is cut off: the cut-off agent stops it,
+/// the coordinator replaces it only after that, and at no moment do two copies run.
+#[test]
+fn a_stop_after_disconnect_singleton_never_runs_twice() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let ips = ["127.0.0.41", "127.0.0.42"];
+    let mut agents = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, ip) in ips.into_iter().enumerate() {
+        let agent_dir = dir.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&agent_dir).expect("agent dir");
+        let node = unique_node(&format!("s{i}"));
+        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
+        nodes.push(node);
+    }
+    wait_for("2 ready nodes", DEADLINE, || {
+        coordinator
+            .try_cli_json(&["nodes"])
+            .and_then(|n| n.as_array().cloned())
+            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == 2)
+    });
+    let manifest = dir.path().join("single.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: single}\nspec:\n  image: drover-test-busybox\n  replicas: 1\n  stopAfterDisconnect: 3s\n  stopGracePeriod: 1s\n",
+    )
+    .expect("write manifest");
+    success(
+        &coordinator.cli(&["apply", "-f", manifest.to_str().expect("path")]),
+        "drover apply",
+    );
+    let healthy = |c: &DroverProcess| -> Vec<String> {
+        allocations(c, "single")
+            .iter()
+            .filter(|a| a["state"] == "healthy")
+            .filter_map(|a| a["node"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for("the singleton healthy", DEADLINE, || {
+        healthy(&coordinator).len() == 1
+    });
+    let first = healthy(&coordinator)[0].clone();
+    let first_index = nodes.iter().position(|n| *n == first).expect("known node");
+    let running = || -> usize { nodes.iter().map(|n| node_containers(n, false).len()).sum() };
+
+    let _partition = drover_tests::Partition::isolate(ips[first_index]);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut max_running = 0;
+    loop {
+        max_running = max_running.max(running());
+        let on = healthy(&coordinator);
+        if on.len() == 1 && on[0] != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "singleton not replaced in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    max_running = max_running.max(running());
+    assert!(max_running <= 1, "two copies ran at once ({max_running})");
+    assert_eq!(
+        node_containers(&first, false).len(),
+        0,
+        "the cut-off copy stopped"
+    );
+    drop(agents);
+}

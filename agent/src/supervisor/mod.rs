@@ -94,6 +94,8 @@ pub struct Supervisor {
     health_rx: mpsc::Receiver<HealthEvent>,
     interval: Duration,
     drain: Duration,
+    /// Since when the link to the coordinator is down (`None` while connected).
+    cut_off_since: Option<Instant>,
     next_usage: Instant,
     cancel: CancellationToken,
 }
@@ -119,6 +121,7 @@ impl Supervisor {
             health_rx,
             interval,
             drain: Duration::ZERO,
+            cut_off_since: None,
             next_usage: Instant::now(),
             cancel,
         }
@@ -193,8 +196,27 @@ impl Supervisor {
             .is_some_and(|d| link.connected && d.session == link.session);
         let wanted = desired.map(|d| d.allocations).unwrap_or_default();
 
+        self.cut_off_since = match (link.connected, self.cut_off_since) {
+            (true, _) => None,
+            (false, since) => Some(since.unwrap_or_else(Instant::now)),
+        };
+        let cut_off_for = self.cut_off_since.map(|since| since.elapsed());
         for (id, want) in &wanted {
             let container = by_alloc.get(id);
+            // Services that must not run twice stop on their own after this long without the
+            // coordinator, which waits as long (plus a margin) before replacing them.
+            if let (Some(limit), Some(cut_off)) = (want.spec.stop_after_disconnect, cut_off_for) {
+                if cut_off >= limit && want.allocation.desired == DesiredState::Run {
+                    if let Some(t) = self.tracked.get(id) {
+                        if t.status.state != drover_proto::model::AllocState::Stopped {
+                            warn!(alloc = %id, cut_off = ?cut_off, "stopping: coordinator unreachable for longer than stop_after_disconnect");
+                        }
+                    }
+                    // No drain: nothing should reach a replica whose node is cut off.
+                    self.stop_now(id, container, want.spec.stop_grace_period);
+                    continue;
+                }
+            }
             match want.allocation.desired {
                 DesiredState::Run => {
                     self.ensure_running(id, want, container).await;
@@ -261,6 +283,13 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    fn stop_now(&mut self, id: &str, container: Option<&ContainerInfo>, grace: Duration) {
+        let Some(t) = self.tracked.get_mut(id) else {
+            return;
+        };
+        t.stop(container, Duration::ZERO, grace, &self.runtime);
     }
 
     fn ensure_stopped(&mut self, id: &str, container: Option<&ContainerInfo>, grace: Duration) {

@@ -315,3 +315,47 @@ async fn a_stopping_replica_drains_before_its_container_stops() {
         "stopped after the drain"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn stop_after_disconnect_stops_replicas_when_cut_off_too_long() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    let mut singleton = spec("web:1");
+    singleton.stop_after_disconnect = Some(Duration::from_secs(5));
+    let plain = spec("web:1");
+    h.connect(1);
+    h.want(
+        1,
+        &[
+            ("web.1", DesiredState::Run, singleton),
+            ("web.2", DesiredState::Run, plain),
+        ],
+    );
+    h.passes(1, Duration::from_millis(10)).await;
+    h.link.send_replace(LinkState {
+        session: 1,
+        connected: false,
+    });
+    h.passes(3, Duration::from_secs(1)).await;
+    assert_eq!(
+        h.status("web.1").state,
+        AllocState::Healthy,
+        "not before the limit"
+    );
+    h.passes(4, Duration::from_secs(1)).await;
+    assert_eq!(h.status("web.1").state, AllocState::Stopped);
+    assert_eq!(
+        h.status("web.2").state,
+        AllocState::Healthy,
+        "other services keep running"
+    );
+    let running: Vec<String> = h
+        .runtime
+        .list("n1")
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.state == ContainerState::Running)
+        .map(|c| c.labels[labels::ALLOC].clone())
+        .collect();
+    assert_eq!(running, vec!["web.2"]);
+}
