@@ -25,6 +25,39 @@ fn cluster(name: &str, ip: &str) -> (tempfile::TempDir, DroverProcess, DroverPro
     (dir, coordinator, agent, node)
 }
 
+/// A coordinator and one agent per address in `ips`, waited for until all are ready.
+fn nodes_cluster(
+    name: &str,
+    ips: &[&str],
+) -> (
+    tempfile::TempDir,
+    DroverProcess,
+    Vec<DroverProcess>,
+    Vec<String>,
+) {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let mut agents = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let agent_dir = dir.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&agent_dir).expect("agent dir");
+        let node = unique_node(&format!("{name}{i}"));
+        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
+        nodes.push(node);
+    }
+    wait_for(&format!("{} ready nodes", ips.len()), DEADLINE, || {
+        coordinator
+            .try_cli_json(&["nodes"])
+            .and_then(|n| n.as_array().cloned())
+            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == ips.len())
+    });
+    (dir, coordinator, agents, nodes)
+}
+
 #[test]
 fn agent_sigkill_and_restart_restarts_no_workload() {
     let (_dir, coordinator, mut agent, node) = cluster("agent", "127.0.0.14");
@@ -174,29 +207,8 @@ fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
 /// time sees no failure.
 #[test]
 fn a_dead_node_is_isolated_and_its_replicas_move() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
-    let coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let mut agents = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, ip) in ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
-        .into_iter()
-        .enumerate()
-    {
-        let agent_dir = dir.path().join(format!("agent{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("agent dir");
-        let node = unique_node(&format!("n{i}"));
-        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
-        nodes.push(node);
-    }
-    wait_for("3 ready nodes", DEADLINE, || {
-        coordinator
-            .try_cli_json(&["nodes"])
-            .and_then(|n| n.as_array().cloned())
-            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == 3)
-    });
+    let ips = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let (_dir, coordinator, mut agents, nodes) = nodes_cluster("n", &ips);
     let seed = workspace_root().join("examples/seed/user-service.yaml");
     success(
         &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
@@ -268,27 +280,8 @@ fn a_dead_node_is_isolated_and_its_replicas_move() {
 /// exactly 3 replicas run.
 #[test]
 fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
-    let coordinator = DroverProcess::coordinator(&coordinator_dir);
     let ips = ["127.0.0.31", "127.0.0.32", "127.0.0.33"];
-    let mut agents = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, ip) in ips.into_iter().enumerate() {
-        let agent_dir = dir.path().join(format!("agent{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("agent dir");
-        let node = unique_node(&format!("p{i}"));
-        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
-        nodes.push(node);
-    }
-    wait_for("3 ready nodes", DEADLINE, || {
-        coordinator
-            .try_cli_json(&["nodes"])
-            .and_then(|n| n.as_array().cloned())
-            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == 3)
-    });
+    let (_dir, coordinator, agents, nodes) = nodes_cluster("p", &ips);
     let seed = workspace_root().join("examples/seed/user-service.yaml");
     success(
         &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
@@ -333,27 +326,8 @@ fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
 /// the coordinator replaces it only after that, and at no moment do two copies run.
 #[test]
 fn a_stop_after_disconnect_singleton_never_runs_twice() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
-    let coordinator = DroverProcess::coordinator(&coordinator_dir);
     let ips = ["127.0.0.41", "127.0.0.42"];
-    let mut agents = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, ip) in ips.into_iter().enumerate() {
-        let agent_dir = dir.path().join(format!("agent{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("agent dir");
-        let node = unique_node(&format!("s{i}"));
-        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
-        nodes.push(node);
-    }
-    wait_for("2 ready nodes", DEADLINE, || {
-        coordinator
-            .try_cli_json(&["nodes"])
-            .and_then(|n| n.as_array().cloned())
-            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == 2)
-    });
+    let (dir, coordinator, agents, nodes) = nodes_cluster("s", &ips);
     let manifest = dir.path().join("single.yaml");
     std::fs::write(
         &manifest,
