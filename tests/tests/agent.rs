@@ -376,3 +376,45 @@ fn a_stop_after_disconnect_singleton_never_runs_twice() {
     );
     drop(agents);
 }
+
+/// The coordinator is SIGKILLed and started again: nothing acknowledged is lost, the agents
+/// resync, and no workload restarts.
+#[test]
+fn coordinator_sigkill_and_restart_restarts_no_workload() {
+    let ips = ["127.0.0.51", "127.0.0.52"];
+    let (_dir, mut coordinator, _agents, _nodes) = nodes_cluster("c", &ips);
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    success(
+        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
+        "drover apply",
+    );
+    wait_for("3 healthy replicas", DEADLINE, || {
+        healthy_containers(&coordinator, "user-service").len() == 3
+    });
+    let containers = healthy_containers(&coordinator, "user-service");
+    let started = started_at(&containers);
+    let ids = |c: &DroverProcess| {
+        let mut ids: Vec<String> = allocations(c, "user-service")
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = ids(&coordinator);
+
+    coordinator.kill_and_restart();
+    wait_for("both agents back and 3 healthy replicas", DEADLINE, || {
+        healthy_containers(&coordinator, "user-service") == containers
+    });
+    assert_eq!(
+        ids(&coordinator),
+        before,
+        "same allocations after the restart"
+    );
+    assert_eq!(
+        started_at(&containers),
+        started,
+        "no container was restarted"
+    );
+}
