@@ -11,6 +11,25 @@ use drover_tests::{
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Sorted ids of the user-service allocations that should run.
+fn allocation_ids(coordinator: &DroverProcess) -> Vec<String> {
+    let mut ids: Vec<String> = allocations(coordinator, "user-service")
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Nodes of the healthy allocations of `service`.
+fn healthy_nodes(coordinator: &DroverProcess, service: &str) -> Vec<String> {
+    allocations(coordinator, service)
+        .iter()
+        .filter(|a| a["state"] == "healthy")
+        .filter_map(|a| a["node"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// A coordinator and one agent (proxying on `ip`) in a fresh temp dir, images built.
 fn cluster(name: &str, ip: &str) -> (tempfile::TempDir, DroverProcess, DroverProcess, String) {
     build_images();
@@ -71,15 +90,7 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
         healthy_containers(&coordinator, "user-service").len() == 3
     });
     let containers = healthy_containers(&coordinator, "user-service");
-    let ids = |c: &DroverProcess| {
-        let mut ids: Vec<String> = allocations(c, "user-service")
-            .iter()
-            .filter_map(|a| a["id"].as_str().map(str::to_string))
-            .collect();
-        ids.sort();
-        ids
-    };
-    let before = ids(&coordinator);
+    let before = allocation_ids(&coordinator);
     let started = started_at(&containers);
     let generation = |c: &DroverProcess| {
         c.try_cli_json(&["nodes"])
@@ -104,7 +115,7 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
         DEADLINE,
         || healthy_containers(&coordinator, "user-service") == containers,
     );
-    assert_eq!(ids(&coordinator), before, "same allocations");
+    assert_eq!(allocation_ids(&coordinator), before, "same allocations");
     let mut running = node_containers(&node, false);
     running.sort();
     assert_eq!(running, containers, "same containers, none restarted");
@@ -287,15 +298,10 @@ fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
         &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
         "drover apply",
     );
-    let healthy_on = |c: &DroverProcess| -> Vec<String> {
-        allocations(c, "user-service")
-            .iter()
-            .filter(|a| a["state"] == "healthy")
-            .filter_map(|a| a["node"].as_str().map(str::to_string))
-            .collect()
-    };
     wait_for("3 healthy replicas, one per node", DEADLINE, || {
-        let on: std::collections::BTreeSet<String> = healthy_on(&coordinator).into_iter().collect();
+        let on: std::collections::BTreeSet<String> = healthy_nodes(&coordinator, "user-service")
+            .into_iter()
+            .collect();
         on.len() == 3
     });
     let cut = nodes[2].clone();
@@ -306,7 +312,7 @@ fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
         "the replica rescheduled away from the cut-off node",
         DEADLINE,
         || {
-            let on = healthy_on(&coordinator);
+            let on = healthy_nodes(&coordinator, "user-service");
             on.len() == 3 && on.iter().all(|n| *n != cut)
         },
     );
@@ -338,17 +344,10 @@ fn a_stop_after_disconnect_singleton_never_runs_twice() {
         &coordinator.cli(&["apply", "-f", manifest.to_str().expect("path")]),
         "drover apply",
     );
-    let healthy = |c: &DroverProcess| -> Vec<String> {
-        allocations(c, "single")
-            .iter()
-            .filter(|a| a["state"] == "healthy")
-            .filter_map(|a| a["node"].as_str().map(str::to_string))
-            .collect()
-    };
     wait_for("the singleton healthy", DEADLINE, || {
-        healthy(&coordinator).len() == 1
+        healthy_nodes(&coordinator, "single").len() == 1
     });
-    let first = healthy(&coordinator)[0].clone();
+    let first = healthy_nodes(&coordinator, "single")[0].clone();
     let first_index = nodes.iter().position(|n| *n == first).expect("known node");
     let running = || -> usize { nodes.iter().map(|n| node_containers(n, false).len()).sum() };
 
@@ -357,7 +356,7 @@ fn a_stop_after_disconnect_singleton_never_runs_twice() {
     let mut max_running = 0;
     loop {
         max_running = max_running.max(running());
-        let on = healthy(&coordinator);
+        let on = healthy_nodes(&coordinator, "single");
         if on.len() == 1 && on[0] != first {
             break;
         }
@@ -393,22 +392,14 @@ fn coordinator_sigkill_and_restart_restarts_no_workload() {
     });
     let containers = healthy_containers(&coordinator, "user-service");
     let started = started_at(&containers);
-    let ids = |c: &DroverProcess| {
-        let mut ids: Vec<String> = allocations(c, "user-service")
-            .iter()
-            .filter_map(|a| a["id"].as_str().map(str::to_string))
-            .collect();
-        ids.sort();
-        ids
-    };
-    let before = ids(&coordinator);
+    let before = allocation_ids(&coordinator);
 
     coordinator.kill_and_restart();
     wait_for("both agents back and 3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service") == containers
     });
     assert_eq!(
-        ids(&coordinator),
+        allocation_ids(&coordinator),
         before,
         "same allocations after the restart"
     );
