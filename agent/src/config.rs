@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::Serialized;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/agent.toml";
 
 /// Agent settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Stable node id; default: the host's machine-id.
+    #[schemars(example = "web-3")]
     pub node_id: Option<String>,
     /// Address other nodes and clients reach this node on; published ports bind to it.
     pub advertise: IpAddr,
@@ -30,8 +32,9 @@ pub struct Config {
     pub gossip_seeds: Vec<String>,
     /// Time between gossip rounds; failure detection takes about 5–8 of them.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub gossip_interval: Duration,
-    /// Node labels, matched by placement constraints.
+    /// Node labels, matched by placement constraints, e.g. `{ zone = "eu-1", disk = "ssd" }`.
     pub labels: BTreeMap<String, String>,
     /// CPU kept for the host, e.g. "500m".
     pub reserved_cpu: String,
@@ -39,19 +42,25 @@ pub struct Config {
     pub reserved_memory: String,
     /// Directory of the agent's own state (gossip generation).
     pub data_dir: PathBuf,
-    /// Container engine endpoint, e.g. `unix:///run/podman/podman.sock`; default: Docker's.
+    /// Container engine endpoint, e.g. `unix:///run/podman/podman.sock`; default: Docker's
+    /// (`DOCKER_HOST`, else `unix:///var/run/docker.sock`).
+    #[schemars(example = "unix:///run/podman/podman.sock")]
     pub engine: Option<String>,
     /// Time between reconcile passes when nothing wakes the loop earlier.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub reconcile_interval: Duration,
     /// How long a replica being removed keeps serving its open connections (while getting
     /// no new ones) before its container is stopped.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub drain_delay: Duration,
     /// Source address of the connection to the coordinator; default: the kernel's choice.
+    #[schemars(example = "10.0.0.13")]
     pub link_source: Option<IpAddr>,
     /// Address the service proxy listens on (each service's published port); default: the
     /// advertise address.
+    #[schemars(example = "0.0.0.0")]
     pub proxy_bind: Option<IpAddr>,
 }
 
@@ -105,6 +114,12 @@ pub use drover_daemon::ConfigError;
 pub struct NodeIdError(std::io::Error);
 
 impl Config {
+    /// The default config file the package installs at [`DEFAULT_CONFIG_PATH`]: every option
+    /// with its doc comment and default, commented out.
+    pub fn default_file() -> Result<String, drover_daemon::RenderError> {
+        drover_daemon::render_default_config::<Config>("drover-agent", DEFAULT_CONFIG_PATH)
+    }
+
     /// Loads the configuration. `path` is the file named on the command line, if any;
     /// without one the default path is read when it exists. `overrides` holds the flags.
     pub fn load(
@@ -122,5 +137,48 @@ impl Config {
         std::fs::read_to_string("/etc/machine-id")
             .map(|s| s.trim().to_string())
             .map_err(NodeIdError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    /// The file the packages install must be exactly what the code renders.
+    #[test]
+    fn packaged_config_file_is_the_generated_one() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/agent.toml");
+        let committed = std::fs::read_to_string(&path).expect("read packaging/config/agent.toml");
+        let generated = Config::default_file().expect("render the default config");
+        assert!(
+            committed == generated,
+            "{} differs from the config structs; regenerate it with \
+             `cargo run -p drover-agent -- --print-default-config > packaging/config/agent.toml`",
+            path.display()
+        );
+    }
+
+    /// Uncommenting every option yields a valid file holding the defaults and the examples.
+    #[test]
+    fn uncommented_default_file_loads() {
+        let text = Config::default_file().expect("render");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.is_empty() && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, uncommented).expect("write");
+        let mut loaded = Config::load(Some(&path), Serialized::globals(NoFlags {})).expect("load");
+        assert_eq!(loaded.node_id.take().as_deref(), Some("web-3"));
+        assert!(loaded.engine.take().is_some());
+        assert!(loaded.link_source.take().is_some());
+        assert!(loaded.proxy_bind.take().is_some());
+        assert_eq!(loaded, Config::default());
     }
 }

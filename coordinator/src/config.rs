@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::Serialized;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/coordinator.toml";
 
 /// Coordinator settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address of the gRPC API (operators and agents).
@@ -23,19 +24,23 @@ pub struct Config {
     pub cluster_id: String,
     /// Time between reconcile passes when nothing wakes the loop earlier.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub reconcile_interval: Duration,
     /// How long open requests get to finish on shutdown.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// UDP address gossip listens on; `None` keeps the coordinator out of gossip.
     pub gossip_listen: Option<SocketAddr>,
     /// Address peers reach this member's gossip on; default: derived from the listen
     /// addresses.
+    #[schemars(example = "10.0.0.2:7402")]
     pub gossip_advertise: Option<SocketAddr>,
     /// Gossip peers to join through (`host:port`).
     pub gossip_seeds: Vec<String>,
     /// Time between gossip rounds.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub gossip_interval: Duration,
 }
 
@@ -71,6 +76,12 @@ const ENV_KEYS: [&str; 9] = [
 pub use drover_daemon::ConfigError;
 
 impl Config {
+    /// The default config file the package installs at [`DEFAULT_CONFIG_PATH`]: every option
+    /// with its doc comment and default, commented out.
+    pub fn default_file() -> Result<String, drover_daemon::RenderError> {
+        drover_daemon::render_default_config::<Config>("drover-coordinator", DEFAULT_CONFIG_PATH)
+    }
+
     /// Loads the configuration. `path` is the file named on the command line, if any;
     /// without one the default path is read when it exists. `overrides` holds the flags.
     pub fn load(
@@ -131,6 +142,43 @@ mod tests {
             assert_eq!(config.data_dir, PathBuf::from("/tmp/b"));
             assert_eq!(config.cluster_id, "edge");
             assert_eq!(config.reconcile_interval, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    /// The file the packages install must be exactly what the code renders.
+    #[test]
+    fn packaged_config_file_is_the_generated_one() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/coordinator.toml");
+        let committed =
+            std::fs::read_to_string(&path).expect("read packaging/config/coordinator.toml");
+        let generated = Config::default_file().expect("render the default config");
+        assert!(
+            committed == generated,
+            "{} differs from the config structs; regenerate it with `cargo run -p \
+             drover-coordinator -- --print-default-config > packaging/config/coordinator.toml`",
+            path.display()
+        );
+    }
+
+    /// Uncommenting every option yields a valid file holding the defaults and the example.
+    #[test]
+    fn uncommented_default_file_loads() {
+        let text = Config::default_file().expect("render");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.is_empty() && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", &uncommented)?;
+            let mut loaded =
+                Config::load(Some(Path::new("c.toml")), Serialized::globals(NoFlags {}))
+                    .map_err(|e| e.to_string())?;
+            assert!(loaded.gossip_advertise.take().is_some());
+            assert_eq!(loaded, Config::default());
             Ok(())
         });
     }

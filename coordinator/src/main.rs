@@ -21,6 +21,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Print the default configuration file (every option, commented out) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_default_config: bool,
     /// Directory of the state file.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     drover_daemon::init_logs();
     let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::default_file()?);
+        return Ok(());
+    }
     let config = Config::load(args.config.as_deref(), Serialized::globals(&args))?;
     info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, data_dir = %config.data_dir.display(), "starting coordinator");
 

@@ -1,5 +1,10 @@
 //! What Drover's daemons (`drover-coordinator`, `drover-agent`, `drover dev`) share: layered
-//! configuration, logging to stderr, and signal handling.
+//! configuration (and the commented default config files rendered from it), logging to
+//! stderr, and signal handling.
+
+mod default_config;
+
+pub use default_config::{RenderError, render_default_config};
 
 use std::path::{Path, PathBuf};
 
