@@ -492,7 +492,9 @@ struct DroverProxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Thread names of the two Drover targets: splice(2) on (the default) and off.
 const DROVER_THREAD: &str = "drover-proxy";
+const DROVER_COPY_THREAD: &str = "drover-copy";
 
 fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
     ServiceRoute {
@@ -509,7 +511,12 @@ fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
     }
 }
 
-fn start_drover(listen: Ports, backends: Ports) -> Result<DroverProxy, String> {
+fn start_drover(
+    listen: Ports,
+    backends: Ports,
+    splice: bool,
+    thread_name: &str,
+) -> Result<DroverProxy, String> {
     let routes = vec![
         route("bulk", listen.bulk.port(), backends.bulk),
         route("short", listen.short.port(), backends.short),
@@ -517,7 +524,7 @@ fn start_drover(listen: Ports, backends: Ports) -> Result<DroverProxy, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<u16>, String>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
-        .name(DROVER_THREAD.to_owned())
+        .name(thread_name.to_owned())
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -530,7 +537,11 @@ fn start_drover(listen: Ports, backends: Ports) -> Result<DroverProxy, String> {
                 }
             };
             runtime.block_on(async move {
-                let mut manager = ProxyManager::new(LOCALHOST, ProxyConfig::default(), 7);
+                let config = ProxyConfig {
+                    splice,
+                    ..ProxyConfig::default()
+                };
+                let mut manager = ProxyManager::new(LOCALHOST, config, 7);
                 manager.apply(routes).await;
                 let _ = ready_tx.send(Ok(manager.listening_ports()));
                 let _ = stop_rx.await;
@@ -784,27 +795,43 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
         running: None,
     }];
 
-    let drover = free_ports()
-        .map_err(|e| format!("no free port: {e}"))
-        .and_then(|listen| Ok((listen, start_drover(listen, backends)?)));
-    targets.push(match drover {
-        Ok((listen, proxy)) => Target {
-            name: "drover",
-            description: "ProxyManager (release build), own current-thread tokio runtime in \
-                          its own OS thread of the benchmark process"
-                .to_owned(),
-            ports: Ok(listen),
-            cpu: thread_named(DROVER_THREAD).map_or(CpuSource::Unknown, CpuSource::Thread),
-            running: Some(Running::Drover(proxy)),
-        },
-        Err(e) => Target {
-            name: "drover",
-            description: "ProxyManager".to_owned(),
-            ports: Err(e),
-            cpu: CpuSource::Unknown,
-            running: None,
-        },
-    });
+    for (name, splice, thread, path) in [
+        (
+            "drover",
+            true,
+            DROVER_THREAD,
+            "splice(2) through pooled pipes",
+        ),
+        (
+            "drover-copy",
+            false,
+            DROVER_COPY_THREAD,
+            "copy through 64 KiB buffers",
+        ),
+    ] {
+        let drover = free_ports()
+            .map_err(|e| format!("no free port: {e}"))
+            .and_then(|listen| Ok((listen, start_drover(listen, backends, splice, thread)?)));
+        targets.push(match drover {
+            Ok((listen, proxy)) => Target {
+                name,
+                description: format!(
+                    "ProxyManager (release build), {path}, own current-thread tokio \
+                     runtime in its own OS thread of the benchmark process"
+                ),
+                ports: Ok(listen),
+                cpu: thread_named(thread).map_or(CpuSource::Unknown, CpuSource::Thread),
+                running: Some(Running::Drover(proxy)),
+            },
+            Err(e) => Target {
+                name,
+                description: "ProxyManager".to_owned(),
+                ports: Err(e),
+                cpu: CpuSource::Unknown,
+                running: None,
+            },
+        });
+    }
 
     let haproxy = async {
         let version = haproxy_version()?;
@@ -900,7 +927,7 @@ fn micros(d: Duration) -> f64 {
 fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
     println!("\n{title}");
     println!(
-        "  {:<8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "  {:<11} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
         "target", "MB/s", "vs direct", "proxy CPU", "load CPU", "host CPU", "errors"
     );
     let direct = runs.first().and_then(|(_, r)| *r).map(|r| r.mb_per_s);
@@ -911,7 +938,7 @@ fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
         };
         let ratio = direct.map_or_else(|| "-".to_owned(), |d| format!("{:.2}x", run.mb_per_s / d));
         println!(
-            "  {:<8} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}",
+            "  {:<11} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}",
             name,
             run.mb_per_s,
             ratio,
@@ -926,7 +953,7 @@ fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
 fn print_short(title: &str, runs: &[(&str, Option<ShortRun>)]) {
     println!("\n{title}");
     println!(
-        "  {:<8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "  {:<11} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
         "target",
         "conn/s",
         "vs direct",
@@ -954,7 +981,7 @@ fn print_short(title: &str, runs: &[(&str, Option<ShortRun>)]) {
             None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
         };
         println!(
-            "  {:<8} {:>8.0} {:>10} {:>8.0} {:>8.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+            "  {:<11} {:>8.0} {:>10} {:>8.0} {:>8.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
             name,
             run.per_s,
             ratio,
@@ -1042,8 +1069,8 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     );
     for target in &targets {
         match &target.ports {
-            Ok(_) => println!("  {:<8} {}", target.name, target.description),
-            Err(e) => println!("  {:<8} NOT RUN: {e}", target.name),
+            Ok(_) => println!("  {:<11} {}", target.name, target.description),
+            Err(e) => println!("  {:<11} NOT RUN: {e}", target.name),
         }
     }
 

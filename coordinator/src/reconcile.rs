@@ -119,19 +119,27 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
             });
         }
 
-        // A draining node keeps its replicas until enough replacements run elsewhere, so
-        // the service never drops below its replica count because of a drain.
-        let ready = active
-            .iter()
-            .filter(|a| is_up(state.alloc_state(&a.id)))
-            .count();
-        if !migrating.is_empty() && ready >= replicas {
-            for alloc in migrating {
-                stops.push(Stop {
-                    alloc,
-                    reason: format!("node {} is draining", alloc.node),
-                });
+        // A draining node keeps its replicas until healthy replacements run elsewhere: a
+        // migrating replica stops only while the service keeps at least its minimum healthy
+        // count (replicas − max_unavailable) without it. Unhealthy ones serve nothing and
+        // go first.
+        let min_healthy = replicas.saturating_sub(spec.update.max_unavailable as usize);
+        let healthy = |a: &Allocation| state.alloc_state(&a.id) == AllocState::Healthy;
+        let mut spare = (active.iter().filter(|a| healthy(a)).count()
+            + migrating.iter().filter(|a| healthy(a)).count())
+        .saturating_sub(min_healthy);
+        migrating.sort_by_key(|a| (healthy(a), a.created_unix_ms, a.id.clone()));
+        for alloc in migrating {
+            if healthy(alloc) {
+                if spare == 0 {
+                    break;
+                }
+                spare -= 1;
             }
+            stops.push(Stop {
+                alloc,
+                reason: format!("node {} is draining", alloc.node),
+            });
         }
     }
 
@@ -487,5 +495,109 @@ mod tests {
             .map(|a| a.revision)
             .collect();
         assert_eq!(revisions, vec![2, 2]);
+    }
+
+    fn drain(state: &mut ClusterState, node: &str) {
+        state.stored.node_flags.insert(
+            node.into(),
+            drover_proto::model::NodeFlags {
+                cordoned: true,
+                draining: true,
+            },
+        );
+    }
+
+    fn stopping_on(state: &ClusterState, node: &str) -> usize {
+        state
+            .allocations_of("web")
+            .filter(|a| a.node == node && a.desired == DesiredState::Stop)
+            .count()
+    }
+
+    #[test]
+    fn drain_stops_a_replica_only_once_its_replacement_is_healthy() {
+        let mut s = state(&["a", "b", "c", "d"], 3);
+        apply(&mut s);
+        let first = running_on(&s);
+        for node in &first {
+            report(&mut s, node, AllocState::Healthy);
+        }
+        let drained = first[0].clone();
+        drain(&mut s, &drained);
+        apply(&mut s);
+        let spare = ["a", "b", "c", "d"]
+            .into_iter()
+            .find(|n| !first.iter().any(|f| f == n))
+            .expect("one free node");
+        assert_eq!(running_on(&s).len(), 4, "a replacement is placed first");
+        assert_eq!(stopping_on(&s, &drained), 0, "the old one keeps serving");
+
+        report(&mut s, spare, AllocState::Running);
+        apply(&mut s);
+        assert_eq!(
+            stopping_on(&s, &drained),
+            0,
+            "running but not yet ready is not enough"
+        );
+
+        report(&mut s, spare, AllocState::Healthy);
+        apply(&mut s);
+        assert_eq!(
+            stopping_on(&s, &drained),
+            1,
+            "healthy replacement: old one stops"
+        );
+        assert!(!running_on(&s).contains(&drained));
+
+        // The agent reports it ended: the allocation is forgotten and the drain completes.
+        let old: Vec<String> = s
+            .allocations_of("web")
+            .filter(|a| a.node == drained)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in old {
+            s.status.insert(
+                id,
+                AllocStatus {
+                    state: AllocState::Stopped,
+                    ..AllocStatus::default()
+                },
+            );
+        }
+        apply(&mut s);
+        apply(&mut s);
+        let flags = s.node_flags(&drained);
+        assert!(flags.cordoned && !flags.draining, "{flags:?}");
+    }
+
+    #[test]
+    fn drain_with_max_unavailable_stops_that_many_at_once() {
+        let mut s = state(&["a", "b", "c"], 3);
+        if let Some(revision) = s.stored.revisions.get_mut(&("web".to_string(), 1)) {
+            revision.spec.update.max_unavailable = 1;
+        }
+        apply(&mut s);
+        for node in ["a", "b", "c"] {
+            report(&mut s, node, AllocState::Healthy);
+        }
+        drain(&mut s, "a");
+        apply(&mut s);
+        assert_eq!(
+            stopping_on(&s, "a"),
+            1,
+            "one healthy replica may be missing"
+        );
+    }
+
+    #[test]
+    fn drain_stops_an_unhealthy_replica_at_once() {
+        let mut s = state(&["a", "b", "c"], 2);
+        apply(&mut s);
+        let first = running_on(&s);
+        report(&mut s, &first[0], AllocState::Unhealthy);
+        report(&mut s, &first[1], AllocState::Healthy);
+        drain(&mut s, &first[0]);
+        apply(&mut s);
+        assert_eq!(stopping_on(&s, &first[0]), 1, "it served nothing anyway");
     }
 }

@@ -8,8 +8,10 @@
 //! Each endpoint with open connections has a deadline in a `watch` channel that its connection
 //! tasks wait on; a removal sets it, a re-add clears it.
 //!
-//! The copy is `tokio::io::copy_bidirectional_with_sizes` with [`ProxyConfig::buffer_size`]
-//! buffers and `TCP_NODELAY` on both sockets. A `splice(2)` fast path is not done.
+//! Both sockets get `TCP_NODELAY`. On Linux the bytes move with `splice(2)` through a pooled
+//! pipe per direction ([`super::splice`]), never entering the proxy's memory; where splice is
+//! off ([`ProxyConfig::splice`]) or no pipe can be made, `tokio::io::copy_bidirectional_with_sizes`
+//! copies through [`ProxyConfig::buffer_size`] buffers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -38,7 +40,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Connect attempts per client connection, each on a different replica.
     pub attempts: u32,
-    /// Copy buffer per direction.
+    /// Move bytes with `splice(2)` (Linux) instead of copying them through user space.
+    pub splice: bool,
+    /// Copy buffer per direction when bytes are copied through user space.
     pub buffer_size: usize,
     /// How long connections to a removed endpoint may stay open before they are closed.
     pub drain_timeout: Duration,
@@ -51,6 +55,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             connect_timeout: Duration::from_secs(1),
             attempts: 3,
+            splice: cfg!(target_os = "linux"),
             buffer_size: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             balancer: BalancerConfig::default(),
@@ -68,6 +73,9 @@ pub struct ServiceProxy {
     connections: Mutex<Connections>,
     /// Client connections being handled (connecting or copying); `closed` waits for zero.
     handling: watch::Sender<usize>,
+    /// Idle pipes for the splice path.
+    #[cfg(target_os = "linux")]
+    pipes: super::splice::PipePool,
 }
 
 impl fmt::Debug for ServiceProxy {
@@ -111,6 +119,8 @@ impl ServiceProxy {
             config,
             connections: Mutex::new(Connections::default()),
             handling: watch::Sender::new(0),
+            #[cfg(target_os = "linux")]
+            pipes: super::splice::PipePool::default(),
         }
     }
 
@@ -303,13 +313,8 @@ impl ServiceProxy {
             debug!(service = %self.service, endpoint = %endpoint.id, error = %e,
                 "cannot set TCP_NODELAY on upstream");
         }
-        let mut metered = Metered {
-            inner: &mut client,
-            counters: &self.counters,
-        };
-        let size = self.config.buffer_size.max(1);
         tokio::select! {
-            result = tokio::io::copy_bidirectional_with_sizes(&mut metered, &mut upstream, size, size) => {
+            result = self.copy(&mut client, &mut upstream) => {
                 if let Err(e) = result {
                     debug!(service = %self.service, %peer, endpoint = %endpoint.id, error = %e,
                         "connection ended with an error");
@@ -321,6 +326,37 @@ impl ServiceProxy {
                     "drain deadline passed; closing the connection");
             }
         }
+    }
+
+    /// Forward both directions until both have ended or either fails.
+    async fn copy(&self, client: &mut TcpStream, upstream: &mut TcpStream) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if self.config.splice {
+            match self.pipes.take_pair() {
+                Ok(pipes) => {
+                    return super::splice::copy_bidirectional(
+                        client,
+                        upstream,
+                        pipes,
+                        &self.counters,
+                    )
+                    .await
+                    .map(drop);
+                }
+                Err(e) => {
+                    debug!(service = %self.service, error = %e,
+                        "no pipe for splice; copying through user space");
+                }
+            }
+        }
+        let mut metered = Metered {
+            inner: client,
+            counters: &self.counters,
+        };
+        let size = self.config.buffer_size.max(1);
+        tokio::io::copy_bidirectional_with_sizes(&mut metered, upstream, size, size)
+            .await
+            .map(drop)
     }
 }
 

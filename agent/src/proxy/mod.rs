@@ -6,12 +6,15 @@
 //!   on another replica, copy both ways, drain removed replicas;
 //! - [`listeners`]: [`ProxyManager`], one listener per published port, reconciled from
 //!   [`ServiceRoute`]s;
-//! - [`counters`]: per-service atomics and their [`CountersSnapshot`].
+//! - [`counters`]: per-service atomics and their [`CountersSnapshot`];
+//! - `splice` (Linux): the zero-copy data path through pooled pipes.
 
 pub mod balancer;
 pub mod counters;
 pub mod forward;
 pub mod listeners;
+#[cfg(target_os = "linux")]
+mod splice;
 
 pub use counters::{CountersSnapshot, ServiceCounters};
 pub use forward::{ProxyConfig, ServiceProxy, serve};
