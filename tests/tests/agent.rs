@@ -409,3 +409,106 @@ fn coordinator_sigkill_and_restart_restarts_no_workload() {
         "no container was restarted"
     );
 }
+
+/// `drover drain` on one of three nodes: its replica moves, and at no sampled moment does the
+/// service have fewer than its 3 healthy replicas (the coordinator's view of what should run)
+/// or fewer than 3 running containers; a client looping through another node's proxy sees no
+/// failure. The drained node ends cordoned, with nothing on it.
+#[test]
+fn drain_moves_replicas_without_dropping_below_the_minimum_healthy() {
+    let ips = ["127.0.0.61", "127.0.0.62", "127.0.0.63"];
+    let (_dir, coordinator, _agents, nodes) = nodes_cluster("d", &ips);
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    success(
+        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
+        "drover apply",
+    );
+    wait_for("3 healthy replicas, one per node", DEADLINE, || {
+        let on: std::collections::BTreeSet<String> = healthy_nodes(&coordinator, "user-service")
+            .into_iter()
+            .collect();
+        on.len() == 3
+    });
+    let proxy = "127.0.0.61:80";
+    wait_for("node 0's proxy reaching all 3 replicas", DEADLINE, || {
+        let seen: std::collections::BTreeSet<String> = (0..9)
+            .map(|_| http_get(proxy))
+            .filter(|b| !b.is_empty())
+            .collect();
+        seen.len() == 3
+    });
+
+    // A client loops through node 0's proxy for the whole drain.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if http_get(proxy).starts_with("user-service ") {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+
+    let drained = nodes[2].clone();
+    success(&coordinator.cli(&["drain", &drained]), "drover drain");
+    let running = || -> usize { nodes.iter().map(|n| node_containers(n, false).len()).sum() };
+    let mut fewest_healthy = usize::MAX;
+    let mut fewest_running = usize::MAX;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let healthy = healthy_nodes(&coordinator, "user-service");
+        fewest_healthy = fewest_healthy.min(healthy.len());
+        fewest_running = fewest_running.min(running());
+        let allocs = allocations(&coordinator, "user-service");
+        if healthy.len() == 3
+            && allocs.len() == 3
+            && allocs.iter().all(|a| a["node"] != drained.as_str())
+            && node_containers(&drained, false).is_empty()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "drain did not finish in time: {allocs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The client keeps going a moment after the old replica is gone.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().expect("client thread");
+
+    assert!(
+        fewest_healthy >= 3,
+        "healthy replicas dropped to {fewest_healthy}"
+    );
+    assert!(
+        fewest_running >= 3,
+        "running containers dropped to {fewest_running}"
+    );
+    assert_eq!(
+        failed, 0,
+        "{failed} client connections failed ({ok} answered)"
+    );
+    assert!(ok > 0, "the client made no connection");
+    wait_for(
+        "the drained node cordoned, drain complete",
+        DEADLINE,
+        || {
+            coordinator
+                .try_cli_json(&["nodes"])
+                .and_then(|n| n.as_array().cloned())
+                .and_then(|n| n.into_iter().find(|x| x["id"] == drained.as_str()))
+                .is_some_and(|n| n["cordoned"] == true && n["draining"] == false)
+        },
+    );
+    let events = success(&coordinator.cli(&["events"]), "drover events");
+    assert!(events.contains("node_drained"), "{events}");
+}
