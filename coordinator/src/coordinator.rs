@@ -215,6 +215,7 @@ impl Coordinator {
             if let Some(entry) = inner.state.nodes.get_mut(&node) {
                 entry.health = NodeHealth::Down;
                 entry.reason = reason.clone();
+                entry.flaps.went_down(now);
             }
             changes.event(events::NODE_DOWN, &node, reason);
         }
@@ -318,7 +319,8 @@ impl Coordinator {
         let node = info.id.clone();
         let generation = info.generation;
         info!(node = %node, generation, address = %info.address, allocations = running.len(), "agent connected");
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        let now = now_unix_ms();
+        let mut changes = ChangeSet::new(&inner.state, now);
         changes.event(
             events::NODE_CONNECTED,
             &node,
@@ -328,6 +330,20 @@ impl Coordinator {
                 running.len()
             ),
         );
+        let previous = inner.state.nodes.get(&node);
+        let mut flaps = previous.map(|e| e.flaps).unwrap_or_default();
+        if previous.is_some_and(|e| e.health == NodeHealth::Down) {
+            // Hysteresis: a node back from down takes no new work for a while.
+            let probation = flaps.came_back(now);
+            let message = format!(
+                "back after being down ({} time(s) within {} min): no new placements for {}s",
+                flaps.downs,
+                failure::FLAP_WINDOW_MS / 60_000,
+                probation.as_secs()
+            );
+            info!(node = %node, downs = flaps.downs, probation_ms = probation.as_millis() as u64, "node on probation");
+            changes.event(events::NODE_PROBATION, &node, message);
+        }
         inner.state.nodes.insert(
             node.clone(),
             NodeEntry {
@@ -336,6 +352,7 @@ impl Coordinator {
                 reason: String::new(),
                 usage: Default::default(),
                 disconnected_since_ms: None,
+                flaps,
             },
         );
         for (id, status) in running {

@@ -5,8 +5,13 @@
 //! lists it as alive. A link that drops while gossip still hears the node is not a failure
 //! (a coordinator restart, a network blip between two hosts). When most nodes fail at once
 //! the coordinator itself is the likely one cut off, so nothing is declared down.
+//!
+//! Hysteresis against flapping: a node that comes back after being down takes no new
+//! placements for a probation ([`Flaps`]), which doubles with every further down within
+//! [`FLAP_WINDOW_MS`], so a node that keeps dropping out stops attracting replacements.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use drover_proto::model::{AllocState, DesiredState, NodeHealth};
 
@@ -14,6 +19,58 @@ use crate::state::ClusterState;
 
 /// How long a link must have been gone before gossip's verdict counts.
 pub const LINK_GRACE_MS: u64 = 1_000;
+
+/// Probation after the first down.
+pub const PROBATION_BASE_MS: u64 = 10_000;
+/// Longest probation, however often the node flapped.
+pub const PROBATION_MAX_MS: u64 = 300_000;
+/// Downs further apart than this start the count again.
+pub const FLAP_WINDOW_MS: u64 = 600_000;
+
+/// A node's recent failures and the probation they earned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flaps {
+    /// Downs in a row, each within [`FLAP_WINDOW_MS`] of the one before.
+    pub downs: u32,
+    /// When it last went down.
+    pub last_down_ms: Option<u64>,
+    /// No new placements before this time.
+    pub probation_until_ms: Option<u64>,
+}
+
+impl Flaps {
+    /// Records that the node was declared down at `now_unix_ms`.
+    pub fn went_down(&mut self, now_unix_ms: u64) {
+        let recent = self
+            .last_down_ms
+            .is_some_and(|last| now_unix_ms.saturating_sub(last) <= FLAP_WINDOW_MS);
+        self.downs = if recent { self.downs + 1 } else { 1 };
+        self.last_down_ms = Some(now_unix_ms);
+        self.probation_until_ms = None;
+    }
+
+    /// Records that the node came back from down at `now_unix_ms`; returns the probation.
+    pub fn came_back(&mut self, now_unix_ms: u64) -> Duration {
+        let ms = probation_ms(self.downs);
+        self.probation_until_ms = Some(now_unix_ms.saturating_add(ms));
+        Duration::from_millis(ms)
+    }
+
+    /// Time left on probation at `now_unix_ms`, if any.
+    pub fn probation_left(&self, now_unix_ms: u64) -> Option<Duration> {
+        self.probation_until_ms
+            .filter(|until| *until > now_unix_ms)
+            .map(|until| Duration::from_millis(until - now_unix_ms))
+    }
+}
+
+/// Probation after `downs` downs in a row: doubling from the base, capped.
+pub fn probation_ms(downs: u32) -> u64 {
+    let doublings = downs.saturating_sub(1).min(16);
+    PROBATION_BASE_MS
+        .saturating_mul(1 << doublings)
+        .min(PROBATION_MAX_MS)
+}
 
 /// Outcome of one check.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -139,6 +196,7 @@ mod tests {
                     reason: String::new(),
                     usage: Resources::default(),
                     disconnected_since_ms: *since,
+                    flaps: Flaps::default(),
                 },
             );
         }
@@ -242,5 +300,34 @@ mod tests {
             "limit, grace and margin not yet over"
         );
         assert_eq!(ids(22_000), vec!["single.1", "web.1"]);
+    }
+
+    #[test]
+    fn probation_doubles_with_flaps_in_the_window_and_resets_after() {
+        let mut flaps = Flaps::default();
+        flaps.went_down(0);
+        assert_eq!(flaps.came_back(5_000), Duration::from_secs(10));
+        assert!(flaps.probation_left(14_999).is_some());
+        assert_eq!(flaps.probation_left(15_000), None);
+        flaps.went_down(60_000);
+        assert_eq!(flaps.probation_until_ms, None, "a down ends the probation");
+        assert_eq!(flaps.came_back(61_000), Duration::from_secs(20));
+        flaps.went_down(120_000);
+        assert_eq!(flaps.came_back(121_000), Duration::from_secs(40));
+        for i in 0..10 {
+            flaps.went_down(130_000 + i);
+        }
+        assert_eq!(
+            flaps.came_back(200_000),
+            Duration::from_millis(PROBATION_MAX_MS),
+            "capped"
+        );
+        // Quiet for longer than the window: back to the base.
+        flaps.went_down(200_000 + FLAP_WINDOW_MS + 1);
+        assert_eq!(flaps.downs, 1);
+        assert_eq!(
+            flaps.came_back(200_000 + FLAP_WINDOW_MS + 2),
+            Duration::from_secs(10)
+        );
     }
 }

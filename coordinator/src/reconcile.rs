@@ -155,7 +155,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         );
     }
 
-    let mut snapshot = state.snapshot(&stopping);
+    let mut snapshot = state.snapshot(&stopping, now_unix_ms);
     let mut placement_failures = BTreeMap::new();
     for Wanted {
         spec,
@@ -322,6 +322,7 @@ mod tests {
                     reason: String::new(),
                     usage: Resources::default(),
                     disconnected_since_ms: None,
+                    flaps: Default::default(),
                 },
             );
         }
@@ -599,5 +600,21 @@ mod tests {
         drain(&mut s, &first[0]);
         apply(&mut s);
         assert_eq!(stopping_on(&s, &first[0]), 1, "it served nothing anyway");
+    }
+
+    #[test]
+    fn a_node_on_probation_takes_no_new_replica() {
+        let mut s = state(&["a", "b", "c"], 3);
+        if let Some(c) = s.nodes.get_mut("c") {
+            c.flaps.went_down(0);
+            c.flaps.came_back(0);
+        }
+        // `apply` plans at 1 ms: c is on probation for 10 s.
+        apply(&mut s);
+        let on = running_on(&s);
+        assert_eq!(on.len(), 3);
+        assert!(!on.contains(&"c".to_string()), "{on:?}");
+        let plan = plan(&s, 1);
+        assert!(plan.placement_failures.is_empty());
     }
 }

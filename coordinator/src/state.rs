@@ -24,6 +24,8 @@ pub struct NodeEntry {
     pub usage: Resources,
     /// When its agent stream ended, if it is not connected.
     pub disconnected_since_ms: Option<u64>,
+    /// Recent downs and the probation they earned (kept across reconnects).
+    pub flaps: crate::failure::Flaps,
 }
 
 /// Desired state plus observations.
@@ -132,7 +134,7 @@ impl ClusterState {
     }
 
     /// The scheduler's view of the cluster, given allocations that this pass stops.
-    pub fn snapshot(&self, stopping: &BTreeSet<String>) -> ClusterSnapshot {
+    pub fn snapshot(&self, stopping: &BTreeSet<String>, now_unix_ms: u64) -> ClusterSnapshot {
         let mut views: BTreeMap<&str, NodeView> = self
             .nodes
             .iter()
@@ -140,6 +142,7 @@ impl ClusterState {
                 let view = NodeView {
                     id: id.clone(),
                     health: n.health,
+                    probation: n.flaps.probation_left(now_unix_ms).is_some(),
                     flags: self.node_flags(id),
                     labels: n.info.labels.clone(),
                     capacity: n.info.capacity,

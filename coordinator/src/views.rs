@@ -122,6 +122,22 @@ fn node_reason(state: &ClusterState, id: &str) -> String {
         Some(e) => e.reason.clone(),
         None => "not connected since the coordinator started".into(),
     };
+    let probation = state.nodes.get(id).and_then(|e| {
+        e.flaps
+            .probation_left(crate::coordinator::now_unix_ms())
+            .map(|left| (e.flaps.downs, left))
+    });
+    if let Some((downs, left)) = probation {
+        let note = format!(
+            "on probation after being down {downs} time(s): no new placements for {}s",
+            left.as_secs().max(1)
+        );
+        reason = if reason.is_empty() {
+            note
+        } else {
+            format!("{reason}; {note}")
+        };
+    }
     if let Some(live) = &state.gossip_live {
         let gossip = if live.contains(id) {
             "alive in gossip"

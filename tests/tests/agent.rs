@@ -325,6 +325,9 @@ fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
     let total: usize = nodes.iter().map(|n| running(n)).sum();
     assert_eq!(total, 3, "exactly 3 replicas run after the heal");
     assert_eq!(allocations(&coordinator, "user-service").len(), 3);
+    // Back from down, the node is on probation (flap hysteresis) and the events say so.
+    let events = success(&coordinator.cli(&["events"]), "drover events");
+    assert!(events.contains("node_probation"), "{events}");
     drop(agents);
 }
 

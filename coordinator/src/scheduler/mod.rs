@@ -29,6 +29,8 @@ pub struct NodeView {
     pub id: String,
     /// Only `Ready` nodes take work.
     pub health: NodeHealth,
+    /// Back from being down and still on probation: no new work (flap hysteresis).
+    pub probation: bool,
     /// Operator flags; cordoned and draining nodes take no work.
     pub flags: NodeFlags,
     /// Node labels, matched by placement constraints.
@@ -49,6 +51,7 @@ impl NodeView {
         NodeView {
             id: id.into(),
             health: NodeHealth::Ready,
+            probation: false,
             flags: NodeFlags::default(),
             labels: BTreeMap::new(),
             capacity,
@@ -58,9 +61,13 @@ impl NodeView {
         }
     }
 
-    /// Whether the node takes new work at all: ready, neither cordoned nor draining.
+    /// Whether the node takes new work at all: ready, off probation, neither cordoned nor
+    /// draining.
     fn schedulable(&self) -> bool {
-        self.health == NodeHealth::Ready && !self.flags.cordoned && !self.flags.draining
+        self.health == NodeHealth::Ready
+            && !self.probation
+            && !self.flags.cordoned
+            && !self.flags.draining
     }
 
     fn replicas_of(&self, service: &str) -> u32 {
