@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Boots systemd in a container of the debootstrapped Debian image ($IMAGE), installs the two
+# debs given as arguments with apt (so their maintainer scripts enable and start the units
+# under a real systemd), joins the agent to the coordinator as README.md says, and checks
+# that drover-agent is active, `drover nodes` lists it, and stopping the agent leaves the
+# engine's containers running. The agent reaches the host's Docker through its socket,
+# mounted in.
+#
+# Where this machine cannot boot systemd in a container, it prints "SKIPPED: <reason>" and
+# exits 0; any other failure prints "FAIL: …" and exits 1.
+set -euo pipefail
+: "${IMAGE:?IMAGE must name the Debian image with systemd}"
+AGENT_DEB=$1
+COORDINATOR_DEB=$2
+CONTAINER=drover-pkg-boot-$$
+WORKLOAD=drover-pkg-boot-workload-$$
+
+fail() {
+  echo "FAIL: $*" >&2
+  echo "--- journal of the boot container ---" >&2
+  docker exec "$CONTAINER" journalctl --no-pager -n 80 -u drover-agent -u drover-coordinator >&2 || true
+  exit 1
+}
+skip() {
+  echo "SKIPPED: systemd boot test: $*"
+  exit 0
+}
+cleanup() {
+  docker rm -f "$CONTAINER" "$WORKLOAD" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+in_ct() { docker exec -i -e DEBIAN_FRONTEND=noninteractive "$CONTAINER" /bin/sh -euc "$1"; }
+
+# Waits up to $1 seconds for the shell condition $2 inside the container.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  until in_ct "$2" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 1
+  done
+}
+
+# systemd needs to manage cgroups and mount namespaces: --privileged when this machine
+# allows it, else every capability this process has (a sandbox may withhold a few).
+run_args=(--cgroupns=private --tmpfs /run --tmpfs /run/lock --tmpfs /tmp
+  -v /var/run/docker.sock:/run/docker.sock)
+if ! docker run --rm --privileged "$IMAGE" true >/dev/null 2>&1; then
+  caps=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
+  names=(chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap
+    linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner
+    sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice
+    sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap
+    mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf
+    checkpoint_restore)
+  run_args+=(--cap-add ALL --security-opt seccomp=unconfined --security-opt apparmor=unconfined)
+  for i in "${!names[@]}"; do
+    if (((0x$caps >> i & 1) == 0)); then
+      run_args+=(--cap-drop "${names[$i]}")
+      echo "note: this machine withholds CAP_${names[$i]^^}; the container runs without it"
+    fi
+  done
+else
+  run_args+=(--privileged)
+fi
+
+if ! docker run -d --name "$CONTAINER" "${run_args[@]}" "$IMAGE" /sbin/init >/dev/null 2>&1; then
+  skip "docker cannot start a container with /sbin/init here ($(docker run --rm "${run_args[@]}" "$IMAGE" true 2>&1 | tail -1))"
+fi
+if ! wait_for 60 'state=$(systemctl is-system-running || true); [ "$state" = running ] || [ "$state" = degraded ]'; then
+  skip "systemd did not finish booting in the container within 60s (state: $(in_ct 'systemctl is-system-running' 2>&1 || true))"
+fi
+echo "systemd $(in_ct 'systemctl --version | head -1 | cut -d" " -f2') booted in the container: $(in_ct 'systemctl is-system-running' || true)"
+
+docker cp "$AGENT_DEB" "$CONTAINER:/tmp/"
+docker cp "$COORDINATOR_DEB" "$CONTAINER:/tmp/"
+in_ct "apt-get install -y -q /tmp/$(basename "$COORDINATOR_DEB") /tmp/$(basename "$AGENT_DEB")" >/dev/null ||
+  fail "apt install under systemd failed"
+
+wait_for 30 'systemctl is-active -q drover-coordinator' || fail "drover-coordinator is not active after install"
+echo "drover-coordinator: $(in_ct 'systemctl is-active drover-coordinator') (started by the package)"
+
+# Join the agent as README.md says. On one host the agent's gossip port moves off 7402, which
+# the coordinator holds.
+in_ct 'cat >>/etc/drover/agent.toml <<EOF
+
+# Joined by packaging/tests/boot.sh.
+coordinators = ["http://127.0.0.1:7400"]
+gossip_listen = "127.0.0.1:7412"
+gossip_seeds = ["127.0.0.1:7402"]
+EOF
+systemctl restart drover-agent'
+NODE=$(in_ct 'cat /etc/machine-id')
+wait_for 60 'systemctl is-active -q drover-agent' || fail "drover-agent is not active"
+wait_for 60 "drover nodes | grep -q $NODE" || fail "drover nodes does not list the agent $NODE"
+echo "drover-agent: $(in_ct 'systemctl is-active drover-agent'); drover nodes:"
+in_ct 'drover nodes'
+in_ct 'for u in drover-agent drover-coordinator; do echo "$u restarts: $(systemctl show -P NRestarts $u)"; done'
+
+# A stand-in for a workload (a container of the host's engine): stopping and restarting the
+# agent must leave it running.
+docker run -d --name "$WORKLOAD" "$IMAGE" sleep infinity >/dev/null
+in_ct 'systemctl stop drover-agent'
+[ "$(docker inspect -f '{{.State.Running}}' "$WORKLOAD")" = true ] || fail "a container stopped with the agent"
+in_ct 'systemctl start drover-agent'
+wait_for 30 'systemctl is-active -q drover-agent' || fail "drover-agent did not start again"
+[ "$(docker inspect -f '{{.State.Running}}' "$WORKLOAD")" = true ] || fail "a container stopped with the agent's restart"
+echo "boot test ok: both units active under systemd, agent $NODE joined, containers survive an agent stop"
