@@ -2,8 +2,8 @@
 # Boots systemd in a container of the debootstrapped Debian image ($IMAGE), installs the two
 # debs given as arguments with apt (so their maintainer scripts enable and start the units
 # under a real systemd), joins the agent to the coordinator as README.md says, and checks
-# that drover-agent is active, `drover nodes` lists it, and stopping the agent leaves the
-# engine's containers running. The agent reaches the host's Docker through its socket,
+# that drover-agent is active, `drover nodes` lists it, and the container of a service it
+# runs survives an agent stop and restart. The agent reaches the host's Docker through its socket,
 # mounted in.
 #
 # Where this machine cannot boot systemd in a container, it prints "SKIPPED: <reason>" and
@@ -13,7 +13,6 @@ set -euo pipefail
 AGENT_DEB=$1
 COORDINATOR_DEB=$2
 CONTAINER=drover-pkg-boot-$$
-WORKLOAD=drover-pkg-boot-workload-$$
 
 fail() {
   echo "FAIL: $*" >&2
@@ -26,7 +25,11 @@ skip() {
   exit 0
 }
 cleanup() {
-  docker rm -f "$CONTAINER" "$WORKLOAD" >/dev/null 2>&1 || true
+  # The agent's workload runs on the host's engine: remove it with the boot container.
+  if [ -n "${NODE:-}" ]; then
+    docker ps -aq --filter "label=drover.node=$NODE" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  fi
+  docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -72,9 +75,9 @@ if ! wait_for 60 'state=$(systemctl is-system-running || true); [ "$state" = run
 fi
 echo "systemd $(in_ct 'systemctl --version | head -1 | cut -d" " -f2') booted in the container: $(in_ct 'systemctl is-system-running' || true)"
 
-docker cp "$AGENT_DEB" "$CONTAINER:/tmp/"
-docker cp "$COORDINATOR_DEB" "$CONTAINER:/tmp/"
-in_ct "apt-get install -y -q /tmp/$(basename "$COORDINATOR_DEB") /tmp/$(basename "$AGENT_DEB")" >/dev/null ||
+docker cp "$AGENT_DEB" "$CONTAINER:/root/"
+docker cp "$COORDINATOR_DEB" "$CONTAINER:/root/"
+in_ct "apt-get install -y -q /root/$(basename "$COORDINATOR_DEB") /root/$(basename "$AGENT_DEB")" >/dev/null ||
   fail "apt install under systemd failed"
 
 wait_for 30 'systemctl is-active -q drover-coordinator' || fail "drover-coordinator is not active after install"
@@ -97,12 +100,37 @@ echo "drover-agent: $(in_ct 'systemctl is-active drover-agent'); drover nodes:"
 in_ct 'drover nodes'
 in_ct 'for u in drover-agent drover-coordinator; do echo "$u restarts: $(systemctl show -P NRestarts $u)"; done'
 
-# A stand-in for a workload (a container of the host's engine): stopping and restarting the
-# agent must leave it running.
-docker run -d --name "$WORKLOAD" "$IMAGE" sleep infinity >/dev/null
+# A workload the agent runs on the host's engine (the test image itself, sleeping): stopping
+# the agent must leave its container running, and the restarted agent must adopt it.
+in_ct "cat >/root/sleeper.yaml <<EOF
+apiVersion: drover.dev/v1
+kind: Service
+metadata:
+  name: pkg-boot-sleeper
+spec:
+  image: $IMAGE
+  command: [sleep, infinity]
+  replicas: 1
+EOF
+drover apply -f /root/sleeper.yaml" || fail "drover apply failed"
+workload() { docker ps -q --no-trunc --filter "label=drover.node=$NODE"; }
+deadline=$((SECONDS + 60))
+until [ -n "$(workload)" ]; do
+  [ $SECONDS -lt $deadline ] || fail "the agent started no container for pkg-boot-sleeper"
+  sleep 1
+done
+CID=$(workload)
+STARTED=$(docker inspect -f '{{.State.StartedAt}}' "$CID")
+echo "workload container ${CID:0:12} runs, started by the agent"
 in_ct 'systemctl stop drover-agent'
-[ "$(docker inspect -f '{{.State.Running}}' "$WORKLOAD")" = true ] || fail "a container stopped with the agent"
+[ "$(docker inspect -f '{{.State.Running}}' "$CID")" = true ] || fail "the workload stopped with the agent"
+echo "agent stopped: workload ${CID:0:12} still running"
 in_ct 'systemctl start drover-agent'
 wait_for 30 'systemctl is-active -q drover-agent' || fail "drover-agent did not start again"
-[ "$(docker inspect -f '{{.State.Running}}' "$WORKLOAD")" = true ] || fail "a container stopped with the agent's restart"
-echo "boot test ok: both units active under systemd, agent $NODE joined, containers survive an agent stop"
+wait_for 30 "drover status pkg-boot-sleeper | grep -Eq 'running|healthy'" ||
+  fail "the restarted agent does not report the workload"
+[ "$(workload)" = "$CID" ] && [ "$(docker inspect -f '{{.State.StartedAt}}' "$CID")" = "$STARTED" ] ||
+  fail "the workload was replaced or restarted after the agent's restart"
+echo "agent restarted: workload ${CID:0:12} adopted, never restarted"
+in_ct 'drover delete pkg-boot-sleeper' >/dev/null || true
+echo "boot test ok: both units active under systemd, agent $NODE joined, its workload survived an agent stop and restart"
