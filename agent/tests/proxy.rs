@@ -460,3 +460,93 @@ async fn no_endpoint_closes_the_client() {
     assert_eq!(stats.accepted, 1);
     proxy.shutdown().await;
 }
+
+/// A replica that accepts and closes at once without a byte, as Docker's port proxy does for a
+/// container that just died; `read_first` makes it read the request before closing (a request
+/// caught by the replica's death).
+async fn mute_backend(read_first: bool) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((LOCALHOST, 0))
+        .await
+        .expect("bind a backend");
+    let address = listener.local_addr().expect("backend address");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if read_first {
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+            }
+            drop(stream);
+        }
+    });
+    (address, task)
+}
+
+/// Connect, send a request line, read the answer line: `None` if none came.
+async fn request(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect((LOCALHOST, port)).await.ok()?;
+    stream.write_all(b"ping\n").await.ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.ok()?;
+    line.strip_suffix('\n').map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_replica_that_closes_before_answering_is_retried_elsewhere() {
+    for read_first in [false, true] {
+        let good = Backend::start("good").await;
+        let (mute, mute_task) = mute_backend(read_first).await;
+        let endpoints = || {
+            vec![
+                good.endpoint(1),
+                Endpoint {
+                    id: "mute".into(),
+                    address: mute,
+                    revision: 1,
+                    weight: 1,
+                },
+            ]
+        };
+        let port = free_port();
+        let mut with_retry = ProxyManager::new(LOCALHOST, test_config(), 1);
+        with_retry
+            .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints())])
+            .await;
+        let mut failures = 0;
+        for _ in 0..200 {
+            match request(port).await.as_deref() {
+                Some("good") => {}
+                _ => failures += 1,
+            }
+        }
+        assert_eq!(
+            failures, 0,
+            "read_first={read_first}: every request answered"
+        );
+        with_retry.shutdown().await;
+
+        // The same without the retry: the client sees the replica's close.
+        let port = free_port();
+        let config = ProxyConfig {
+            retry_unanswered_within: Duration::ZERO,
+            ..test_config()
+        };
+        let mut without = ProxyManager::new(LOCALHOST, config, 1);
+        without
+            .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints())])
+            .await;
+        let mut failures = 0;
+        for _ in 0..20 {
+            if request(port).await.as_deref() != Some("good") {
+                failures += 1;
+            }
+        }
+        assert!(
+            failures > 0,
+            "read_first={read_first}: without the retry some fail"
+        );
+        without.shutdown().await;
+        mute_task.abort();
+        good.kill().await;
+    }
+}

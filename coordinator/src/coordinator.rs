@@ -336,7 +336,7 @@ impl Coordinator {
             // Hysteresis: a node back from down takes no new work for a while.
             let probation = flaps.came_back(now);
             let message = format!(
-                "back after being down ({} time(s) within {} min): no new placements for {}s",
+                "back after being down ({} time(s) within {} min): placements go to other nodes first for {}s",
                 flaps.downs,
                 failure::FLAP_WINDOW_MS / 60_000,
                 probation.as_secs()

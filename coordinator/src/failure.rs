@@ -6,9 +6,10 @@
 //! (a coordinator restart, a network blip between two hosts). When most nodes fail at once
 //! the coordinator itself is the likely one cut off, so nothing is declared down.
 //!
-//! Hysteresis against flapping: a node that comes back after being down takes no new
-//! placements for a probation ([`Flaps`]), which doubles with every further down within
-//! [`FLAP_WINDOW_MS`], so a node that keeps dropping out stops attracting replacements.
+//! Hysteresis against flapping: a node that comes back after being down is placed on last
+//! (only when no other node fits) for a probation ([`Flaps`]), which doubles with every
+//! further down within [`FLAP_WINDOW_MS`], so a node that keeps dropping out stops
+//! attracting replacements while the cluster has anywhere else to put them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub struct Flaps {
     pub downs: u32,
     /// When it last went down.
     pub last_down_ms: Option<u64>,
-    /// No new placements before this time.
+    /// Placed on last before this time.
     pub probation_until_ms: Option<u64>,
 }
 

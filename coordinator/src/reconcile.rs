@@ -603,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_on_probation_takes_no_new_replica() {
+    fn a_node_on_probation_takes_no_new_replica_while_others_can() {
         let mut s = state(&["a", "b", "c"], 3);
         if let Some(c) = s.nodes.get_mut("c") {
             c.flaps.went_down(0);

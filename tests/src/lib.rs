@@ -393,6 +393,84 @@ pub fn healthy_containers(process: &DroverProcess, service: &str) -> Vec<String>
     ids
 }
 
+/// Nodes of the healthy allocations of `service`.
+pub fn healthy_nodes(coordinator: &DroverProcess, service: &str) -> Vec<String> {
+    allocations(coordinator, service)
+        .iter()
+        .filter(|a| a["state"] == "healthy")
+        .filter_map(|a| a["node"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A coordinator and one agent per address in `ips` (node ids from `name`), each agent with
+/// its own data dir under a fresh temp dir; returns once all are ready. Keep the temp dir
+/// bound first so it outlives the processes (their logs are printed from it on failure).
+pub fn nodes_cluster(
+    name: &str,
+    ips: &[&str],
+) -> (
+    tempfile::TempDir,
+    DroverProcess,
+    Vec<DroverProcess>,
+    Vec<String>,
+) {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let mut agents = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let agent_dir = dir.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&agent_dir).expect("agent dir");
+        let node = unique_node(&format!("{name}{i}"));
+        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
+        nodes.push(node);
+    }
+    wait_for(
+        &format!("{} ready nodes", ips.len()),
+        Duration::from_secs(60),
+        || ready_nodes(&coordinator).len() == ips.len(),
+    );
+    (dir, coordinator, agents, nodes)
+}
+
+/// Ids of the nodes the coordinator lists as ready.
+pub fn ready_nodes(coordinator: &DroverProcess) -> Vec<String> {
+    coordinator
+        .try_cli_json(&["nodes"])
+        .and_then(|n| n.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n["health"] == "ready")
+        .filter_map(|n| n["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One HTTP/1.0 GET to `address` (host:port); the body, or an empty string when the
+/// connection failed or gave no answer within 5 s.
+pub fn http_get(address: &str) -> String {
+    try_http_get(address).unwrap_or_default()
+}
+
+/// One HTTP/1.0 GET to `address` (host:port): the body, or what went wrong.
+pub fn try_http_get(address: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => Ok(body.trim().to_string()),
+        None if response.is_empty() => Err("closed without an answer".into()),
+        None => Err(format!("not an HTTP answer: {response:?}")),
+    }
+}
+
 /// A network partition of one loopback address from every other: iptables DROP rules in
 /// both directions, removed by [`Partition::heal`] or when dropped (even on panic).
 #[derive(Debug)]

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use drover_tests::{
-    DroverProcess, allocations, build_images, healthy_containers, node_containers, success,
-    unique_node, wait_for, workspace_root,
+    DroverProcess, allocations, build_images, healthy_containers, healthy_nodes, http_get,
+    node_containers, nodes_cluster, success, unique_node, wait_for, workspace_root,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -21,15 +21,6 @@ fn allocation_ids(coordinator: &DroverProcess) -> Vec<String> {
     ids
 }
 
-/// Nodes of the healthy allocations of `service`.
-fn healthy_nodes(coordinator: &DroverProcess, service: &str) -> Vec<String> {
-    allocations(coordinator, service)
-        .iter()
-        .filter(|a| a["state"] == "healthy")
-        .filter_map(|a| a["node"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// A coordinator and one agent (proxying on `ip`) in a fresh temp dir, images built.
 fn cluster(name: &str, ip: &str) -> (tempfile::TempDir, DroverProcess, DroverProcess, String) {
     build_images();
@@ -42,39 +33,6 @@ fn cluster(name: &str, ip: &str) -> (tempfile::TempDir, DroverProcess, DroverPro
     let node = unique_node(name);
     let agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
     (dir, coordinator, agent, node)
-}
-
-/// A coordinator and one agent per address in `ips`, waited for until all are ready.
-fn nodes_cluster(
-    name: &str,
-    ips: &[&str],
-) -> (
-    tempfile::TempDir,
-    DroverProcess,
-    Vec<DroverProcess>,
-    Vec<String>,
-) {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("coordinator dir");
-    let coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let mut agents = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let agent_dir = dir.path().join(format!("agent{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("agent dir");
-        let node = unique_node(&format!("{name}{i}"));
-        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
-        nodes.push(node);
-    }
-    wait_for(&format!("{} ready nodes", ips.len()), DEADLINE, || {
-        coordinator
-            .try_cli_json(&["nodes"])
-            .and_then(|n| n.as_array().cloned())
-            .is_some_and(|n| n.iter().filter(|x| x["health"] == "ready").count() == ips.len())
-    });
-    (dir, coordinator, agents, nodes)
 }
 
 #[test]
@@ -140,26 +98,6 @@ fn started_at(containers: &[String]) -> Vec<String> {
             success(&out, "docker inspect").trim().to_string()
         })
         .collect()
-}
-
-/// One HTTP GET; the body, or an empty string when the connection failed.
-fn http_get(address: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").is_err() {
-        return String::new();
-    }
-    let mut response = String::new();
-    if stream.read_to_string(&mut response).is_err() {
-        return String::new();
-    }
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.trim().to_string())
-        .unwrap_or_default()
 }
 
 #[test]

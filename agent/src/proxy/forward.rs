@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use drover_proto::model::Strategy;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -33,6 +33,10 @@ use tracing::{debug, warn};
 use super::balancer::{Balancer, BalancerConfig, Endpoint, EndpointState};
 use super::counters::{CountersSnapshot, ServiceCounters};
 
+/// Most client bytes kept for a replay on another replica; a client that sends more before
+/// the first answer is forwarded without the retry.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
 /// Tuning of the data path, shared by every service proxy of an agent.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -40,6 +44,11 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Connect attempts per client connection, each on a different replica.
     pub attempts: u32,
+    /// A replica that closes or resets the connection within this long of the connect,
+    /// before answering a single byte, is treated like a failed connect: the client's bytes
+    /// so far (up to [`REPLAY_LIMIT`]) are sent to another replica, within `attempts`. This
+    /// covers a request caught by a replica's death. Zero turns it off.
+    pub retry_unanswered_within: Duration,
     /// Move bytes with `splice(2)` (Linux) instead of copying them through user space.
     pub splice: bool,
     /// Copy buffer per direction when bytes are copied through user space.
@@ -55,6 +64,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             connect_timeout: Duration::from_secs(1),
             attempts: 3,
+            retry_unanswered_within: Duration::from_secs(1),
             splice: cfg!(target_os = "linux"),
             buffer_size: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
@@ -226,10 +236,14 @@ impl ServiceProxy {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Connect to a replica, trying up to `attempts` different ones.
-    async fn connect_upstream(&self, peer: SocketAddr) -> Option<(Endpoint, TcpStream)> {
-        let mut tried: Vec<String> = Vec::new();
-        for attempt in 0..self.config.attempts.max(1) {
+    /// Connect to a replica not in `tried`, until `attempts` replicas have been tried.
+    async fn connect_upstream(
+        &self,
+        peer: SocketAddr,
+        tried: &mut Vec<String>,
+    ) -> Option<(Endpoint, TcpStream)> {
+        while tried.len() < self.config.attempts.max(1) as usize {
+            let attempt = tried.len();
             let picked = {
                 let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
                 self.lock_balancer().pick(Instant::now(), &exclude)
@@ -252,6 +266,7 @@ impl ServiceProxy {
                     let now = Instant::now();
                     balancer.connect_succeeded(&endpoint.id, now);
                     balancer.connection_opened(&endpoint.id);
+                    tried.push(endpoint.id.clone());
                     return Some((endpoint, stream));
                 }
                 Ok(Err(e)) => e,
@@ -302,28 +317,125 @@ impl ServiceProxy {
         if let Err(e) = client.set_nodelay(true) {
             debug!(service = %self.service, %peer, error = %e, "cannot set TCP_NODELAY on client");
         }
-        let Some((endpoint, mut upstream)) = self.connect_upstream(peer).await else {
-            self.counters.client_failed();
-            warn!(service = %self.service, %peer,
-                "no replica accepted a connection; closing the client");
-            return;
-        };
-        let mut lease = self.track(&endpoint.id);
-        if let Err(e) = upstream.set_nodelay(true) {
-            debug!(service = %self.service, endpoint = %endpoint.id, error = %e,
-                "cannot set TCP_NODELAY on upstream");
-        }
-        tokio::select! {
-            result = self.copy(&mut client, &mut upstream) => {
-                if let Err(e) = result {
+        let mut tried = Vec::new();
+        let mut sent = Sent::default();
+        loop {
+            let Some((endpoint, mut upstream)) = self.connect_upstream(peer, &mut tried).await
+            else {
+                self.counters.client_failed();
+                warn!(service = %self.service, %peer,
+                    "no replica accepted a connection; closing the client");
+                return;
+            };
+            let mut lease = self.track(&endpoint.id);
+            if let Err(e) = upstream.set_nodelay(true) {
+                debug!(service = %self.service, endpoint = %endpoint.id, error = %e,
+                    "cannot set TCP_NODELAY on upstream");
+            }
+            let first = tokio::select! {
+                first = self.first_answer(&mut client, &mut upstream, &mut sent) => first,
+                () = lease.drain_deadline() => {
+                    self.counters.connection_drained();
+                    return;
+                }
+            };
+            match first {
+                Ok(FirstAnswer::Started) => {}
+                Ok(FirstAnswer::Unanswered) => {
+                    // The replica went away before answering: another one gets the request.
+                    self.lock_balancer()
+                        .connect_failed(&endpoint.id, Instant::now());
+                    debug!(service = %self.service, %peer, endpoint = %endpoint.id,
+                        replay = sent.bytes.len(), "replica closed before answering; retrying");
+                    continue;
+                }
+                Err(e) => {
                     debug!(service = %self.service, %peer, endpoint = %endpoint.id, error = %e,
-                        "connection ended with an error");
+                        "connection ended before the first answer");
+                    return;
                 }
             }
-            () = lease.drain_deadline() => {
-                self.counters.connection_drained();
-                debug!(service = %self.service, %peer, endpoint = %endpoint.id,
-                    "drain deadline passed; closing the connection");
+            tokio::select! {
+                result = self.copy(&mut client, &mut upstream) => {
+                    if let Err(e) = result {
+                        debug!(service = %self.service, %peer, endpoint = %endpoint.id, error = %e,
+                            "connection ended with an error");
+                    }
+                }
+                () = lease.drain_deadline() => {
+                    self.counters.connection_drained();
+                    debug!(service = %self.service, %peer, endpoint = %endpoint.id,
+                        "drain deadline passed; closing the connection");
+                }
+            }
+            return;
+        }
+    }
+
+    /// Until the replica sends its first byte: forward the client's bytes, keeping a copy
+    /// for a replay, and tell whether the replica closed without answering (so the request
+    /// can go to another one). On a new replica, what the client sent so far is replayed
+    /// first. Gives up the replay (plain forwarding from then on) after
+    /// [`ProxyConfig::retry_unanswered_within`] or [`REPLAY_LIMIT`] bytes.
+    async fn first_answer(
+        &self,
+        client: &mut TcpStream,
+        upstream: &mut TcpStream,
+        sent: &mut Sent,
+    ) -> io::Result<FirstAnswer> {
+        let window = self.config.retry_unanswered_within;
+        if window.is_zero() || !sent.replayable {
+            return Ok(FirstAnswer::Started);
+        }
+        if !sent.bytes.is_empty() && upstream.write_all(&sent.bytes).await.is_err() {
+            return Ok(FirstAnswer::Unanswered);
+        }
+        if sent.client_done && upstream.shutdown().await.is_err() {
+            return Ok(FirstAnswer::Unanswered);
+        }
+        let deadline = tokio::time::sleep(window);
+        tokio::pin!(deadline);
+        let mut buf = [0u8; 4096];
+        let mut peeked = [0u8; 1];
+        loop {
+            tokio::select! {
+                biased;
+                answer = upstream.peek(&mut peeked) => {
+                    return match answer {
+                        Ok(0) => Ok(FirstAnswer::Unanswered),
+                        Ok(_) => Ok(FirstAnswer::Started),
+                        Err(e) if is_gone(&e) => Ok(FirstAnswer::Unanswered),
+                        Err(e) => Err(e),
+                    };
+                }
+                read = client.read(&mut buf), if !sent.client_done => {
+                    let n = read?;
+                    if n == 0 {
+                        sent.client_done = true;
+                        if upstream.shutdown().await.is_err() {
+                            return Ok(FirstAnswer::Unanswered);
+                        }
+                        continue;
+                    }
+                    self.counters.add_bytes_in(n);
+                    if upstream.write_all(&buf[..n]).await.is_err() {
+                        sent.bytes.extend_from_slice(&buf[..n]);
+                        return Ok(if sent.bytes.len() <= REPLAY_LIMIT {
+                            FirstAnswer::Unanswered
+                        } else {
+                            FirstAnswer::Started
+                        });
+                    }
+                    if sent.bytes.len() + n > REPLAY_LIMIT {
+                        sent.replayable = false;
+                        return Ok(FirstAnswer::Started);
+                    }
+                    sent.bytes.extend_from_slice(&buf[..n]);
+                }
+                () = &mut deadline => {
+                    sent.replayable = false;
+                    return Ok(FirstAnswer::Started);
+                }
             }
         }
     }
@@ -358,6 +470,45 @@ impl ServiceProxy {
             .await
             .map(drop)
     }
+}
+
+/// What the client sent before the first answer, for a replay on another replica.
+#[derive(Debug)]
+struct Sent {
+    bytes: Vec<u8>,
+    /// The client closed its sending side.
+    client_done: bool,
+    /// False once the window passed or the client sent more than [`REPLAY_LIMIT`].
+    replayable: bool,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Sent {
+            bytes: Vec::new(),
+            client_done: false,
+            replayable: true,
+        }
+    }
+}
+
+/// How a replica met a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstAnswer {
+    /// It answered (or the replay window is over): forward as usual.
+    Started,
+    /// It closed or reset the connection before sending a byte.
+    Unanswered,
+}
+
+/// The peer closed or reset the connection.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// One open upstream connection, counted per endpoint until dropped.

@@ -15,8 +15,7 @@ pub enum FilterReason {
     Down,
     /// Not connected to this coordinator.
     Disconnected,
-    /// Back from being down, on probation.
-    Probation,
+
     /// Operator cordoned the node.
     Cordoned,
     /// The node is being drained.
@@ -61,7 +60,6 @@ impl PlacementFailure {
         match reason {
             FilterReason::Down => "down".into(),
             FilterReason::Disconnected => "disconnected".into(),
-            FilterReason::Probation => "on probation after being down".into(),
             FilterReason::Cordoned => "cordoned".into(),
             FilterReason::Draining => "draining".into(),
             FilterReason::Avoided => "excluded by the request".into(),
@@ -122,9 +120,6 @@ pub(super) fn first_failure(node: &NodeView, req: &PlacementRequest<'_>) -> Opti
         NodeHealth::Down => return Some(FilterReason::Down),
         NodeHealth::Disconnected => return Some(FilterReason::Disconnected),
         NodeHealth::Ready => {}
-    }
-    if node.probation {
-        return Some(FilterReason::Probation);
     }
     if node.flags.cordoned {
         return Some(FilterReason::Cordoned);

@@ -29,7 +29,8 @@ pub struct NodeView {
     pub id: String,
     /// Only `Ready` nodes take work.
     pub health: NodeHealth,
-    /// Back from being down and still on probation: no new work (flap hysteresis).
+    /// Back from being down and still on probation (flap hysteresis): it takes new work
+    /// only when no other node can.
     pub probation: bool,
     /// Operator flags; cordoned and draining nodes take no work.
     pub flags: NodeFlags,
@@ -61,13 +62,9 @@ impl NodeView {
         }
     }
 
-    /// Whether the node takes new work at all: ready, off probation, neither cordoned nor
-    /// draining.
+    /// Whether the node takes new work at all: ready, neither cordoned nor draining.
     fn schedulable(&self) -> bool {
-        self.health == NodeHealth::Ready
-            && !self.probation
-            && !self.flags.cordoned
-            && !self.flags.draining
+        self.health == NodeHealth::Ready && !self.flags.cordoned && !self.flags.draining
     }
 
     fn replicas_of(&self, service: &str) -> u32 {
@@ -292,6 +289,7 @@ impl ClusterSnapshot {
             SpreadMode::BinPack => u64::MAX - utilisation,
         };
         Some(Rank {
+            probation: node.probation,
             replicas,
             score,
             position,
@@ -327,6 +325,8 @@ impl ClusterSnapshot {
 /// Order of preference among feasible nodes: smallest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
+    /// On probation after being down: such nodes come last, used only when no other fits.
+    probation: bool,
     /// Replicas of the service already on the node: spread across nodes first.
     replicas: u32,
     /// Utilisation after placement (spread) or its complement (bin-pack).
