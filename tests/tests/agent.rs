@@ -453,3 +453,78 @@ fn drain_moves_replicas_without_dropping_below_the_minimum_healthy() {
     let events = success(&coordinator.cli(&["events"]), "drover events");
     assert!(events.contains("node_drained"), "{events}");
 }
+
+/// A canary across three real agents: revision 2 with 90/10 weights gets 10% of the
+/// connections through every node's proxy; `drover weights` moves everything to revision 2
+/// on every node, and revision 1's replicas stop.
+#[test]
+fn weights_split_and_move_traffic_on_every_node() {
+    let ips = ["127.0.0.81", "127.0.0.82", "127.0.0.83"];
+    let (dir, coordinator, _agents, _nodes) = nodes_cluster("w", &ips);
+    let manifest = |image: &str, weights: &str| {
+        format!(
+            "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  image: {image}\n  replicas: 3\n  ports: [{{containerPort: 8080, servicePort: 80}}]\n{weights}"
+        )
+    };
+    let v1 = dir.path().join("v1.yaml");
+    std::fs::write(&v1, manifest("user-service", "")).expect("write v1");
+    success(
+        &coordinator.cli(&["apply", "-f", v1.to_str().expect("path")]),
+        "apply v1",
+    );
+    wait_for("revision 1 healthy", DEADLINE, || {
+        healthy_nodes(&coordinator, "web").len() == 3
+    });
+    let v2 = dir.path().join("v2.yaml");
+    std::fs::write(
+        &v2,
+        manifest(
+            "order-service",
+            "  traffic: {strategy: round_robin, weights: {1: 90, 2: 10}}\n",
+        ),
+    )
+    .expect("write v2");
+    success(
+        &coordinator.cli(&["apply", "-f", v2.to_str().expect("path")]),
+        "apply v2",
+    );
+    wait_for("both revisions healthy", DEADLINE, || {
+        healthy_nodes(&coordinator, "web").len() == 6
+    });
+    // (stable, canary) answers over 100 connections through `ip`'s proxy.
+    let split = |ip: &str| {
+        let proxy = format!("{ip}:80");
+        let (mut stable, mut canary) = (0, 0);
+        for _ in 0..100 {
+            let body = http_get(&proxy);
+            if body.starts_with("order-service") {
+                canary += 1;
+            } else if body.starts_with("user-service") {
+                stable += 1;
+            }
+        }
+        (stable, canary)
+    };
+    for ip in ips {
+        // After the canary replicas' warm-up, each proxy's split is exact.
+        wait_for(&format!("a 90/10 split through {ip}"), DEADLINE, || {
+            split(ip) == (90, 10)
+        });
+    }
+
+    success(
+        &coordinator.cli(&["weights", "web", "1=0", "2=100"]),
+        "drover weights",
+    );
+    for ip in ips {
+        wait_for(
+            &format!("everything on revision 2 through {ip}"),
+            DEADLINE,
+            || split(ip) == (0, 100),
+        );
+    }
+    wait_for("revision 1 stopped", DEADLINE, || {
+        let allocs = allocations(&coordinator, "web");
+        allocs.len() == 3 && allocs.iter().all(|a| a["revision"] == 2)
+    });
+}

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_tests::{
-    DroverProcess, allocations, build_images, healthy_containers, node_containers, success,
-    unique_node, wait_for, workspace_root,
+    DroverProcess, allocations, build_images, healthy_containers, http_get, node_containers,
+    success, unique_node, wait_for, workspace_root,
 };
 use serde_json::Value;
 
@@ -166,28 +166,6 @@ spec:
                     .is_some_and(|m| m.contains("gave up after 2 restarts"))
         })
     });
-}
-
-fn http_get(address: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return String::new();
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    if write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").is_err() {
-        return String::new();
-    }
-    let mut response = String::new();
-    if stream.read_to_string(&mut response).is_err() {
-        return String::new();
-    }
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    body.to_string()
 }
 
 /// A canary: revision 2 gets 10% of the connections through port 80 while revision 1 keeps
