@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Boots systemd in a container of the debootstrapped Debian image ($IMAGE), installs the two
-# debs given as arguments with apt (so their maintainer scripts enable and start the units
-# under a real systemd), joins the agent to the coordinator as README.md says, and checks
-# that drover-agent is active, `drover nodes` lists it, and the container of a service it
-# runs survives an agent stop and restart. The agent reaches the host's Docker through its socket,
-# mounted in.
+# Boots systemd in a container of the debootstrapped Debian image ($IMAGE), installs the
+# debs given as arguments (agent, coordinator; optionally their next revision) with apt, so
+# their maintainer scripts enable and start the units under a real systemd. Then: joins the
+# agent to the coordinator as README.md says; checks drover-agent is active and `drover
+# nodes` lists it; runs a service whose container must survive an agent stop and restart;
+# upgrades (both services restart, the workload does not); removes (both services stop).
+# The agent reaches the host's Docker through its socket, mounted in.
 #
 # Where this machine cannot boot systemd in a container, it prints "SKIPPED: <reason>" and
 # exits 0; any other failure prints "FAIL: …" and exits 1.
@@ -12,6 +13,9 @@ set -euo pipefail
 : "${IMAGE:?IMAGE must name the Debian image with systemd}"
 AGENT_DEB=$1
 COORDINATOR_DEB=$2
+# Optional: the next revision, to upgrade to under systemd.
+AGENT_UPGRADE_DEB=${3:-}
+COORDINATOR_UPGRADE_DEB=${4:-}
 CONTAINER=drover-pkg-boot-$$
 
 fail() {
@@ -67,8 +71,8 @@ else
   run_args+=(--privileged)
 fi
 
-if ! docker run -d --name "$CONTAINER" "${run_args[@]}" "$IMAGE" /sbin/init >/dev/null 2>&1; then
-  skip "docker cannot start a container with /sbin/init here ($(docker run --rm "${run_args[@]}" "$IMAGE" true 2>&1 | tail -1))"
+if ! err=$(docker run -d --name "$CONTAINER" "${run_args[@]}" "$IMAGE" /sbin/init 2>&1); then
+  skip "docker cannot start a container with /sbin/init here: $(echo "$err" | grep -m1 .)"
 fi
 if ! wait_for 60 'state=$(systemctl is-system-running || true); [ "$state" = running ] || [ "$state" = degraded ]'; then
   skip "systemd did not finish booting in the container within 60s (state: $(in_ct 'systemctl is-system-running' 2>&1 || true))"
@@ -95,7 +99,9 @@ EOF
 systemctl restart drover-agent'
 NODE=$(in_ct 'cat /etc/machine-id')
 wait_for 60 'systemctl is-active -q drover-agent' || fail "drover-agent is not active"
-wait_for 60 "drover nodes | grep -q $NODE" || fail "drover nodes does not list the agent $NODE"
+# Joined: the coordinator lists the node as ready (over its AgentLink) and alive in gossip.
+wait_for 60 "drover nodes | grep $NODE | grep ready | grep -v 'not alive' | grep -q 'alive in gossip'" ||
+  fail "drover nodes does not list the agent $NODE as ready and alive in gossip: $(in_ct 'drover nodes' 2>&1)"
 echo "drover-agent: $(in_ct 'systemctl is-active drover-agent'); drover nodes:"
 in_ct 'drover nodes'
 in_ct 'for u in drover-agent drover-coordinator; do echo "$u restarts: $(systemctl show -P NRestarts $u)"; done'
@@ -132,5 +138,31 @@ wait_for 30 "drover status pkg-boot-sleeper | grep -Eq 'running|healthy'" ||
 [ "$(workload)" = "$CID" ] && [ "$(docker inspect -f '{{.State.StartedAt}}' "$CID")" = "$STARTED" ] ||
   fail "the workload was replaced or restarted after the agent's restart"
 echo "agent restarted: workload ${CID:0:12} adopted, never restarted"
+
+if [ -n "$AGENT_UPGRADE_DEB" ]; then
+  # The upgrade restarts both services (a new main PID) without stopping the workload.
+  main_pids() { in_ct 'echo $(systemctl show -P MainPID drover-agent) $(systemctl show -P MainPID drover-coordinator)'; }
+  pids=$(main_pids)
+  docker cp "$AGENT_UPGRADE_DEB" "$CONTAINER:/root/"
+  docker cp "$COORDINATOR_UPGRADE_DEB" "$CONTAINER:/root/"
+  in_ct "apt-get install -y -q /root/$(basename "$COORDINATOR_UPGRADE_DEB") /root/$(basename "$AGENT_UPGRADE_DEB")" >/dev/null ||
+    fail "apt install of the upgrade under systemd failed"
+  wait_for 30 'systemctl is-active -q drover-agent && systemctl is-active -q drover-coordinator' ||
+    fail "the services are not active after the upgrade"
+  new_pids=$(main_pids)
+  for i in 1 2; do
+    [ "$(echo "$pids" | cut -d" " -f$i)" != "$(echo "$new_pids" | cut -d" " -f$i)" ] ||
+      fail "the upgrade did not restart both services (main PIDs $pids, then $new_pids)"
+  done
+  [ "$(docker inspect -f '{{.State.StartedAt}}' "$CID")" = "$STARTED" ] ||
+    fail "the workload was restarted by the upgrade"
+  echo "upgraded under systemd: both services restarted (PIDs $pids -> $new_pids), workload ${CID:0:12} untouched"
+fi
+
 in_ct 'drover delete pkg-boot-sleeper' >/dev/null || true
-echo "boot test ok: both units active under systemd, agent $NODE joined, its workload survived an agent stop and restart"
+# Removal stops the services.
+in_ct 'apt-get remove -y -q drover-agent drover-coordinator' >/dev/null || fail "apt remove under systemd failed"
+in_ct '! systemctl is-active -q drover-agent && ! systemctl is-active -q drover-coordinator' ||
+  fail "apt remove left a service running"
+echo "removed under systemd: both services stopped"
+echo "boot test ok: both units active under systemd, agent $NODE joined, its workload survived an agent stop, restart and upgrade"

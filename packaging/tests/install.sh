@@ -199,8 +199,8 @@ tar -C "$WORK/rpmroot" -xf "$ROOTFS_TARBALL"
 rpm --root "$WORK/rpmroot" --initdb
 # --nodeps: the rpm database of a Debian tree knows no packages; the scriptlets do run (in a
 # chroot), so the user, the state directories and the enablement are checked too.
-rpm --root "$WORK/rpmroot" -i --nodeps "$(rpmfile "$OUT" drover-agent 1)" "$(rpmfile "$OUT" drover-coordinator 1)"
-rpm --root "$WORK/rpmroot" -V drover-agent drover-coordinator || fail "rpm -V found installed files differing"
+rpm --root "$WORK/rpmroot" -i --nodeps --force-debian "$(rpmfile "$OUT" drover-agent 1)" "$(rpmfile "$OUT" drover-coordinator 1)"
+rpm --root "$WORK/rpmroot" -V --nodeps drover-agent drover-coordinator || fail "rpm -V found installed files differing"
 chroot "$WORK/rpmroot" getent passwd drover >/dev/null || fail "rpm %pre did not create the drover user"
 [ -d "$WORK/rpmroot/var/lib/drover/agent" ] || fail "rpm %post did not create /var/lib/drover/agent"
 [ -L "$WORK/rpmroot/etc/systemd/system/multi-user.target.wants/drover-agent.service" ] ||
@@ -215,6 +215,7 @@ for p in drover-agent drover-coordinator; do
 done
 
 log "systemd boot test"
-IMAGE=$IMAGE "$ROOT/packaging/tests/boot.sh" "$(deb "$OUT" drover-agent 1)" "$(deb "$OUT" drover-coordinator 1)"
+IMAGE=$IMAGE "$ROOT/packaging/tests/boot.sh" "$(deb "$OUT" drover-agent 1)" "$(deb "$OUT" drover-coordinator 1)" \
+  "$(deb "$UPGRADE" drover-agent 2)" "$(deb "$UPGRADE" drover-coordinator 2)"
 
 log "packages ok"
