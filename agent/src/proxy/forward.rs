@@ -390,9 +390,6 @@ impl ServiceProxy {
         if !sent.bytes.is_empty() && upstream.write_all(&sent.bytes).await.is_err() {
             return Ok(FirstAnswer::Unanswered);
         }
-        if sent.client_done && upstream.shutdown().await.is_err() {
-            return Ok(FirstAnswer::Unanswered);
-        }
         let deadline = tokio::time::sleep(window);
         tokio::pin!(deadline);
         let mut buf = [0u8; 4096];
@@ -408,14 +405,13 @@ impl ServiceProxy {
                         Err(e) => Err(e),
                     };
                 }
-                read = client.read(&mut buf), if !sent.client_done => {
+                read = client.read(&mut buf) => {
                     let n = read?;
                     if n == 0 {
-                        sent.client_done = true;
-                        if upstream.shutdown().await.is_err() {
-                            return Ok(FirstAnswer::Unanswered);
-                        }
-                        continue;
+                        // The client is done sending: the copy forwards its close (once) and
+                        // this connection is not replayed.
+                        sent.replayable = false;
+                        return Ok(FirstAnswer::Started);
                     }
                     self.counters.add_bytes_in(n);
                     if upstream.write_all(&buf[..n]).await.is_err() {
@@ -476,9 +472,8 @@ impl ServiceProxy {
 #[derive(Debug)]
 struct Sent {
     bytes: Vec<u8>,
-    /// The client closed its sending side.
-    client_done: bool,
-    /// False once the window passed or the client sent more than [`REPLAY_LIMIT`].
+    /// False once the window passed, the client closed its side or sent more than
+    /// [`REPLAY_LIMIT`].
     replayable: bool,
 }
 
@@ -486,7 +481,6 @@ impl Default for Sent {
     fn default() -> Self {
         Sent {
             bytes: Vec::new(),
-            client_done: false,
             replayable: true,
         }
     }
