@@ -165,12 +165,7 @@ mod tests {
     #[test]
     fn uncommented_default_file_loads() {
         let text = Config::default_file().expect("render");
-        let uncommented: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| !l.is_empty() && !l.starts_with(' '))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let uncommented = drover_daemon::uncomment_options(&text);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, uncommented).expect("write");

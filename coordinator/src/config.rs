@@ -166,12 +166,7 @@ mod tests {
     #[test]
     fn uncommented_default_file_loads() {
         let text = Config::default_file().expect("render");
-        let uncommented: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| !l.is_empty() && !l.starts_with(' '))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let uncommented = drover_daemon::uncomment_options(&text);
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", &uncommented)?;
             let mut loaded =

@@ -71,6 +71,17 @@ where
     Ok(out)
 }
 
+/// A rendered default config with every option uncommented (comments dropped): a file that
+/// sets each option to its default or example, for tests that check those are valid values.
+pub fn uncomment_options(rendered: &str) -> String {
+    rendered
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .filter(|line| !line.is_empty() && !line.starts_with(' '))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// `text` as `# `-prefixed lines of at most [`WIDTH`] characters.
 fn wrap_comment(text: &str) -> String {
     let mut out = String::new();
@@ -188,13 +199,7 @@ mod tests {
     #[test]
     fn uncommented_file_parses_back_to_the_defaults_plus_examples() {
         let text = render_default_config::<Sample>("sample", "/etc/sample.toml").expect("render");
-        let uncommented: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| !l.starts_with(' ') && !l.is_empty())
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let parsed: Sample = toml::from_str(&uncommented).expect("parse");
+        let parsed: Sample = toml::from_str(&uncomment_options(&text)).expect("parse");
         let expected = Sample {
             id: Some("web-3".into()),
             ..Sample::default()

@@ -4,7 +4,7 @@
 
 mod default_config;
 
-pub use default_config::{RenderError, render_default_config};
+pub use default_config::{RenderError, render_default_config, uncomment_options};
 
 use std::path::{Path, PathBuf};
 

@@ -16,6 +16,8 @@ OUT=$ROOT/target/packages
 UPGRADE=$OUT/upgrade
 CONTAINER=drover-pkg-install-$$
 WORK=$(mktemp -d /tmp/drover-pkg.XXXXXX)
+CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.21.1
 
 log() { printf '\n--> %s\n' "$*"; }
 fail() {
@@ -40,8 +42,11 @@ ensure_tools() {
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
-  cargo deb --version >/dev/null 2>&1 || cargo install --locked cargo-deb
-  cargo generate-rpm --version >/dev/null 2>&1 || cargo install --locked cargo-generate-rpm
+  # Pinned: where units go and how scripts are generated changes between versions.
+  cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION" ||
+    cargo install --locked "cargo-deb@$CARGO_DEB_VERSION"
+  cargo generate-rpm --version 2>/dev/null | grep -q "$CARGO_GENERATE_RPM_VERSION" ||
+    cargo install --locked "cargo-generate-rpm@$CARGO_GENERATE_RPM_VERSION"
 }
 
 # The image the container tests run: the cached debootstrap tarball, imported once.
@@ -61,8 +66,9 @@ ensure_image() {
 in_ct() { docker exec -i -e DEBIAN_FRONTEND=noninteractive "$CONTAINER" /bin/sh -euc "$1"; }
 
 ensure_tools
-VERSION=$(cargo metadata --format-version 1 --no-deps --locked |
-  python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="drover-agent"))')
+# The workspace version ([workspace.package] comes first in the root Cargo.toml).
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+[ -n "$VERSION" ] || fail "no version in Cargo.toml"
 
 log "cargo xtask package (revision 1, then revision 2 of the same binaries)"
 rm -rf "$OUT"
@@ -92,8 +98,8 @@ rpmlint -c "$ROOT/packaging/rpm/rpmlint.toml" \
 ensure_image
 log "deb: install, upgrade, remove, purge in a $IMAGE container"
 docker run -d --name "$CONTAINER" -v "$OUT:/pkgs:ro" "$IMAGE" sleep infinity >/dev/null
-in_ct "apt-get install -y -q /pkgs/$(basename "$(deb "$OUT" drover-agent 1)") \
-  /pkgs/$(basename "$(deb "$OUT" drover-coordinator 1)")" >"$WORK/apt-install.log" 2>&1 ||
+in_ct "cd /pkgs && apt-get install -y -q ./$(basename "$(deb "$OUT" drover-agent 1)") \
+  ./$(basename "$(deb "$OUT" drover-coordinator 1)")" >"$WORK/apt-install.log" 2>&1 ||
   {
     cat "$WORK/apt-install.log"
     fail "apt install of the debs failed"
@@ -143,8 +149,8 @@ in_ct '
 
 log "upgrade to revision 2"
 docker cp "$UPGRADE" "$CONTAINER:/upgrade"
-in_ct "apt-get install -y -q /upgrade/$(basename "$(deb "$UPGRADE" drover-agent 2)") \
-  /upgrade/$(basename "$(deb "$UPGRADE" drover-coordinator 2)")" >"$WORK/apt-upgrade.log" 2>&1 ||
+in_ct "cd /upgrade && apt-get install -y -q ./$(basename "$(deb "$UPGRADE" drover-agent 2)") \
+  ./$(basename "$(deb "$UPGRADE" drover-coordinator 2)")" >"$WORK/apt-upgrade.log" 2>&1 ||
   {
     cat "$WORK/apt-upgrade.log"
     fail "upgrade failed"
