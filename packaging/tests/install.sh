@@ -6,7 +6,8 @@
 #  3. in a container of a debootstrapped Debian (docker import, no registry needed): apt
 #     install, systemd-analyze verify, --version, files where README.md says,
 #     remove keeping state, purge removing it;
-#  4. rpm --root into a copy of that Debian tree: scriptlets run, file list equals the deb's;
+#  4. rpm --root into a copy of that Debian tree: scriptlets run, file list equals the deb's,
+#     upgrade keeps an edited config, removal keeps it (.rpmsave) and the state;
 #  5. packaging/tests/boot.sh: systemd in a container, agent joined to the coordinator.
 # Any failure exits non-zero with a line starting "FAIL:".
 set -euo pipefail
@@ -219,6 +220,18 @@ for p in drover-agent drover-coordinator; do
   diff -u "$WORK/$p.deb.files" "$WORK/$p.rpm.files" || fail "$p: the rpm's file list differs from the deb's"
   echo "$p: rpm and deb ship the same $(wc -l <"$WORK/$p.rpm.files") files"
 done
+# Upgrade keeps an edited config; removal keeps it (as .rpmsave) and the state.
+R=$WORK/rpmroot
+echo 'cluster_id = "edited"' >>"$R/etc/drover/agent.toml"
+echo 7 >"$R/var/lib/drover/agent/generation"
+rpm --root "$R" -U --nodeps --force-debian "$(rpmfile "$UPGRADE" drover-agent 2)" "$(rpmfile "$UPGRADE" drover-coordinator 2)"
+[ "$(rpm --root "$R" -q --qf '%{RELEASE}' drover-agent)" = 2 ] || fail "rpm -U did not upgrade drover-agent"
+grep -q edited "$R/etc/drover/agent.toml" || fail "rpm -U lost the edited agent.toml"
+rpm --root "$R" -e --nodeps drover-agent drover-coordinator 2>&1 | grep -v "saved as" || true
+grep -q edited "$R/etc/drover/agent.toml.rpmsave" || fail "rpm -e did not keep the edited config as .rpmsave"
+[ -s "$R/var/lib/drover/agent/generation" ] || fail "rpm -e removed the agent's state"
+[ ! -e "$R/usr/bin/drover-agent" ] || fail "rpm -e left the binary"
+echo "rpm: upgrade to release 2 kept the edited config; removal kept it as .rpmsave, and the state"
 
 log "systemd boot test"
 IMAGE=$IMAGE "$ROOT/packaging/tests/boot.sh" "$(deb "$OUT" drover-agent 1)" "$(deb "$OUT" drover-coordinator 1)" \
