@@ -26,7 +26,8 @@ pub struct Config {
     pub coordinators: Vec<String>,
     /// Name of the cluster to join.
     pub cluster_id: String,
-    /// UDP address gossip listens on.
+    /// UDP address gossip listens on (7403 by default, so that it never meets a
+    /// coordinator's 7402 on the same host).
     pub gossip_listen: SocketAddr,
     /// Gossip peers to join through (`host:port`).
     pub gossip_seeds: Vec<String>,
@@ -71,7 +72,7 @@ impl Default for Config {
             advertise: IpAddr::from([127, 0, 0, 1]),
             coordinators: vec!["http://127.0.0.1:7400".into()],
             cluster_id: "drover".into(),
-            gossip_listen: SocketAddr::from(([0, 0, 0, 0], 7402)),
+            gossip_listen: SocketAddr::from(([0, 0, 0, 0], 7403)),
             gossip_seeds: Vec::new(),
             gossip_interval: Duration::from_millis(250),
             labels: BTreeMap::new(),

@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the container engine")?;
 
+    drover_daemon::raise_open_files_limit();
     let shutdown = CancellationToken::new();
     tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
     drover_agent::run(config, Arc::new(runtime), shutdown).await?;

@@ -51,6 +51,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    drover_daemon::raise_open_files_limit();
     let shutdown = CancellationToken::new();
 
     // Coordinator and agent each need their own gossip port on loopback.

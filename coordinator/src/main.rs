@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding gRPC listener on {}", config.listen))?;
 
+    drover_daemon::raise_open_files_limit();
     let shutdown = CancellationToken::new();
     tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
     drover_coordinator::run(config, Arc::new(store), listener, shutdown).await?;

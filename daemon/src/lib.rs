@@ -67,6 +67,21 @@ pub fn init_logs() {
         .init();
 }
 
+/// Raises the soft limit on open files to the hard limit: every proxied connection holds
+/// two sockets (and, on the splice path, two pipes), and systemd starts services with a soft
+/// limit of 1024. Logs the outcome; a failure leaves the limit as it was.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// First SIGINT or SIGTERM cancels `shutdown` (graceful, bounded by the daemon); a second
 /// one exits at once.
 pub async fn watch_signals(shutdown: CancellationToken) {

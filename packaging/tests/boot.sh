@@ -87,13 +87,12 @@ in_ct "apt-get install -y -q /root/$(basename "$COORDINATOR_DEB") /root/$(basena
 wait_for 30 'systemctl is-active -q drover-coordinator' || fail "drover-coordinator is not active after install"
 echo "drover-coordinator: $(in_ct 'systemctl is-active drover-coordinator') (started by the package)"
 
-# Join the agent as README.md says. On one host the agent's gossip port moves off 7402, which
-# the coordinator holds.
+# Join the agent as README.md says (the agent's gossip is on 7403 by default, the
+# coordinator's on 7402, so both fit on one host).
 in_ct 'cat >>/etc/drover/agent.toml <<EOF
 
 # Joined by packaging/tests/boot.sh.
 coordinators = ["http://127.0.0.1:7400"]
-gossip_listen = "127.0.0.1:7412"
 gossip_seeds = ["127.0.0.1:7402"]
 EOF
 systemctl restart drover-agent'
