@@ -240,10 +240,14 @@ impl Coordinator {
     ) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            // Wake early when a failure deadline (a link grace ending) falls in the interval.
+            let now = now_unix_ms();
+            let next = failure::next_deadline(&self.inner.lock().await.state, now)
+                .map_or(interval, |at| Duration::from_millis(at - now).min(interval));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(next) => {}
             }
             match self.reconcile().await {
                 Ok(()) => backoff = Duration::from_millis(100),
@@ -336,7 +340,7 @@ impl Coordinator {
             // Hysteresis: a node back from down takes no new work for a while.
             let probation = flaps.came_back(now);
             let message = format!(
-                "back after being down ({} time(s) within {} min): placements go to other nodes first for {}s",
+                "back after being down ({} time(s) within {} min): placements prefer other nodes for {}s",
                 flaps.downs,
                 failure::FLAP_WINDOW_MS / 60_000,
                 probation.as_secs()

@@ -26,7 +26,7 @@ pub const NODE_DRAINED: &str = "node_drained";
 pub const COORDINATOR_STARTED: &str = "coordinator_started";
 /// A node's link and gossip both lost it.
 pub const NODE_DOWN: &str = "node_down";
-/// A node back from down is placed on last for a while (flap hysteresis).
+/// A node back from down loses placement ties for a while (flap hysteresis).
 pub const NODE_PROBATION: &str = "node_probation";
 /// An allocation's node is down.
 pub const ALLOCATION_LOST: &str = "allocation_lost";

@@ -6,10 +6,11 @@
 //! (a coordinator restart, a network blip between two hosts). When most nodes fail at once
 //! the coordinator itself is the likely one cut off, so nothing is declared down.
 //!
-//! Hysteresis against flapping: a node that comes back after being down is placed on last
-//! (only when no other node fits) for a probation ([`Flaps`]), which doubles with every
-//! further down within [`FLAP_WINDOW_MS`], so a node that keeps dropping out stops
-//! attracting replacements while the cluster has anywhere else to put them.
+//! Hysteresis against flapping: a node that comes back after being down loses placement
+//! ties to the other nodes (as many replicas of the service on it as on them) for a
+//! probation ([`Flaps`]), which doubles with every further down within [`FLAP_WINDOW_MS`],
+//! so a node that keeps dropping out stops attracting replacements while the cluster has
+//! somewhere as good to put them. Spread still comes first.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -35,7 +36,7 @@ pub struct Flaps {
     pub downs: u32,
     /// When it last went down.
     pub last_down_ms: Option<u64>,
-    /// Placed on last before this time.
+    /// Loses placement ties before this time.
     pub probation_until_ms: Option<u64>,
 }
 
@@ -140,16 +141,36 @@ pub const STOP_AFTER_DISCONNECT_MARGIN_MS: u64 = 2_000;
 /// Allocations on down nodes to mark lost now, with their node. Replicas of a service with
 /// `stop_after_disconnect` wait until the cut-off agent has stopped them (plus a margin).
 pub fn lost_allocations(state: &ClusterState, now_unix_ms: u64) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for alloc in state.stored.allocations.values() {
+    pending_losses(state)
+        .filter(|(_, _, at)| *at <= now_unix_ms)
+        .map(|(id, node, _)| (id, node))
+        .collect()
+}
+
+/// When [`check`] or [`lost_allocations`] could next change their answer with nothing else
+/// happening: the end of a disconnected node's link grace, or the moment a down node's
+/// waiting replicas count as lost. The reconcile loop wakes then instead of a full interval
+/// later.
+pub fn next_deadline(state: &ClusterState, now_unix_ms: u64) -> Option<u64> {
+    let graces = state
+        .nodes
+        .values()
+        .filter(|n| n.health == NodeHealth::Disconnected)
+        .filter_map(|n| n.disconnected_since_ms)
+        .map(|since| since.saturating_add(LINK_GRACE_MS));
+    let losses = pending_losses(state).map(|(_, _, at)| at);
+    graces.chain(losses).filter(|at| *at > now_unix_ms).min()
+}
+
+/// Running allocations on down nodes not yet lost: (id, node, when they count as lost).
+fn pending_losses(state: &ClusterState) -> impl Iterator<Item = (String, String, u64)> + '_ {
+    state.stored.allocations.values().filter_map(|alloc| {
         if alloc.desired != DesiredState::Run || state.alloc_state(&alloc.id) == AllocState::Lost {
-            continue;
+            return None;
         }
-        let Some(node) = state.nodes.get(&alloc.node) else {
-            continue;
-        };
+        let node = state.nodes.get(&alloc.node)?;
         if node.health != NodeHealth::Down {
-            continue;
+            return None;
         }
         // The agent stops the replica `stop_after_disconnect` after it lost the link, which
         // takes up to `stop_grace_period`; the margin covers the two clocks' skew.
@@ -165,12 +186,13 @@ pub fn lost_allocations(state: &ClusterState, now_unix_ms: u64) -> Vec<(String, 
                     .saturating_add(STOP_AFTER_DISCONNECT_MARGIN_MS)
             })
             .unwrap_or(0);
-        let since = node.disconnected_since_ms.unwrap_or(now_unix_ms);
-        if now_unix_ms.saturating_sub(since) >= wait {
-            out.push((alloc.id.clone(), alloc.node.clone()));
-        }
-    }
-    out
+        let since = node.disconnected_since_ms.unwrap_or(0);
+        Some((
+            alloc.id.clone(),
+            alloc.node.clone(),
+            since.saturating_add(wait),
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -330,5 +352,23 @@ mod tests {
             flaps.came_back(200_000 + FLAP_WINDOW_MS + 2),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn next_deadline_is_the_end_of_the_link_grace() {
+        use NodeHealth::*;
+        let s = state(
+            &[
+                ("a", Ready, None),
+                ("b", Ready, None),
+                ("c", Disconnected, Some(10_000)),
+            ],
+            &["a", "b"],
+        );
+        // Gossip already says c is dead at 10.99 s, but the link grace ends at 11 s.
+        assert!(check(&s, 10_990).down.is_empty());
+        assert_eq!(next_deadline(&s, 10_990), Some(10_000 + LINK_GRACE_MS));
+        assert_eq!(check(&s, 11_000).down.len(), 1);
+        assert_eq!(next_deadline(&s, 11_000), None);
     }
 }

@@ -129,7 +129,7 @@ fn node_reason(state: &ClusterState, id: &str) -> String {
     });
     if let Some((downs, left)) = probation {
         let note = format!(
-            "on probation after being down {downs} time(s): placements go to other nodes first for {}s",
+            "on probation after being down {downs} time(s): placements prefer other nodes for {}s",
             left.as_secs().max(1)
         );
         reason = if reason.is_empty() {

@@ -29,8 +29,8 @@ pub struct NodeView {
     pub id: String,
     /// Only `Ready` nodes take work.
     pub health: NodeHealth,
-    /// Back from being down and still on probation (flap hysteresis): it takes new work
-    /// only when no other node can.
+    /// Back from being down and still on probation (flap hysteresis): it comes after nodes
+    /// with as many replicas of the service.
     pub probation: bool,
     /// Operator flags; cordoned and draining nodes take no work.
     pub flags: NodeFlags,
@@ -289,8 +289,8 @@ impl ClusterSnapshot {
             SpreadMode::BinPack => u64::MAX - utilisation,
         };
         Some(Rank {
-            probation: node.probation,
             replicas,
+            probation: node.probation,
             score,
             position,
         })
@@ -325,10 +325,11 @@ impl ClusterSnapshot {
 /// Order of preference among feasible nodes: smallest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
-    /// On probation after being down: such nodes come last, used only when no other fits.
-    probation: bool,
     /// Replicas of the service already on the node: spread across nodes first.
     replicas: u32,
+    /// On probation after being down: among nodes with as many replicas, such nodes come
+    /// last. Spread still wins: two replicas on one node is the larger risk.
+    probation: bool,
     /// Utilisation after placement (spread) or its complement (bin-pack).
     score: u64,
     /// Position in the id-sorted node list: ties go to the smallest id.

@@ -417,15 +417,13 @@ fn placement_is_deterministic_whatever_the_node_order() {
 }
 
 #[test]
-fn a_node_on_probation_comes_last_but_is_used_when_nothing_else_fits() {
+fn a_node_on_probation_loses_ties_but_spread_comes_first() {
     let mut back = node("a", 4000, 8);
     back.probation = true;
-    let mut snapshot = ClusterSnapshot::new(vec![back, node("b", 1000, 8)]);
+    let mut snapshot = ClusterSnapshot::new(vec![back, node("b", 4000, 8), node("c", 4000, 8)]);
     let web = spec("web", 500, 1);
-    // b takes replicas while it fits, even with more of the service on it than a.
-    assert_eq!(place(&mut snapshot, &web, 2).placed, vec!["b", "b"]);
-    // b is full: the node on probation is better than no replica.
-    let outcome = place(&mut snapshot, &web, 1);
-    assert_eq!(outcome.placed, vec!["a"]);
-    assert!(outcome.failure.is_none());
+    // Equal replica counts: the nodes off probation go first, whatever their ids.
+    assert_eq!(place(&mut snapshot, &web, 2).placed, vec!["b", "c"]);
+    // b and c hold one each: spreading to the node on probation beats a second on b.
+    assert_eq!(place(&mut snapshot, &web, 1).placed, vec!["a"]);
 }
