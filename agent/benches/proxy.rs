@@ -492,9 +492,9 @@ struct DroverProxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Thread names of the two Drover targets: splice(2) on (the default) and off.
+/// Thread names of the two Drover targets: copy (the default) and splice(2).
 const DROVER_THREAD: &str = "drover-proxy";
-const DROVER_COPY_THREAD: &str = "drover-copy";
+const DROVER_SPLICE_THREAD: &str = "drover-splice";
 
 fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
     ServiceRoute {
@@ -798,15 +798,15 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
     for (name, splice, thread, path) in [
         (
             "drover",
-            true,
+            false,
             DROVER_THREAD,
-            "splice(2) through pooled pipes",
+            "copy, buffers growing to 64 KiB (the default)",
         ),
         (
-            "drover-copy",
-            false,
-            DROVER_COPY_THREAD,
-            "copy through 64 KiB buffers",
+            "drover-splice",
+            true,
+            DROVER_SPLICE_THREAD,
+            "splice(2) through pooled pipes (proxy_splice = true)",
         ),
     ] {
         let drover = free_ports()
@@ -927,7 +927,7 @@ fn micros(d: Duration) -> f64 {
 fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
     println!("\n{title}");
     println!(
-        "  {:<11} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "  {:<13} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
         "target", "MB/s", "vs direct", "proxy CPU", "load CPU", "host CPU", "errors"
     );
     let direct = runs.first().and_then(|(_, r)| *r).map(|r| r.mb_per_s);
@@ -938,7 +938,7 @@ fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
         };
         let ratio = direct.map_or_else(|| "-".to_owned(), |d| format!("{:.2}x", run.mb_per_s / d));
         println!(
-            "  {:<11} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}",
+            "  {:<13} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}",
             name,
             run.mb_per_s,
             ratio,
@@ -953,7 +953,7 @@ fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
 fn print_short(title: &str, runs: &[(&str, Option<ShortRun>)]) {
     println!("\n{title}");
     println!(
-        "  {:<11} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "  {:<13} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
         "target",
         "conn/s",
         "vs direct",
@@ -981,7 +981,7 @@ fn print_short(title: &str, runs: &[(&str, Option<ShortRun>)]) {
             None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
         };
         println!(
-            "  {:<11} {:>8.0} {:>10} {:>8.0} {:>8.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+            "  {:<13} {:>8.0} {:>10} {:>8.0} {:>8.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
             name,
             run.per_s,
             ratio,
@@ -1069,8 +1069,8 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     );
     for target in &targets {
         match &target.ports {
-            Ok(_) => println!("  {:<11} {}", target.name, target.description),
-            Err(e) => println!("  {:<11} NOT RUN: {e}", target.name),
+            Ok(_) => println!("  {:<13} {}", target.name, target.description),
+            Err(e) => println!("  {:<13} NOT RUN: {e}", target.name),
         }
     }
 

@@ -63,6 +63,10 @@ pub struct Config {
     /// advertise address.
     #[schemars(example = "0.0.0.0")]
     pub proxy_bind: Option<IpAddr>,
+    /// Move proxied bytes with splice(2) instead of copying them: about half the proxy's
+    /// CPU per byte, but lower throughput on loopback and two pipes per connection
+    /// (docs/benchmarks.md).
+    pub proxy_splice: bool,
 }
 
 impl Default for Config {
@@ -82,16 +86,18 @@ impl Default for Config {
             engine: None,
             reconcile_interval: Duration::from_secs(1),
             proxy_bind: None,
+            proxy_splice: false,
             link_source: None,
             drain_delay: Duration::from_secs(3),
         }
     }
 }
 
-const ENV_KEYS: [&str; 16] = [
+const ENV_KEYS: [&str; 17] = [
     "link_source",
     "drain_delay",
     "proxy_bind",
+    "proxy_splice",
     "node_id",
     "advertise",
     "coordinators",

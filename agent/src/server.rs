@@ -94,7 +94,11 @@ pub async fn run(
     // Every node proxies each service's published port to healthy replicas anywhere:
     // policy from the coordinator, liveness and health from gossip.
     let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
-    let proxy = ProxyManager::new(proxy_bind, ProxyConfig::default(), generation);
+    let proxy_config = ProxyConfig {
+        splice: config.proxy_splice,
+        ..ProxyConfig::default()
+    };
+    let proxy = ProxyManager::new(proxy_bind, proxy_config, generation);
     let routing = tokio::spawn(routes::run(
         proxy,
         routes_rx,

@@ -124,32 +124,43 @@ fn count(counts: &BTreeMap<String, usize>, name: &str) -> usize {
 
 #[tokio::test]
 async fn round_robin_splits_exactly_over_equal_backends() {
-    let backends = [
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    ];
-    let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 1);
-    let endpoints = backends.iter().map(|b| b.endpoint(1)).collect();
-    proxy
-        .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints)])
-        .await;
+    // Both data paths: copy (the default) and splice.
+    for splice in [false, true] {
+        let backends = [
+            Backend::start("a").await,
+            Backend::start("b").await,
+            Backend::start("c").await,
+        ];
+        let port = free_port();
+        let config = ProxyConfig {
+            splice,
+            ..test_config()
+        };
+        let mut proxy = ProxyManager::new(LOCALHOST, config, 1);
+        let endpoints = backends.iter().map(|b| b.endpoint(1)).collect();
+        proxy
+            .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints)])
+            .await;
 
-    let counts = fetch_many(port, 3_000).await;
-    assert_eq!(
-        counts,
-        BTreeMap::from([
-            ("a".to_owned(), 1_000),
-            ("b".to_owned(), 1_000),
-            ("c".to_owned(), 1_000)
-        ])
-    );
-    let stats = proxy.counters()["web"];
-    assert_eq!(stats.accepted, 3_000);
-    assert_eq!(stats.failed, 0);
-    assert_eq!(stats.bytes_out, 3_000 * 2);
-    proxy.shutdown().await;
+        let counts = fetch_many(port, 3_000).await;
+        assert_eq!(
+            counts,
+            BTreeMap::from([
+                ("a".to_owned(), 1_000),
+                ("b".to_owned(), 1_000),
+                ("c".to_owned(), 1_000)
+            ]),
+            "splice={splice}"
+        );
+        let stats = proxy.counters()["web"];
+        assert_eq!(stats.accepted, 3_000);
+        assert_eq!(stats.failed, 0);
+        assert_eq!(stats.bytes_out, 3_000 * 2);
+        proxy.shutdown().await;
+        for backend in backends {
+            backend.kill().await;
+        }
+    }
 }
 
 #[tokio::test]

@@ -8,22 +8,19 @@
 //! Each endpoint with open connections has a deadline in a `watch` channel that its connection
 //! tasks wait on; a removal sets it, a re-add clears it.
 //!
-//! Both sockets get `TCP_NODELAY`. On Linux the bytes move with `splice(2)` through a pooled
-//! pipe per direction ([`super::splice`]), never entering the proxy's memory; where splice is
-//! off ([`ProxyConfig::splice`]) or no pipe can be made, `tokio::io::copy_bidirectional_with_sizes`
-//! copies through [`ProxyConfig::buffer_size`] buffers.
+//! Both sockets get `TCP_NODELAY`. Bytes are copied through a buffer per direction that
+//! grows to [`ProxyConfig::buffer_size`] ([`super::copy`]); with [`ProxyConfig::splice`] on
+//! Linux they move with `splice(2)` through pooled pipes instead ([`super::splice`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use drover_proto::model::Strategy;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -49,9 +46,11 @@ pub struct ProxyConfig {
     /// so far (up to [`REPLAY_LIMIT`]) are sent to another replica, within `attempts`. This
     /// covers a request caught by a replica's death. Zero turns it off.
     pub retry_unanswered_within: Duration,
-    /// Move bytes with `splice(2)` (Linux) instead of copying them through user space.
+    /// Move bytes with `splice(2)` (Linux) instead of copying them through user space: about
+    /// half the proxy CPU per byte, but lower throughput on loopback (docs/benchmarks.md).
     pub splice: bool,
-    /// Copy buffer per direction when bytes are copied through user space.
+    /// Largest copy buffer per direction (they start at 8 KiB and grow while reads fill
+    /// them).
     pub buffer_size: usize,
     /// How long connections to a removed endpoint may stay open before they are closed.
     pub drain_timeout: Duration,
@@ -65,7 +64,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(1),
             attempts: 3,
             retry_unanswered_within: Duration::from_secs(1),
-            splice: cfg!(target_os = "linux"),
+            splice: false,
             buffer_size: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             balancer: BalancerConfig::default(),
@@ -457,12 +456,7 @@ impl ServiceProxy {
                 }
             }
         }
-        let mut metered = Metered {
-            inner: client,
-            counters: &self.counters,
-        };
-        let size = self.config.buffer_size.max(1);
-        tokio::io::copy_bidirectional_with_sizes(&mut metered, upstream, size, size)
+        super::copy::copy_bidirectional(client, upstream, self.config.buffer_size, &self.counters)
             .await
             .map(drop)
     }
@@ -562,65 +556,6 @@ impl Drop for Handling {
     fn drop(&mut self) {
         self.0.counters.connection_ended();
         self.0.handling.send_modify(|n| *n -= 1);
-    }
-}
-
-/// The client socket, counting bytes read from it (in) and written to it (out).
-struct Metered<'a> {
-    inner: &'a mut TcpStream,
-    counters: &'a ServiceCounters,
-}
-
-impl AsyncRead for Metered<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            self.counters.add_bytes_in(buf.filled().len() - before);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Metered<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.counters.add_bytes_out(n);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.counters.add_bytes_out(n);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

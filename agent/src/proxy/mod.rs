@@ -7,9 +7,11 @@
 //! - [`listeners`]: [`ProxyManager`], one listener per published port, reconciled from
 //!   [`ServiceRoute`]s;
 //! - [`counters`]: per-service atomics and their [`CountersSnapshot`];
-//! - `splice` (Linux): the zero-copy data path through pooled pipes.
+//! - `copy`: the default data path, buffers that grow while reads fill them;
+//! - `splice` (Linux, opt-in): the zero-copy data path through pooled pipes.
 
 pub mod balancer;
+mod copy;
 pub mod counters;
 pub mod forward;
 pub mod listeners;
