@@ -30,5 +30,7 @@ pub const NODE_DOWN: &str = "node_down";
 pub const NODE_PROBATION: &str = "node_probation";
 /// An allocation's node is down.
 pub const ALLOCATION_LOST: &str = "allocation_lost";
+/// A replacement for an allocation lost with its node: from which node to which.
+pub const ALLOCATION_RESCHEDULED: &str = "allocation_rescheduled";
 /// Too many nodes failed at once to trust the verdict.
 pub const RESCHEDULE_HELD: &str = "reschedule_held_back";

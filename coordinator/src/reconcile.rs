@@ -32,6 +32,8 @@ struct Wanted<'a> {
     /// Failed allocations stay (visible, with their reason) until a replacement is placed
     /// for them on another node; replacing them on the node where they failed would loop.
     failed: Vec<&'a Allocation>,
+    /// Allocations lost with their node, which the new replicas replace (for the events).
+    lost: Vec<&'a Allocation>,
 }
 
 /// Decides one reconcile pass.
@@ -56,6 +58,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         };
         let mut active: Vec<&Allocation> = Vec::new();
         let mut migrating: Vec<&Allocation> = Vec::new();
+        let mut lost: Vec<&Allocation> = Vec::new();
         let mut failed: Vec<&Allocation> = Vec::new();
         for alloc in state.allocations_of(name) {
             if alloc.desired != DesiredState::Run {
@@ -65,6 +68,9 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
             if observed == AllocState::Failed && alloc.revision == record.revision {
                 failed.push(alloc);
             } else if observed.is_terminal() {
+                if observed == AllocState::Lost && alloc.revision == record.revision {
+                    lost.push(alloc);
+                }
                 stops.push(Stop {
                     alloc,
                     reason: format!("it is {observed}; a replacement is placed"),
@@ -116,6 +122,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
                 spec: spec.clone(),
                 count: (replicas - active.len()) as u32,
                 failed,
+                lost,
             });
         }
 
@@ -161,6 +168,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         spec,
         count,
         mut failed,
+        mut lost,
     } in wanted
     {
         let mut avoid: Vec<String> = failed.iter().map(|a| a.node.clone()).collect();
@@ -193,6 +201,8 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
             .get(&spec.name)
             .map(|r| r.revision)
             .unwrap_or(1);
+        lost.sort_by_key(|a| (a.created_unix_ms, a.id.clone()));
+        let mut replaced = lost.into_iter();
         for node in outcome.placed {
             let alloc = Allocation {
                 id: changes.alloc_id(&spec.name),
@@ -208,6 +218,16 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
                 &alloc.id,
                 format!("placed on node {node} (revision {revision})"),
             );
+            if let Some(old) = replaced.next() {
+                changes.event(
+                    events::ALLOCATION_RESCHEDULED,
+                    &alloc.id,
+                    format!(
+                        "rescheduled from node {} to node {node}: replaces {}, lost with its node",
+                        old.node, old.id
+                    ),
+                );
+            }
             changes.push(Write::PutAllocation(alloc));
         }
         if let Some(failure) = outcome.failure {
@@ -612,5 +632,29 @@ mod tests {
         // `apply` plans at 1 ms: a is on probation for 10 s.
         apply(&mut s);
         assert_eq!(running_on(&s), vec!["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_lost_allocation_is_rescheduled_with_an_event_naming_both_nodes() {
+        let mut s = state(&["a", "b", "c"], 2);
+        apply(&mut s);
+        let first = running_on(&s);
+        let dead = first[0].clone();
+        report(&mut s, &first[1], AllocState::Healthy);
+        report(&mut s, &dead, AllocState::Lost);
+        if let Some(node) = s.nodes.get_mut(&dead) {
+            node.health = NodeHealth::Down;
+        }
+        let (_, events) = plan(&s, 1).changes.finish();
+        let moved: Vec<&str> = events
+            .iter()
+            .filter(|e| e.kind == events::ALLOCATION_RESCHEDULED)
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(moved.len(), 1, "{events:?}");
+        assert!(
+            moved[0].starts_with(&format!("rescheduled from node {dead} to node c")),
+            "{moved:?}"
+        );
     }
 }

@@ -219,7 +219,9 @@ fn a_dead_node_is_isolated_and_its_replicas_move() {
     assert_eq!(dead_view["health"], "down", "{dead_view}");
     let events = success(&coordinator.cli(&["events"]), "drover events");
     assert!(
-        events.contains("node_down") && events.contains("allocation_lost"),
+        events.contains("node_down")
+            && events.contains("allocation_lost")
+            && events.contains("allocation_rescheduled"),
         "{events}"
     );
 }
