@@ -471,6 +471,30 @@ pub fn try_http_get(address: &str) -> Result<String, String> {
     }
 }
 
+/// A Drover manifest for service `web` on port 80 (container port 8080) running `image`
+/// (`user-service` or `order-service`, which answer with their name), `replicas` of it,
+/// with `extra` appended to its spec (e.g. a `traffic:` line, indented two spaces).
+pub fn web_manifest(image: &str, replicas: u32, extra: &str) -> String {
+    format!(
+        "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  image: {image}\n  replicas: {replicas}\n  ports: [{{containerPort: 8080, servicePort: 80}}]\n{extra}"
+    )
+}
+
+/// Answers over `connections` connections through `proxy`: (from `user-service`, from
+/// `order-service`) — the stable and canary revisions of [`web_manifest`] tests.
+pub fn revision_split(proxy: &str, connections: usize) -> (usize, usize) {
+    let (mut stable, mut canary) = (0, 0);
+    for _ in 0..connections {
+        let body = http_get(proxy);
+        if body.starts_with("order-service") {
+            canary += 1;
+        } else if body.starts_with("user-service") {
+            stable += 1;
+        }
+    }
+    (stable, canary)
+}
+
 /// A network partition of one loopback address from every other: iptables DROP rules in
 /// both directions, removed by [`Partition::heal`] or when dropped (even on panic).
 #[derive(Debug)]

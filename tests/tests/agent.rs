@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use drover_tests::{
     DroverProcess, allocations, build_images, healthy_containers, healthy_nodes, http_get,
-    node_containers, nodes_cluster, success, unique_node, wait_for, workspace_root,
+    node_containers, nodes_cluster, revision_split, success, unique_node, wait_for, web_manifest,
+    workspace_root,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -86,6 +87,36 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
     drop(coordinator);
 }
 
+/// Applies the seed's user-service and waits for its 3 replicas healthy on 3 nodes.
+fn apply_seed_one_per_node(coordinator: &DroverProcess) {
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    success(
+        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
+        "drover apply",
+    );
+    wait_for("3 healthy replicas, one per node", DEADLINE, || {
+        let on: std::collections::BTreeSet<String> = healthy_nodes(coordinator, "user-service")
+            .into_iter()
+            .collect();
+        on.len() == 3
+    });
+}
+
+/// Waits until connections through `proxy` have reached all 3 replicas.
+fn wait_reaching_all_replicas(proxy: &str) {
+    wait_for(
+        &format!("{proxy} reaching all 3 replicas"),
+        DEADLINE,
+        || {
+            let seen: std::collections::BTreeSet<String> = (0..9)
+                .map(|_| http_get(proxy))
+                .filter(|b| !b.is_empty())
+                .collect();
+            seen.len() == 3
+        },
+    );
+}
+
 /// `State.StartedAt` of each container: it changes when a container restarts.
 fn started_at(containers: &[String]) -> Vec<String> {
     containers
@@ -158,28 +189,9 @@ fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
 fn a_dead_node_is_isolated_and_its_replicas_move() {
     let ips = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
     let (_dir, coordinator, mut agents, nodes) = nodes_cluster("n", &ips);
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
-    wait_for("3 healthy replicas, one per node", DEADLINE, || {
-        let allocs = allocations(&coordinator, "user-service");
-        let on: std::collections::BTreeSet<String> = allocs
-            .iter()
-            .filter(|a| a["state"] == "healthy")
-            .filter_map(|a| a["node"].as_str().map(str::to_string))
-            .collect();
-        on.len() == 3
-    });
+    apply_seed_one_per_node(&coordinator);
     let proxy = "127.0.0.21:80";
-    wait_for("node 0's proxy reaching all 3 replicas", DEADLINE, || {
-        let seen: std::collections::BTreeSet<String> = (0..9)
-            .map(|_| http_get(proxy))
-            .filter(|b| !b.is_empty())
-            .collect();
-        seen.len() == 3
-    });
+    wait_reaching_all_replicas(proxy);
 
     // Node 2 dies: agent SIGKILLed, its containers killed.
     let dead = nodes[2].clone();
@@ -233,17 +245,7 @@ fn a_dead_node_is_isolated_and_its_replicas_move() {
 fn a_partitioned_node_is_replaced_and_its_stale_copy_stopped_on_heal() {
     let ips = ["127.0.0.31", "127.0.0.32", "127.0.0.33"];
     let (_dir, coordinator, agents, nodes) = nodes_cluster("p", &ips);
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
-    wait_for("3 healthy replicas, one per node", DEADLINE, || {
-        let on: std::collections::BTreeSet<String> = healthy_nodes(&coordinator, "user-service")
-            .into_iter()
-            .collect();
-        on.len() == 3
-    });
+    apply_seed_one_per_node(&coordinator);
     let cut = nodes[2].clone();
     let running = |node: &str| node_containers(node, false).len();
 
@@ -361,25 +363,9 @@ fn coordinator_sigkill_and_restart_restarts_no_workload() {
 fn drain_moves_replicas_without_dropping_below_the_minimum_healthy() {
     let ips = ["127.0.0.61", "127.0.0.62", "127.0.0.63"];
     let (_dir, coordinator, _agents, nodes) = nodes_cluster("d", &ips);
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
-    wait_for("3 healthy replicas, one per node", DEADLINE, || {
-        let on: std::collections::BTreeSet<String> = healthy_nodes(&coordinator, "user-service")
-            .into_iter()
-            .collect();
-        on.len() == 3
-    });
+    apply_seed_one_per_node(&coordinator);
     let proxy = "127.0.0.61:80";
-    wait_for("node 0's proxy reaching all 3 replicas", DEADLINE, || {
-        let seen: std::collections::BTreeSet<String> = (0..9)
-            .map(|_| http_get(proxy))
-            .filter(|b| !b.is_empty())
-            .collect();
-        seen.len() == 3
-    });
+    wait_reaching_all_replicas(proxy);
 
     // A client loops through node 0's proxy for the whole drain.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -463,11 +449,7 @@ fn drain_moves_replicas_without_dropping_below_the_minimum_healthy() {
 fn weights_split_and_move_traffic_on_every_node() {
     let ips = ["127.0.0.81", "127.0.0.82", "127.0.0.83"];
     let (dir, coordinator, _agents, _nodes) = nodes_cluster("w", &ips);
-    let manifest = |image: &str, weights: &str| {
-        format!(
-            "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  image: {image}\n  replicas: 3\n  ports: [{{containerPort: 8080, servicePort: 80}}]\n{weights}"
-        )
-    };
+    let manifest = |image: &str, weights: &str| web_manifest(image, 3, weights);
     let v1 = dir.path().join("v1.yaml");
     std::fs::write(&v1, manifest("user-service", "")).expect("write v1");
     success(
@@ -493,20 +475,7 @@ fn weights_split_and_move_traffic_on_every_node() {
     wait_for("both revisions healthy", DEADLINE, || {
         healthy_nodes(&coordinator, "web").len() == 6
     });
-    // (stable, canary) answers over 100 connections through `ip`'s proxy.
-    let split = |ip: &str| {
-        let proxy = format!("{ip}:80");
-        let (mut stable, mut canary) = (0, 0);
-        for _ in 0..100 {
-            let body = http_get(&proxy);
-            if body.starts_with("order-service") {
-                canary += 1;
-            } else if body.starts_with("user-service") {
-                stable += 1;
-            }
-        }
-        (stable, canary)
-    };
+    let split = |ip: &str| revision_split(&format!("{ip}:80"), 100);
     for ip in ips {
         // After the canary replicas' warm-up, each proxy's split is exact.
         wait_for(&format!("a 90/10 split through {ip}"), DEADLINE, || {

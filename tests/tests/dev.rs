@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use drover_tests::{
     DroverProcess, allocations, build_images, healthy_containers, http_get, node_containers,
-    success, unique_node, wait_for, workspace_root,
+    revision_split, success, unique_node, wait_for, web_manifest, workspace_root,
 };
 use serde_json::Value;
 
@@ -176,11 +176,7 @@ fn canary_split_by_revision_weights() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = unique_node("canary");
     let ip = "127.0.0.16";
-    let manifest = |image: &str, weights: &str| {
-        format!(
-            "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  image: {image}\n  replicas: 1\n  ports: [{{containerPort: 8080, servicePort: 80}}]\n{weights}"
-        )
-    };
+    let manifest = |image: &str, weights: &str| web_manifest(image, 1, weights);
     let v1 = dir.path().join("v1.yaml");
     std::fs::write(&v1, manifest("user-service", "")).expect("write v1");
     let dev = DroverProcess::dev(dir.path(), ip, &node, &[Path::new(&v1)]);
@@ -206,19 +202,7 @@ fn canary_split_by_revision_weights() {
         healthy_containers(&dev, "web").len() == 2
     });
     let proxy = format!("{ip}:80");
-    let split = || {
-        let mut canary = 0;
-        let mut stable = 0;
-        for _ in 0..100 {
-            let body = http_get(&proxy);
-            if body.starts_with("order-service") {
-                canary += 1;
-            } else if body.starts_with("user-service") {
-                stable += 1;
-            }
-        }
-        (stable, canary)
-    };
+    let split = || revision_split(&proxy, 100);
     // After the canary's warm-up, the split is exact.
     let mut last = (0, 0);
     wait_for("a 90/10 split through the proxy", DEADLINE, || {

@@ -17,6 +17,8 @@ pub mod forward;
 pub mod listeners;
 #[cfg(target_os = "linux")]
 mod splice;
+#[cfg(test)]
+mod test_sockets;
 
 pub use counters::{CountersSnapshot, ServiceCounters};
 pub use forward::{ProxyConfig, ServiceProxy, serve};

@@ -223,17 +223,8 @@ async fn pump(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_sockets::{exchange, pair};
     use super::*;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
-
-    /// A connected pair of sockets over loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.expect("connect"), b.expect("accept").0)
-    }
 
     #[tokio::test]
     async fn forwards_both_ways_with_half_close_and_reuses_pipes() {
@@ -249,22 +240,8 @@ mod tests {
 
             let proxy =
                 copy_bidirectional(&mut proxy_client, &mut proxy_upstream, pipes, &counters);
-            let client = async {
-                client_end.write_all(&request).await.expect("client write");
-                client_end.shutdown().await.expect("client shutdown");
-                let mut got = Vec::new();
-                client_end.read_to_end(&mut got).await.expect("client read");
-                got
-            };
-            let server = async {
-                let mut got = Vec::new();
-                // Read until the client's half-close arrives, then answer.
-                server_end.read_to_end(&mut got).await.expect("server read");
-                server_end.write_all(&answer).await.expect("server write");
-                server_end.shutdown().await.expect("server shutdown");
-                got
-            };
-            let (moved, got_answer, got_request) = tokio::join!(proxy, client, server);
+            let ends = exchange(&mut client_end, &mut server_end, &request, &answer);
+            let (moved, (got_answer, got_request)) = tokio::join!(proxy, ends);
             assert_eq!(moved.expect("proxy"), (300_000, 1_000_000));
             assert_eq!(got_request, request);
             assert_eq!(got_answer, answer);
