@@ -389,22 +389,31 @@ impl ServiceProxy {
         if !sent.bytes.is_empty() && upstream.write_all(&sent.bytes).await.is_err() {
             return Ok(FirstAnswer::Unanswered);
         }
-        let deadline = tokio::time::sleep(window);
-        tokio::pin!(deadline);
-        let mut buf = [0u8; 4096];
-        let mut peeked = [0u8; 1];
+        // Timed from the connect; no timer needed: the window is checked as events come.
+        let connected = Instant::now();
+        let within = |now: Instant| now.duration_since(connected) <= window;
+        let mut request = [0u8; 4096];
+        let mut answer = [0u8; 4096];
         loop {
             tokio::select! {
                 biased;
-                answer = upstream.peek(&mut peeked) => {
-                    return match answer {
-                        Ok(0) => Ok(FirstAnswer::Unanswered),
-                        Ok(_) => Ok(FirstAnswer::Started),
-                        Err(e) if is_gone(&e) => Ok(FirstAnswer::Unanswered),
+                read = upstream.read(&mut answer) => {
+                    return match read {
+                        Ok(0) if within(Instant::now()) => Ok(FirstAnswer::Unanswered),
+                        Err(e) if is_gone(&e) && within(Instant::now()) => {
+                            Ok(FirstAnswer::Unanswered)
+                        }
+                        // A late close: the copy passes it on to the client.
+                        Ok(0) => Ok(FirstAnswer::Started),
+                        Ok(n) => {
+                            client.write_all(&answer[..n]).await?;
+                            self.counters.add_bytes_out(n);
+                            Ok(FirstAnswer::Started)
+                        }
                         Err(e) => Err(e),
                     };
                 }
-                read = client.read(&mut buf) => {
+                read = client.read(&mut request) => {
                     let n = read?;
                     if n == 0 {
                         // The client is done sending: the copy forwards its close (once) and
@@ -413,23 +422,20 @@ impl ServiceProxy {
                         return Ok(FirstAnswer::Started);
                     }
                     self.counters.add_bytes_in(n);
-                    if upstream.write_all(&buf[..n]).await.is_err() {
-                        sent.bytes.extend_from_slice(&buf[..n]);
-                        return Ok(if sent.bytes.len() <= REPLAY_LIMIT {
+                    let chunk = &request[..n];
+                    if upstream.write_all(chunk).await.is_err() {
+                        sent.bytes.extend_from_slice(chunk);
+                        return Ok(if sent.bytes.len() <= REPLAY_LIMIT && within(Instant::now()) {
                             FirstAnswer::Unanswered
                         } else {
                             FirstAnswer::Started
                         });
                     }
-                    if sent.bytes.len() + n > REPLAY_LIMIT {
+                    if sent.bytes.len() + n > REPLAY_LIMIT || !within(Instant::now()) {
                         sent.replayable = false;
                         return Ok(FirstAnswer::Started);
                     }
-                    sent.bytes.extend_from_slice(&buf[..n]);
-                }
-                () = &mut deadline => {
-                    sent.replayable = false;
-                    return Ok(FirstAnswer::Started);
+                    sent.bytes.extend_from_slice(chunk);
                 }
             }
         }
