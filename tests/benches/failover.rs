@@ -65,7 +65,10 @@ impl Client {
                         }
                         outcome => {
                             failed.fetch_add(1, Ordering::Relaxed);
-                            let what = outcome.unwrap_or_else(|e| e);
+                            let what = match outcome {
+                                Ok(body) => format!("answer without the service's name: {body:?}"),
+                                Err(e) => e,
+                            };
                             if let Ok(mut errors) = errors.lock() {
                                 *errors.entry(what).or_default() += 1;
                             }
