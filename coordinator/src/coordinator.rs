@@ -180,7 +180,9 @@ impl Coordinator {
     }
 
     /// Runs reconcile passes until the state is stable (bounded), then pushes to agents.
-    pub async fn reconcile(&self) -> Result<(), Error> {
+    /// Returns how soon a failure deadline (a link grace ending, replicas of a down node
+    /// counting as lost) calls for the next pass, if one is pending.
+    pub async fn reconcile(&self) -> Result<Option<Duration>, Error> {
         let mut inner = self.inner.lock().await;
         self.detect_down(&mut inner).await?;
         for _ in 0..8 {
@@ -192,7 +194,8 @@ impl Coordinator {
             self.commit(&mut inner, plan.changes).await?;
         }
         self.push(&mut inner).await;
-        Ok(())
+        let now = now_unix_ms();
+        Ok(failure::next_deadline(&inner.state, now).map(|at| Duration::from_millis(at - now)))
     }
 
     /// Marks nodes down that the link and gossip both lost; their allocations become `lost`
@@ -239,18 +242,20 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
+        let mut next = interval;
         loop {
-            // Wake early when a failure deadline (a link grace ending) falls in the interval.
-            let now = now_unix_ms();
-            let next = failure::next_deadline(&self.inner.lock().await.state, now)
-                .map_or(interval, |at| Duration::from_millis(at - now).min(interval));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(next) => {}
             }
             match self.reconcile().await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(deadline) => {
+                    backoff = Duration::from_millis(100);
+                    // Wake early when a failure deadline (a link grace ending) falls in the
+                    // interval.
+                    next = deadline.map_or(interval, |wait| wait.min(interval));
+                }
                 Err(e) => {
                     warn!(error = %e, retry_in = ?backoff, "reconcile failed");
                     tokio::time::sleep(backoff).await;
@@ -337,7 +342,7 @@ impl Coordinator {
         let previous = inner.state.nodes.get(&node);
         let mut flaps = previous.map(|e| e.flaps).unwrap_or_default();
         if previous.is_some_and(|e| e.health == NodeHealth::Down) {
-            // Hysteresis: a node back from down takes no new work for a while.
+            // Hysteresis: a node back from down loses placement ties for a while.
             let probation = flaps.came_back(now);
             let message = format!(
                 "back after being down ({} time(s) within {} min): placements prefer other nodes for {}s",

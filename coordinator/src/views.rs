@@ -118,37 +118,28 @@ pub fn node_status(state: &ClusterState, id: &str, allocated: Resources) -> pb::
 }
 
 fn node_reason(state: &ClusterState, id: &str) -> String {
-    let mut reason = match state.nodes.get(id) {
-        Some(e) => e.reason.clone(),
-        None => "not connected since the coordinator started".into(),
-    };
-    let probation = state.nodes.get(id).and_then(|e| {
-        e.flaps
-            .probation_left(crate::coordinator::now_unix_ms())
-            .map(|left| (e.flaps.downs, left))
-    });
-    if let Some((downs, left)) = probation {
-        let note = format!(
-            "on probation after being down {downs} time(s): placements prefer other nodes for {}s",
-            left.as_secs().max(1)
-        );
-        reason = if reason.is_empty() {
-            note
-        } else {
-            format!("{reason}; {note}")
-        };
+    let entry = state.nodes.get(id);
+    let mut parts: Vec<String> = Vec::new();
+    match entry {
+        Some(e) if !e.reason.is_empty() => parts.push(e.reason.clone()),
+        Some(_) => {}
+        None => parts.push("not connected since the coordinator started".into()),
     }
-    if let Some(live) = &state.gossip_live {
-        let gossip = if live.contains(id) {
-            "alive in gossip"
-        } else {
-            "not alive in gossip"
-        };
-        if reason.is_empty() {
-            reason = gossip.to_string();
-        } else {
-            reason = format!("{reason}; {gossip}");
+    if let Some(e) = entry {
+        if let Some(left) = e.flaps.probation_left(crate::coordinator::now_unix_ms()) {
+            parts.push(format!(
+                "on probation after being down {} time(s): placements prefer other nodes for {}s",
+                e.flaps.downs,
+                left.as_secs().max(1)
+            ));
         }
     }
-    reason
+    if let Some(live) = &state.gossip_live {
+        parts.push(if live.contains(id) {
+            "alive in gossip".into()
+        } else {
+            "not alive in gossip".into()
+        });
+    }
+    parts.join("; ")
 }

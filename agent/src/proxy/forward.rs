@@ -317,7 +317,8 @@ impl ServiceProxy {
             debug!(service = %self.service, %peer, error = %e, "cannot set TCP_NODELAY on client");
         }
         let mut tried = Vec::new();
-        let mut sent = Sent::default();
+        // The client's bytes before the first answer, for a replay on another replica.
+        let mut sent = Vec::new();
         loop {
             let Some((endpoint, mut upstream)) = self.connect_upstream(peer, &mut tried).await
             else {
@@ -345,7 +346,7 @@ impl ServiceProxy {
                     self.lock_balancer()
                         .connect_failed(&endpoint.id, Instant::now());
                     debug!(service = %self.service, %peer, endpoint = %endpoint.id,
-                        replay = sent.bytes.len(), "replica closed before answering; retrying");
+                        replay = sent.len(), "replica closed before answering; retrying");
                     continue;
                 }
                 Err(e) => {
@@ -371,22 +372,23 @@ impl ServiceProxy {
         }
     }
 
-    /// Until the replica sends its first byte: forward the client's bytes, keeping a copy
-    /// for a replay, and tell whether the replica closed without answering (so the request
-    /// can go to another one). On a new replica, what the client sent so far is replayed
-    /// first. Gives up the replay (plain forwarding from then on) after
-    /// [`ProxyConfig::retry_unanswered_within`] or [`REPLAY_LIMIT`] bytes.
+    /// Until the replica sends its first byte: forward the client's bytes, keeping a copy in
+    /// `sent`, and tell whether the replica closed without answering (so the request can go
+    /// to another one). On a new replica, `sent` is replayed first. Returns `Started` (plain
+    /// forwarding from then on, never replayed) once the replica answers, the client closes
+    /// its side, [`ProxyConfig::retry_unanswered_within`] passes or `sent` would exceed
+    /// [`REPLAY_LIMIT`].
     async fn first_answer(
         &self,
         client: &mut TcpStream,
         upstream: &mut TcpStream,
-        sent: &mut Sent,
+        sent: &mut Vec<u8>,
     ) -> io::Result<FirstAnswer> {
         let window = self.config.retry_unanswered_within;
-        if window.is_zero() || !sent.replayable {
+        if window.is_zero() {
             return Ok(FirstAnswer::Started);
         }
-        if !sent.bytes.is_empty() && upstream.write_all(&sent.bytes).await.is_err() {
+        if !sent.is_empty() && upstream.write_all(sent).await.is_err() {
             return Ok(FirstAnswer::Unanswered);
         }
         // Timed from the connect; no timer needed: the window is checked as events come.
@@ -418,24 +420,22 @@ impl ServiceProxy {
                     if n == 0 {
                         // The client is done sending: the copy forwards its close (once) and
                         // this connection is not replayed.
-                        sent.replayable = false;
                         return Ok(FirstAnswer::Started);
                     }
                     self.counters.add_bytes_in(n);
                     let chunk = &request[..n];
                     if upstream.write_all(chunk).await.is_err() {
-                        sent.bytes.extend_from_slice(chunk);
-                        return Ok(if sent.bytes.len() <= REPLAY_LIMIT && within(Instant::now()) {
+                        sent.extend_from_slice(chunk);
+                        return Ok(if sent.len() <= REPLAY_LIMIT && within(Instant::now()) {
                             FirstAnswer::Unanswered
                         } else {
                             FirstAnswer::Started
                         });
                     }
-                    if sent.bytes.len() + n > REPLAY_LIMIT || !within(Instant::now()) {
-                        sent.replayable = false;
+                    if sent.len() + n > REPLAY_LIMIT || !within(Instant::now()) {
                         return Ok(FirstAnswer::Started);
                     }
-                    sent.bytes.extend_from_slice(chunk);
+                    sent.extend_from_slice(chunk);
                 }
             }
         }
@@ -465,24 +465,6 @@ impl ServiceProxy {
         super::copy::copy_bidirectional(client, upstream, self.config.buffer_size, &self.counters)
             .await
             .map(drop)
-    }
-}
-
-/// What the client sent before the first answer, for a replay on another replica.
-#[derive(Debug)]
-struct Sent {
-    bytes: Vec<u8>,
-    /// False once the window passed, the client closed its side or sent more than
-    /// [`REPLAY_LIMIT`].
-    replayable: bool,
-}
-
-impl Default for Sent {
-    fn default() -> Self {
-        Sent {
-            bytes: Vec::new(),
-            replayable: true,
-        }
     }
 }
 
