@@ -3,8 +3,8 @@
 //! thread), HAProxy and nginx's stream proxy (separate processes, one worker thread each),
 //! all forwarding TCP to the same backends.
 //!
-//! Run with `cargo bench -p drover-agent --bench proxy [-- quick]`; `quick` measures 1 s per
-//! run instead of 4 s. HAProxy and nginx are taken from `PATH` (Debian: `apt-get install
+//! Run with `cargo bench -p drover-agent --bench proxy [-- quick]`; `quick` measures 3
+//! rounds of 0.5 s instead of 7 rounds of 1 s. HAProxy and nginx are taken from `PATH` (Debian: `apt-get install
 //! haproxy nginx libnginx-mod-stream`); when one is missing or does not start, the benchmark
 //! says so and goes on with the others.
 //!
@@ -19,6 +19,16 @@
 //! The load generator and the backends share one current-thread tokio runtime on the main
 //! thread, so on a 2-core machine the load side gets one core and the proxy under test the
 //! other.
+//!
+//! On two or more cores the load thread is pinned to CPU 0 and every proxy under test to CPU
+//! 1 (Drover's thread by `sched_setaffinity`, HAProxy and nginx through `taskset`). Left
+//! alone, the scheduler's wake-affine placement sometimes puts a proxy on the load's core
+//! for a whole window, which halves that window's throughput whichever proxy it is.
+//!
+//! Each workload is measured in rounds: every round runs every target once, starting at a
+//! different target each round, and a target's ratio to direct is the median of its
+//! per-round ratios. A shared VM's speed drifts by a third within minutes; pairing each run
+//! with a direct run of the same round keeps that drift out of the ratios.
 
 use std::fmt::Write as _;
 use std::io;
@@ -32,6 +42,8 @@ use std::time::{Duration, Instant};
 use drover_agent::proxy::balancer::Endpoint;
 use drover_agent::proxy::{ProxyConfig, ProxyManager, ServiceRoute};
 use drover_proto::model::Strategy;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -53,10 +65,44 @@ static RESPONSE_BYTES: [u8; RESPONSE] = [b'a'; RESPONSE];
 
 type BoxError = Box<dyn std::error::Error>;
 
+/// Cores of the load side and of the proxies under test, when the machine has two.
+#[derive(Debug, Clone, Copy)]
+struct Pinning {
+    load: usize,
+    proxy: usize,
+}
+
+impl Pinning {
+    fn choose(cpus: usize) -> Option<Pinning> {
+        (cpus >= 2).then_some(Pinning { load: 0, proxy: 1 })
+    }
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("pin to cpu {cpu}: {e}"))
+}
+
+/// `program` run through `taskset` onto the proxies' core, or as is without pinning.
+fn pinned_command(program: &str, pinning: Option<Pinning>) -> Command {
+    match pinning {
+        Some(pin) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(pin.proxy.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     warmup: Duration,
     measure: Duration,
+    /// Runs of each target per workload, interleaved with the other targets' runs.
+    rounds: usize,
 }
 
 impl Settings {
@@ -67,12 +113,14 @@ impl Settings {
         if quick {
             Settings {
                 warmup: Duration::from_millis(200),
-                measure: Duration::from_secs(1),
+                measure: Duration::from_millis(500),
+                rounds: 3,
             }
         } else {
             Settings {
-                warmup: Duration::from_millis(500),
-                measure: Duration::from_secs(4),
+                warmup: Duration::from_millis(300),
+                measure: Duration::from_secs(1),
+                rounds: 7,
             }
         }
     }
@@ -192,11 +240,11 @@ struct BulkRun {
     cpu: CpuUse,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ShortRun {
     per_s: f64,
-    p50: Duration,
-    p99: Duration,
+    /// Latency of each exchange inside the window, in nanoseconds, sorted.
+    latencies: Vec<u64>,
     errors: u64,
     cpu: CpuUse,
 }
@@ -328,8 +376,7 @@ async fn run_short(
     let seconds = (t1 - t0).as_secs_f64();
     ShortRun {
         per_s: latencies.len() as f64 / settings.measure.as_secs_f64(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        latencies,
         errors,
         cpu: cpu0.until(&cpu1, seconds),
     }
@@ -456,16 +503,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn thread_named(name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-                .is_ok_and(|comm| comm.trim() == name)
-        })
-}
-
 fn clock_tick() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -485,16 +522,12 @@ fn clock_tick() -> f64 {
 // ---------------------------------------------------------------------------------------
 // Proxies under test
 
-/// Drover's [`ProxyManager`] on a current-thread runtime in its own OS thread.
-#[derive(Debug)]
-struct DroverProxy {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Thread names of the two Drover targets: copy (the default) and splice(2).
-const DROVER_THREAD: &str = "drover-proxy";
-const DROVER_SPLICE_THREAD: &str = "drover-splice";
+/// Argument that makes this benchmark binary run as Drover's proxy under test, followed by
+/// the data path (`copy` or `splice`) and four addresses: bulk and short listen addresses,
+/// then bulk and short backends. A process of its own, like HAProxy and nginx: a proxy
+/// thread inside the benchmark would share the load's file table and address space (fd
+/// allocation, TLB shootdowns), which costs both sides.
+const PROXY_CHILD: &str = "--drover-proxy-child";
 
 fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
     ServiceRoute {
@@ -511,78 +544,66 @@ fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
     }
 }
 
-fn start_drover(
-    listen: Ports,
-    backends: Ports,
-    splice: bool,
-    thread_name: &str,
-) -> Result<DroverProxy, String> {
-    let routes = vec![
-        route("bulk", listen.bulk.port(), backends.bulk),
-        route("short", listen.short.port(), backends.short),
-    ];
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<u16>, String>>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name(thread_name.to_owned())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("cannot build its runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let config = ProxyConfig {
-                    splice,
-                    ..ProxyConfig::default()
-                };
-                let mut manager = ProxyManager::new(LOCALHOST, config, 7);
-                manager.apply(routes).await;
-                let _ = ready_tx.send(Ok(manager.listening_ports()));
-                let _ = stop_rx.await;
-                manager.shutdown().await;
-            });
-        })
-        .map_err(|e| format!("cannot start its thread: {e}"))?;
-    let mut proxy = DroverProxy {
-        stop: Some(stop_tx),
-        thread: Some(thread),
+/// Command line of a Drover proxy child.
+fn drover_child_args(splice: bool, listen: Ports, backends: Ports) -> Vec<String> {
+    let path = if splice { "splice" } else { "copy" };
+    [PROXY_CHILD, path]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(
+            [listen.bulk, listen.short, backends.bulk, backends.short]
+                .iter()
+                .map(SocketAddr::to_string),
+        )
+        .collect()
+}
+
+/// The child's side: serve both routes with [`ProxyManager`] (default [`ProxyConfig`] but
+/// for the data path) on a current-thread runtime until stdin closes, which it does when the
+/// benchmark stops the child or dies.
+fn run_proxy_child(args: &[String]) -> Result<(), BoxError> {
+    let [path, listen_bulk, listen_short, backend_bulk, backend_short] = args else {
+        return Err(format!("{PROXY_CHILD} takes 5 arguments, got {args:?}").into());
     };
-    let listening = ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| "did not start within 10 s".to_owned())??;
-    for port in [listen.bulk.port(), listen.short.port()] {
-        if !listening.contains(&port) {
-            proxy.stop();
-            return Err(format!("could not listen on port {port}"));
+    let splice = match path.as_str() {
+        "copy" => false,
+        "splice" => true,
+        other => return Err(format!("data path {other:?}: expected copy or splice").into()),
+    };
+    let addr = |text: &String| {
+        text.parse::<SocketAddr>()
+            .map_err(|e| format!("address {text:?}: {e}"))
+    };
+    let (listen_bulk, listen_short) = (addr(listen_bulk)?, addr(listen_short)?);
+    let routes = vec![
+        route("bulk", listen_bulk.port(), addr(backend_bulk)?),
+        route("short", listen_short.port(), addr(backend_short)?),
+    ];
+    std::thread::spawn(|| {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+        std::process::exit(0);
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let config = ProxyConfig {
+            splice,
+            ..ProxyConfig::default()
+        };
+        let mut manager = ProxyManager::new(LOCALHOST, config, 7);
+        manager.apply(routes).await;
+        let listening = manager.listening_ports();
+        for port in [listen_bulk.port(), listen_short.port()] {
+            if !listening.contains(&port) {
+                return Err(format!("could not listen on port {port}").into());
+            }
         }
-    }
-    Ok(proxy)
+        std::future::pending::<Result<(), BoxError>>().await
+    })
 }
 
-impl DroverProxy {
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for DroverProxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// HAProxy or nginx, run as a child process in the foreground.
+/// A proxy run as a child process in the foreground: Drover (this binary), HAProxy or nginx.
 #[derive(Debug)]
 struct External {
     name: &'static str,
@@ -722,13 +743,14 @@ async fn start_external(
     command: &mut Command,
     log: &Path,
     listen: Ports,
+    stdin: Stdio,
 ) -> Result<External, String> {
     let log_file = std::fs::File::create(log).map_err(|e| format!("cannot create log: {e}"))?;
     let log_err = log_file
         .try_clone()
         .map_err(|e| format!("cannot create log: {e}"))?;
     let child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(log_file)
         .stderr(log_err)
         .spawn()
@@ -769,12 +791,6 @@ fn free_ports() -> io::Result<Ports> {
     })
 }
 
-#[derive(Debug)]
-enum Running {
-    Drover(DroverProxy),
-    External(External),
-}
-
 /// One thing to measure: a direct connection or a proxy.
 #[derive(Debug)]
 struct Target {
@@ -783,10 +799,10 @@ struct Target {
     /// `Err` says why the target is not measured.
     ports: Result<Ports, String>,
     cpu: CpuSource,
-    running: Option<Running>,
+    running: Option<External>,
 }
 
-async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
+async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) -> Vec<Target> {
     let mut targets = vec![Target {
         name: "direct",
         description: "client connects to the backend itself".to_owned(),
@@ -795,33 +811,38 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
         running: None,
     }];
 
-    for (name, splice, thread, path) in [
+    for (name, splice, path) in [
         (
             "drover",
             false,
-            DROVER_THREAD,
-            "copy, buffers growing to 64 KiB (the default)",
+            "copy, buffers growing to 256 KiB (the default)",
         ),
         (
             "drover-splice",
             true,
-            DROVER_SPLICE_THREAD,
             "splice(2) through pooled pipes (proxy_splice = true)",
         ),
     ] {
-        let drover = free_ports()
-            .map_err(|e| format!("no free port: {e}"))
-            .and_then(|listen| Ok((listen, start_drover(listen, backends, splice, thread)?)));
-        targets.push(match drover {
-            Ok((listen, proxy)) => Target {
+        let drover = async {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot find the benchmark binary: {e}"))?;
+            let listen = free_ports().map_err(|e| format!("no free port: {e}"))?;
+            let mut command = pinned_command(&exe.to_string_lossy(), pinning);
+            command.args(drover_child_args(splice, listen, backends));
+            let log = dir.join(format!("{name}.log"));
+            let running = start_external(name, &mut command, &log, listen, Stdio::piped()).await?;
+            Ok::<_, String>((listen, running))
+        };
+        targets.push(match drover.await {
+            Ok((listen, running)) => Target {
                 name,
                 description: format!(
-                    "ProxyManager (release build), {path}, own current-thread tokio \
-                     runtime in its own OS thread of the benchmark process"
+                    "ProxyManager (release build), {path}, current-thread tokio runtime, \
+                     separate process (this benchmark binary run with {PROXY_CHILD})"
                 ),
                 ports: Ok(listen),
-                cpu: thread_named(thread).map_or(CpuSource::Unknown, CpuSource::Thread),
-                running: Some(Running::Drover(proxy)),
+                cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
+                running: Some(running),
             },
             Err(e) => Target {
                 name,
@@ -839,11 +860,17 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, haproxy_config(listen, backends))
             .map_err(|e| format!("cannot write its config: {e}"))?;
-        let mut command = Command::new("haproxy");
+        let mut command = pinned_command("haproxy", pinning);
         command.arg("-f").arg(&cfg).arg("-db");
-        let running = start_external("haproxy", &mut command, &dir.join("haproxy.log"), listen)
-            .await
-            .map_err(|e| format!("HAProxy {version}: {e}"))?;
+        let running = start_external(
+            "haproxy",
+            &mut command,
+            &dir.join("haproxy.log"),
+            listen,
+            Stdio::null(),
+        )
+        .await
+        .map_err(|e| format!("HAProxy {version}: {e}"))?;
         Ok::<_, String>((version, listen, running))
     };
     targets.push(match haproxy.await {
@@ -852,7 +879,7 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
             description: format!("HAProxy {version}, separate process, nbthread 1, mode tcp"),
             ports: Ok(listen),
             cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
-            running: Some(Running::External(running)),
+            running: Some(running),
         },
         Err(e) => Target {
             name: "haproxy",
@@ -872,7 +899,7 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
             .map_err(|e| format!("cannot write its config: {e}"))?;
         let mut prefix = PathBuf::from(dir);
         prefix.push("");
-        let mut command = Command::new("nginx");
+        let mut command = pinned_command("nginx", pinning);
         command
             .arg("-p")
             .arg(&prefix)
@@ -882,14 +909,20 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
             .arg(&cfg)
             .arg("-g")
             .arg("daemon off;");
-        let running = start_external("nginx", &mut command, &dir.join("nginx.log"), listen)
-            .await
-            .map_err(|e| {
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                format!("nginx {version}: {e} {}", log.trim())
-                    .trim_end()
-                    .to_owned()
-            })?;
+        let running = start_external(
+            "nginx",
+            &mut command,
+            &dir.join("nginx.log"),
+            listen,
+            Stdio::null(),
+        )
+        .await
+        .map_err(|e| {
+            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            format!("nginx {version}: {e} {}", log.trim())
+                .trim_end()
+                .to_owned()
+        })?;
         Ok::<_, String>((version, listen, running))
     };
     targets.push(match nginx.await {
@@ -900,7 +933,7 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
             ),
             ports: Ok(listen),
             cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
-            running: Some(Running::External(running)),
+            running: Some(running),
         },
         Err(e) => Target {
             name: "nginx",
@@ -916,6 +949,66 @@ async fn start_targets(dir: &Path, backends: Ports) -> Vec<Target> {
 // ---------------------------------------------------------------------------------------
 // Report
 
+/// The median of per-round values, with the lowest and highest.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(mut values: Vec<f64>) -> Option<Spread> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    };
+    Some(Spread {
+        median,
+        min: values[0],
+        max: values[n - 1],
+    })
+}
+
+/// `a / b` round by round (both run once per round, in the same rounds).
+fn round_ratios<T>(a: &[T], b: &[T], value: impl Fn(&T) -> f64) -> Option<Spread> {
+    spread(a.iter().zip(b).map(|(x, y)| value(x) / value(y)).collect())
+}
+
+fn ratio_text(ratio: Option<Spread>) -> (String, String) {
+    ratio.map_or_else(
+        || ("-".to_owned(), "-".to_owned()),
+        |r| {
+            (
+                format!("{:.2}x", r.median),
+                format!("{:.2}-{:.2}", r.min, r.max),
+            )
+        },
+    )
+}
+
+/// Mean CPU use over the rounds that could read it.
+fn mean_cpu(cpus: impl Iterator<Item = CpuUse>) -> CpuUse {
+    let (mut sums, mut counts) = ([0.0f64; 3], [0u32; 3]);
+    for cpu in cpus {
+        for (i, share) in [cpu.proxy, cpu.load, cpu.host].into_iter().enumerate() {
+            if let Some(share) = share {
+                sums[i] += share;
+                counts[i] += 1;
+            }
+        }
+    }
+    let mean = |i: usize| (counts[i] > 0).then(|| sums[i] / f64::from(counts[i]));
+    CpuUse {
+        proxy: mean(0),
+        load: mean(1),
+        host: mean(2),
+    }
+}
+
 fn percent(share: Option<f64>) -> String {
     share.map_or_else(|| "-".to_owned(), |s| format!("{:.0}%", s * 100.0))
 }
@@ -924,39 +1017,66 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn print_bulk(title: &str, runs: &[(&str, Option<BulkRun>)]) {
+/// One target's runs of one workload, one per round; empty when the target was not run.
+struct Series<'a, T> {
+    name: &'a str,
+    runs: Vec<T>,
+}
+
+fn find<'a, T>(series: &'a [Series<'_, T>], name: &str) -> Option<&'a [T]> {
+    series
+        .iter()
+        .find(|s| s.name == name && !s.runs.is_empty())
+        .map(|s| s.runs.as_slice())
+}
+
+fn print_bulk(title: &str, series: &[Series<'_, BulkRun>]) {
     println!("\n{title}");
     println!(
-        "  {:<13} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
-        "target", "MB/s", "vs direct", "proxy CPU", "load CPU", "host CPU", "errors"
+        "  {:<13} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "target", "MB/s", "vs direct", "range", "proxy CPU", "load CPU", "host CPU", "errors"
     );
-    let direct = runs.first().and_then(|(_, r)| *r).map(|r| r.mb_per_s);
-    for (name, run) in runs {
-        let Some(run) = run else {
-            println!("  {name:<8} {:>10}", "not run");
+    let direct = find(series, "direct");
+    for target in series {
+        let Some(median) = spread(target.runs.iter().map(|r| r.mb_per_s).collect()) else {
+            println!("  {:<13} {:>8}", target.name, "not run");
             continue;
         };
-        let ratio = direct.map_or_else(|| "-".to_owned(), |d| format!("{:.2}x", run.mb_per_s / d));
+        let ratio = direct.and_then(|d| round_ratios(&target.runs, d, |r| r.mb_per_s));
+        let (ratio, range) = ratio_text(ratio);
+        let cpu = mean_cpu(target.runs.iter().map(|r| r.cpu));
         println!(
-            "  {:<13} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}",
-            name,
-            run.mb_per_s,
+            "  {:<13} {:>8.0} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}",
+            target.name,
+            median.median,
             ratio,
-            percent(run.cpu.proxy),
-            percent(run.cpu.load),
-            percent(run.cpu.host),
-            run.errors
+            range,
+            percent(cpu.proxy),
+            percent(cpu.load),
+            percent(cpu.host),
+            target.runs.iter().map(|r| r.errors).sum::<u64>()
         );
     }
 }
 
-fn print_short(title: &str, runs: &[(&str, Option<ShortRun>)]) {
+/// Every exchange of every round, sorted.
+fn pooled_latencies(runs: &[ShortRun]) -> Vec<u64> {
+    let mut all: Vec<u64> = runs
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+fn print_short(title: &str, series: &[Series<'_, ShortRun>]) {
     println!("\n{title}");
     println!(
-        "  {:<13} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "  {:<13} {:>7} {:>9} {:>10} {:>7} {:>7} {:>8} {:>8} {:>10} {:>9} {:>9} {:>7}",
         "target",
         "conn/s",
         "vs direct",
+        "range",
         "p50 µs",
         "p99 µs",
         "+p50 µs",
@@ -966,77 +1086,90 @@ fn print_short(title: &str, runs: &[(&str, Option<ShortRun>)]) {
         "host CPU",
         "errors"
     );
-    let direct = runs.first().and_then(|(_, r)| *r);
-    for (name, run) in runs {
-        let Some(run) = run else {
-            println!("  {name:<8} {:>8}", "not run");
+    let direct = find(series, "direct");
+    let direct_latencies = direct.map(pooled_latencies);
+    for target in series {
+        let Some(median) = spread(target.runs.iter().map(|r| r.per_s).collect()) else {
+            println!("  {:<13} {:>7}", target.name, "not run");
             continue;
         };
-        let (ratio, added50, added99) = match direct {
-            Some(d) => (
-                format!("{:.2}x", run.per_s / d.per_s),
-                format!("{:+.0}", micros(run.p50) - micros(d.p50)),
-                format!("{:+.0}", micros(run.p99) - micros(d.p99)),
-            ),
-            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
-        };
+        let ratio = direct.and_then(|d| round_ratios(&target.runs, d, |r| r.per_s));
+        let (ratio, range) = ratio_text(ratio);
+        let latencies = pooled_latencies(&target.runs);
+        let (p50, p99) = (
+            micros(percentile(&latencies, 0.50)),
+            micros(percentile(&latencies, 0.99)),
+        );
+        let (added50, added99) = direct_latencies.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |d| {
+                (
+                    format!("{:+.0}", p50 - micros(percentile(d, 0.50))),
+                    format!("{:+.0}", p99 - micros(percentile(d, 0.99))),
+                )
+            },
+        );
+        let cpu = mean_cpu(target.runs.iter().map(|r| r.cpu));
         println!(
-            "  {:<13} {:>8.0} {:>10} {:>8.0} {:>8.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
-            name,
-            run.per_s,
+            "  {:<13} {:>7.0} {:>9} {:>10} {:>7.0} {:>7.0} {:>8} {:>8} {:>10} {:>9} {:>9} {:>7}",
+            target.name,
+            median.median,
             ratio,
-            micros(run.p50),
-            micros(run.p99),
+            range,
+            p50,
+            p99,
             added50,
             added99,
-            percent(run.cpu.proxy),
-            percent(run.cpu.load),
-            percent(run.cpu.host),
-            run.errors
+            percent(cpu.proxy),
+            percent(cpu.load),
+            percent(cpu.host),
+            target.runs.iter().map(|r| r.errors).sum::<u64>()
         );
     }
-}
-
-fn find<T: Copy>(runs: &[(&str, Option<T>)], name: &str) -> Option<T> {
-    runs.iter().find(|(n, _)| *n == name).and_then(|(_, r)| *r)
 }
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
-fn bulk_goal(label: &str, runs: &[(&str, Option<BulkRun>)]) {
-    match (find(runs, "drover"), find(runs, "direct")) {
-        (Some(d), Some(direct)) => {
-            let ratio = d.mb_per_s / direct.mb_per_s;
-            println!(
-                "  {label}: drover {:.2}x of direct (goal >= {BULK_GOAL:.2}x): {}",
-                ratio,
-                verdict(ratio >= BULK_GOAL)
-            );
-        }
-        _ => println!("  {label}: cannot judge (drover or direct not measured)"),
+fn bulk_goal(label: &str, series: &[Series<'_, BulkRun>]) {
+    let ratio = find(series, "drover")
+        .zip(find(series, "direct"))
+        .and_then(|(d, direct)| round_ratios(d, direct, |r| r.mb_per_s));
+    match ratio {
+        Some(r) => println!(
+            "  {label}: drover {:.2}x of direct, median of rounds (range {:.2}-{:.2}; goal >= \
+             {BULK_GOAL:.2}x): {}",
+            r.median,
+            r.min,
+            r.max,
+            verdict(r.median >= BULK_GOAL)
+        ),
+        None => println!("  {label}: cannot judge (drover or direct not measured)"),
     }
 }
 
-fn short_goals(label: &str, runs: &[(&str, Option<ShortRun>)]) {
+fn short_goals(label: &str, series: &[Series<'_, ShortRun>]) {
     let (Some(d), Some(h), Some(direct)) = (
-        find(runs, "drover"),
-        find(runs, "haproxy"),
-        find(runs, "direct"),
+        find(series, "drover"),
+        find(series, "haproxy"),
+        find(series, "direct"),
     ) else {
         println!("  {label}: cannot judge (drover, haproxy or direct not measured)");
         return;
     };
-    println!(
-        "  {label}, rate: drover {:.0}/s vs haproxy {:.0}/s = {:.2}x (goal >= 1.00x): {}",
-        d.per_s,
-        h.per_s,
-        d.per_s / h.per_s,
-        verdict(d.per_s >= h.per_s)
-    );
-    let added_d = micros(d.p99) - micros(direct.p99);
-    let added_h = micros(h.p99) - micros(direct.p99);
+    if let Some(r) = round_ratios(d, h, |r| r.per_s) {
+        println!(
+            "  {label}, rate: drover {:.2}x haproxy's, median of rounds (range {:.2}-{:.2}; \
+             goal >= 1.00x): {}",
+            r.median,
+            r.min,
+            r.max,
+            verdict(r.median >= 1.0)
+        );
+    }
+    let p99 = |runs: &[ShortRun]| micros(percentile(&pooled_latencies(runs), 0.99));
+    let (added_d, added_h) = (p99(d) - p99(direct), p99(h) - p99(direct));
     println!(
         "  {label}, added p99: drover {added_d:+.0} µs vs haproxy {added_h:+.0} µs \
          (goal <= haproxy's): {}",
@@ -1046,26 +1179,125 @@ fn short_goals(label: &str, runs: &[(&str, Option<ShortRun>)]) {
 
 // ---------------------------------------------------------------------------------------
 
+/// Target indexes in the order of `round`: each round starts one target later, so no target
+/// always runs right after the same one.
+fn round_order(targets: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..targets).map(move |k| (k + round) % targets)
+}
+
+/// Each target's bulk runs with `streams` streams, one per round.
+async fn measure_bulk(
+    targets: &[Target],
+    streams: usize,
+    settings: Settings,
+    counters: &Arc<Counters>,
+    load: &CpuSource,
+    tick: f64,
+) -> Vec<Vec<BulkRun>> {
+    let mut runs = vec![Vec::new(); targets.len()];
+    for round in 0..settings.rounds {
+        eprintln!(
+            "bulk, {streams} stream(s): round {}/{}",
+            round + 1,
+            settings.rounds
+        );
+        for i in round_order(targets.len(), round) {
+            let Ok(ports) = targets[i].ports else {
+                continue;
+            };
+            wait_idle(counters).await;
+            let probe = CpuProbe {
+                proxy: targets[i].cpu.clone(),
+                load: load.clone(),
+                tick,
+            };
+            runs[i].push(run_bulk(ports.bulk, streams, settings, counters, &probe).await);
+        }
+    }
+    runs
+}
+
+/// Each target's short-connection runs with `clients` clients, one per round.
+async fn measure_short(
+    targets: &[Target],
+    clients: usize,
+    settings: Settings,
+    counters: &Arc<Counters>,
+    load: &CpuSource,
+    tick: f64,
+) -> Vec<Vec<ShortRun>> {
+    let mut runs = vec![Vec::new(); targets.len()];
+    for round in 0..settings.rounds {
+        eprintln!(
+            "short, {clients} client(s): round {}/{}",
+            round + 1,
+            settings.rounds
+        );
+        for i in round_order(targets.len(), round) {
+            let Ok(ports) = targets[i].ports else {
+                continue;
+            };
+            wait_idle(counters).await;
+            let probe = CpuProbe {
+                proxy: targets[i].cpu.clone(),
+                load: load.clone(),
+                tick,
+            };
+            runs[i].push(run_short(ports.short, clients, settings, &probe).await);
+        }
+    }
+    runs
+}
+
+fn named<'a, T>(targets: &'a [Target], runs: Vec<Vec<T>>) -> Vec<Series<'a, T>> {
+    targets
+        .iter()
+        .zip(runs)
+        .map(|(target, runs)| Series {
+            name: target.name,
+            runs,
+        })
+        .collect()
+}
+
 async fn run(settings: Settings) -> Result<(), BoxError> {
     let counters = Arc::new(Counters::default());
     let backends = start_backends(&counters).await?;
     let dir = tempfile::Builder::new()
         .prefix("drover-proxy-bench")
         .tempdir()?;
-    let mut targets = start_targets(dir.path(), backends).await;
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let pinning = Pinning::choose(cpus);
+    if let Some(pin) = pinning {
+        pin_current_thread(pin.load)?;
+    }
+    let mut targets = start_targets(dir.path(), backends, pinning).await;
     let tick = clock_tick();
     let load = CpuSource::Thread(std::process::id());
 
     println!("service proxy benchmark (loopback, release build)");
     println!(
-        "cpus: {}; window per run: {:.1} s warm-up + {:.1} s measured",
-        std::thread::available_parallelism().map_or(0, usize::from),
+        "cpus: {}; {} rounds per workload, each target once per round: {:.1} s warm-up + \
+         {:.1} s measured",
+        cpus,
+        settings.rounds,
         settings.warmup.as_secs_f64(),
         settings.measure.as_secs_f64()
     );
     println!(
         "load generator and backends: one current-thread tokio runtime on the main thread \
          (one core)"
+    );
+    match pinning {
+        Some(pin) => println!(
+            "pinned: the load thread to cpu {}, every proxy under test to cpu {}",
+            pin.load, pin.proxy
+        ),
+        None => println!("not pinned: fewer than two cpus"),
+    }
+    println!(
+        "rates are medians of rounds; 'vs direct' is the median of per-round ratios to direct \
+         (range: lowest-highest); latencies pool all rounds"
     );
     for target in &targets {
         match &target.ports {
@@ -1074,44 +1306,12 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
         }
     }
 
-    let mut bulk1 = Vec::new();
-    let mut bulk8 = Vec::new();
-    let mut short1 = Vec::new();
-    let mut short4 = Vec::new();
-    for (streams, runs) in [(1, &mut bulk1), (BULK_STREAMS, &mut bulk8)] {
-        for target in &targets {
-            let run = match target.ports {
-                Ok(ports) => {
-                    wait_idle(&counters).await;
-                    let probe = CpuProbe {
-                        proxy: target.cpu.clone(),
-                        load: load.clone(),
-                        tick,
-                    };
-                    Some(run_bulk(ports.bulk, streams, settings, &counters, &probe).await)
-                }
-                Err(_) => None,
-            };
-            runs.push((target.name, run));
-        }
-    }
-    for (clients, runs) in [(1, &mut short1), (SHORT_CLIENTS, &mut short4)] {
-        for target in &targets {
-            let run = match target.ports {
-                Ok(ports) => {
-                    wait_idle(&counters).await;
-                    let probe = CpuProbe {
-                        proxy: target.cpu.clone(),
-                        load: load.clone(),
-                        tick,
-                    };
-                    Some(run_short(ports.short, clients, settings, &probe).await)
-                }
-                Err(_) => None,
-            };
-            runs.push((target.name, run));
-        }
-    }
+    let bulk1 = measure_bulk(&targets, 1, settings, &counters, &load, tick).await;
+    let bulk8 = measure_bulk(&targets, BULK_STREAMS, settings, &counters, &load, tick).await;
+    let short1 = measure_short(&targets, 1, settings, &counters, &load, tick).await;
+    let short4 = measure_short(&targets, SHORT_CLIENTS, settings, &counters, &load, tick).await;
+    let (bulk1, bulk8) = (named(&targets, bulk1), named(&targets, bulk8));
+    let (short1, short4) = (named(&targets, short1), named(&targets, short4));
 
     print_bulk(
         "1. bulk, 1 stream (client <-> backend sink+source, both directions at once; MB = 10^6 B)",
@@ -1140,16 +1340,22 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     short_goals(&format!("short, {SHORT_CLIENTS} clients"), &short4);
 
     for target in &mut targets {
-        match target.running.take() {
-            Some(Running::Drover(mut proxy)) => proxy.stop(),
-            Some(Running::External(mut external)) => external.stop(),
-            None => {}
+        if let Some(mut child) = target.running.take() {
+            child.stop();
         }
     }
     Ok(())
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(PROXY_CHILD) {
+        if let Err(e) = run_proxy_child(&args[1..]) {
+            eprintln!("drover proxy child: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let settings = Settings::from_args();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

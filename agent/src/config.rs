@@ -67,6 +67,11 @@ pub struct Config {
     /// CPU per byte, but lower throughput on loopback and two pipes per connection
     /// (docs/benchmarks.md).
     pub proxy_splice: bool,
+    /// Largest copy buffer of the service proxy per connection and direction, in bytes (at
+    /// least 8192). Buffers start at 8 KiB and grow only while reads fill them, so only bulk
+    /// transfers reach it; smaller saves memory per bulk connection, larger saves CPU per
+    /// byte (docs/benchmarks.md).
+    pub proxy_buffer_size: usize,
 }
 
 impl Default for Config {
@@ -87,14 +92,16 @@ impl Default for Config {
             reconcile_interval: Duration::from_secs(1),
             proxy_bind: None,
             proxy_splice: false,
+            proxy_buffer_size: crate::proxy::ProxyConfig::default().buffer_size,
             link_source: None,
             drain_delay: Duration::from_secs(3),
         }
     }
 }
 
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 18] = [
     "link_source",
+    "proxy_buffer_size",
     "drain_delay",
     "proxy_bind",
     "proxy_splice",

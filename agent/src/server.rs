@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::gossip;
 use crate::host;
 use crate::link::Link;
-use crate::proxy::{ProxyConfig, ProxyManager};
+use crate::proxy::{MIN_BUFFER_SIZE, ProxyConfig, ProxyManager};
 use crate::routes;
 use crate::runtime::ContainerRuntime;
 use crate::supervisor::{LinkState, Supervisor, SupervisorChannels};
@@ -32,6 +32,12 @@ pub async fn run(
         .map_err(|e| Error::Config(e.to_string()))?;
     if config.coordinators.is_empty() {
         return Err(Error::Config("no coordinator URL configured".into()));
+    }
+    if config.proxy_buffer_size < MIN_BUFFER_SIZE {
+        return Err(Error::Config(format!(
+            "proxy_buffer_size {}: must be at least {MIN_BUFFER_SIZE} bytes",
+            config.proxy_buffer_size
+        )));
     }
     let capacity = host::capacity(&config.reserved_cpu, &config.reserved_memory)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -96,6 +102,7 @@ pub async fn run(
     let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
     let proxy_config = ProxyConfig {
         splice: config.proxy_splice,
+        buffer_size: config.proxy_buffer_size,
         ..ProxyConfig::default()
     };
     let proxy = ProxyManager::new(proxy_bind, proxy_config, generation);
@@ -128,4 +135,37 @@ pub async fn run(
     membership.leave(config.gossip_interval * 4).await;
     info!("agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::FakeRuntime;
+
+    #[tokio::test]
+    async fn refuses_a_proxy_buffer_below_the_minimum_before_starting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("state");
+        let config = Config {
+            node_id: Some("n1".into()),
+            data_dir: data_dir.clone(),
+            proxy_buffer_size: 100,
+            ..Config::default()
+        };
+        let result = run(
+            config,
+            Arc::new(FakeRuntime::new()),
+            CancellationToken::new(),
+        )
+        .await;
+        let message = result
+            .expect_err("a 100-byte buffer is refused")
+            .to_string();
+        assert!(
+            message.contains("proxy_buffer_size 100") && message.contains("8192"),
+            "{message}"
+        );
+        // Nothing changed on disk: the check comes before the data dir is made.
+        assert!(!data_dir.exists());
+    }
 }

@@ -4,9 +4,12 @@
 //! with 64 KiB ones); a bulk transfer reaches full-size reads within a few round trips.
 //!
 //! Half-close is kept as `tokio::io::copy_bidirectional` keeps it: when one side ends its
-//! stream, the other side's write half is shut down and the opposite direction goes on.
+//! stream, the other side's write half is shut down and the opposite direction goes on. The
+//! direction that ends last skips its `shutdown`: both sockets are closed right after, and
+//! closing a socket with nothing left unread sends the same FIN ([`Ends`]).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,8 +17,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::counters::ServiceCounters;
 
-/// First buffer of each direction.
-const START: usize = 8 * 1024;
+/// First buffer of each direction, and the smallest `buffer_size` an agent accepts.
+pub const START: usize = 8 * 1024;
 
 /// Which counter a direction feeds.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +27,19 @@ pub(super) enum Direction {
     In,
     /// Replica to client: bytes out.
     Out,
+}
+
+/// Whether one of a connection's two directions has ended; shared by its two pumps (one
+/// task, but the task moves between threads, hence an atomic).
+#[derive(Debug, Default)]
+pub(super) struct Ends(AtomicBool);
+
+impl Ends {
+    /// Record that a direction ended; true for the second, whose write half needs no
+    /// `shutdown`: one system call fewer per connection.
+    pub(super) fn ended_last(&self) -> bool {
+        self.0.swap(true, Ordering::Relaxed)
+    }
 }
 
 impl Direction {
@@ -36,40 +52,42 @@ impl Direction {
 }
 
 /// Forward both directions between `client` and `upstream` until both have ended, or until
-/// either fails; buffers grow up to `max_buffer`. Returns the bytes moved (client →
-/// upstream, upstream → client).
+/// either fails, then close both; buffers grow up to `max_buffer`. Returns the bytes moved
+/// (client → upstream, upstream → client).
 pub(super) async fn copy_bidirectional(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     max_buffer: usize,
     counters: &ServiceCounters,
 ) -> io::Result<(u64, u64)> {
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
+    let ends = Ends::default();
     tokio::try_join!(
         pump(
             client_read,
             upstream_write,
             max_buffer,
-            counters,
-            Direction::In
+            (counters, Direction::In),
+            &ends
         ),
         pump(
             upstream_read,
             client_write,
             max_buffer,
-            counters,
-            Direction::Out
+            (counters, Direction::Out),
+            &ends
         ),
     )
+    // Both sockets close here; the last FIN goes with the close.
 }
 
 async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     max_buffer: usize,
-    counters: &ServiceCounters,
-    direction: Direction,
+    (counters, direction): (&ServiceCounters, Direction),
+    ends: &Ends,
 ) -> io::Result<u64> {
     let max_buffer = max_buffer.max(1);
     let mut buf = vec![0u8; START.min(max_buffer)];
@@ -87,7 +105,9 @@ async fn pump(
             buf.resize((buf.len() * 4).min(max_buffer), 0);
         }
     }
-    to.shutdown().await?;
+    if !ends.ended_last() {
+        to.shutdown().await?;
+    }
     Ok(total)
 }
 
@@ -98,13 +118,12 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_both_ways_with_half_close() {
-        let (mut client_end, mut proxy_client) = pair().await;
-        let (mut proxy_upstream, mut server_end) = pair().await;
+        let (mut client_end, proxy_client) = pair().await;
+        let (proxy_upstream, mut server_end) = pair().await;
         let counters = ServiceCounters::default();
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let answer = vec![9u8; 1_000_000];
-        let proxy =
-            copy_bidirectional(&mut proxy_client, &mut proxy_upstream, 64 * 1024, &counters);
+        let proxy = copy_bidirectional(proxy_client, proxy_upstream, 64 * 1024, &counters);
         let ends = exchange(&mut client_end, &mut server_end, &request, &answer);
         let (moved, (got_answer, got_request)) = tokio::join!(proxy, ends);
         assert_eq!(moved.expect("proxy"), (300_000, 1_000_000));

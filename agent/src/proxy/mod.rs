@@ -20,6 +20,7 @@ mod splice;
 #[cfg(test)]
 mod test_sockets;
 
+pub use copy::START as MIN_BUFFER_SIZE;
 pub use counters::{CountersSnapshot, ServiceCounters};
 pub use forward::{ProxyConfig, ServiceProxy, serve};
 pub use listeners::{ProxyManager, ServiceRoute};

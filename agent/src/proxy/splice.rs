@@ -8,8 +8,8 @@
 //! path, but lower throughput, because the receiving side then works harder on the spliced
 //! pages; hence off by default.
 //!
-//! Half-close is kept as `tokio::io::copy_bidirectional` keeps it: when one side ends its
-//! stream, the other side's write half is shut down and the opposite direction goes on.
+//! Half-close as in [`super::copy`]: when one side ends its stream, the other side's write
+//! half is shut down and the opposite direction goes on; the last FIN goes with the close.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -21,7 +21,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-use super::copy::Direction;
+use super::copy::{Direction, Ends};
 use super::counters::ServiceCounters;
 
 /// Capacity asked for each pipe: fewer system calls per megabyte than the 64 KiB default.
@@ -128,30 +128,32 @@ impl PipeLease<'_> {
 }
 
 /// Forward both directions between `client` and `upstream` until both have ended, or
-/// until either fails. Returns the bytes moved (client → upstream, upstream → client).
+/// until either fails, then close both. Returns the bytes moved (client → upstream,
+/// upstream → client).
 pub(super) async fn copy_bidirectional(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     pipes: (PipeLease<'_>, PipeLease<'_>),
     counters: &ServiceCounters,
 ) -> io::Result<(u64, u64)> {
     let (mut inbound, mut outbound) = pipes;
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
+    let ends = Ends::default();
     tokio::try_join!(
         pump(
             client_read,
             upstream_write,
             &mut inbound,
-            counters,
-            Direction::In
+            (counters, Direction::In),
+            &ends
         ),
         pump(
             upstream_read,
             client_write,
             &mut outbound,
-            counters,
-            Direction::Out
+            (counters, Direction::Out),
+            &ends
         ),
     )
 }
@@ -162,8 +164,8 @@ async fn pump(
     from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     lease: &mut PipeLease<'_>,
-    counters: &ServiceCounters,
-    direction: Direction,
+    (counters, direction): (&ServiceCounters, Direction),
+    ends: &Ends,
 ) -> io::Result<u64> {
     let pipe = lease.pipe()?;
     let source = from.as_ref();
@@ -217,7 +219,9 @@ async fn pump(
         total += filled as u64;
     }
     lease.release();
-    to.shutdown().await?;
+    if !ends.ended_last() {
+        to.shutdown().await?;
+    }
     Ok(total)
 }
 
@@ -231,15 +235,14 @@ mod tests {
         let pool = PipePool::default();
         for round in 0..3u8 {
             // client_end <-> proxy_client ... proxy_upstream <-> server_end
-            let (mut client_end, mut proxy_client) = pair().await;
-            let (mut proxy_upstream, mut server_end) = pair().await;
+            let (mut client_end, proxy_client) = pair().await;
+            let (proxy_upstream, mut server_end) = pair().await;
             let counters = ServiceCounters::default();
             let pipes = pool.take_pair().expect("pipes");
             let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 + round).collect();
             let answer = vec![round; 1_000_000];
 
-            let proxy =
-                copy_bidirectional(&mut proxy_client, &mut proxy_upstream, pipes, &counters);
+            let proxy = copy_bidirectional(proxy_client, proxy_upstream, pipes, &counters);
             let ends = exchange(&mut client_end, &mut server_end, &request, &answer);
             let (moved, (got_answer, got_request)) = tokio::join!(proxy, ends);
             assert_eq!(moved.expect("proxy"), (300_000, 1_000_000));
@@ -256,8 +259,8 @@ mod tests {
     #[tokio::test]
     async fn a_reset_side_ends_the_connection_and_drops_its_pipes() {
         let pool = PipePool::default();
-        let (client_end, mut proxy_client) = pair().await;
-        let (mut proxy_upstream, mut server_end) = pair().await;
+        let (client_end, proxy_client) = pair().await;
+        let (proxy_upstream, mut server_end) = pair().await;
         let counters = ServiceCounters::default();
         let pipes = pool.take_pair().expect("pipes");
         // The client goes away abruptly while the server keeps sending.
@@ -267,8 +270,7 @@ mod tests {
             let chunk = vec![7u8; 64 * 1024];
             while server_end.write_all(&chunk).await.is_ok() {}
         });
-        let result =
-            copy_bidirectional(&mut proxy_client, &mut proxy_upstream, pipes, &counters).await;
+        let result = copy_bidirectional(proxy_client, proxy_upstream, pipes, &counters).await;
         server.abort();
         assert!(
             result.is_err(),
