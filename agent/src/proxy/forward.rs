@@ -16,18 +16,20 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use drover_proto::model::Strategy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::balancer::{Balancer, BalancerConfig, Endpoint, EndpointState};
+use super::copy::Buffers;
 use super::counters::{CountersSnapshot, ServiceCounters};
 
 /// Most client bytes kept for a replay on another replica; a client that sends more before
@@ -82,8 +84,11 @@ pub struct ServiceProxy {
     config: ProxyConfig,
     /// Open upstream connections per endpoint id, and the current endpoint ids.
     connections: Mutex<Connections>,
-    /// Client connections being handled (connecting or copying); `closed` waits for zero.
-    handling: watch::Sender<usize>,
+    /// Client connections being handled (connecting or copying).
+    handling: AtomicUsize,
+    /// Notified when `handling` drops to zero, for `closed`. A plain counter rather than a
+    /// `watch`: a watch notifies on every change, twice per connection.
+    idle: Notify,
     /// Idle pipes for the splice path.
     #[cfg(target_os = "linux")]
     pipes: super::splice::PipePool,
@@ -129,7 +134,8 @@ impl ServiceProxy {
             counters: Arc::new(ServiceCounters::default()),
             config,
             connections: Mutex::new(Connections::default()),
-            handling: watch::Sender::new(0),
+            handling: AtomicUsize::new(0),
+            idle: Notify::new(),
             #[cfg(target_os = "linux")]
             pipes: super::splice::PipePool::default(),
         }
@@ -177,7 +183,7 @@ impl ServiceProxy {
 
     /// Client connections being handled now.
     pub fn open_connections(&self) -> usize {
-        *self.handling.borrow()
+        self.handling.load(Ordering::Acquire)
     }
 
     /// What the balancer knows of each endpoint (weights, active connections, ejection).
@@ -196,9 +202,16 @@ impl ServiceProxy {
 
     /// Wait until no client connection is being handled.
     pub async fn closed(&self) {
-        let mut rx = self.handling.subscribe();
-        // The sender lives in `self`, so the channel cannot close while we borrow it.
-        let _ = rx.wait_for(|n| *n == 0).await;
+        loop {
+            // Registered before the check, so a drop to zero in between still wakes us.
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.handling.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn set_current(&self, current: HashSet<String>) {
@@ -321,6 +334,7 @@ impl ServiceProxy {
         let mut tried = Vec::new();
         // The client's bytes before the first answer, for a replay on another replica.
         let mut sent = Vec::new();
+        let mut buffers = Buffers::new();
         loop {
             let Some((endpoint, mut upstream)) = self.connect_upstream(peer, &mut tried).await
             else {
@@ -335,7 +349,9 @@ impl ServiceProxy {
                     "cannot set TCP_NODELAY on upstream");
             }
             let first = tokio::select! {
-                first = self.first_answer(&mut client, &mut upstream, &mut sent) => first,
+                first = self.first_answer(&mut client, &mut upstream, &mut sent, &mut buffers) => {
+                    first
+                }
                 () = lease.drain_deadline() => {
                     self.counters.connection_drained();
                     return;
@@ -358,7 +374,7 @@ impl ServiceProxy {
                 }
             }
             tokio::select! {
-                result = self.copy(client, upstream) => {
+                result = self.copy(client, upstream, buffers) => {
                     if let Err(e) = result {
                         debug!(service = %self.service, %peer, endpoint = %endpoint.id, error = %e,
                             "connection ended with an error");
@@ -385,6 +401,7 @@ impl ServiceProxy {
         client: &mut TcpStream,
         upstream: &mut TcpStream,
         sent: &mut Vec<u8>,
+        buffers: &mut Buffers,
     ) -> io::Result<FirstAnswer> {
         let window = self.config.retry_unanswered_within;
         if window.is_zero() {
@@ -396,12 +413,16 @@ impl ServiceProxy {
         // Timed from the connect; no timer needed: the window is checked as events come.
         let connected = Instant::now();
         let within = |now: Instant| now.duration_since(connected) <= window;
-        let mut request = [0u8; 4096];
-        let mut answer = [0u8; 4096];
+        let Buffers {
+            inbound: request,
+            outbound: answer,
+        } = buffers;
         loop {
+            request.clear();
+            answer.clear();
             tokio::select! {
                 biased;
-                read = upstream.read(&mut answer) => {
+                read = upstream.read_buf(answer) => {
                     return match read {
                         Ok(0) if within(Instant::now()) => Ok(FirstAnswer::Unanswered),
                         Err(e) if is_gone(&e) && within(Instant::now()) => {
@@ -417,7 +438,7 @@ impl ServiceProxy {
                         Err(e) => Err(e),
                     };
                 }
-                read = client.read(&mut request) => {
+                read = client.read_buf(request) => {
                     let n = read?;
                     if n == 0 {
                         // The client is done sending: the copy forwards its close (once) and
@@ -444,7 +465,12 @@ impl ServiceProxy {
     }
 
     /// Forward both directions until both have ended or either fails, then close both.
-    async fn copy(&self, client: TcpStream, upstream: TcpStream) -> io::Result<()> {
+    async fn copy(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        buffers: Buffers,
+    ) -> io::Result<()> {
         #[cfg(target_os = "linux")]
         if self.config.splice {
             match self.pipes.take_pair() {
@@ -464,9 +490,15 @@ impl ServiceProxy {
                 }
             }
         }
-        super::copy::copy_bidirectional(client, upstream, self.config.buffer_size, &self.counters)
-            .await
-            .map(drop)
+        super::copy::copy_bidirectional(
+            client,
+            upstream,
+            buffers,
+            self.config.buffer_size,
+            &self.counters,
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -537,7 +569,7 @@ struct Handling(Arc<ServiceProxy>);
 impl Handling {
     fn new(proxy: &Arc<ServiceProxy>) -> Handling {
         proxy.counters.connection_accepted();
-        proxy.handling.send_modify(|n| *n += 1);
+        proxy.handling.fetch_add(1, Ordering::AcqRel);
         Handling(Arc::clone(proxy))
     }
 }
@@ -545,7 +577,9 @@ impl Handling {
 impl Drop for Handling {
     fn drop(&mut self) {
         self.0.counters.connection_ended();
-        self.0.handling.send_modify(|n| *n -= 1);
+        if self.0.handling.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
