@@ -4,7 +4,7 @@
 //! all forwarding TCP to the same backends.
 //!
 //! Run with `cargo bench -p drover-agent --bench proxy [-- quick]`; `quick` measures 3
-//! rounds of 0.5 s instead of 7 rounds of 1 s. HAProxy and nginx are taken from `PATH` (Debian: `apt-get install
+//! rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from `PATH` (Debian: `apt-get install
 //! haproxy nginx libnginx-mod-stream`); when one is missing or does not start, the benchmark
 //! says so and goes on with the others.
 //!
@@ -120,7 +120,7 @@ impl Settings {
             Settings {
                 warmup: Duration::from_millis(300),
                 measure: Duration::from_secs(1),
-                rounds: 7,
+                rounds: 12,
             }
         }
     }
