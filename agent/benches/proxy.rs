@@ -1,12 +1,12 @@
 //! Service proxy throughput and latency on loopback: a direct connection, Drover's proxy
-//! ([`ProxyManager`] in this process, on its own single-thread tokio runtime in its own OS
-//! thread), HAProxy and nginx's stream proxy (separate processes, one worker thread each),
-//! all forwarding TCP to the same backends.
+//! ([`ProxyManager`] with a single-thread tokio runtime, in a process of its own: this
+//! binary run with `--drover-proxy-child`), HAProxy and nginx's stream proxy (separate
+//! processes, one worker thread each), all forwarding TCP to the same backends.
 //!
 //! Run with `cargo bench -p drover-agent --bench proxy [-- quick]`; `quick` measures 3
-//! rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from `PATH` (Debian: `apt-get install
-//! haproxy nginx libnginx-mod-stream`); when one is missing or does not start, the benchmark
-//! says so and goes on with the others.
+//! rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from `PATH`
+//! (Debian: `apt-get install haproxy nginx libnginx-mod-stream`); when one is missing or
+//! does not start, the benchmark says so and goes on with the others.
 //!
 //! Workloads, each run against every target in turn and reported as a ratio to direct:
 //! 1. bulk, 1 stream: the client writes to a backend sink and reads from a backend source at
@@ -20,10 +20,10 @@
 //! thread, so on a 2-core machine the load side gets one core and the proxy under test the
 //! other.
 //!
-//! On two or more cores the load thread is pinned to CPU 0 and every proxy under test to CPU
-//! 1 (Drover's thread by `sched_setaffinity`, HAProxy and nginx through `taskset`). Left
-//! alone, the scheduler's wake-affine placement sometimes puts a proxy on the load's core
-//! for a whole window, which halves that window's throughput whichever proxy it is.
+//! On two or more cores the load thread is pinned to CPU 0 (`sched_setaffinity`) and every
+//! proxy under test to CPU 1 (`taskset`). Left alone, the scheduler can place a proxy on the
+//! load's core for part of a window (a woken thread goes next to its waker), which cuts that
+//! window's throughput whichever proxy it is.
 //!
 //! Each workload is measured in rounds: every round runs every target once, starting at a
 //! different target each round, and a target's ratio to direct is the median of its
