@@ -1185,22 +1185,17 @@ fn round_order(targets: usize, round: usize) -> impl Iterator<Item = usize> {
     (0..targets).map(move |k| (k + round) % targets)
 }
 
-/// Each target's bulk runs with `streams` streams, one per round.
-async fn measure_bulk(
+/// Each target's runs of one workload, one per round; `run` measures a target once.
+async fn measure_rounds<T>(
+    label: &str,
     targets: &[Target],
-    streams: usize,
     settings: Settings,
-    counters: &Arc<Counters>,
-    load: &CpuSource,
-    tick: f64,
-) -> Vec<Vec<BulkRun>> {
-    let mut runs = vec![Vec::new(); targets.len()];
+    (counters, load, tick): (&Counters, &CpuSource, f64),
+    run: impl AsyncFn(Ports, &CpuProbe) -> T,
+) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..settings.rounds {
-        eprintln!(
-            "bulk, {streams} stream(s): round {}/{}",
-            round + 1,
-            settings.rounds
-        );
+        eprintln!("{label}: round {}/{}", round + 1, settings.rounds);
         for i in round_order(targets.len(), round) {
             let Ok(ports) = targets[i].ports else {
                 continue;
@@ -1211,39 +1206,7 @@ async fn measure_bulk(
                 load: load.clone(),
                 tick,
             };
-            runs[i].push(run_bulk(ports.bulk, streams, settings, counters, &probe).await);
-        }
-    }
-    runs
-}
-
-/// Each target's short-connection runs with `clients` clients, one per round.
-async fn measure_short(
-    targets: &[Target],
-    clients: usize,
-    settings: Settings,
-    counters: &Arc<Counters>,
-    load: &CpuSource,
-    tick: f64,
-) -> Vec<Vec<ShortRun>> {
-    let mut runs = vec![Vec::new(); targets.len()];
-    for round in 0..settings.rounds {
-        eprintln!(
-            "short, {clients} client(s): round {}/{}",
-            round + 1,
-            settings.rounds
-        );
-        for i in round_order(targets.len(), round) {
-            let Ok(ports) = targets[i].ports else {
-                continue;
-            };
-            wait_idle(counters).await;
-            let probe = CpuProbe {
-                proxy: targets[i].cpu.clone(),
-                load: load.clone(),
-                tick,
-            };
-            runs[i].push(run_short(ports.short, clients, settings, &probe).await);
+            runs[i].push(run(ports, &probe).await);
         }
     }
     runs
@@ -1306,10 +1269,23 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
         }
     }
 
-    let bulk1 = measure_bulk(&targets, 1, settings, &counters, &load, tick).await;
-    let bulk8 = measure_bulk(&targets, BULK_STREAMS, settings, &counters, &load, tick).await;
-    let short1 = measure_short(&targets, 1, settings, &counters, &load, tick).await;
-    let short4 = measure_short(&targets, SHORT_CLIENTS, settings, &counters, &load, tick).await;
+    let side = (counters.as_ref(), &load, tick);
+    let bulk = async |streams: usize| {
+        let label = format!("bulk, {streams} stream(s)");
+        measure_rounds(&label, &targets, settings, side, async |ports, probe| {
+            run_bulk(ports.bulk, streams, settings, &counters, probe).await
+        })
+        .await
+    };
+    let (bulk1, bulk8) = (bulk(1).await, bulk(BULK_STREAMS).await);
+    let short = async |clients: usize| {
+        let label = format!("short, {clients} client(s)");
+        measure_rounds(&label, &targets, settings, side, async |ports, probe| {
+            run_short(ports.short, clients, settings, probe).await
+        })
+        .await
+    };
+    let (short1, short4) = (short(1).await, short(SHORT_CLIENTS).await);
     let (bulk1, bulk8) = (named(&targets, bulk1), named(&targets, bulk8));
     let (short1, short4) = (named(&targets, short1), named(&targets, short4));
 
