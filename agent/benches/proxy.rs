@@ -27,8 +27,8 @@
 //!
 //! Each workload is measured in rounds: every round runs every target once, starting at a
 //! different target each round, and a target's ratio to direct is the median of its
-//! per-round ratios. A shared VM's speed drifts by a third within minutes; pairing each run
-//! with a direct run of the same round keeps that drift out of the ratios.
+//! per-round ratios. A shared VM's speed can halve or double within minutes; pairing each
+//! run with a direct run of the same round keeps that drift out of the ratios.
 
 use std::fmt::Write as _;
 use std::io;
