@@ -186,6 +186,7 @@ fn pending_losses(state: &ClusterState) -> impl Iterator<Item = (String, String,
                     .saturating_add(STOP_AFTER_DISCONNECT_MARGIN_MS)
             })
             .unwrap_or(0);
+        // `check` marks only a node with a disconnect time down, so this is always set.
         let since = node.disconnected_since_ms.unwrap_or(0);
         Some((
             alloc.id.clone(),

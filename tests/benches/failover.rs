@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use drover_tests::{
     DroverProcess, allocations, healthy_nodes, http_get, nodes_cluster, ready_nodes,
-    remove_node_containers, success, try_http_get, wait_for, workspace_root,
+    remove_node_containers, try_http_get, wait_for, workspace_root,
 };
 
 const IPS: [&str; 5] = [
@@ -127,10 +127,7 @@ fn main() {
         .unwrap_or(10);
     let (dir, coordinator, mut agents, nodes) = nodes_cluster("fo", &IPS);
     let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
+    coordinator.apply(&seed);
     println!(
         "failover benchmark: coordinator + {} agents as processes, real Docker engine",
         IPS.len()

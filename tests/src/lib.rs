@@ -243,6 +243,15 @@ impl DroverProcess {
             .expect("run drover")
     }
 
+    /// `drover apply -f <manifest>`, which must succeed; returns its output.
+    pub fn apply(&self, manifest: &Path) -> String {
+        let path = manifest.to_str().expect("utf-8 manifest path");
+        success(
+            &self.cli(&["apply", "-f", path]),
+            &format!("drover apply -f {path}"),
+        )
+    }
+
     /// `drover <args> -o json`, parsed; `None` when the command fails (e.g. not yet applied).
     pub fn try_cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
         let mut all = args.to_vec();

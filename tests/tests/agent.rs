@@ -41,10 +41,7 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
     let (_dir, coordinator, mut agent, node) = cluster("agent", "127.0.0.14");
 
     let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
+    coordinator.apply(&seed);
     wait_for("3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service").len() == 3
     });
@@ -90,10 +87,7 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
 /// Applies the seed's user-service and waits for its 3 replicas healthy on 3 nodes.
 fn apply_seed_one_per_node(coordinator: &DroverProcess) {
     let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
+    coordinator.apply(&seed);
     wait_for("3 healthy replicas, one per node", DEADLINE, || {
         let on: std::collections::BTreeSet<String> = healthy_nodes(coordinator, "user-service")
             .into_iter()
@@ -136,10 +130,7 @@ fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
     let ip = "127.0.0.15";
     let (_dir, mut coordinator, _agent, _node) = cluster("route", ip);
     let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
+    coordinator.apply(&seed);
     wait_for("3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service").len() == 3
     });
@@ -285,10 +276,7 @@ fn a_stop_after_disconnect_singleton_never_runs_twice() {
         "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: single}\nspec:\n  image: drover-test-busybox\n  replicas: 1\n  stopAfterDisconnect: 3s\n  stopGracePeriod: 1s\n",
     )
     .expect("write manifest");
-    success(
-        &coordinator.cli(&["apply", "-f", manifest.to_str().expect("path")]),
-        "drover apply",
-    );
+    coordinator.apply(&manifest);
     wait_for("the singleton healthy", DEADLINE, || {
         healthy_nodes(&coordinator, "single").len() == 1
     });
@@ -328,10 +316,7 @@ fn coordinator_sigkill_and_restart_restarts_no_workload() {
     let ips = ["127.0.0.51", "127.0.0.52"];
     let (_dir, mut coordinator, _agents, _nodes) = nodes_cluster("c", &ips);
     let seed = workspace_root().join("examples/seed/user-service.yaml");
-    success(
-        &coordinator.cli(&["apply", "-f", seed.to_str().expect("utf-8 path")]),
-        "drover apply",
-    );
+    coordinator.apply(&seed);
     wait_for("3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service").len() == 3
     });
@@ -452,10 +437,7 @@ fn weights_split_and_move_traffic_on_every_node() {
     let manifest = |image: &str, weights: &str| web_manifest(image, 3, weights);
     let v1 = dir.path().join("v1.yaml");
     std::fs::write(&v1, manifest("user-service", "")).expect("write v1");
-    success(
-        &coordinator.cli(&["apply", "-f", v1.to_str().expect("path")]),
-        "apply v1",
-    );
+    coordinator.apply(&v1);
     wait_for("revision 1 healthy", DEADLINE, || {
         healthy_nodes(&coordinator, "web").len() == 3
     });
@@ -468,10 +450,7 @@ fn weights_split_and_move_traffic_on_every_node() {
         ),
     )
     .expect("write v2");
-    success(
-        &coordinator.cli(&["apply", "-f", v2.to_str().expect("path")]),
-        "apply v2",
-    );
+    coordinator.apply(&v2);
     wait_for("both revisions healthy", DEADLINE, || {
         healthy_nodes(&coordinator, "web").len() == 6
     });

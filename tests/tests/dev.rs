@@ -194,10 +194,7 @@ fn canary_split_by_revision_weights() {
         ),
     )
     .expect("write v2");
-    success(
-        &dev.cli(&["apply", "-f", v2.to_str().expect("path")]),
-        "apply v2",
-    );
+    dev.apply(&v2);
     wait_for("both revisions healthy", DEADLINE, || {
         healthy_containers(&dev, "web").len() == 2
     });

@@ -56,10 +56,14 @@ impl Buffers {
 pub(super) struct Ends(AtomicBool);
 
 impl Ends {
-    /// Record that a direction ended; true for the second, whose write half needs no
-    /// `shutdown`: one system call fewer per connection.
-    pub(super) fn ended_last(&self) -> bool {
-        self.0.swap(true, Ordering::Relaxed)
+    /// A direction read the end of its stream: pass it on by shutting down `to`'s write
+    /// half, unless the other direction already ended. Then both sockets close right after
+    /// and the close sends the same FIN, one system call fewer per connection.
+    pub(super) async fn direction_ended(&self, to: &mut WriteHalf<'_>) -> io::Result<()> {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            to.shutdown().await?;
+        }
+        Ok(())
     }
 }
 
@@ -124,9 +128,7 @@ async fn pump(
             buf.reserve_exact((n * 4).min(max_buffer) - n);
         }
     }
-    if !ends.ended_last() {
-        to.shutdown().await?;
-    }
+    ends.direction_ended(&mut to).await?;
     Ok(total)
 }
 

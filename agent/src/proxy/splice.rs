@@ -17,7 +17,7 @@ use std::sync::{Mutex, PoisonError};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::unistd::pipe2;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -219,14 +219,14 @@ async fn pump(
         total += filled as u64;
     }
     lease.release();
-    if !ends.ended_last() {
-        to.shutdown().await?;
-    }
+    ends.direction_ended(&mut to).await?;
     Ok(total)
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::super::test_sockets::{exchange, pair};
     use super::*;
 

@@ -15,7 +15,6 @@ pub enum FilterReason {
     Down,
     /// Not connected to this coordinator.
     Disconnected,
-
     /// Operator cordoned the node.
     Cordoned,
     /// The node is being drained.
