@@ -25,6 +25,11 @@
 //! load's core for part of a window (a woken thread goes next to its waker), which cuts that
 //! window's throughput whichever proxy it is.
 //!
+//! A second baseline, `direct-busy`, is the direct connection while a process on the
+//! proxies' core copies memory in a loop: every proxy keeps that core busy, and on a VM
+//! whose vCPUs share a physical core or its caches that alone slows the load's core. The
+//! goals are judged against plain `direct`; `direct-busy` tells how much of a gap is that.
+//!
 //! Each workload is measured in rounds: every round runs every target once, starting at a
 //! different target each round, and a target's ratio to direct is the median of its
 //! per-round ratios. A shared VM's speed can halve or double within minutes; pairing each
@@ -579,10 +584,7 @@ fn run_proxy_child(args: &[String]) -> Result<(), BoxError> {
         route("bulk", listen_bulk.port(), addr(backend_bulk)?),
         route("short", listen_short.port(), addr(backend_short)?),
     ];
-    std::thread::spawn(|| {
-        let _ = io::copy(&mut io::stdin(), &mut io::sink());
-        std::process::exit(0);
-    });
+    exit_when_stdin_closes();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -603,6 +605,34 @@ fn run_proxy_child(args: &[String]) -> Result<(), BoxError> {
     })
 }
 
+/// A child's way to end with the benchmark: the benchmark holds the child's stdin and
+/// closes it when it stops the child or dies.
+fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+        std::process::exit(0);
+    });
+}
+
+/// Argument that makes this benchmark binary a busy neighbour: it copies a buffer the size
+/// of Drover's largest copy buffer, over and over, until stdin closes. It runs on the
+/// proxies' core during the `direct-busy` runs only (SIGSTOP holds it between them), to
+/// show in the same run how much a busy second core slows the load's core: on a VM whose
+/// two vCPUs share a physical core or its caches, every proxy pays that on top of its own
+/// cost, while plain `direct` has the other core idle.
+const NEIGHBOUR_CHILD: &str = "--busy-neighbour-child";
+const NEIGHBOUR_BUFFER: usize = 256 * 1024;
+
+fn run_neighbour_child() {
+    exit_when_stdin_closes();
+    let source = vec![0x5au8; NEIGHBOUR_BUFFER];
+    let mut copy = vec![0u8; NEIGHBOUR_BUFFER];
+    loop {
+        copy.copy_from_slice(std::hint::black_box(&source));
+        std::hint::black_box(&mut copy);
+    }
+}
+
 /// A proxy run as a child process in the foreground: Drover (this binary), HAProxy or nginx.
 #[derive(Debug)]
 struct External {
@@ -615,16 +645,25 @@ impl External {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Send `signal` (a `kill` name: TERM, STOP, CONT) to the child, if it runs.
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     fn stop(&mut self) {
+        // SIGTERM, so nginx's master takes its worker down with it; SIGCONT, so a held
+        // neighbour gets to act on it.
+        self.signal("TERM");
+        self.signal("CONT");
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // SIGTERM, so nginx's master takes its worker down with it.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -800,6 +839,71 @@ struct Target {
     ports: Result<Ports, String>,
     cpu: CpuSource,
     running: Option<External>,
+    /// `running` is a busy neighbour, held (SIGSTOP) but during this target's runs.
+    held_between_runs: bool,
+}
+
+impl Target {
+    /// A target that is not measured, and why.
+    fn not_run(name: &'static str, description: &str, why: String) -> Target {
+        Target {
+            name,
+            description: description.to_owned(),
+            ports: Err(why),
+            cpu: CpuSource::Unknown,
+            running: None,
+            held_between_runs: false,
+        }
+    }
+
+    /// Around each of this target's runs: let a held neighbour go, then hold it again.
+    fn set_measuring(&self, measuring: bool) {
+        if let (true, Some(running)) = (self.held_between_runs, &self.running) {
+            running.signal(if measuring { "CONT" } else { "STOP" });
+        }
+    }
+}
+
+/// `direct` with the busy neighbour on the proxies' core, held until its runs.
+async fn start_direct_busy(dir: &Path, backends: Ports, pinning: Option<Pinning>) -> Target {
+    const NAME: &str = "direct-busy";
+    let neighbour = || {
+        if pinning.is_none() {
+            return Err("needs two cpus".to_owned());
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the benchmark binary: {e}"))?;
+        let log = std::fs::File::create(dir.join("neighbour.log"))
+            .map_err(|e| format!("cannot create log: {e}"))?;
+        let child = pinned_command(&exe.to_string_lossy(), pinning)
+            .arg(NEIGHBOUR_CHILD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start the neighbour: {e}"))?;
+        let running = External {
+            name: NAME,
+            child: Some(child),
+        };
+        running.signal("STOP");
+        Ok(running)
+    };
+    match neighbour() {
+        Ok(running) => Target {
+            name: NAME,
+            description: format!(
+                "direct, while a process on the proxies' core copies {} KiB buffers in a loop \
+                 (this benchmark binary run with {NEIGHBOUR_CHILD}; its CPU is in 'proxy CPU')",
+                NEIGHBOUR_BUFFER / 1024
+            ),
+            ports: Ok(backends),
+            cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
+            running: Some(running),
+            held_between_runs: true,
+        },
+        Err(e) => Target::not_run(NAME, "direct with a busy neighbour", e),
+    }
 }
 
 async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) -> Vec<Target> {
@@ -809,7 +913,9 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
         ports: Ok(backends),
         cpu: CpuSource::Unknown,
         running: None,
+        held_between_runs: false,
     }];
+    targets.push(start_direct_busy(dir, backends, pinning).await);
 
     for (name, splice, path) in [
         (
@@ -843,14 +949,9 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
                 ports: Ok(listen),
                 cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
                 running: Some(running),
+                held_between_runs: false,
             },
-            Err(e) => Target {
-                name,
-                description: "ProxyManager".to_owned(),
-                ports: Err(e),
-                cpu: CpuSource::Unknown,
-                running: None,
-            },
+            Err(e) => Target::not_run(name, "ProxyManager", e),
         });
     }
 
@@ -880,14 +981,9 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
             ports: Ok(listen),
             cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
             running: Some(running),
+            held_between_runs: false,
         },
-        Err(e) => Target {
-            name: "haproxy",
-            description: "HAProxy".to_owned(),
-            ports: Err(e),
-            cpu: CpuSource::Unknown,
-            running: None,
-        },
+        Err(e) => Target::not_run("haproxy", "HAProxy", e),
     });
 
     let nginx = async {
@@ -934,14 +1030,9 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
             ports: Ok(listen),
             cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
             running: Some(running),
+            held_between_runs: false,
         },
-        Err(e) => Target {
-            name: "nginx",
-            description: "nginx stream".to_owned(),
-            ports: Err(e),
-            cpu: CpuSource::Unknown,
-            running: None,
-        },
+        Err(e) => Target::not_run("nginx", "nginx stream", e),
     });
     targets
 }
@@ -1147,6 +1238,16 @@ fn bulk_goal(label: &str, series: &[Series<'_, BulkRun>]) {
         ),
         None => println!("  {label}: cannot judge (drover or direct not measured)"),
     }
+    let busy = find(series, "drover")
+        .zip(find(series, "direct-busy"))
+        .and_then(|(d, busy)| round_ratios(d, busy, |r| r.mb_per_s));
+    if let Some(r) = busy {
+        println!(
+            "    for context: drover {:.2}x of direct-busy (range {:.2}-{:.2}), the same \
+             connection with the proxies' core busy",
+            r.median, r.min, r.max
+        );
+    }
 }
 
 fn short_goals(label: &str, series: &[Series<'_, ShortRun>]) {
@@ -1206,7 +1307,9 @@ async fn measure_rounds<T>(
                 load: load.clone(),
                 tick,
             };
+            targets[i].set_measuring(true);
             runs[i].push(run(ports, &probe).await);
+            targets[i].set_measuring(false);
         }
     }
     runs
@@ -1330,6 +1433,10 @@ fn main() {
             eprintln!("drover proxy child: {e}");
             std::process::exit(1);
         }
+        return;
+    }
+    if args.first().map(String::as_str) == Some(NEIGHBOUR_CHILD) {
+        run_neighbour_child();
         return;
     }
     let settings = Settings::from_args();
