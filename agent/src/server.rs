@@ -33,12 +33,7 @@ pub async fn run(
     if config.coordinators.is_empty() {
         return Err(Error::Config("no coordinator URL configured".into()));
     }
-    if config.proxy_buffer_size < MIN_BUFFER_SIZE {
-        return Err(Error::Config(format!(
-            "proxy_buffer_size {}: must be at least {MIN_BUFFER_SIZE} bytes",
-            config.proxy_buffer_size
-        )));
-    }
+    let proxy_config = proxy_config(&config)?;
     let capacity = host::capacity(&config.reserved_cpu, &config.reserved_memory)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         Error::Config(format!(
@@ -100,11 +95,6 @@ pub async fn run(
     // Every node proxies each service's published port to healthy replicas anywhere:
     // policy from the coordinator, liveness and health from gossip.
     let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
-    let proxy_config = ProxyConfig {
-        splice: config.proxy_splice,
-        buffer_size: config.proxy_buffer_size,
-        ..ProxyConfig::default()
-    };
     let proxy = ProxyManager::new(proxy_bind, proxy_config, generation);
     let routing = tokio::spawn(routes::run(
         proxy,
@@ -137,10 +127,38 @@ pub async fn run(
     Ok(())
 }
 
+/// The service proxy's settings from the agent's, checked before anything starts.
+fn proxy_config(config: &Config) -> Result<ProxyConfig, Error> {
+    if config.proxy_buffer_size < MIN_BUFFER_SIZE {
+        return Err(Error::Config(format!(
+            "proxy_buffer_size {}: must be at least {MIN_BUFFER_SIZE} bytes",
+            config.proxy_buffer_size
+        )));
+    }
+    Ok(ProxyConfig {
+        splice: config.proxy_splice,
+        buffer_size: config.proxy_buffer_size,
+        ..ProxyConfig::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::FakeRuntime;
+
+    #[test]
+    fn the_proxy_gets_the_agents_data_path_settings() {
+        for (splice, buffer_size) in [(false, MIN_BUFFER_SIZE), (true, 1 << 20)] {
+            let config = Config {
+                proxy_splice: splice,
+                proxy_buffer_size: buffer_size,
+                ..Config::default()
+            };
+            let proxy = proxy_config(&config).expect("valid settings");
+            assert_eq!((proxy.splice, proxy.buffer_size), (splice, buffer_size));
+        }
+    }
 
     #[tokio::test]
     async fn refuses_a_proxy_buffer_below_the_minimum_before_starting() {
