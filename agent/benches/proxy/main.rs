@@ -52,6 +52,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod network;
+use network::Network;
+
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Size of each write (and read buffer) of the bulk streams on the load side.
 const CHUNK: usize = 64 * 1024;
@@ -90,16 +93,14 @@ fn pin_current_thread(cpu: usize) -> Result<(), String> {
     sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("pin to cpu {cpu}: {e}"))
 }
 
-/// `program` run through `taskset` onto the proxies' core, or as is without pinning.
-fn pinned_command(program: &str, pinning: Option<Pinning>) -> Command {
-    match pinning {
-        Some(pin) => {
-            let mut command = Command::new("taskset");
-            command.arg("-c").arg(pin.proxy.to_string()).arg(program);
-            command
-        }
-        None => Command::new(program),
-    }
+/// `program` run on the proxies' side: through `taskset` onto their core (unless there is
+/// only one), in their network namespace (if they have one).
+fn pinned_command(program: &str, pinning: Option<Pinning>, network: &Network) -> Command {
+    let prefix = match pinning {
+        Some(pin) => vec!["taskset".to_owned(), "-c".to_owned(), pin.proxy.to_string()],
+        None => Vec::new(),
+    };
+    network.proxy_command(&prefix, program)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,24 +109,31 @@ struct Settings {
     measure: Duration,
     /// Runs of each target per workload, interleaved with the other targets' runs.
     rounds: usize,
+    /// Parties in network namespaces joined by veth pairs instead of on loopback.
+    veth: bool,
 }
 
 impl Settings {
     fn from_args() -> Settings {
-        let quick = std::env::args()
-            .skip(1)
-            .any(|a| a == "quick" || a == "--quick");
-        if quick {
+        let given = |word: &str| {
+            std::env::args()
+                .skip(1)
+                .any(|a| a == word || a.strip_prefix("--") == Some(word))
+        };
+        let veth = given("veth");
+        if given("quick") {
             Settings {
                 warmup: Duration::from_millis(200),
                 measure: Duration::from_millis(500),
                 rounds: 3,
+                veth,
             }
         } else {
             Settings {
                 warmup: Duration::from_millis(300),
                 measure: Duration::from_secs(1),
                 rounds: 12,
+                veth,
             }
         }
     }
@@ -171,9 +179,9 @@ impl Drop for OpenGuard {
 // ---------------------------------------------------------------------------------------
 // Backends (on the load runtime)
 
-async fn start_backends(counters: &Arc<Counters>) -> io::Result<Ports> {
-    let bulk = TcpListener::bind((LOCALHOST, 0)).await?;
-    let short = TcpListener::bind((LOCALHOST, 0)).await?;
+async fn start_backends(counters: &Arc<Counters>, ip: IpAddr) -> io::Result<Ports> {
+    let bulk = TcpListener::bind((ip, 0)).await?;
+    let short = TcpListener::bind((ip, 0)).await?;
     let ports = Ports {
         bulk: bulk.local_addr()?,
         short: short.local_addr()?,
@@ -593,7 +601,7 @@ fn run_proxy_child(args: &[String]) -> Result<(), BoxError> {
             splice,
             ..ProxyConfig::default()
         };
-        let mut manager = ProxyManager::new(LOCALHOST, config, 7);
+        let mut manager = ProxyManager::new(listen_bulk.ip(), config, 7);
         manager.apply(routes).await;
         let listening = manager.listening_ports();
         for port in [listen_bulk.port(), listen_short.port()] {
@@ -821,9 +829,15 @@ async fn start_external(
     }
 }
 
-fn free_ports() -> io::Result<Ports> {
-    let free =
-        || -> io::Result<SocketAddr> { std::net::TcpListener::bind((LOCALHOST, 0))?.local_addr() };
+/// Two ports for a proxy to listen on at `ip`. They are found free on loopback here: in
+/// the veth setup the proxies' namespace is new, so any port is free there.
+fn free_ports(ip: IpAddr) -> io::Result<Ports> {
+    let free = || -> io::Result<SocketAddr> {
+        let port = std::net::TcpListener::bind((LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        Ok(SocketAddr::new(ip, port))
+    };
     Ok(Ports {
         bulk: free()?,
         short: free()?,
@@ -865,7 +879,12 @@ impl Target {
 }
 
 /// `direct` with the busy neighbour on the proxies' core, held until its runs.
-async fn start_direct_busy(dir: &Path, backends: Ports, pinning: Option<Pinning>) -> Target {
+async fn start_direct_busy(
+    dir: &Path,
+    backends: Ports,
+    pinning: Option<Pinning>,
+    network: &Network,
+) -> Target {
     const NAME: &str = "direct-busy";
     let neighbour = || {
         if pinning.is_none() {
@@ -875,7 +894,7 @@ async fn start_direct_busy(dir: &Path, backends: Ports, pinning: Option<Pinning>
             .map_err(|e| format!("cannot find the benchmark binary: {e}"))?;
         let log = std::fs::File::create(dir.join("neighbour.log"))
             .map_err(|e| format!("cannot create log: {e}"))?;
-        let child = pinned_command(&exe.to_string_lossy(), pinning)
+        let child = pinned_command(&exe.to_string_lossy(), pinning, network)
             .arg(NEIGHBOUR_CHILD)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -906,7 +925,12 @@ async fn start_direct_busy(dir: &Path, backends: Ports, pinning: Option<Pinning>
     }
 }
 
-async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) -> Vec<Target> {
+async fn start_targets(
+    dir: &Path,
+    backends: Ports,
+    pinning: Option<Pinning>,
+    network: &Network,
+) -> Vec<Target> {
     let mut targets = vec![Target {
         name: "direct",
         description: "client connects to the backend itself".to_owned(),
@@ -915,7 +939,7 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
         running: None,
         held_between_runs: false,
     }];
-    targets.push(start_direct_busy(dir, backends, pinning).await);
+    targets.push(start_direct_busy(dir, backends, pinning, network).await);
 
     for (name, splice, path) in [
         (
@@ -932,8 +956,8 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
         let drover = async {
             let exe = std::env::current_exe()
                 .map_err(|e| format!("cannot find the benchmark binary: {e}"))?;
-            let listen = free_ports().map_err(|e| format!("no free port: {e}"))?;
-            let mut command = pinned_command(&exe.to_string_lossy(), pinning);
+            let listen = free_ports(network.proxy_ip).map_err(|e| format!("no free port: {e}"))?;
+            let mut command = pinned_command(&exe.to_string_lossy(), pinning, network);
             command.args(drover_child_args(splice, listen, backends));
             let log = dir.join(format!("{name}.log"));
             let running = start_external(name, &mut command, &log, listen, Stdio::piped()).await?;
@@ -957,11 +981,11 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
 
     let haproxy = async {
         let version = haproxy_version()?;
-        let listen = free_ports().map_err(|e| format!("no free port: {e}"))?;
+        let listen = free_ports(network.proxy_ip).map_err(|e| format!("no free port: {e}"))?;
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, haproxy_config(listen, backends))
             .map_err(|e| format!("cannot write its config: {e}"))?;
-        let mut command = pinned_command("haproxy", pinning);
+        let mut command = pinned_command("haproxy", pinning, network);
         command.arg("-f").arg(&cfg).arg("-db");
         let running = start_external(
             "haproxy",
@@ -989,13 +1013,13 @@ async fn start_targets(dir: &Path, backends: Ports, pinning: Option<Pinning>) ->
     let nginx = async {
         let version = nginx_version()?;
         let module = nginx_stream_module()?;
-        let listen = free_ports().map_err(|e| format!("no free port: {e}"))?;
+        let listen = free_ports(network.proxy_ip).map_err(|e| format!("no free port: {e}"))?;
         let cfg = dir.join("nginx.conf");
         std::fs::write(&cfg, nginx_config(dir, &module, listen, backends))
             .map_err(|e| format!("cannot write its config: {e}"))?;
         let mut prefix = PathBuf::from(dir);
         prefix.push("");
-        let mut command = pinned_command("nginx", pinning);
+        let mut command = pinned_command("nginx", pinning, network);
         command
             .arg("-p")
             .arg(&prefix)
@@ -1328,7 +1352,15 @@ fn named<'a, T>(targets: &'a [Target], runs: Vec<Vec<T>>) -> Vec<Series<'a, T>> 
 
 async fn run(settings: Settings) -> Result<(), BoxError> {
     let counters = Arc::new(Counters::default());
-    let backends = start_backends(&counters).await?;
+    // Declared before the targets, so the namespaces outlive the proxies in them.
+    let network = if settings.veth {
+        Network::veth().map_err(|e| format!("setting up the veth network (needs root): {e}"))?
+    } else {
+        Network::loopback()
+    };
+    network.enter_backends()?;
+    let backends = start_backends(&counters, network.backend_ip).await?;
+    network.enter_clients()?;
     let dir = tempfile::Builder::new()
         .prefix("drover-proxy-bench")
         .tempdir()?;
@@ -1337,11 +1369,12 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     if let Some(pin) = pinning {
         pin_current_thread(pin.load)?;
     }
-    let mut targets = start_targets(dir.path(), backends, pinning).await;
+    let mut targets = start_targets(dir.path(), backends, pinning, &network).await;
     let tick = clock_tick();
     let load = CpuSource::Thread(std::process::id());
 
-    println!("service proxy benchmark (loopback, release build)");
+    println!("service proxy benchmark (release build)");
+    println!("network: {}", network.describe());
     println!(
         "cpus: {}; {} rounds per workload, each target once per round: {:.1} s warm-up + \
          {:.1} s measured",
