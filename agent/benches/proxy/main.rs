@@ -1,10 +1,11 @@
-//! Service proxy throughput and latency on loopback: a direct connection, Drover's proxy
+//! Service proxy throughput and latency: a direct connection, Drover's proxy
 //! ([`ProxyManager`] with a single-thread tokio runtime, in a process of its own: this
 //! binary run with `--drover-proxy-child`), HAProxy and nginx's stream proxy (separate
-//! processes, one worker thread each), all forwarding TCP to the same backends.
+//! processes, one worker thread each), all forwarding TCP to the same backends, on loopback
+//! or (`veth`, as root) across network namespaces joined by veth pairs ([`network`]).
 //!
-//! Run with `cargo bench -p drover-agent --bench proxy [-- quick]`; `quick` measures 3
-//! rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from `PATH`
+//! Run with `cargo bench -p drover-agent --bench proxy [-- quick] [veth]`; `quick`
+//! measures 3 rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from `PATH`
 //! (Debian: `apt-get install haproxy nginx libnginx-mod-stream`); when one is missing or
 //! does not start, the benchmark says so and goes on with the others.
 //!
