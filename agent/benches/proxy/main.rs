@@ -871,6 +871,18 @@ impl Target {
         }
     }
 
+    /// A proxy under test, running and listening on `listen`.
+    fn proxy(name: &'static str, description: String, listen: Ports, running: External) -> Target {
+        Target {
+            name,
+            description,
+            ports: Ok(listen),
+            cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
+            running: Some(running),
+            held_between_runs: false,
+        }
+    }
+
     /// Around each of this target's runs: let a held neighbour go, then hold it again.
     fn set_measuring(&self, measuring: bool) {
         if let (true, Some(running)) = (self.held_between_runs, &self.running) {
@@ -965,17 +977,15 @@ async fn start_targets(
             Ok::<_, String>((listen, running))
         };
         targets.push(match drover.await {
-            Ok((listen, running)) => Target {
+            Ok((listen, running)) => Target::proxy(
                 name,
-                description: format!(
+                format!(
                     "ProxyManager (release build), {path}, current-thread tokio runtime, \
                      separate process (this benchmark binary run with {PROXY_CHILD})"
                 ),
-                ports: Ok(listen),
-                cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
-                running: Some(running),
-                held_between_runs: false,
-            },
+                listen,
+                running,
+            ),
             Err(e) => Target::not_run(name, "ProxyManager", e),
         });
     }
@@ -1000,14 +1010,12 @@ async fn start_targets(
         Ok::<_, String>((version, listen, running))
     };
     targets.push(match haproxy.await {
-        Ok((version, listen, running)) => Target {
-            name: "haproxy",
-            description: format!("HAProxy {version}, separate process, nbthread 1, mode tcp"),
-            ports: Ok(listen),
-            cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
-            running: Some(running),
-            held_between_runs: false,
-        },
+        Ok((version, listen, running)) => Target::proxy(
+            "haproxy",
+            format!("HAProxy {version}, separate process, nbthread 1, mode tcp"),
+            listen,
+            running,
+        ),
         Err(e) => Target::not_run("haproxy", "HAProxy", e),
     });
 
@@ -1047,16 +1055,12 @@ async fn start_targets(
         Ok::<_, String>((version, listen, running))
     };
     targets.push(match nginx.await {
-        Ok((version, listen, running)) => Target {
-            name: "nginx",
-            description: format!(
-                "nginx {version}, separate process, worker_processes 1, stream proxy_pass"
-            ),
-            ports: Ok(listen),
-            cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
-            running: Some(running),
-            held_between_runs: false,
-        },
+        Ok((version, listen, running)) => Target::proxy(
+            "nginx",
+            format!("nginx {version}, separate process, worker_processes 1, stream proxy_pass"),
+            listen,
+            running,
+        ),
         Err(e) => Target::not_run("nginx", "nginx stream", e),
     });
     targets
