@@ -5,9 +5,9 @@
 //! or (`veth`, as root) across network namespaces joined by veth pairs ([`network`]).
 //!
 //! Run with `cargo bench -p drover-agent --bench proxy [-- quick] [veth]`; `quick`
-//! measures 3 rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from `PATH`
-//! (Debian: `apt-get install haproxy nginx libnginx-mod-stream`); when one is missing or
-//! does not start, the benchmark says so and goes on with the others.
+//! measures 3 rounds of 0.5 s instead of 12 rounds of 1 s. HAProxy and nginx are taken from
+//! `PATH` (Debian: `apt-get install haproxy nginx libnginx-mod-stream`); when one is missing
+//! or does not start, the benchmark says so and goes on with the others.
 //!
 //! Workloads, each run against every target in turn and reported as a ratio to direct:
 //! 1. bulk, 1 stream: the client writes to a backend sink and reads from a backend source at
