@@ -63,9 +63,9 @@ pub struct Config {
     /// advertise address.
     #[schemars(example = "0.0.0.0")]
     pub proxy_bind: Option<IpAddr>,
-    /// Move proxied bytes with splice(2) instead of copying them: about half the proxy's
-    /// CPU per byte, but lower throughput on loopback and two pipes per connection
-    /// (docs/benchmarks.md).
+    /// Move proxied bytes with splice(2) instead of copying them: a half to two-thirds of
+    /// the proxy's CPU per byte, but lower throughput on loopback and two pipes per
+    /// connection (docs/benchmarks.md).
     pub proxy_splice: bool,
     /// Largest copy buffer of the service proxy per connection and direction, in bytes (at
     /// least 8192). Buffers start at 8 KiB and grow only while reads fill them, so only bulk

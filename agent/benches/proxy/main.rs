@@ -38,11 +38,11 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_agent::proxy::balancer::Endpoint;
@@ -56,7 +56,6 @@ use tokio::net::{TcpListener, TcpStream};
 mod network;
 use network::Network;
 
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Size of each write (and read buffer) of the bulk streams on the load side.
 const CHUNK: usize = 64 * 1024;
 const REQUEST: usize = 64;
@@ -623,22 +622,43 @@ fn exit_when_stdin_closes() {
     });
 }
 
-/// Argument that makes this benchmark binary a busy neighbour: it copies a buffer the size
-/// of Drover's largest copy buffer, over and over, until stdin closes. It runs on the
-/// proxies' core during the `direct-busy` runs only (SIGSTOP holds it between them), to
-/// show in the same run how much a busy second core slows the load's core: on a VM whose
-/// two vCPUs share a physical core or its caches, every proxy pays that on top of its own
-/// cost, while plain `direct` has the other core idle.
+/// Argument that makes this benchmark binary a busy neighbour, followed by the core to run
+/// on. It copies a buffer the size of Drover's largest copy buffer over and over while told
+/// to (`1` on stdin; `0` makes it wait) and exits when stdin closes. It copies only during
+/// the `direct-busy` runs, to show in the same run how much a busy second core slows the
+/// load's core: on a VM whose two vCPUs share a physical core or its caches, every proxy
+/// pays that on top of its own cost, while plain `direct` has the other core idle.
 const NEIGHBOUR_CHILD: &str = "--busy-neighbour-child";
-const NEIGHBOUR_BUFFER: usize = 256 * 1024;
 
-fn run_neighbour_child() {
-    exit_when_stdin_closes();
-    let source = vec![0x5au8; NEIGHBOUR_BUFFER];
-    let mut copy = vec![0u8; NEIGHBOUR_BUFFER];
+fn run_neighbour_child(args: &[String]) -> Result<(), BoxError> {
+    let [cpu] = args else {
+        return Err(format!("{NEIGHBOUR_CHILD} takes the core to run on, got {args:?}").into());
+    };
+    let cpu: usize = cpu.parse().map_err(|e| format!("core {cpu:?}: {e}"))?;
+    pin_current_thread(cpu)?;
+    let copying = Arc::new(AtomicBool::new(false));
+    let worker = std::thread::current();
+    let told = Arc::clone(&copying);
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut byte = [0u8; 1];
+        // Until end of file: the benchmark closed stdin, or died.
+        while let Ok(1) = io::Read::read(&mut stdin, &mut byte) {
+            told.store(byte[0] == b'1', Ordering::Relaxed);
+            worker.unpark();
+        }
+        std::process::exit(0);
+    });
+    let size = ProxyConfig::default().buffer_size;
+    let source = vec![0x5au8; size];
+    let mut copy = vec![0u8; size];
     loop {
-        copy.copy_from_slice(std::hint::black_box(&source));
-        std::hint::black_box(&mut copy);
+        if copying.load(Ordering::Relaxed) {
+            copy.copy_from_slice(std::hint::black_box(&source));
+            std::hint::black_box(&mut copy);
+        } else {
+            std::thread::park();
+        }
     }
 }
 
@@ -654,25 +674,26 @@ impl External {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Send `signal` (a `kill` name: TERM, STOP, CONT) to the child, if it runs.
-    fn signal(&self, signal: &str) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(pid.to_string())
-                .stderr(Stdio::null())
-                .status();
-        }
+    /// Write `byte` to the child's stdin (how the neighbour is told to copy or to wait).
+    fn tell(&self, byte: u8) -> io::Result<()> {
+        let mut stdin = self
+            .child
+            .as_ref()
+            .and_then(|child| child.stdin.as_ref())
+            .ok_or_else(|| io::Error::other("the child has no stdin"))?;
+        io::Write::write_all(&mut stdin, &[byte])
     }
 
     fn stop(&mut self) {
-        // SIGTERM, so nginx's master takes its worker down with it; SIGCONT, so a held
-        // neighbour gets to act on it.
-        self.signal("TERM");
-        self.signal("CONT");
         let Some(mut child) = self.child.take() else {
             return;
         };
+        // SIGTERM, so nginx's master takes its worker down with it.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -830,18 +851,11 @@ async fn start_external(
     }
 }
 
-/// Two ports for a proxy to listen on at `ip`. They are found free on loopback here: in
-/// the veth setup the proxies' namespace is new, so any port is free there.
-fn free_ports(ip: IpAddr) -> io::Result<Ports> {
-    let free = || -> io::Result<SocketAddr> {
-        let port = std::net::TcpListener::bind((LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        Ok(SocketAddr::new(ip, port))
-    };
+/// Two free ports for a proxy to listen on.
+fn free_ports(network: &Network) -> io::Result<Ports> {
     Ok(Ports {
-        bulk: free()?,
-        short: free()?,
+        bulk: network.free_proxy_port()?,
+        short: network.free_proxy_port()?,
     })
 }
 
@@ -854,8 +868,8 @@ struct Target {
     ports: Result<Ports, String>,
     cpu: CpuSource,
     running: Option<External>,
-    /// `running` is a busy neighbour, held (SIGSTOP) but during this target's runs.
-    held_between_runs: bool,
+    /// `running` is the busy neighbour, which copies only during this target's runs.
+    neighbour: bool,
 }
 
 impl Target {
@@ -867,7 +881,7 @@ impl Target {
             ports: Err(why),
             cpu: CpuSource::Unknown,
             running: None,
-            held_between_runs: false,
+            neighbour: false,
         }
     }
 
@@ -879,46 +893,59 @@ impl Target {
             ports: Ok(listen),
             cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
             running: Some(running),
-            held_between_runs: false,
+            neighbour: false,
         }
     }
 
-    /// Around each of this target's runs: let a held neighbour go, then hold it again.
+    /// Around each of this target's runs: set the neighbour copying, then waiting again.
     fn set_measuring(&self, measuring: bool) {
-        if let (true, Some(running)) = (self.held_between_runs, &self.running) {
-            running.signal(if measuring { "CONT" } else { "STOP" });
+        if let (true, Some(running)) = (self.neighbour, &self.running) {
+            if let Err(e) = running.tell(if measuring { b'1' } else { b'0' }) {
+                eprintln!(
+                    "{}: cannot tell the neighbour to copy or wait: {e}",
+                    self.name
+                );
+            }
         }
     }
 }
 
-/// `direct` with the busy neighbour on the proxies' core, held until its runs.
-async fn start_direct_busy(
-    dir: &Path,
-    backends: Ports,
-    pinning: Option<Pinning>,
-    network: &Network,
-) -> Target {
+/// `direct` with the busy neighbour on the proxies' core (waiting until its runs).
+fn start_direct_busy(dir: &Path, backends: Ports, pinning: Option<Pinning>) -> Target {
     const NAME: &str = "direct-busy";
     let neighbour = || {
-        if pinning.is_none() {
-            return Err("needs two cpus".to_owned());
-        }
+        let pin = pinning.ok_or("needs two cpus")?;
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the benchmark binary: {e}"))?;
-        let log = std::fs::File::create(dir.join("neighbour.log"))
-            .map_err(|e| format!("cannot create log: {e}"))?;
-        let child = pinned_command(&exe.to_string_lossy(), pinning, network)
+        let log = dir.join("neighbour.log");
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("cannot create log: {e}"))?;
+        let child = Command::new(exe)
             .arg(NEIGHBOUR_CHILD)
+            .arg(pin.proxy.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot start the neighbour: {e}"))?;
-        let running = External {
+        let mut running = External {
             name: NAME,
             child: Some(child),
         };
-        running.signal("STOP");
+        // It pins itself first; a neighbour that cannot has exited by now.
+        std::thread::sleep(Duration::from_millis(100));
+        let exited = running
+            .child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            running.child = None;
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!(
+                "the neighbour exited at start ({status}): {}",
+                output.trim()
+            ));
+        }
         Ok(running)
     };
     match neighbour() {
@@ -927,12 +954,12 @@ async fn start_direct_busy(
             description: format!(
                 "direct, while a process on the proxies' core copies {} KiB buffers in a loop \
                  (this benchmark binary run with {NEIGHBOUR_CHILD}; its CPU is in 'proxy CPU')",
-                NEIGHBOUR_BUFFER / 1024
+                ProxyConfig::default().buffer_size / 1024
             ),
             ports: Ok(backends),
             cpu: running.pid().map_or(CpuSource::Unknown, CpuSource::Process),
             running: Some(running),
-            held_between_runs: true,
+            neighbour: true,
         },
         Err(e) => Target::not_run(NAME, "direct with a busy neighbour", e),
     }
@@ -950,9 +977,9 @@ async fn start_targets(
         ports: Ok(backends),
         cpu: CpuSource::Unknown,
         running: None,
-        held_between_runs: false,
+        neighbour: false,
     }];
-    targets.push(start_direct_busy(dir, backends, pinning, network).await);
+    targets.push(start_direct_busy(dir, backends, pinning));
 
     for (name, splice, path) in [
         (
@@ -969,7 +996,7 @@ async fn start_targets(
         let drover = async {
             let exe = std::env::current_exe()
                 .map_err(|e| format!("cannot find the benchmark binary: {e}"))?;
-            let listen = free_ports(network.proxy_ip).map_err(|e| format!("no free port: {e}"))?;
+            let listen = free_ports(network).map_err(|e| format!("no free port: {e}"))?;
             let mut command = pinned_command(&exe.to_string_lossy(), pinning, network);
             command.args(drover_child_args(splice, listen, backends));
             let log = dir.join(format!("{name}.log"));
@@ -992,7 +1019,7 @@ async fn start_targets(
 
     let haproxy = async {
         let version = haproxy_version()?;
-        let listen = free_ports(network.proxy_ip).map_err(|e| format!("no free port: {e}"))?;
+        let listen = free_ports(network).map_err(|e| format!("no free port: {e}"))?;
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, haproxy_config(listen, backends))
             .map_err(|e| format!("cannot write its config: {e}"))?;
@@ -1022,7 +1049,7 @@ async fn start_targets(
     let nginx = async {
         let version = nginx_version()?;
         let module = nginx_stream_module()?;
-        let listen = free_ports(network.proxy_ip).map_err(|e| format!("no free port: {e}"))?;
+        let listen = free_ports(network).map_err(|e| format!("no free port: {e}"))?;
         let cfg = dir.join("nginx.conf");
         std::fs::write(&cfg, nginx_config(dir, &module, listen, backends))
             .map_err(|e| format!("cannot write its config: {e}"))?;
@@ -1474,7 +1501,10 @@ fn main() {
         return;
     }
     if args.first().map(String::as_str) == Some(NEIGHBOUR_CHILD) {
-        run_neighbour_child();
+        if let Err(e) = run_neighbour_child(&args[1..]) {
+            eprintln!("busy neighbour: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let settings = Settings::from_args();

@@ -48,8 +48,9 @@ pub struct ProxyConfig {
     /// so far (up to [`REPLAY_LIMIT`]) are sent to another replica, within `attempts`. This
     /// covers a request caught by a replica's death. Zero turns it off.
     pub retry_unanswered_within: Duration,
-    /// Move bytes with `splice(2)` (Linux) instead of copying them through user space: about
-    /// half the proxy CPU per byte, but lower throughput on loopback (docs/benchmarks.md).
+    /// Move bytes with `splice(2)` (Linux) instead of copying them through user space: a
+    /// half to two-thirds of the proxy CPU per byte, but lower throughput on loopback
+    /// (docs/benchmarks.md).
     pub splice: bool,
     /// Largest copy buffer per direction (they start at 8 KiB and grow while reads fill
     /// them), so at most twice this per bulk connection.

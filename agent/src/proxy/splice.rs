@@ -4,9 +4,9 @@
 //! short connection costs no more system calls than `read`/`write` would, but each
 //! connection holds two pipes (four more file descriptors).
 //!
-//! Measured on loopback (docs/benchmarks.md): about half the proxy CPU per byte of the copy
-//! path, but lower throughput, because the receiving side then works harder on the spliced
-//! pages; hence off by default.
+//! Measured (docs/benchmarks.md): a half to two-thirds of the copy path's proxy CPU per byte,
+//! but lower throughput on loopback, because the receiving side then works harder on the
+//! spliced pages, and no more over veth; hence off by default.
 //!
 //! Half-close as in [`super::copy`]: when one side ends its stream, the other side's write
 //! half is shut down and the opposite direction goes on; the last FIN goes with the close.
