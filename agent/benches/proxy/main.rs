@@ -806,20 +806,23 @@ fn nginx_config(dir: &Path, module: &str, listen: Ports, backends: Ports) -> Str
     cfg
 }
 
-/// Start a proxy process and wait until both its ports accept connections.
+/// Start a proxy process, its output in `dir`/`name`.log, and wait until both its ports
+/// accept connections. Its stdin is a pipe the benchmark holds: Drover's child exits when it
+/// closes; HAProxy and nginx never read it.
 async fn start_external(
     name: &'static str,
     command: &mut Command,
-    log: &Path,
+    dir: &Path,
     listen: Ports,
-    stdin: Stdio,
 ) -> Result<External, String> {
-    let log_file = std::fs::File::create(log).map_err(|e| format!("cannot create log: {e}"))?;
+    let log = &dir.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(log)
+        .map_err(|e| format!("cannot create log {}: {e}", log.display()))?;
     let log_err = log_file
         .try_clone()
-        .map_err(|e| format!("cannot create log: {e}"))?;
+        .map_err(|e| format!("cannot create log {}: {e}", log.display()))?;
     let child = command
-        .stdin(stdin)
+        .stdin(Stdio::piped())
         .stdout(log_file)
         .stderr(log_err)
         .spawn()
@@ -999,8 +1002,7 @@ async fn start_targets(
             let listen = free_ports(network).map_err(|e| format!("no free port: {e}"))?;
             let mut command = pinned_command(&exe.to_string_lossy(), pinning, network);
             command.args(drover_child_args(splice, listen, backends));
-            let log = dir.join(format!("{name}.log"));
-            let running = start_external(name, &mut command, &log, listen, Stdio::piped()).await?;
+            let running = start_external(name, &mut command, dir, listen).await?;
             Ok::<_, String>((listen, running))
         };
         targets.push(match drover.await {
@@ -1025,15 +1027,9 @@ async fn start_targets(
             .map_err(|e| format!("cannot write its config: {e}"))?;
         let mut command = pinned_command("haproxy", pinning, network);
         command.arg("-f").arg(&cfg).arg("-db");
-        let running = start_external(
-            "haproxy",
-            &mut command,
-            &dir.join("haproxy.log"),
-            listen,
-            Stdio::null(),
-        )
-        .await
-        .map_err(|e| format!("HAProxy {version}: {e}"))?;
+        let running = start_external("haproxy", &mut command, dir, listen)
+            .await
+            .map_err(|e| format!("HAProxy {version}: {e}"))?;
         Ok::<_, String>((version, listen, running))
     };
     targets.push(match haproxy.await {
@@ -1065,20 +1061,14 @@ async fn start_targets(
             .arg(&cfg)
             .arg("-g")
             .arg("daemon off;");
-        let running = start_external(
-            "nginx",
-            &mut command,
-            &dir.join("nginx.log"),
-            listen,
-            Stdio::null(),
-        )
-        .await
-        .map_err(|e| {
-            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-            format!("nginx {version}: {e} {}", log.trim())
-                .trim_end()
-                .to_owned()
-        })?;
+        let running = start_external("nginx", &mut command, dir, listen)
+            .await
+            .map_err(|e| {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                format!("nginx {version}: {e} {}", log.trim())
+                    .trim_end()
+                    .to_owned()
+            })?;
         Ok::<_, String>((version, listen, running))
     };
     targets.push(match nginx.await {
