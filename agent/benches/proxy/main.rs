@@ -94,13 +94,61 @@ fn pin_current_thread(cpu: usize) -> Result<(), String> {
 }
 
 /// `program` run on the proxies' side: through `taskset` onto their core (unless there is
-/// only one), in their network namespace (if they have one).
+/// only one), in their network namespace (if they have one), and told to stop when this
+/// benchmark dies ([`parent_death_prefix`]).
 fn pinned_command(program: &str, pinning: Option<Pinning>, network: &Network) -> Command {
-    let prefix = match pinning {
-        Some(pin) => vec!["taskset".to_owned(), "-c".to_owned(), pin.proxy.to_string()],
-        None => Vec::new(),
-    };
+    let mut prefix = parent_death_prefix().to_vec();
+    if let Some(pin) = pinning {
+        prefix.extend(["taskset".to_owned(), "-c".to_owned(), pin.proxy.to_string()]);
+    }
     network.proxy_command(&prefix, program)
+}
+
+/// The host's TCP settings that move bulk figures most, as read in the calling thread's
+/// network namespace: the congestion control (BBR paces each connection with a timer, on
+/// loopback too) and the receive buffer's largest size (how far a sender may run ahead).
+fn tcp_settings() -> String {
+    let read = |name: &str| {
+        let path = format!("/proc/sys/net/ipv4/{name}");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.split_whitespace().collect::<Vec<_>>().join(" "),
+            Err(e) => format!("(cannot read {path}: {e})"),
+        }
+    };
+    format!(
+        "tcp_congestion_control {}, tcp_rmem {}",
+        read("tcp_congestion_control"),
+        read("tcp_rmem")
+    )
+}
+
+/// `setpriv --pdeathsig TERM` (util-linux), when it works here: the kernel then sends the
+/// proxy SIGTERM if this benchmark dies, even by SIGKILL, so HAProxy and nginx (whose master
+/// takes its worker down on SIGTERM) are not left running. Drover's child needs no help: it
+/// exits when its stdin closes. Setting the signal ourselves between fork and exec would
+/// take `unsafe` code, which the workspace forbids; `setpriv` sets it and execs the proxy,
+/// so the proxy keeps its pid and this process stays its parent.
+fn parent_death_prefix() -> &'static [String] {
+    static PREFIX: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let words = ["setpriv", "--pdeathsig", "TERM"].map(str::to_owned);
+        let works = Command::new(&words[0])
+            .args(&words[1..])
+            .arg("true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if works {
+            words.to_vec()
+        } else {
+            eprintln!(
+                "setpriv --pdeathsig does not work here (util-linux); if this benchmark is \
+                 killed, HAProxy and nginx are left running"
+            );
+            Vec::new()
+        }
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1397,6 +1445,7 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
 
     println!("service proxy benchmark (release build)");
     println!("network: {}", network.describe());
+    println!("tcp (load's namespace): {}", tcp_settings());
     println!(
         "cpus: {}; {} rounds per workload, each target once per round: {:.1} s warm-up + \
          {:.1} s measured",
