@@ -1,10 +1,15 @@
 //! The agent's end of `AgentLink`: opens the stream, says hello with what runs, streams
 //! status changes, applies each newer desired set, reconnects with backoff and jitter.
+//!
+//! Traffic: the proxy's cumulative connection outcomes per (service, revision), as published
+//! on [`Link::traffic`] (at most once per [`crate::routes::TRAFFIC_INTERVAL`], only when they
+//! changed), go out in full in a `StatusUpdate` of their own: on each change, and at the start
+//! of every session so a coordinator that reconnected has the current totals at once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_proto::model::{Allocation, NodeInfo, ServiceSpec};
+use drover_proto::model::{Allocation, NodeInfo, RevisionTraffic, ServiceSpec};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use tokio::sync::{mpsc, watch};
@@ -33,6 +38,9 @@ pub struct Link {
     pub link: watch::Sender<LinkState>,
     /// Route policy for the service proxy.
     pub routes: watch::Sender<Option<pb::RoutePolicy>>,
+    /// The proxy's cumulative connection outcomes per (service, revision), sent in full on
+    /// every change (see the module docs).
+    pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
     /// Source address of the connection to the coordinator; `None` lets the kernel choose.
     pub source: Option<std::net::IpAddr>,
 }
@@ -120,6 +128,12 @@ impl Link {
             session,
             connected: true,
         });
+        let totals = self.traffic.borrow_and_update().clone();
+        if !totals.is_empty() && tx.send(traffic_update(&totals)).await.is_err() {
+            return Ok(());
+        }
+        // The proxy's side may end first at shutdown; that must not end the session.
+        let mut traffic_open = true;
 
         loop {
             tokio::select! {
@@ -145,12 +159,23 @@ impl Link {
                         body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
                             allocations: running(&changes),
                             node_usage: None,
+                            traffic: Vec::new(),
                         })),
                     };
                     if tx.send(update).await.is_err() {
                         return Ok(());
                     }
                     sent = now;
+                }
+                changed = self.traffic.changed(), if traffic_open => {
+                    if changed.is_err() {
+                        traffic_open = false;
+                        continue;
+                    }
+                    let totals = self.traffic.borrow_and_update().clone();
+                    if tx.send(traffic_update(&totals)).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -197,6 +222,17 @@ fn running(reports: &BTreeMap<String, AllocReport>) -> Vec<pb::RunningAllocation
         .collect()
 }
 
+/// A status update carrying only the traffic totals, in full.
+fn traffic_update(totals: &[RevisionTraffic]) -> pb::AgentMessage {
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
+            allocations: Vec::new(),
+            node_usage: None,
+            traffic: totals.iter().map(pb::RevisionTraffic::from).collect(),
+        })),
+    }
+}
+
 fn desired_update(set: pb::DesiredSet, session: u64) -> Result<DesiredUpdate, String> {
     let mut allocations = BTreeMap::new();
     for (i, d) in set.allocations.into_iter().enumerate() {
@@ -223,5 +259,148 @@ fn source_text(e: &dyn std::error::Error) -> String {
     match e.source() {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use drover_proto::model::Resources;
+    use drover_proto::pb::agent_link_server::{AgentLink, AgentLinkServer};
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+    /// A coordinator that passes on every message with its session number and keeps each
+    /// session open until its sender in `open` is dropped.
+    struct FakeCoordinator {
+        received: mpsc::UnboundedSender<(u64, pb::AgentMessage)>,
+        open: Arc<Mutex<Vec<Outbound>>>,
+        sessions: AtomicU64,
+    }
+
+    #[tonic::async_trait]
+    impl AgentLink for FakeCoordinator {
+        type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+        async fn session(
+            &self,
+            request: Request<Streaming<pb::AgentMessage>>,
+        ) -> Result<Response<Self::SessionStream>, Status> {
+            let (tx, rx) = mpsc::channel(1);
+            let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+            self.open.lock().expect("lock").push(tx);
+            let mut inbound = request.into_inner();
+            let received = self.received.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = inbound.next().await {
+                    if received.send((session, message)).is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    fn web(revision: u64, connections: u64, failed: u64) -> RevisionTraffic {
+        RevisionTraffic {
+            service: "web".into(),
+            revision,
+            connections,
+            failed,
+        }
+    }
+
+    /// The next message: its session and, for a traffic update, the totals it carries.
+    async fn next(
+        received: &mut mpsc::UnboundedReceiver<(u64, pb::AgentMessage)>,
+    ) -> (u64, Option<Vec<RevisionTraffic>>) {
+        let (session, message) = tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the fake is running");
+        let traffic = match message.body {
+            Some(pb::agent_message::Body::Status(s)) => {
+                Some(s.traffic.into_iter().map(RevisionTraffic::from).collect())
+            }
+            Some(pb::agent_message::Body::Hello(_)) => None,
+            None => panic!("empty message"),
+        };
+        (session, traffic)
+    }
+
+    #[tokio::test]
+    async fn traffic_is_sent_on_change_and_in_full_at_every_session_start() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (received_tx, mut received) = mpsc::unbounded_channel();
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let fake = FakeCoordinator {
+            received: received_tx,
+            open: Arc::clone(&open),
+            sessions: AtomicU64::new(0),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentLinkServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+
+        let (traffic_tx, traffic_rx) = watch::channel(vec![web(1, 10, 1)]);
+        let (_statuses_tx, statuses_rx) = watch::channel(BTreeMap::new());
+        let (desired_tx, _desired_rx) = watch::channel(None);
+        let (link_tx, mut link_rx) = watch::channel(LinkState::default());
+        let (routes_tx, _routes_rx) = watch::channel(None);
+        let link = Link {
+            coordinators: vec![format!("http://{address}")],
+            cluster_id: "test".into(),
+            node: NodeInfo {
+                id: "n1".into(),
+                generation: 1,
+                address: "127.0.0.1".into(),
+                capacity: Resources::default(),
+                labels: BTreeMap::new(),
+            },
+            statuses: statuses_rx,
+            desired: desired_tx,
+            link: link_tx,
+            routes: routes_tx,
+            traffic: traffic_rx,
+            source: None,
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(link.run(shutdown.clone()));
+
+        // Hello, then the totals at once.
+        assert_eq!(next(&mut received).await, (1, None));
+        assert_eq!(next(&mut received).await, (1, Some(vec![web(1, 10, 1)])));
+        // A change goes out in full: every (service, revision), cumulative.
+        let totals = vec![web(1, 12, 1), web(2, 3, 3)];
+        traffic_tx.send_replace(totals.clone());
+        assert_eq!(next(&mut received).await, (1, Some(totals)));
+
+        // The coordinator ends the session; totals change while the link is down.
+        open.lock().expect("lock").clear();
+        link_rx
+            .wait_for(|state| state.session == 1 && !state.connected)
+            .await
+            .expect("link state");
+        let totals = vec![web(1, 20, 1), web(2, 3, 3)];
+        traffic_tx.send_replace(totals.clone());
+        // The next session starts with the current totals, and sends them once.
+        assert_eq!(next(&mut received).await, (2, None));
+        assert_eq!(next(&mut received).await, (2, Some(totals)));
+        let quiet = tokio::time::timeout(Duration::from_millis(300), received.recv()).await;
+        assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+        shutdown.cancel();
+        running.await.expect("link task");
     }
 }

@@ -2,13 +2,17 @@
 //! belong to a service, with what weights) intersected with gossip (whose node is alive and
 //! whose health key says healthy). Pure; the proxy keeps routing on the last policy when the
 //! coordinator is unreachable, and still follows gossip.
+//!
+//! The same task publishes the proxy's connection outcomes per revision
+//! ([`ProxyManager::traffic`]) for the link, every [`TRAFFIC_INTERVAL`] when they changed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use drover_proto::convert::strategy_from_pb;
 use drover_proto::gossip::MemberFacts;
-use drover_proto::model::{AllocState, Strategy};
+use drover_proto::model::{AllocState, RevisionTraffic, Strategy};
 use drover_proto::pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -17,28 +21,62 @@ use tracing::warn;
 use crate::proxy::balancer::Endpoint;
 use crate::proxy::listeners::{ProxyManager, ServiceRoute};
 
+/// How often the proxy's traffic totals are published (when they changed): the batching of
+/// the link's traffic updates. Short, as a canary step may last only a few seconds.
+pub const TRAFFIC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Keeps the proxy's listeners and balancers in step with the policy and gossip until
-/// `shutdown`; then stops the listeners (open connections drain).
+/// `shutdown`; then stops the listeners (open connections drain). Meanwhile publishes the
+/// node's cumulative traffic totals to `traffic` every [`TRAFFIC_INTERVAL`], when they changed.
 pub async fn run(
     mut manager: ProxyManager,
     mut policy: watch::Receiver<Option<pb::RoutePolicy>>,
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
+    traffic: watch::Sender<Vec<RevisionTraffic>>,
     shutdown: CancellationToken,
 ) {
-    loop {
+    let mut tick = tokio::time::interval(TRAFFIC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'routes: loop {
         let routes = {
             let policy = policy.borrow_and_update();
             let live = live.borrow_and_update();
             service_routes(policy.as_ref(), &live)
         };
         manager.apply(routes).await;
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = policy.changed() => if changed.is_err() { break },
-            changed = live.changed() => if changed.is_err() { break },
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'routes,
+                changed = policy.changed() => match changed {
+                    Ok(()) => continue 'routes,
+                    Err(_) => break 'routes,
+                },
+                changed = live.changed() => match changed {
+                    Ok(()) => continue 'routes,
+                    Err(_) => break 'routes,
+                },
+                _ = tick.tick() => {
+                    publish_traffic(&traffic, manager.traffic());
+                }
+            }
         }
     }
     manager.shutdown().await;
+}
+
+/// Replaces the published totals with `totals` if they differ, so receivers wake only on a
+/// change. Returns whether they did.
+fn publish_traffic(
+    traffic: &watch::Sender<Vec<RevisionTraffic>>,
+    totals: Vec<RevisionTraffic>,
+) -> bool {
+    traffic.send_if_modified(|published| {
+        let changed = *published != totals;
+        if changed {
+            *published = totals;
+        }
+        changed
+    })
 }
 
 /// Routes for the proxy from the last policy and the live gossip members.
@@ -181,6 +219,25 @@ mod tests {
                 ("web.3".to_string(), "10.0.0.1:1".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn traffic_is_published_only_when_it_changed() {
+        let (tx, mut rx) = watch::channel(Vec::new());
+        let web = |connections, failed| RevisionTraffic {
+            service: "web".into(),
+            revision: 2,
+            connections,
+            failed,
+        };
+        assert!(!publish_traffic(&tx, Vec::new()));
+        assert!(!rx.has_changed().expect("open"));
+        assert!(publish_traffic(&tx, vec![web(5, 1)]));
+        assert_eq!(*rx.borrow_and_update(), vec![web(5, 1)]);
+        assert!(!publish_traffic(&tx, vec![web(5, 1)]));
+        assert!(!rx.has_changed().expect("open"));
+        assert!(publish_traffic(&tx, vec![web(6, 1)]));
+        assert!(rx.has_changed().expect("open"));
     }
 
     #[test]

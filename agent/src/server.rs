@@ -54,6 +54,7 @@ pub async fn run(
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
     let (routes_tx, routes_rx) = watch::channel(None);
+    let (traffic_tx, traffic_rx) = watch::channel(Vec::new());
 
     let membership = gossip::join(&config, &node_id, generation, capacity).await?;
     let gossip_terminated = membership.termination();
@@ -88,6 +89,7 @@ pub async fn run(
         desired: desired_tx,
         link: link_tx,
         routes: routes_tx,
+        traffic: traffic_rx,
         source: config.link_source,
     };
     let link = tokio::spawn(link.run(shutdown.clone()));
@@ -100,6 +102,7 @@ pub async fn run(
         proxy,
         routes_rx,
         membership.live_members(),
+        traffic_tx,
         shutdown.clone(),
     ));
 

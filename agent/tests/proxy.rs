@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use drover_agent::proxy::balancer::Endpoint;
-use drover_agent::proxy::{ProxyConfig, ProxyManager, ServiceRoute};
-use drover_proto::model::Strategy;
+use drover_agent::proxy::balancer::{BalancerConfig, Endpoint};
+use drover_agent::proxy::{ProxyConfig, ProxyManager, RevisionOutcomes, ServiceRoute};
+use drover_proto::model::{RevisionTraffic, Strategy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -560,4 +560,128 @@ async fn a_replica_that_closes_before_answering_is_retried_elsewhere() {
         mute_task.abort();
         good.kill().await;
     }
+}
+
+/// The proxy's totals for `service`, by revision.
+fn traffic_of(proxy: &ProxyManager, service: &str) -> BTreeMap<u64, (u64, u64)> {
+    proxy
+        .traffic()
+        .into_iter()
+        .filter(|t| t.service == service)
+        .map(|t| (t.revision, (t.connections, t.failed)))
+        .collect()
+}
+
+#[tokio::test]
+async fn connection_outcomes_are_counted_per_revision() {
+    // Revision 1 answers, revision 2 closes without answering, revision 3 refuses. Without
+    // ejection every replica keeps its turn, so all three revisions get attempts.
+    let good = Backend::start("good").await;
+    let (mute, mute_task) = mute_backend(false).await;
+    let refusing = SocketAddr::new(LOCALHOST, free_port());
+    let replica = |id: &str, address, revision| Endpoint {
+        id: id.into(),
+        address,
+        revision,
+        weight: 1,
+    };
+    let config = ProxyConfig {
+        balancer: BalancerConfig {
+            eject_after: 0,
+            ..BalancerConfig::default()
+        },
+        ..test_config()
+    };
+    let port = free_port();
+    let mut proxy = ProxyManager::new(LOCALHOST, config, 11);
+    proxy
+        .apply(vec![route(
+            port,
+            Strategy::RoundRobin,
+            &[],
+            vec![
+                good.endpoint(1),
+                replica("mute", mute, 2),
+                replica("refusing", refusing, 3),
+            ],
+        )])
+        .await;
+
+    for _ in 0..60 {
+        assert_eq!(request(port).await.as_deref(), Some("good"));
+    }
+    let by_revision = proxy.proxy(port).expect("proxy").revision_traffic();
+    let outcomes = |revision| by_revision.get(&revision).copied().unwrap_or_default();
+    // Every client connection ended on revision 1, answered: 60 connections, none failed.
+    assert_eq!(
+        outcomes(1),
+        RevisionOutcomes {
+            connections: 60,
+            failed: 0
+        }
+    );
+    // Every attempt on revisions 2 and 3 failed (closed unanswered, refused) and was retried.
+    let (mute, refused) = (outcomes(2), outcomes(3));
+    assert_eq!(mute.failed, mute.connections);
+    assert_eq!(refused.failed, refused.connections);
+    assert!(
+        mute.connections >= 10 && refused.connections >= 10,
+        "{by_revision:?}"
+    );
+    let stats = proxy.counters()["web"];
+    assert_eq!(stats.retries, mute.connections + refused.connections);
+    assert_eq!(stats.connect_errors, refused.connections);
+    assert_eq!(stats.failed, 0);
+    // The node's view has the same numbers.
+    assert_eq!(
+        proxy.traffic(),
+        [(1, outcomes(1)), (2, mute), (3, refused)]
+            .map(|(revision, o)| RevisionTraffic {
+                service: "web".into(),
+                revision,
+                connections: o.connections,
+                failed: o.failed,
+            })
+            .to_vec()
+    );
+    proxy.shutdown().await;
+    mute_task.abort();
+    good.kill().await;
+}
+
+#[tokio::test]
+async fn traffic_sums_a_services_ports_and_outlives_a_stopped_port() {
+    let good = Backend::start("good").await;
+    let (first, second) = (free_port(), free_port());
+    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 12);
+    let both = || {
+        vec![
+            route(first, Strategy::RoundRobin, &[], vec![good.endpoint(4)]),
+            route(second, Strategy::RoundRobin, &[], vec![good.endpoint(4)]),
+        ]
+    };
+    proxy.apply(both()).await;
+    assert!(
+        proxy.traffic().is_empty(),
+        "nothing counted before a connection"
+    );
+    fetch_many(first, 3).await;
+    fetch_many(second, 2).await;
+    assert_eq!(traffic_of(&proxy, "web"), BTreeMap::from([(4, (5, 0))]));
+
+    // The second port goes away; its connections still count, now and after it is dropped.
+    proxy
+        .apply(vec![route(
+            first,
+            Strategy::RoundRobin,
+            &[],
+            vec![good.endpoint(4)],
+        )])
+        .await;
+    fetch_many(first, 1).await;
+    proxy.apply(both()).await;
+    fetch_many(second, 1).await;
+    assert_eq!(traffic_of(&proxy, "web"), BTreeMap::from([(4, (7, 0))]));
+    proxy.shutdown().await;
+    good.kill().await;
 }

@@ -30,7 +30,14 @@ pub fn parse_weight(text: &str) -> Result<(u64, u32), String> {
     Ok((rev, weight))
 }
 
-pub async fn apply(target: &str, paths: &[String], dry_run: bool) -> anyhow::Result<()> {
+/// `drover apply`; with `wait` (`Some(timeout)`), follows every changed service's rollout.
+pub async fn apply(
+    target: &str,
+    paths: &[String],
+    dry_run: bool,
+    cause: &str,
+    wait: Option<Option<std::time::Duration>>,
+) -> anyhow::Result<()> {
     let files = read_manifests(paths)?;
     // Parsed and validated here first, so errors name files and documents; nothing is
     // sent unless every document is valid.
@@ -43,11 +50,13 @@ pub async fn apply(target: &str, paths: &[String], dry_run: bool) -> anyhow::Res
         .apply(pb::ApplyRequest {
             services: specs.iter().map(Into::into).collect(),
             dry_run,
+            cause: cause.to_string(),
         })
         .await
         .map_err(|s| refused("apply refused", s))?
         .into_inner();
     let suffix = if dry_run { " (dry run)" } else { "" };
+    let mut changed = Vec::new();
     for result in response.results {
         let change = match pb::ApplyChange::try_from(result.change) {
             Ok(pb::ApplyChange::Created) => "created",
@@ -59,6 +68,23 @@ pub async fn apply(target: &str, paths: &[String], dry_run: bool) -> anyhow::Res
             "service/{} {change} (revision {}){suffix}",
             result.name, result.revision
         );
+        if change != "unchanged" {
+            changed.push((result.name, result.revision));
+        }
+    }
+    let Some(timeout) = wait else {
+        return Ok(());
+    };
+    let mut failures = Vec::new();
+    for (service, revision) in changed {
+        if let Err(e) = crate::rollout::follow(&mut client, &service, Some(revision), timeout).await
+        {
+            eprintln!("{e:#}");
+            failures.push(service);
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("rollout failed for {}", failures.join(", "));
     }
     Ok(())
 }
@@ -187,6 +213,7 @@ struct StatusView {
     summary: ServiceRow,
     revisions: Vec<u64>,
     allocations: Vec<AllocationRow>,
+    rollout: Option<crate::rollout::RolloutView>,
 }
 
 pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Result<()> {
@@ -217,6 +244,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
         summary: service_row(summary),
         revisions: response.revisions.iter().map(|r| r.revision).collect(),
         allocations,
+        rollout: response.rollout.as_ref().map(crate::rollout::view),
     };
     if format == Format::Json {
         return print_json(&view);
@@ -255,6 +283,9 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .join(" ")
     };
     println!("Traffic:   {} ({weights})", s.strategy);
+    if let Some(rollout) = &response.rollout {
+        println!("Rollout:   {}", crate::rollout::line(rollout));
+    }
     if let Some(failure) = &s.placement_failure {
         println!("Placement: {failure}");
     }

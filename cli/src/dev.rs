@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  export DROVER_COORDINATOR={url}");
     if !args.apply.is_empty() {
-        commands::apply(&url, &args.apply, false).await?;
+        commands::apply(&url, &args.apply, false, "", None).await?;
         wait_and_show_endpoints(&url, args.listen.ip()).await?;
     }
     println!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");

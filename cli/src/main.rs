@@ -5,6 +5,7 @@ mod commands;
 mod dev;
 mod files;
 mod output;
+mod rollout;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,20 @@ enum Command {
         /// Validate on the coordinator without storing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Follow each changed service's rollout until it completes; exit 1 if one fails.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. 5m).
+        #[arg(long, requires = "wait", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Why, for `drover rollout history` (default "apply").
+        #[arg(long, default_value = "")]
+        cause: String,
+    },
+    /// Follow, steer and look back on rollouts of new revisions.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
     },
     /// Delete a service and stop its replicas.
     Delete {
@@ -111,6 +126,66 @@ enum Command {
     },
 }
 
+/// `drover rollout …`.
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Follow a rollout until it completes (exit 0) or fails (exit 1, naming the cause).
+    Status {
+        /// Service name.
+        service: String,
+        /// Follow until it ends; `--watch=false` shows it once.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
+        /// Give up after this long (e.g. 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Output format (json shows it once).
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Every revision kept: what made it, which is current and stable, which failed.
+    History {
+        /// Service name.
+        service: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Roll back to the revision the current rollout replaced, or to --to-revision.
+    Undo {
+        /// Service name.
+        service: String,
+        /// Revision to go back to.
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+    /// Replace nothing more until resumed.
+    Pause {
+        /// Service name.
+        service: String,
+    },
+    /// Go on with a paused rollout.
+    Resume {
+        /// Service name.
+        service: String,
+    },
+    /// Replace every replica with a new revision of the same spec, rolled like any other.
+    Restart {
+        /// Service name.
+        service: String,
+    },
+    /// Skip the remaining canary steps: the rest rolls at maxSurge.
+    Promote {
+        /// Service name.
+        service: String,
+    },
+    /// Fail the rollout now and go back to the last stable revision.
+    Abort {
+        /// Service name.
+        service: String,
+    },
+}
+
 /// Objects `drover get` lists.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum GetWhat {
@@ -141,7 +216,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drover_daemon::init_logs();
             dev::run(args).await
         }
-        Command::Apply { files, dry_run } => commands::apply(&target, &files, dry_run).await,
+        Command::Apply {
+            files,
+            dry_run,
+            wait,
+            timeout,
+            cause,
+        } => commands::apply(&target, &files, dry_run, &cause, wait.then_some(timeout)).await,
+        Command::Rollout { command } => match command {
+            RolloutCommand::Status {
+                service,
+                watch,
+                timeout,
+                output,
+            } => rollout::status(&target, &service, watch, timeout, output).await,
+            RolloutCommand::History { service, output } => {
+                rollout::history(&target, &service, output).await
+            }
+            RolloutCommand::Undo {
+                service,
+                to_revision,
+            } => rollout::act(&target, &service, rollout::Action::Undo(to_revision)).await,
+            RolloutCommand::Pause { service } => {
+                rollout::act(&target, &service, rollout::Action::Pause).await
+            }
+            RolloutCommand::Resume { service } => {
+                rollout::act(&target, &service, rollout::Action::Resume).await
+            }
+            RolloutCommand::Restart { service } => {
+                rollout::act(&target, &service, rollout::Action::Restart).await
+            }
+            RolloutCommand::Promote { service } => {
+                rollout::act(&target, &service, rollout::Action::Promote).await
+            }
+            RolloutCommand::Abort { service } => {
+                rollout::act(&target, &service, rollout::Action::Abort).await
+            }
+        },
         Command::Delete { service } => commands::delete(&target, &service).await,
         Command::Get {
             what: GetWhat::Services,

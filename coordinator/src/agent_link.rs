@@ -103,7 +103,11 @@ impl AgentLink for AgentLinkService {
                                 }
                             };
                             let usage = update.node_usage.map(Into::into);
-                            if let Err(e) = coordinator.agent_status(&node, updates, usage).await {
+                            let traffic = update.traffic.into_iter().map(Into::into).collect();
+                            if let Err(e) = coordinator
+                                .agent_status(&node, updates, usage, traffic)
+                                .await
+                            {
                                 warn!(node = %node, error = %e, "cannot record status update");
                             }
                         }

@@ -15,7 +15,7 @@ use tracing::info;
 use crate::changes::ChangeSet;
 use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
-use crate::operations::{self, ApplyChange, NodeAction};
+use crate::operations::{self, ApplyChange, NodeAction, RolloutAction};
 use crate::views;
 
 /// Implementation of `drover.v1.Control`.
@@ -79,7 +79,8 @@ impl Control for ControlService {
             .collect::<Result<Vec<_>, _>>()?;
         let mut inner = self.coordinator.lock().await;
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        let outcomes = operations::apply_services(&inner.state, &specs, &mut changes)?;
+        let outcomes =
+            operations::apply_services(&inner.state, &specs, &request.cause, &mut changes)?;
         if !request.dry_run {
             self.coordinator.commit(&mut inner, changes).await?;
         }
@@ -237,6 +238,57 @@ impl Control for ControlService {
         info!(service = %request.name, "traffic weights set");
         self.coordinator.wake();
         Ok(Response::new(summary))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let name = request.into_inner().name;
+        let inner = self.coordinator.lock().await;
+        let status =
+            views::rollout_status(&inner.state, &name, now_unix_ms()).ok_or(Error::NotFound {
+                kind: "service",
+                name,
+            })?;
+        Ok(Response::new(status))
+    }
+
+    async fn rollout_action(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let request = request.into_inner();
+        let action = match pb::RolloutActionKind::try_from(request.action) {
+            Ok(pb::RolloutActionKind::Pause) => RolloutAction::Pause,
+            Ok(pb::RolloutActionKind::Resume) => RolloutAction::Resume,
+            Ok(pb::RolloutActionKind::Promote) => RolloutAction::Promote,
+            Ok(pb::RolloutActionKind::Abort) => RolloutAction::Abort,
+            Ok(pb::RolloutActionKind::Restart) => RolloutAction::Restart,
+            Ok(pb::RolloutActionKind::Undo) => {
+                RolloutAction::Undo((request.to_revision > 0).then_some(request.to_revision))
+            }
+            Ok(pb::RolloutActionKind::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "RolloutActionRequest.action: unknown action {}",
+                    request.action
+                )));
+            }
+        };
+        let mut inner = self.coordinator.lock().await;
+        let now = now_unix_ms();
+        let mut changes = ChangeSet::new(&inner.state, now);
+        operations::rollout_action(&inner.state, &request.name, action, &mut changes)?;
+        self.coordinator.commit(&mut inner, changes).await?;
+        let status =
+            views::rollout_status(&inner.state, &request.name, now).ok_or(Error::NotFound {
+                kind: "service",
+                name: request.name.clone(),
+            })?;
+        drop(inner);
+        info!(service = %request.name, action = ?action, "rollout action");
+        self.coordinator.wake();
+        Ok(Response::new(status))
     }
 
     type WatchEventsStream = EventStream;

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drover_proto::model::{AllocState, AllocStatus, DesiredState, NodeHealth, NodeInfo};
+use drover_proto::model::{
+    AllocState, AllocStatus, DesiredState, NodeHealth, NodeInfo, RevisionTraffic,
+};
 use drover_proto::pb;
 use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -16,8 +18,9 @@ use crate::error::Error;
 use crate::events;
 use crate::failure;
 use crate::reconcile;
+use crate::rollout;
 use crate::state::{ClusterState, NodeEntry};
-use crate::store::{EventRecord, Store, Write, counters};
+use crate::store::{EventRecord, RolloutPhase, Store, Write, counters};
 
 /// Messages queued to one agent's stream.
 pub type AgentSender = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -75,7 +78,8 @@ impl Coordinator {
                 .map_err(|e| Error::Internal(format!("loading the store: {e}")))??
         };
         let boots = loaded.counter(counters::BOOTS) + 1;
-        let state = ClusterState::from_stored(loaded);
+        let mut state = ClusterState::from_stored(loaded);
+        state.boot = boots;
         info!(
             services = state.stored.services.len(),
             allocations = state.stored.allocations.len(),
@@ -105,6 +109,10 @@ impl Coordinator {
             "coordinator",
             format!("coordinator started (boot {boots})"),
         );
+        for record in rollout::resumed_after_restart(&inner.state.stored, now_unix_ms()) {
+            info!(service = %record.name, revision = record.revision, "rollout resumes");
+            changes.push(Write::PutService(record));
+        }
         coordinator.commit(&mut inner, changes).await?;
         drop(inner);
         Ok(coordinator)
@@ -185,9 +193,11 @@ impl Coordinator {
     pub async fn reconcile(&self) -> Result<Option<Duration>, Error> {
         let mut inner = self.inner.lock().await;
         self.detect_down(&mut inner).await?;
+        let mut wake_at = None;
         for _ in 0..8 {
             let plan = reconcile::plan(&inner.state, now_unix_ms());
             inner.state.placement_failures = plan.placement_failures;
+            wake_at = plan.wake_at_ms;
             if plan.changes.is_empty() {
                 break;
             }
@@ -195,7 +205,12 @@ impl Coordinator {
         }
         self.push(&mut inner).await;
         let now = now_unix_ms();
-        Ok(failure::next_deadline(&inner.state, now).map(|at| Duration::from_millis(at - now)))
+        let next = [failure::next_deadline(&inner.state, now), wake_at]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .min();
+        Ok(next.map(|at| Duration::from_millis(at - now)))
     }
 
     /// Marks nodes down that the link and gossip both lost; their allocations become `lost`
@@ -365,7 +380,7 @@ impl Coordinator {
             },
         );
         for (id, status) in running {
-            inner.state.status.insert(id, status);
+            inner.state.observe(id, status, now);
         }
         inner.agents.insert(
             node,
@@ -382,29 +397,42 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Records allocation status reported by an agent.
+    /// Records allocation status and proxy traffic reported by an agent.
     pub async fn agent_status(
         &self,
         node: &str,
         updates: Vec<(String, AllocStatus)>,
         usage: Option<drover_proto::model::Resources>,
+        traffic: Vec<RevisionTraffic>,
     ) -> Result<(), Error> {
         let mut inner = self.inner.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        let now = now_unix_ms();
+        let mut changes = ChangeSet::new(&inner.state, now);
         let mut wake = false;
+        if !traffic.is_empty() {
+            inner.state.observe_traffic(node, &traffic);
+            // A canary step may be judged on the new counts.
+            wake |= inner.state.stored.services.values().any(|r| {
+                r.rollout.as_ref().is_some_and(|ro| {
+                    ro.phase == RolloutPhase::Progressing
+                        && (ro.step as usize) < r.update.canary.len()
+                })
+            });
+        }
         for (id, status) in updates {
-            let previous = inner.state.alloc_state(&id);
-            if status.state != previous {
+            let observed = status.state;
+            let failed_message = status.message.clone();
+            let previous = inner.state.observe(id.clone(), status, now);
+            if observed != previous {
                 wake = true;
-                if status.state == AllocState::Failed {
+                if observed == AllocState::Failed {
                     changes.event(
                         events::ALLOCATION_FAILED,
                         &id,
-                        format!("failed on node {node}: {}", status.message),
+                        format!("failed on node {node}: {failed_message}"),
                     );
                 }
             }
-            inner.state.status.insert(id, status);
         }
         if let (Some(usage), Some(entry)) = (usage, inner.state.nodes.get_mut(node)) {
             entry.usage = usage;
@@ -498,7 +526,7 @@ pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
                     weight: 1,
                 });
             }
-            let weights: BTreeMap<u64, u32> = spec.traffic.revision_weights.clone();
+            let weights: BTreeMap<u64, u32> = rollout::route_weights(state, name);
             routes.push(pb::ServiceRoute {
                 service: name.clone(),
                 service_port: service_port.into(),

@@ -34,3 +34,19 @@ pub const ALLOCATION_LOST: &str = "allocation_lost";
 pub const ALLOCATION_RESCHEDULED: &str = "allocation_rescheduled";
 /// Too many nodes failed at once to trust the verdict.
 pub const RESCHEDULE_HELD: &str = "reschedule_held_back";
+/// A rollout to a revision began (apply, restart, undo, revert).
+pub const ROLLOUT_STARTED: &str = "rollout_started";
+/// A canary step passed its analysis and pause.
+pub const ROLLOUT_STEP: &str = "rollout_step";
+/// A canary was promoted: the rest of the replicas roll.
+pub const ROLLOUT_PROMOTED: &str = "rollout_promoted";
+/// An operator paused a rollout.
+pub const ROLLOUT_PAUSED: &str = "rollout_paused";
+/// An operator resumed a rollout.
+pub const ROLLOUT_RESUMED: &str = "rollout_resumed";
+/// A rollout failed (its cause in the message).
+pub const ROLLOUT_FAILED: &str = "rollout_failed";
+/// A failed or aborted rollout went back to the last stable revision.
+pub const ROLLOUT_REVERTED: &str = "rollout_reverted";
+/// Every replica runs the new revision and is available.
+pub const ROLLOUT_COMPLETED: &str = "rollout_completed";

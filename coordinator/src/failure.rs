@@ -295,6 +295,7 @@ mod tests {
                     revision: 1,
                     spec,
                     created_unix_ms: 0,
+                    cause: "apply".into(),
                 },
             );
             s.stored.allocations.insert(

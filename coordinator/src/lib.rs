@@ -16,6 +16,7 @@ pub mod failure;
 pub mod gossip;
 pub mod operations;
 pub mod reconcile;
+pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod state;

@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use drover_proto::manifest;
-use drover_proto::model::{DesiredState, NodeFlags, ServiceSpec};
+use drover_proto::model::{DesiredState, NodeFlags, ServiceSpec, UpdateKind};
 
 use crate::changes::ChangeSet;
 use crate::error::Error;
 use crate::events;
+use crate::rollout;
 use crate::state::ClusterState;
-use crate::store::{RevisionRecord, ServiceRecord, Write};
+use crate::store::{RevisionRecord, RolloutPhase, ServiceRecord, Write};
 
 /// What an apply did to one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,34 +35,27 @@ pub struct ApplyOutcome {
     pub change: ApplyChange,
 }
 
-/// Validates and applies service specs, all or nothing.
+/// Validates and applies service specs, all or nothing. A changed template makes a new
+/// revision and starts its rollout; `cause` goes into the revision history.
 pub fn apply_services(
     state: &ClusterState,
     specs: &[ServiceSpec],
+    cause: &str,
     changes: &mut ChangeSet,
 ) -> Result<Vec<ApplyOutcome>, Error> {
     check_specs(state, specs)?;
     let now = changes.now_unix_ms();
+    let cause = if cause.is_empty() { "apply" } else { cause };
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
         let existing = state.service(&spec.name);
-        let (revision, change, created_unix_ms) = match &existing {
-            None => (1, ApplyChange::Created, now),
-            Some((record, current)) if current.template_differs(spec) => (
-                record.revision + 1,
-                ApplyChange::Updated,
-                record.created_unix_ms,
-            ),
-            Some((record, current)) if current != spec => (
-                record.revision,
-                ApplyChange::Updated,
-                record.created_unix_ms,
-            ),
-            Some((record, _)) => (
-                record.revision,
-                ApplyChange::Unchanged,
-                record.created_unix_ms,
-            ),
+        let (revision, change) = match &existing {
+            None => (1, ApplyChange::Created),
+            Some((record, current)) if current.template_differs(spec) => {
+                (record.newest_revision() + 1, ApplyChange::Updated)
+            }
+            Some((record, current)) if current != spec => (record.revision, ApplyChange::Updated),
+            Some((record, _)) => (record.revision, ApplyChange::Unchanged),
         };
         check_weights(state, &spec.name, revision, &spec.traffic.revision_weights)?;
         outcomes.push(ApplyOutcome {
@@ -75,22 +69,34 @@ pub fn apply_services(
         let new_revision = existing
             .as_ref()
             .is_none_or(|(record, _)| record.revision != revision);
+        let mut record = match &existing {
+            Some((record, _)) => (*record).clone(),
+            None => ServiceRecord::new(
+                &spec.name,
+                revision,
+                spec.replicas,
+                spec.traffic.clone(),
+                now,
+            ),
+        };
+        record.replicas = spec.replicas;
+        record.traffic = spec.traffic.clone();
+        record.update = spec.update.clone();
+        record.updated_unix_ms = now;
+        if let Some(paused) = spec.update.paused {
+            record.paused = paused;
+        }
         if new_revision {
             changes.push(Write::PutRevision(RevisionRecord {
                 service: spec.name.clone(),
                 revision,
                 spec: spec.clone(),
                 created_unix_ms: now,
+                cause: cause.to_string(),
             }));
+            let from = existing.as_ref().map(|(r, _)| r.revision);
+            start_rollout(&mut record, revision, from, cause, changes);
         }
-        changes.push(Write::PutService(ServiceRecord {
-            name: spec.name.clone(),
-            revision,
-            replicas: spec.replicas,
-            traffic: spec.traffic.clone(),
-            created_unix_ms,
-            updated_unix_ms: now,
-        }));
         let (kind, message) = match change {
             ApplyChange::Created => (
                 events::SERVICE_CREATED,
@@ -115,9 +121,207 @@ pub fn apply_services(
                 ),
             ),
         };
+        changes.push(Write::PutService(record));
         changes.event(kind, &spec.name, message);
     }
     Ok(outcomes)
+}
+
+/// Points `record` at `revision` and starts its rollout (replacing any in progress).
+fn start_rollout(
+    record: &mut ServiceRecord,
+    revision: u64,
+    from: Option<u64>,
+    started_by: &str,
+    changes: &mut ChangeSet,
+) {
+    let now = changes.now_unix_ms();
+    record.revision = revision;
+    record.latest_revision = record.latest_revision.max(revision);
+    let replaced = record
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase == RolloutPhase::Progressing && r.revision != revision)
+        .map(|r| {
+            format!(
+                "; replaces the rollout of revision {} in progress",
+                r.revision
+            )
+        })
+        .unwrap_or_default();
+    record.rollout = Some(rollout::start(revision, from, started_by, now));
+    let from = from.map_or("a new service".to_string(), |f| {
+        format!("from revision {f}")
+    });
+    let how = match (record.update.kind, record.update.canary.len()) {
+        (UpdateKind::Recreate, _) => "recreate".to_string(),
+        (_, 0) => {
+            let (surge, unavailable) = record.update.resolve(record.replicas);
+            format!("rolling, maxSurge {surge}, maxUnavailable {unavailable}")
+        }
+        (_, steps) => format!("canary in {steps} steps"),
+    };
+    changes.event(
+        events::ROLLOUT_STARTED,
+        &record.name,
+        format!("rollout of revision {revision} {from} ({started_by}; {how}){replaced}"),
+    );
+}
+
+/// An operator's action on a service's rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    /// Nothing more is replaced until resumed.
+    Pause,
+    /// Replacing goes on.
+    Resume,
+    /// Skip the remaining canary steps: the rest rolls at maxSurge.
+    Promote,
+    /// Fail the rollout now and go back to the last stable revision.
+    Abort,
+    /// A new revision of the same spec, rolled like any other.
+    Restart,
+    /// Roll back to `Some(revision)`, or to the one the current rollout replaced.
+    Undo(Option<u64>),
+}
+
+/// Applies an operator's rollout action to a service.
+pub fn rollout_action(
+    state: &ClusterState,
+    name: &str,
+    action: RolloutAction,
+    changes: &mut ChangeSet,
+) -> Result<(), Error> {
+    let current = record(state, name)?;
+    let mut updated = current.clone();
+    let now = changes.now_unix_ms();
+    updated.updated_unix_ms = now;
+    let progressing = current
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase == RolloutPhase::Progressing);
+    let revision = current.revision;
+    match action {
+        RolloutAction::Pause => {
+            if current.paused {
+                return Err(Error::InvalidArgument(format!(
+                    "service {name:?}: rollouts are already paused"
+                )));
+            }
+            updated.paused = true;
+            changes.event(
+                events::ROLLOUT_PAUSED,
+                name,
+                format!("paused by operator at revision {revision}"),
+            );
+        }
+        RolloutAction::Resume => {
+            if !current.paused {
+                return Err(Error::InvalidArgument(format!(
+                    "service {name:?}: rollouts are not paused"
+                )));
+            }
+            updated.paused = false;
+            if let Some(rollout) = updated.rollout.as_mut() {
+                // The time paused does not count against the progress deadline.
+                rollout.progress_unix_ms = now;
+            }
+            changes.event(
+                events::ROLLOUT_RESUMED,
+                name,
+                format!("resumed by operator at revision {revision}"),
+            );
+        }
+        RolloutAction::Promote => {
+            let steps = current.update.canary.len() as u32;
+            let Some(rollout) = progressing.filter(|r| r.step < steps) else {
+                return Err(Error::InvalidArgument(format!(
+                    "service {name:?}: no canary step to promote (revision {revision} is not in a canary step)"
+                )));
+            };
+            let skipped = steps - rollout.step;
+            if let Some(rollout) = updated.rollout.as_mut() {
+                rollout.step = steps;
+                rollout.step_started_unix_ms = now;
+                rollout.progress_unix_ms = now;
+            }
+            changes.event(
+                events::ROLLOUT_PROMOTED,
+                name,
+                format!(
+                    "revision {revision} promoted by operator ({skipped} canary steps skipped); the rest rolls at maxSurge"
+                ),
+            );
+        }
+        RolloutAction::Abort => {
+            if progressing.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "service {name:?}: no rollout in progress to abort"
+                )));
+            }
+            let input = crate::reconcile::rollout_input(state, current, now);
+            let (record, events) = rollout::abort(&input, "aborted by operator");
+            updated = record;
+            updated.updated_unix_ms = now;
+            for (kind, message) in events {
+                changes.event(kind, name, message);
+            }
+        }
+        RolloutAction::Restart => {
+            let spec = state
+                .revision_spec(name, revision)
+                .ok_or_else(|| {
+                    Error::Internal(format!("service {name:?}: revision {revision} has no spec"))
+                })?
+                .clone();
+            let restarted = updated.newest_revision() + 1;
+            changes.push(Write::PutRevision(RevisionRecord {
+                service: name.to_string(),
+                revision: restarted,
+                spec,
+                created_unix_ms: now,
+                cause: format!("restart of revision {revision}"),
+            }));
+            start_rollout(&mut updated, restarted, Some(revision), "restart", changes);
+        }
+        RolloutAction::Undo(to) => {
+            let target = match to {
+                Some(to) => to,
+                None => current
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.from_revision)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "service {name:?}: revision {revision} replaced no earlier revision; give --to-revision"
+                        ))
+                    })?,
+            };
+            if target == revision {
+                return Err(Error::InvalidArgument(format!(
+                    "service {name:?}: revision {target} is already the current one"
+                )));
+            }
+            if state.revision_spec(name, target).is_none() {
+                let known: Vec<String> = state
+                    .stored
+                    .revisions
+                    .range((name.to_string(), 0)..=(name.to_string(), u64::MAX))
+                    .map(|((_, r), _)| r.to_string())
+                    .collect();
+                return Err(Error::InvalidArgument(format!(
+                    "service {name:?}: revision {target} does not exist (revisions: {})",
+                    known.join(", ")
+                )));
+            }
+            // The operator asks for it: its earlier failure no longer holds it back.
+            updated.failed_revisions.remove(&target);
+            let by = format!("undo to revision {target}");
+            start_rollout(&mut updated, target, Some(revision), &by, changes);
+        }
+    }
+    changes.push(Write::PutService(updated));
+    Ok(())
 }
 
 fn check_specs(state: &ClusterState, specs: &[ServiceSpec]) -> Result<(), Error> {

@@ -7,9 +7,10 @@ use drover_proto::model::{AllocState, Allocation, DesiredState, NodeHealth, Serv
 
 use crate::changes::ChangeSet;
 use crate::events;
+use crate::rollout;
 use crate::scheduler::PlacementRequest;
 use crate::state::ClusterState;
-use crate::store::Write;
+use crate::store::{ServiceRecord, Write};
 
 /// What one reconcile pass decided.
 #[derive(Debug)]
@@ -18,6 +19,9 @@ pub struct Plan {
     pub changes: ChangeSet,
     /// Why replicas could not be placed, per service (replaces the previous map).
     pub placement_failures: BTreeMap<String, String>,
+    /// The soonest time a rollout needs another pass (a pause or `minReady` ending, a
+    /// progress deadline), ms since the Unix epoch.
+    pub wake_at_ms: Option<u64>,
 }
 
 struct Stop<'a> {
@@ -25,9 +29,10 @@ struct Stop<'a> {
     reason: String,
 }
 
-/// Replicas a service is short of, and the failed allocations they replace.
+/// Replicas of one revision a service is short of, and the allocations they replace.
 struct Wanted<'a> {
     spec: ServiceSpec,
+    revision: u64,
     count: u32,
     /// Failed allocations stay (visible, with their reason) until a replacement is placed
     /// for them on another node; replacing them on the node where they failed would loop.
@@ -36,11 +41,55 @@ struct Wanted<'a> {
     lost: Vec<&'a Allocation>,
 }
 
+/// The rollout planner's view of one service.
+pub fn rollout_input<'a>(
+    state: &'a ClusterState,
+    record: &'a ServiceRecord,
+    now_unix_ms: u64,
+) -> rollout::Input<'a> {
+    let name = record.name.as_str();
+    let mut replicas = Vec::new();
+    let mut stopping_elsewhere = 0;
+    for alloc in state.allocations_of(name) {
+        let status = state.status.get(&alloc.id);
+        if alloc.desired != DesiredState::Run {
+            let running = status.is_some_and(|s| !s.state.is_terminal());
+            if alloc.revision != record.revision && running {
+                stopping_elsewhere += 1;
+            }
+            continue;
+        }
+        replicas.push(rollout::Replica {
+            alloc,
+            state: status.map(|s| s.state).unwrap_or_default(),
+            restarts: status.map_or(0, |s| s.restarts),
+            message: status.map_or("", |s| s.message.as_str()),
+            ready_since_ms: state.ready_since.get(&alloc.id).copied(),
+            draining: state.node_flags(&alloc.node).draining,
+            node_ready: state.node_health(&alloc.node) == NodeHealth::Ready,
+        });
+    }
+    rollout::Input {
+        record,
+        replicas,
+        stopping_elsewhere,
+        revisions: state
+            .stored
+            .revisions
+            .range((name.to_string(), 0)..=(name.to_string(), u64::MAX))
+            .map(|((_, revision), _)| *revision)
+            .collect(),
+        traffic: state.service_traffic(name),
+        now_unix_ms,
+    }
+}
+
 /// Decides one reconcile pass.
 pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
     let mut changes = ChangeSet::new(state, now_unix_ms);
     let mut stops: Vec<Stop> = Vec::new();
     let mut wanted: Vec<Wanted> = Vec::new();
+    let mut wake_at_ms: Option<u64> = None;
 
     for alloc in state.stored.allocations.values() {
         if alloc.desired == DesiredState::Run && !state.stored.services.contains_key(&alloc.service)
@@ -52,100 +101,44 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         }
     }
 
-    for name in state.stored.services.keys() {
-        let Some((record, spec)) = state.service(name) else {
-            continue;
-        };
-        let mut active: Vec<&Allocation> = Vec::new();
-        let mut migrating: Vec<&Allocation> = Vec::new();
-        let mut lost: Vec<&Allocation> = Vec::new();
-        let mut failed: Vec<&Allocation> = Vec::new();
-        for alloc in state.allocations_of(name) {
-            if alloc.desired != DesiredState::Run {
+    for (name, record) in &state.stored.services {
+        let input = rollout_input(state, record, now_unix_ms);
+        let decided = rollout::plan(&input);
+        if decided.record != *record {
+            changes.push(Write::PutService(decided.record.clone()));
+        }
+        for (kind, message) in decided.events {
+            changes.event(kind, name, message);
+        }
+        for revision in decided.prune {
+            changes.push(Write::DeleteRevision(name.clone(), revision));
+        }
+        if let Some(at) = decided.wake_at_ms {
+            wake_at_ms = Some(wake_at_ms.map_or(at, |w| w.min(at)));
+        }
+        stops.extend(
+            decided
+                .stops
+                .into_iter()
+                .map(|(alloc, reason)| Stop { alloc, reason }),
+        );
+        let mut lost: Vec<&Allocation> = input
+            .replicas
+            .iter()
+            .filter(|r| r.state == AllocState::Lost)
+            .map(|r| r.alloc)
+            .collect();
+        lost.sort_by_key(|a| (a.created_unix_ms, a.id.clone()));
+        for placing in decided.place {
+            let Some(spec) = state.revision_spec(name, placing.revision) else {
                 continue;
-            }
-            let observed = state.alloc_state(&alloc.id);
-            if observed == AllocState::Failed && alloc.revision == record.revision {
-                failed.push(alloc);
-            } else if observed.is_terminal() {
-                if observed == AllocState::Lost && alloc.revision == record.revision {
-                    lost.push(alloc);
-                }
-                stops.push(Stop {
-                    alloc,
-                    reason: format!("it is {observed}; a replacement is placed"),
-                });
-            } else if alloc.revision != record.revision {
-                // A canary split keeps an older revision's replicas while it has weight.
-                if record
-                    .traffic
-                    .revision_weights
-                    .get(&alloc.revision)
-                    .copied()
-                    .unwrap_or(0)
-                    > 0
-                {
-                    continue;
-                }
-                stops.push(Stop {
-                    alloc,
-                    reason: format!(
-                        "revision {} is replaced by {}",
-                        alloc.revision, record.revision
-                    ),
-                });
-            } else if state.node_flags(&alloc.node).draining {
-                migrating.push(alloc);
-            } else {
-                active.push(alloc);
-            }
-        }
-
-        let replicas = spec.replicas as usize;
-        if active.len() >= replicas {
-            for alloc in failed.drain(..) {
-                stops.push(Stop {
-                    alloc,
-                    reason: "it failed and the service has its replicas".into(),
-                });
-            }
-        }
-        if active.len() > replicas {
-            for alloc in surplus(state, &active, active.len() - replicas) {
-                stops.push(Stop {
-                    alloc,
-                    reason: format!("the service wants {replicas} replicas"),
-                });
-            }
-        } else if active.len() < replicas {
+            };
             wanted.push(Wanted {
                 spec: spec.clone(),
-                count: (replicas - active.len()) as u32,
-                failed,
-                lost,
-            });
-        }
-
-        // A draining node keeps its replicas until healthy replacements run elsewhere: a
-        // migrating replica stops only while the service keeps at least its minimum healthy
-        // count (replicas − max_unavailable) without it. Unhealthy ones serve nothing and
-        // go first.
-        let min_healthy = replicas.saturating_sub(spec.update.max_unavailable as usize);
-        let healthy = |a: &Allocation| state.alloc_state(&a.id) == AllocState::Healthy;
-        let mut spare = (active.iter().filter(|a| healthy(a)).count()
-            + migrating.iter().filter(|a| healthy(a)).count())
-        .saturating_sub(min_healthy);
-        migrating.sort_by_key(|a| (healthy(a), a.created_unix_ms, a.id.clone()));
-        for alloc in migrating {
-            if healthy(alloc) {
-                if spare == 0 {
-                    break;
-                }
-                spare -= 1;
-            }
-            stops.push(Stop {
-                alloc,
-                reason: format!("node {} is draining", alloc.node),
+                revision: placing.revision,
+                count: placing.count,
+                failed: placing.failed,
+                lost: std::mem::take(&mut lost),
             });
         }
     }
@@ -166,9 +159,10 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
     let mut placement_failures = BTreeMap::new();
     for Wanted {
         spec,
+        revision,
         count,
         mut failed,
-        mut lost,
+        lost,
     } in wanted
     {
         let mut avoid: Vec<String> = failed.iter().map(|a| a.node.clone()).collect();
@@ -195,13 +189,6 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
                 ),
             );
         }
-        let revision = state
-            .stored
-            .services
-            .get(&spec.name)
-            .map(|r| r.revision)
-            .unwrap_or(1);
-        lost.sort_by_key(|a| (a.created_unix_ms, a.id.clone()));
         let mut replaced = lost.into_iter();
         for node in outcome.placed {
             let alloc = Allocation {
@@ -244,35 +231,8 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
     Plan {
         changes,
         placement_failures,
+        wake_at_ms,
     }
-}
-
-fn is_up(state: AllocState) -> bool {
-    matches!(state, AllocState::Running | AllocState::Healthy)
-}
-
-/// Which of `active` to stop: pending ones first, then those on the nodes most crowded with
-/// this service, newest first. Deterministic.
-fn surplus<'a>(
-    state: &ClusterState,
-    active: &[&'a Allocation],
-    count: usize,
-) -> Vec<&'a Allocation> {
-    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
-    for a in active {
-        *per_node.entry(a.node.as_str()).or_default() += 1;
-    }
-    let mut ranked: Vec<&Allocation> = active.to_vec();
-    ranked.sort_by_key(|a| {
-        (
-            is_up(state.alloc_state(&a.id)),
-            std::cmp::Reverse(per_node[a.node.as_str()]),
-            std::cmp::Reverse(a.created_unix_ms),
-            std::cmp::Reverse(a.id.clone()),
-        )
-    });
-    ranked.truncate(count);
-    ranked
 }
 
 /// Allocations told to stop are forgotten once nothing runs them any more: their agent
@@ -349,14 +309,7 @@ mod tests {
         let spec = ServiceSpec::new("web", "web:1");
         state.stored.services.insert(
             "web".into(),
-            ServiceRecord {
-                name: "web".into(),
-                revision: 1,
-                replicas,
-                traffic: Traffic::default(),
-                created_unix_ms: 0,
-                updated_unix_ms: 0,
-            },
+            ServiceRecord::new("web", 1, replicas, Traffic::default(), 0),
         );
         state.stored.revisions.insert(
             ("web".into(), 1),
@@ -365,6 +318,7 @@ mod tests {
                 revision: 1,
                 spec,
                 created_unix_ms: 0,
+                cause: "apply".into(),
             },
         );
         state
@@ -395,12 +349,13 @@ mod tests {
             .map(|a| a.id.clone())
             .collect();
         for id in ids {
-            state.status.insert(
+            state.observe(
                 id,
                 AllocStatus {
                     state: observed,
                     ..AllocStatus::default()
                 },
+                1,
             );
         }
     }
@@ -462,6 +417,7 @@ mod tests {
                 revision: 2,
                 spec,
                 created_unix_ms: 0,
+                cause: "apply".into(),
             },
         );
         let record = s.stored.services.get_mut("web").expect("web");
@@ -506,16 +462,32 @@ mod tests {
                 revision: 2,
                 spec,
                 created_unix_ms: 0,
+                cause: "apply".into(),
             },
         );
         s.stored.services.get_mut("web").expect("web").revision = 2;
+        for node in ["a", "b"] {
+            report(&mut s, node, AllocState::Healthy);
+        }
+        // Two replicas at 25%/25%: one more may be placed, none may be missing.
         apply(&mut s);
-        let revisions: Vec<u64> = s
-            .allocations_of("web")
-            .filter(|a| a.desired == DesiredState::Run)
-            .map(|a| a.revision)
-            .collect();
-        assert_eq!(revisions, vec![2, 2]);
+        let revisions = |s: &ClusterState| -> Vec<u64> {
+            let mut revisions: Vec<u64> = s
+                .allocations_of("web")
+                .filter(|a| a.desired == DesiredState::Run)
+                .map(|a| a.revision)
+                .collect();
+            revisions.sort();
+            revisions
+        };
+        assert_eq!(revisions(&s), vec![1, 1, 2], "one new replica first");
+        for _ in 0..4 {
+            for node in ["a", "b"] {
+                report(&mut s, node, AllocState::Healthy);
+            }
+            apply(&mut s);
+        }
+        assert_eq!(revisions(&s), vec![2, 2]);
     }
 
     fn drain(state: &mut ClusterState, node: &str) {
@@ -594,8 +566,8 @@ mod tests {
     #[test]
     fn drain_with_max_unavailable_stops_that_many_at_once() {
         let mut s = state(&["a", "b", "c"], 3);
-        if let Some(revision) = s.stored.revisions.get_mut(&("web".to_string(), 1)) {
-            revision.spec.update.max_unavailable = 1;
+        if let Some(record) = s.stored.services.get_mut("web") {
+            record.update.max_unavailable = drover_proto::model::ReplicaCount::Count(1);
         }
         apply(&mut s);
         for node in ["a", "b", "c"] {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_proto::model::{
     AllocState, AllocStatus, Allocation, DesiredState, NodeFlags, NodeHealth, NodeInfo, Resources,
-    ServiceSpec,
+    RevisionTraffic, ServiceSpec,
 };
 
 use crate::scheduler::{ClusterSnapshot, NodeView};
@@ -41,6 +41,17 @@ pub struct ClusterState {
     pub placement_failures: BTreeMap<String, String>,
     /// Members gossip says are alive; `None` when the coordinator is not in gossip.
     pub gossip_live: Option<BTreeSet<String>>,
+    /// Since when each ready allocation has been ready without a break or a restart, ms
+    /// since the Unix epoch (rollouts count a replica available after `minReady` of it).
+    pub ready_since: HashMap<String, u64>,
+    /// Proxy connection outcomes per (service, revision), summed over nodes since this
+    /// coordinator started: (connections, failed).
+    pub traffic: BTreeMap<(String, u64), (u64, u64)>,
+    /// Each node's last reported cumulative counts per (service, revision), to add only
+    /// differences to [`ClusterState::traffic`].
+    pub traffic_reported: HashMap<(String, String, u64), (u64, u64)>,
+    /// This coordinator's boot number (traffic counts of another boot are not comparable).
+    pub boot: u64,
 }
 
 impl ClusterState {
@@ -58,7 +69,55 @@ impl ClusterState {
         for write in writes {
             if let Write::DeleteAllocation(id) = write {
                 self.status.remove(id);
+                self.ready_since.remove(id);
             }
+        }
+    }
+
+    /// Records what an agent reported about an allocation at `now_unix_ms`; returns the
+    /// state it had before.
+    pub fn observe(&mut self, id: String, status: AllocStatus, now_unix_ms: u64) -> AllocState {
+        let previous = self.status.get(&id);
+        let before = previous.map(|s| s.state).unwrap_or_default();
+        let restarted = previous.is_some_and(|p| p.restarts != status.restarts);
+        if status.state == AllocState::Healthy {
+            let since = self.ready_since.entry(id.clone()).or_insert(now_unix_ms);
+            if before != AllocState::Healthy || restarted {
+                *since = now_unix_ms;
+            }
+        } else {
+            self.ready_since.remove(&id);
+        }
+        self.status.insert(id, status);
+        before
+    }
+
+    /// Adds what a node's proxies counted since its last report: `reported` holds
+    /// cumulative counts per (service, revision) since its agent started.
+    pub fn observe_traffic(&mut self, node: &str, reported: &[RevisionTraffic]) {
+        for t in reported.iter().filter(|t| !t.service.is_empty()) {
+            let key = (node.to_string(), t.service.clone(), t.revision);
+            let now = (t.connections, t.failed);
+            let last = self.traffic_reported.insert(key, now).unwrap_or((0, 0));
+            let window = crate::rollout::Window::since(now, last);
+            let total = self
+                .traffic
+                .entry((t.service.clone(), t.revision))
+                .or_default();
+            total.0 += window.connections;
+            total.1 += window.failed;
+        }
+    }
+
+    /// Traffic counts of one service's revisions, for its rollout.
+    pub fn service_traffic(&self, service: &str) -> crate::rollout::Traffic {
+        crate::rollout::Traffic {
+            boot: self.boot,
+            by_revision: self
+                .traffic
+                .range((service.to_string(), 0)..=(service.to_string(), u64::MAX))
+                .map(|((_, revision), counts)| (*revision, *counts))
+                .collect(),
         }
     }
 
@@ -68,6 +127,7 @@ impl ClusterState {
         let mut spec = self.revision_spec(name, record.revision)?.clone();
         spec.replicas = record.replicas;
         spec.traffic = record.traffic.clone();
+        spec.update = record.update.clone();
         Some((record, spec))
     }
 

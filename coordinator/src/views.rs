@@ -4,7 +4,11 @@ use drover_proto::convert::{node_health_to_pb, strategy_to_pb};
 use drover_proto::model::{AllocState, DesiredState, Resources};
 use drover_proto::pb;
 
+use crate::coordinator::now_unix_ms;
+use crate::reconcile;
+use crate::rollout;
 use crate::state::ClusterState;
+use crate::store::RolloutPhase;
 
 /// Summary of one service.
 pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSummary> {
@@ -49,7 +53,7 @@ pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSu
 /// Everything about one service.
 pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceStatus> {
     let summary = service_summary(state, name)?;
-    let (_, spec) = state.service(name)?;
+    let (record, spec) = state.service(name)?;
     let revisions = state
         .stored
         .revisions
@@ -58,6 +62,12 @@ pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceSta
             revision: r.revision,
             spec: Some((&r.spec).into()),
             created_unix_ms: r.created_unix_ms,
+            cause: r.cause.clone(),
+            failure: record
+                .failed_revisions
+                .get(&r.revision)
+                .cloned()
+                .unwrap_or_default(),
         })
         .collect();
     let allocations = state
@@ -75,6 +85,49 @@ pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceSta
         spec: Some((&spec).into()),
         revisions,
         allocations,
+        rollout: rollout_status(state, name, now_unix_ms()),
+        stable_revision: record.stable_revision.unwrap_or(0),
+    })
+}
+
+/// A service's current (or last) rollout, as the planner sees it at `now_unix_ms`.
+pub fn rollout_status(
+    state: &ClusterState,
+    name: &str,
+    now_unix_ms: u64,
+) -> Option<pb::RolloutStatus> {
+    let record = state.stored.services.get(name)?;
+    let input = reconcile::rollout_input(state, record, now_unix_ms);
+    let progress = rollout::plan(&input).progress;
+    let rollout = record.rollout.as_ref();
+    let phase = match rollout.map(|r| r.phase) {
+        Some(RolloutPhase::Progressing) => pb::RolloutPhase::Progressing,
+        Some(RolloutPhase::Failed) => pb::RolloutPhase::Failed,
+        Some(RolloutPhase::Complete) | None => pb::RolloutPhase::Complete,
+    };
+    Some(pb::RolloutStatus {
+        service: name.to_string(),
+        revision: record.revision,
+        from_revision: rollout.and_then(|r| r.from_revision).unwrap_or(0),
+        stable_revision: record.stable_revision.unwrap_or(0),
+        phase: phase.into(),
+        paused: record.paused,
+        desired: progress.desired,
+        updated: progress.updated,
+        ready: progress.ready,
+        available: progress.available,
+        total: progress.total,
+        step: progress.step,
+        steps: progress.steps,
+        weight: progress.weight,
+        message: progress.message,
+        cause: rollout.map(|r| r.cause.clone()).unwrap_or_default(),
+        started_by: rollout.map(|r| r.started_by.clone()).unwrap_or_default(),
+        started_unix_ms: rollout.map_or(0, |r| r.started_unix_ms),
+        canary_connections: progress.canary.connections,
+        canary_failed: progress.canary.failed,
+        stable_connections: progress.stable.connections,
+        stable_failed: progress.stable.failed,
     })
 }
 
@@ -126,7 +179,7 @@ fn node_reason(state: &ClusterState, id: &str) -> String {
         None => parts.push("not connected since the coordinator started".into()),
     }
     if let Some(e) = entry {
-        if let Some(left) = e.flaps.probation_left(crate::coordinator::now_unix_ms()) {
+        if let Some(left) = e.flaps.probation_left(now_unix_ms()) {
             parts.push(format!(
                 "on probation after being down {} time(s): placements prefer other nodes for {}s",
                 e.flaps.downs,

@@ -154,6 +154,7 @@ impl FakeAgent {
         self.tx
             .send(pb::AgentMessage {
                 body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
+                    traffic: Vec::new(),
                     allocations,
                     node_usage: None,
                 })),
@@ -201,6 +202,7 @@ async fn apply_place_report_scale_delete() {
 
     let applied = client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![web(3)],
             dry_run: false,
         })
@@ -397,6 +399,7 @@ async fn invalid_apply_changes_nothing() {
     let mut client = control(&server.url).await;
     client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![web(1)],
             dry_run: false,
         })
@@ -409,6 +412,7 @@ async fn invalid_apply_changes_nothing() {
     worse.name = "Bad_Name".into();
     let err = client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![bad.clone(), worse],
             dry_run: false,
         })
@@ -428,6 +432,7 @@ async fn invalid_apply_changes_nothing() {
     };
     let err = client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![missing_image],
             dry_run: false,
         })
@@ -452,6 +457,7 @@ async fn invalid_apply_changes_nothing() {
     new.ports.clear();
     client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![new],
             dry_run: true,
         })
@@ -476,6 +482,7 @@ async fn revisions_and_weights() {
     let mut client = control(&server.url).await;
     client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![web(2)],
             dry_run: false,
         })
@@ -484,6 +491,7 @@ async fn revisions_and_weights() {
     // Same spec: unchanged. Only replicas: same revision. New image: revision 2.
     let same = client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![web(2)],
             dry_run: false,
         })
@@ -493,6 +501,7 @@ async fn revisions_and_weights() {
     assert_eq!(same.results[0].change, pb::ApplyChange::Unchanged as i32);
     let scaled = client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![web(4)],
             dry_run: false,
         })
@@ -505,6 +514,7 @@ async fn revisions_and_weights() {
     );
     let v2 = client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![pb::ServiceSpec {
                 image: "web:2".into(),
                 ..web(4)
@@ -568,6 +578,7 @@ async fn drain_moves_replicas_before_stopping_them() {
     let mut a = FakeAgent::connect(&server.url, "a", &[]).await;
     client
         .apply(pb::ApplyRequest {
+            cause: String::new(),
             services: vec![web(1)],
             dry_run: false,
         })

@@ -70,6 +70,7 @@ async fn sigkill_loses_no_acknowledged_apply() {
                 let name = format!("svc-{next}");
                 match client
                     .apply(pb::ApplyRequest {
+                        cause: String::new(),
                         services: vec![spec(next)],
                         dry_run: false,
                     })

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::model::{
-    AllocState, AllocStatus, Allocation, ConstraintOp, DesiredState, HealthCheck, LabelConstraint,
-    NodeHealth, NodeInfo, Placement, PortSpec, ProbeAction, Protocol, Resources, RestartMode,
-    RestartPolicy, ServiceSpec, SpreadMode, Strategy, Traffic, UpdateStrategy,
+    AllocState, AllocStatus, Allocation, CanaryAnalysis, CanaryStep, ConstraintOp, DesiredState,
+    HealthCheck, LabelConstraint, NodeHealth, NodeInfo, Placement, PortSpec, ProbeAction, Protocol,
+    ReplicaCount, Resources, RestartMode, RestartPolicy, ServiceSpec, SpreadMode, Strategy,
+    Traffic, UpdateKind, UpdateStrategy,
 };
 use crate::pb;
 
@@ -285,6 +286,109 @@ pub fn strategy_from_pb(value: i32) -> Result<Strategy, ConvertError> {
     }
 }
 
+fn replica_count_to_pb(c: ReplicaCount) -> pb::ReplicaCount {
+    pb::ReplicaCount {
+        value: Some(match c {
+            ReplicaCount::Count(n) => pb::replica_count::Value::Count(n),
+            ReplicaCount::Percent(p) => pb::replica_count::Value::Percent(p),
+        }),
+    }
+}
+
+fn replica_count(
+    field: &str,
+    c: Option<pb::ReplicaCount>,
+) -> Result<Option<ReplicaCount>, ConvertError> {
+    const M: &str = "UpdateStrategy";
+    match c.map(|c| c.value) {
+        None => Ok(None),
+        Some(None) => Err(ConvertError::missing(M, field)),
+        Some(Some(pb::replica_count::Value::Count(n))) => Ok(Some(ReplicaCount::Count(n))),
+        Some(Some(pb::replica_count::Value::Percent(p))) => Ok(Some(ReplicaCount::Percent(p))),
+    }
+}
+
+impl From<&UpdateStrategy> for pb::UpdateStrategy {
+    fn from(u: &UpdateStrategy) -> Self {
+        pb::UpdateStrategy {
+            kind: match u.kind {
+                UpdateKind::RollingUpdate => pb::UpdateKind::RollingUpdate,
+                UpdateKind::Recreate => pb::UpdateKind::Recreate,
+            }
+            .into(),
+            max_surge: Some(replica_count_to_pb(u.max_surge)),
+            max_unavailable: Some(replica_count_to_pb(u.max_unavailable)),
+            min_ready_ms: ms(u.min_ready),
+            progress_deadline_ms: ms(u.progress_deadline),
+            auto_revert: u.auto_revert,
+            canary: u
+                .canary
+                .iter()
+                .map(|c| pb::CanaryStep {
+                    weight: c.weight,
+                    pause_ms: ms(c.pause),
+                })
+                .collect(),
+            analysis: Some(pb::CanaryAnalysis {
+                max_failure_bp: u.analysis.max_failure_bp,
+                min_sample: u.analysis.min_sample,
+            }),
+            revision_history_limit: u.revision_history_limit,
+            paused: u.paused,
+        }
+    }
+}
+
+impl TryFrom<pb::UpdateStrategy> for UpdateStrategy {
+    type Error = ConvertError;
+
+    fn try_from(u: pb::UpdateStrategy) -> Result<Self, ConvertError> {
+        const M: &str = "UpdateStrategy";
+        let defaults = UpdateStrategy::default();
+        let kind = match pb::UpdateKind::try_from(u.kind) {
+            Ok(pb::UpdateKind::Recreate) => UpdateKind::Recreate,
+            Ok(_) => UpdateKind::RollingUpdate,
+            Err(_) => {
+                return Err(ConvertError::new(
+                    M,
+                    "kind",
+                    format!("unknown update kind {}", u.kind),
+                ));
+            }
+        };
+        Ok(UpdateStrategy {
+            kind,
+            max_surge: replica_count("max_surge", u.max_surge)?.unwrap_or(defaults.max_surge),
+            max_unavailable: replica_count("max_unavailable", u.max_unavailable)?
+                .unwrap_or(defaults.max_unavailable),
+            min_ready: Duration::from_millis(u.min_ready_ms),
+            progress_deadline: if u.progress_deadline_ms == 0 {
+                defaults.progress_deadline
+            } else {
+                Duration::from_millis(u.progress_deadline_ms)
+            },
+            auto_revert: u.auto_revert,
+            canary: u
+                .canary
+                .into_iter()
+                .map(|c| CanaryStep {
+                    weight: c.weight,
+                    pause: Duration::from_millis(c.pause_ms),
+                })
+                .collect(),
+            analysis: u
+                .analysis
+                .map(|a| CanaryAnalysis {
+                    max_failure_bp: a.max_failure_bp,
+                    min_sample: a.min_sample,
+                })
+                .unwrap_or_default(),
+            revision_history_limit: u.revision_history_limit,
+            paused: u.paused,
+        })
+    }
+}
+
 impl From<&ServiceSpec> for pb::ServiceSpec {
     fn from(s: &ServiceSpec) -> Self {
         pb::ServiceSpec {
@@ -316,10 +420,7 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                 }
                 .into(),
             }),
-            update: Some(pb::UpdateStrategy {
-                max_surge: s.update.max_surge,
-                max_unavailable: s.update.max_unavailable,
-            }),
+            update: Some((&s.update).into()),
             traffic: Some(pb::Traffic {
                 strategy: strategy_to_pb(s.traffic.strategy).into(),
                 revision_weights: s.traffic.revision_weights.clone().into_iter().collect(),
@@ -411,10 +512,9 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
             placement,
             update: s
                 .update
-                .map(|u| UpdateStrategy {
-                    max_surge: u.max_surge,
-                    max_unavailable: u.max_unavailable,
-                })
+                .map(UpdateStrategy::try_from)
+                .transpose()
+                .map_err(|e| e.in_field(M, "update"))?
                 .unwrap_or_default(),
             traffic,
             stop_grace_period: Duration::from_millis(s.stop_grace_period_ms),
@@ -729,5 +829,47 @@ mod tests {
         wire.capacity = Some(pb::Resources::default());
         wire.id.clear();
         assert_eq!(NodeInfo::try_from(wire).expect_err("id").field, "id");
+    }
+}
+
+impl From<&crate::model::RevisionTraffic> for pb::RevisionTraffic {
+    fn from(t: &crate::model::RevisionTraffic) -> Self {
+        pb::RevisionTraffic {
+            service: t.service.clone(),
+            revision: t.revision,
+            connections: t.connections,
+            failed: t.failed,
+        }
+    }
+}
+
+/// Infallible: every value is valid; a receiver ignores entries with an empty service name.
+impl From<pb::RevisionTraffic> for crate::model::RevisionTraffic {
+    fn from(t: pb::RevisionTraffic) -> Self {
+        crate::model::RevisionTraffic {
+            service: t.service,
+            revision: t.revision,
+            connections: t.connections,
+            failed: t.failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod revision_traffic_tests {
+    use super::*;
+    use crate::model::RevisionTraffic;
+
+    #[test]
+    fn revision_traffic_round_trips() {
+        let traffic = RevisionTraffic {
+            service: "web".into(),
+            revision: 3,
+            connections: 120,
+            failed: 4,
+        };
+        let wire = pb::RevisionTraffic::from(&traffic);
+        assert_eq!((wire.revision, wire.connections, wire.failed), (3, 120, 4));
+        assert_eq!(RevisionTraffic::from(wire), traffic);
     }
 }

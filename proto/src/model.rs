@@ -238,21 +238,166 @@ pub struct Placement {
     pub spread: SpreadMode,
 }
 
-/// How a new revision replaces the old one.
+/// A replica count written as a number or as a percentage of the desired replicas
+/// (`maxSurge: 25%`, `maxUnavailable: 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaCount {
+    /// That many replicas.
+    Count(u32),
+    /// That percentage of the desired replicas.
+    Percent(u32),
+}
+
+impl ReplicaCount {
+    /// The count for `replicas` desired, a percentage rounded up (Kubernetes' rule for
+    /// `maxSurge`).
+    pub fn round_up(self, replicas: u32) -> u32 {
+        match self {
+            ReplicaCount::Count(n) => n,
+            ReplicaCount::Percent(p) => {
+                let scaled = u64::from(replicas) * u64::from(p);
+                u32::try_from(scaled.div_ceil(100)).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    /// The count for `replicas` desired, a percentage rounded down (Kubernetes' rule for
+    /// `maxUnavailable`).
+    pub fn round_down(self, replicas: u32) -> u32 {
+        match self {
+            ReplicaCount::Count(n) => n,
+            ReplicaCount::Percent(p) => {
+                let scaled = u64::from(replicas) * u64::from(p);
+                u32::try_from(scaled / 100).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+impl fmt::Display for ReplicaCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaCount::Count(n) => write!(f, "{n}"),
+            ReplicaCount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How a new revision replaces the old one's replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateKind {
+    /// New replicas start while old ones serve, within `max_surge` and `max_unavailable`.
+    #[default]
+    RollingUpdate,
+    /// Every old replica stops before the first new one starts.
+    Recreate,
+}
+
+impl UpdateKind {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateKind::RollingUpdate => "RollingUpdate",
+            UpdateKind::Recreate => "Recreate",
+        }
+    }
+}
+
+/// One canary step: the new revision gets `weight` percent of the connections, and the
+/// step lasts at least `pause` while the analysis watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CanaryStep {
+    /// Percent of new connections sent to the new revision, 1 to 99.
+    pub weight: u32,
+    /// Least time the step lasts.
+    pub pause: Duration,
+}
+
+/// How a canary's connection outcomes are judged against the stable revision's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CanaryAnalysis {
+    /// Largest failure rate of the canary above the stable revision's, in basis points
+    /// (100 = 1 %), before the canary is aborted.
+    pub max_failure_bp: u32,
+    /// Connections the canary must have had in a step before it can be judged.
+    pub min_sample: u64,
+}
+
+impl Default for CanaryAnalysis {
+    fn default() -> Self {
+        CanaryAnalysis {
+            max_failure_bp: 100,
+            min_sample: 100,
+        }
+    }
+}
+
+/// How a new revision replaces the old one: the rollout's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UpdateStrategy {
-    /// Replicas started above the desired count during an update.
-    pub max_surge: u32,
-    /// Replicas that may be unavailable during an update.
-    pub max_unavailable: u32,
+    /// Rolling update or recreate.
+    pub kind: UpdateKind,
+    /// Replicas placed above the desired count during an update (percentages round up).
+    pub max_surge: ReplicaCount,
+    /// Replicas that may be unavailable during an update or a drain (percentages round
+    /// down).
+    pub max_unavailable: ReplicaCount,
+    /// A new replica counts as available only once it has been ready this long without a
+    /// restart.
+    pub min_ready: Duration,
+    /// A rollout that makes no progress (no newly available replica, no step passed) for
+    /// this long fails.
+    pub progress_deadline: Duration,
+    /// A failed rollout goes back to the last stable revision by itself.
+    pub auto_revert: bool,
+    /// Canary steps; empty means a plain rolling update.
+    pub canary: Vec<CanaryStep>,
+    /// How canary steps are judged.
+    pub analysis: CanaryAnalysis,
+    /// Old revisions kept for `drover rollout undo`.
+    pub revision_history_limit: u32,
+    /// `Some(true)` pauses rollouts, `Some(false)` resumes them, `None` leaves the service's
+    /// pause as it is.
+    pub paused: Option<bool>,
+}
+
+impl UpdateStrategy {
+    /// Kubernetes' defaults (25 % surge, 25 % unavailable, 600 s deadline, 10 revisions)
+    /// with automatic revert on, as Drover's own manifests have it.
+    pub fn drover_defaults() -> UpdateStrategy {
+        UpdateStrategy {
+            kind: UpdateKind::RollingUpdate,
+            max_surge: ReplicaCount::Percent(25),
+            max_unavailable: ReplicaCount::Percent(25),
+            min_ready: Duration::ZERO,
+            progress_deadline: Duration::from_secs(600),
+            auto_revert: true,
+            canary: Vec::new(),
+            analysis: CanaryAnalysis::default(),
+            revision_history_limit: 10,
+            paused: None,
+        }
+    }
+
+    /// `(max_surge, max_unavailable)` resolved for `replicas` desired. When both come to 0
+    /// (small percentages of few replicas), one replica may be unavailable, as Kubernetes
+    /// does, so an update can always progress.
+    pub fn resolve(&self, replicas: u32) -> (u32, u32) {
+        let surge = self.max_surge.round_up(replicas);
+        let unavailable = self.max_unavailable.round_down(replicas);
+        if surge == 0 && unavailable == 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
 }
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
-        UpdateStrategy {
-            max_surge: 1,
-            max_unavailable: 0,
-        }
+        UpdateStrategy::drover_defaults()
     }
 }
 
@@ -354,11 +499,13 @@ impl ServiceSpec {
     }
 
     /// Whether `other` differs from `self` in what its containers run (anything but the
-    /// replica count and the traffic policy). Such a change makes a new revision.
+    /// replica count, the update strategy and the traffic policy). Such a change makes a
+    /// new revision.
     pub fn template_differs(&self, other: &ServiceSpec) -> bool {
         let strip = |spec: &ServiceSpec| ServiceSpec {
             replicas: 0,
             traffic: Traffic::default(),
+            update: UpdateStrategy::default(),
             ..spec.clone()
         };
         strip(self) != strip(other)
@@ -571,9 +718,30 @@ mod tests {
         let mut b = a.clone();
         b.replicas = 7;
         b.traffic.strategy = Strategy::Random;
+        b.update.max_surge = ReplicaCount::Count(3);
         assert!(!a.template_differs(&b));
         b.image = "nginx:2".into();
         assert!(a.template_differs(&b));
+    }
+
+    #[test]
+    fn percentages_round_as_kubernetes_does() {
+        let update = UpdateStrategy::default();
+        assert_eq!(
+            update.resolve(6),
+            (2, 1),
+            "25% of 6: surge up, unavailable down"
+        );
+        assert_eq!(update.resolve(4), (1, 1));
+        assert_eq!(update.resolve(1), (1, 0));
+        let zero = UpdateStrategy {
+            max_surge: ReplicaCount::Percent(10),
+            max_unavailable: ReplicaCount::Percent(10),
+            ..UpdateStrategy::default()
+        };
+        assert_eq!(zero.resolve(0), (0, 1), "both 0: one may be unavailable");
+        assert_eq!(zero.resolve(30), (3, 3));
+        assert_eq!(ReplicaCount::Count(2).round_up(100), 2);
     }
 
     #[test]
@@ -584,4 +752,20 @@ mod tests {
         assert_eq!(format_cpu(500), "500m");
         assert_eq!(format_cpu(2000), "2");
     }
+}
+
+/// Connection outcomes one node's proxies saw for the replicas of one revision of a service,
+/// counted since the agent started (cumulative; a reader takes differences).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionTraffic {
+    /// Service name.
+    pub service: String,
+    /// Revision of the service the replicas run.
+    pub revision: u64,
+    /// Connections handed to a replica of the revision; every connect attempt counts, so a
+    /// client connection retried on another replica counts once per replica tried.
+    pub connections: u64,
+    /// Of those: the connect failed (refused, timed out), or the replica closed or reset the
+    /// connection before its first answer byte.
+    pub failed: u64,
 }

@@ -1,8 +1,11 @@
 //! Per-service proxy counters: relaxed atomics bumped on the data path, read as a
-//! [`CountersSnapshot`] by the metrics endpoint.
+//! [`CountersSnapshot`] by the metrics endpoint; and per-revision connection outcomes
+//! ([`RevisionCounters`], read as [`RevisionOutcomes`]) for the coordinator's canary analysis.
 
+use std::collections::BTreeMap;
 use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -101,5 +104,74 @@ impl ServiceCounters {
 
     pub(crate) fn connection_drained(&self) {
         self.drained.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Connection outcomes of the replicas of one revision, as counted by [`RevisionCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RevisionOutcomes {
+    /// Connect attempts to a replica of the revision (a client connection retried on another
+    /// replica counts once per replica tried).
+    pub connections: u64,
+    /// Of those: the connect failed (refused, unreachable, timed out), or the replica closed
+    /// or reset the connection before its first answer byte, within
+    /// [`ProxyConfig::retry_unanswered_within`](super::ProxyConfig::retry_unanswered_within).
+    /// A connection that got an answer is never counted here, whatever happens later.
+    pub failed: u64,
+}
+
+impl AddAssign for RevisionOutcomes {
+    fn add_assign(&mut self, other: RevisionOutcomes) {
+        self.connections += other.connections;
+        self.failed += other.failed;
+    }
+}
+
+/// Live per-revision outcomes of one service proxy, since it was created. A small map behind
+/// a mutex, touched once per connect attempt (twice when the replica then closes without
+/// answering), never per byte.
+#[derive(Debug, Default)]
+pub struct RevisionCounters {
+    by_revision: Mutex<BTreeMap<u64, RevisionOutcomes>>,
+}
+
+impl RevisionCounters {
+    /// Outcomes per revision; only revisions that had at least one connect attempt appear.
+    pub fn snapshot(&self) -> BTreeMap<u64, RevisionOutcomes> {
+        self.by_revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A connect attempt to a replica of `revision` ended: connected, or failed.
+    pub(crate) fn attempted(&self, revision: u64, connect_failed: bool) {
+        self.add(
+            revision,
+            RevisionOutcomes {
+                connections: 1,
+                failed: u64::from(connect_failed),
+            },
+        );
+    }
+
+    /// A replica of `revision` that was connected closed or reset before answering.
+    pub(crate) fn unanswered(&self, revision: u64) {
+        self.add(
+            revision,
+            RevisionOutcomes {
+                connections: 0,
+                failed: 1,
+            },
+        );
+    }
+
+    fn add(&self, revision: u64, outcomes: RevisionOutcomes) {
+        *self
+            .by_revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(revision)
+            .or_default() += outcomes;
     }
 }

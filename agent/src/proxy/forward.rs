@@ -8,6 +8,10 @@
 //! Each endpoint with open connections has a deadline in a `watch` channel that its connection
 //! tasks wait on; a removal sets it, a re-add clears it.
 //!
+//! Outcomes are counted per revision of the replica tried ([`ServiceProxy::revision_traffic`]):
+//! every connect attempt is a connection, and it failed when the connect failed or the replica
+//! closed or reset it before answering (the case retried on another replica).
+//!
 //! Both sockets get `TCP_NODELAY`. Bytes are copied through a buffer per direction that
 //! grows to [`ProxyConfig::buffer_size`] ([`super::copy`]); with [`ProxyConfig::splice`] on
 //! Linux they move with `splice(2)` through pooled pipes instead ([`super::splice`]).
@@ -30,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::balancer::{Balancer, BalancerConfig, Endpoint, EndpointState};
 use super::copy::Buffers;
-use super::counters::{CountersSnapshot, ServiceCounters};
+use super::counters::{CountersSnapshot, RevisionCounters, RevisionOutcomes, ServiceCounters};
 
 /// Most client bytes kept for a replay on another replica; a client that sends more before
 /// the first answer is forwarded without the retry.
@@ -82,6 +86,8 @@ pub struct ServiceProxy {
     service: String,
     balancer: Arc<Mutex<Balancer>>,
     counters: Arc<ServiceCounters>,
+    /// Connection outcomes per revision of the replica tried.
+    revisions: RevisionCounters,
     config: ProxyConfig,
     /// Open upstream connections per endpoint id, and the current endpoint ids.
     connections: Mutex<Connections>,
@@ -133,6 +139,7 @@ impl ServiceProxy {
             service: service.into(),
             balancer: Arc::new(Mutex::new(balancer)),
             counters: Arc::new(ServiceCounters::default()),
+            revisions: RevisionCounters::default(),
             config,
             connections: Mutex::new(Connections::default()),
             handling: AtomicUsize::new(0),
@@ -155,6 +162,12 @@ impl ServiceProxy {
     /// A copy of the counters.
     pub fn snapshot(&self) -> CountersSnapshot {
         self.counters.snapshot()
+    }
+
+    /// Connection outcomes per revision of the replica tried, since this proxy was created
+    /// (see [`RevisionOutcomes`]).
+    pub fn revision_traffic(&self) -> BTreeMap<u64, RevisionOutcomes> {
+        self.revisions.snapshot()
     }
 
     /// Replace the endpoint set, the revision weights and the strategy. Endpoints no longer
@@ -277,6 +290,7 @@ impl ServiceProxy {
             .await
             {
                 Ok(Ok(stream)) => {
+                    self.revisions.attempted(endpoint.revision, false);
                     let mut balancer = self.lock_balancer();
                     let now = Instant::now();
                     balancer.connect_succeeded(&endpoint.id, now);
@@ -288,6 +302,7 @@ impl ServiceProxy {
                 Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
             };
             self.counters.connect_error();
+            self.revisions.attempted(endpoint.revision, true);
             self.lock_balancer()
                 .connect_failed(&endpoint.id, Instant::now());
             debug!(service = %self.service, %peer, endpoint = %endpoint.id,
@@ -362,6 +377,7 @@ impl ServiceProxy {
                 Ok(FirstAnswer::Started) => {}
                 Ok(FirstAnswer::Unanswered) => {
                     // The replica went away before answering: another one gets the request.
+                    self.revisions.unanswered(endpoint.revision);
                     self.lock_balancer()
                         .connect_failed(&endpoint.id, Instant::now());
                     debug!(service = %self.service, %peer, endpoint = %endpoint.id,

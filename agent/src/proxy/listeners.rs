@@ -7,14 +7,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::Strategy;
+use drover_proto::model::{RevisionTraffic, Strategy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::balancer::Endpoint;
-use super::counters::CountersSnapshot;
+use super::counters::{CountersSnapshot, RevisionOutcomes};
 use super::forward::{ProxyConfig, ServiceProxy, serve};
 
 /// What the proxy should do for one published port of a service.
@@ -42,7 +42,13 @@ pub struct ProxyManager {
     ports: BTreeMap<u16, Port>,
     /// Proxies whose port was stopped and that still have connections draining.
     retired: Vec<Arc<ServiceProxy>>,
+    /// Revision outcomes of proxies dropped since (stopped and drained), kept so that
+    /// [`ProxyManager::traffic`] never goes down while the agent runs.
+    ended: TrafficTotals,
 }
+
+/// Outcomes per (service, revision).
+type TrafficTotals = BTreeMap<(String, u64), RevisionOutcomes>;
 
 #[derive(Debug)]
 struct Port {
@@ -80,6 +86,7 @@ impl ProxyManager {
             seed,
             ports: BTreeMap::new(),
             retired: Vec::new(),
+            ended: TrafficTotals::new(),
         }
     }
 
@@ -141,7 +148,13 @@ impl ProxyManager {
             }
         }
 
-        self.retired.retain(|proxy| proxy.open_connections() > 0);
+        let (drained, draining) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|proxy| proxy.open_connections() == 0);
+        self.retired = draining;
+        for proxy in drained {
+            add_traffic(&mut self.ended, proxy.service(), proxy.revision_traffic());
+        }
     }
 
     /// Counters per service, summed over its ports (stopped ports are no longer counted).
@@ -151,6 +164,27 @@ impl ProxyManager {
             *all.entry(state.proxy.service().to_owned()).or_default() += state.proxy.snapshot();
         }
         all
+    }
+
+    /// The node's connection outcomes per (service, revision) since the manager was created,
+    /// summed over every proxy it has had for the service: its published ports, stopped ports
+    /// still draining and stopped ports gone, so the totals never decrease. Sorted by service,
+    /// then revision; only revisions that had a connect attempt appear.
+    pub fn traffic(&self) -> Vec<RevisionTraffic> {
+        let mut totals = self.ended.clone();
+        let proxies = self.ports.values().map(|state| &state.proxy);
+        for proxy in proxies.chain(&self.retired) {
+            add_traffic(&mut totals, proxy.service(), proxy.revision_traffic());
+        }
+        totals
+            .into_iter()
+            .map(|((service, revision), outcomes)| RevisionTraffic {
+                service,
+                revision,
+                connections: outcomes.connections,
+                failed: outcomes.failed,
+            })
+            .collect()
     }
 
     /// Ports being listened on now (a port whose bind failed is not among them).
@@ -214,6 +248,17 @@ async fn listen(address: SocketAddr, proxy: &Arc<ServiceProxy>) -> Option<Listen
     }
 }
 
+/// Adds one proxy's outcomes per revision to the totals of `service`.
+fn add_traffic(
+    totals: &mut TrafficTotals,
+    service: &str,
+    outcomes: BTreeMap<u64, RevisionOutcomes>,
+) {
+    for (revision, outcomes) in outcomes {
+        *totals.entry((service.to_owned(), revision)).or_default() += outcomes;
+    }
+}
+
 /// FNV-1a of the service name and port, mixed into the manager's seed, so services do not
 /// share a pick sequence and the result is stable across Rust releases.
 fn service_seed(seed: u64, service: &str, port: u16) -> u64 {
@@ -223,4 +268,37 @@ fn service_seed(seed: u64, service: &str, port: u16) -> u64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     seed ^ hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcomes(connections: u64, failed: u64) -> RevisionOutcomes {
+        RevisionOutcomes {
+            connections,
+            failed,
+        }
+    }
+
+    #[test]
+    fn traffic_adds_up_per_service_and_revision() {
+        let mut totals = TrafficTotals::new();
+        add_traffic(
+            &mut totals,
+            "web",
+            BTreeMap::from([(1, outcomes(10, 1)), (2, outcomes(3, 2))]),
+        );
+        // A second port of the same service, and another service with the same revision.
+        add_traffic(&mut totals, "web", BTreeMap::from([(2, outcomes(5, 0))]));
+        add_traffic(&mut totals, "api", BTreeMap::from([(2, outcomes(7, 7))]));
+        assert_eq!(
+            totals,
+            BTreeMap::from([
+                (("api".to_owned(), 2), outcomes(7, 7)),
+                (("web".to_owned(), 1), outcomes(10, 1)),
+                (("web".to_owned(), 2), outcomes(8, 2)),
+            ])
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //!   on another replica, copy both ways, drain removed replicas;
 //! - [`listeners`]: [`ProxyManager`], one listener per published port, reconciled from
 //!   [`ServiceRoute`]s;
-//! - [`counters`]: per-service atomics and their [`CountersSnapshot`];
+//! - [`counters`]: per-service atomics and their [`CountersSnapshot`]; per-revision
+//!   connection outcomes ([`RevisionOutcomes`]) that [`ProxyManager::traffic`] sums per node;
 //! - `copy`: the default data path, buffers that grow while reads fill them;
 //! - `splice` (Linux, opt-in): the zero-copy data path through pooled pipes.
 
@@ -21,6 +22,6 @@ mod splice;
 mod test_sockets;
 
 pub use copy::START as MIN_BUFFER_SIZE;
-pub use counters::{CountersSnapshot, ServiceCounters};
+pub use counters::{CountersSnapshot, RevisionCounters, RevisionOutcomes, ServiceCounters};
 pub use forward::{ProxyConfig, ServiceProxy, serve};
 pub use listeners::{ProxyManager, ServiceRoute};

@@ -10,7 +10,10 @@ mod redb_store;
 mod suite;
 
 pub use memory::MemoryStore;
-pub use records::{EventRecord, RevisionRecord, ServiceRecord, StoredState, apply_writes};
+pub use records::{
+    EventRecord, RevisionRecord, Rollout, RolloutPhase, ServiceRecord, StoredState,
+    TrafficBaseline, apply_writes,
+};
 pub use redb_store::RedbStore;
 
 use drover_proto::model::{Allocation, NodeFlags};
@@ -30,6 +33,8 @@ pub enum Write {
     DeleteService(String),
     /// Store a revision of a service.
     PutRevision(RevisionRecord),
+    /// Removes one revision (pruned history).
+    DeleteRevision(String, u64),
     /// Create or replace an allocation.
     PutAllocation(Allocation),
     /// Remove an allocation.

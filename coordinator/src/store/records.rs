@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::model::{Allocation, NodeFlags, ServiceSpec, Traffic};
+use drover_proto::model::{Allocation, NodeFlags, ServiceSpec, Traffic, UpdateStrategy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use super::{FORMAT_VERSION, StoreError};
 pub struct ServiceRecord {
     /// Service name.
     pub name: String,
-    /// Revision new replicas run.
+    /// Revision new replicas run: the one being rolled out, or the one in place.
     pub revision: u64,
     /// Desired replica count.
     pub replicas: u32,
@@ -23,6 +23,121 @@ pub struct ServiceRecord {
     pub created_unix_ms: u64,
     /// Last change, ms since the Unix epoch.
     pub updated_unix_ms: u64,
+    /// Rollout settings in force (the last applied; changing them makes no revision).
+    #[serde(default)]
+    pub update: UpdateStrategy,
+    /// Rollouts wait while set (`drover rollout pause`, a manifest's `paused: true`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Highest revision number ever given, so numbers are never reused after an undo or a
+    /// pruned history.
+    #[serde(default)]
+    pub latest_revision: u64,
+    /// Last revision whose replicas were all available: where a failed rollout goes back to.
+    #[serde(default)]
+    pub stable_revision: Option<u64>,
+    /// Revisions whose rollout failed, with the cause.
+    #[serde(default)]
+    pub failed_revisions: BTreeMap<u64, String>,
+    /// The current or last rollout.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+impl ServiceRecord {
+    /// A new service at `revision` with default rollout settings and no rollout.
+    pub fn new(
+        name: &str,
+        revision: u64,
+        replicas: u32,
+        traffic: Traffic,
+        now_unix_ms: u64,
+    ) -> ServiceRecord {
+        ServiceRecord {
+            name: name.to_string(),
+            revision,
+            replicas,
+            traffic,
+            created_unix_ms: now_unix_ms,
+            updated_unix_ms: now_unix_ms,
+            update: UpdateStrategy::default(),
+            paused: false,
+            latest_revision: revision,
+            stable_revision: None,
+            failed_revisions: BTreeMap::new(),
+            rollout: None,
+        }
+    }
+
+    /// The highest revision number given so far.
+    pub fn newest_revision(&self) -> u64 {
+        self.latest_revision.max(self.revision)
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// Replicas are being replaced (or it waits: paused, a canary step, readiness).
+    Progressing,
+    /// Every desired replica runs the revision and is available; nothing else runs.
+    Complete,
+    /// It failed; nothing more is placed for it and the old replicas keep serving.
+    Failed,
+}
+
+impl RolloutPhase {
+    /// The lowercase name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Progressing => "progressing",
+            RolloutPhase::Complete => "complete",
+            RolloutPhase::Failed => "failed",
+        }
+    }
+}
+
+/// One rollout of a service to a revision; durable, so a restarted coordinator resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Revision being rolled out.
+    pub revision: u64,
+    /// Revision it replaces (the one in place when it started), if any.
+    pub from_revision: Option<u64>,
+    /// What started it: "apply", "restart", "undo", "auto-revert from revision 3".
+    pub started_by: String,
+    /// Start, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Last progress (a newly available replica, a step reached, a resume): the progress
+    /// deadline counts from here.
+    pub progress_unix_ms: u64,
+    /// Most replicas of the revision seen available at once, to tell new progress.
+    pub most_available: u32,
+    /// Where it stands.
+    pub phase: RolloutPhase,
+    /// Canary step in progress, from 0; equal to the number of steps once promoted.
+    pub step: u32,
+    /// When the current step began, ms since the Unix epoch.
+    pub step_started_unix_ms: u64,
+    /// Connection counts of (canary, stable) when the current step began, from
+    /// [`crate::state::ClusterState::traffic`] of boot `baseline_boot`.
+    pub baseline: TrafficBaseline,
+    /// Why it failed, once it has.
+    pub cause: String,
+    /// End, ms since the Unix epoch, once complete or failed.
+    pub ended_unix_ms: Option<u64>,
+}
+
+/// Connection counts at the start of a canary step, to judge the step by differences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficBaseline {
+    /// Coordinator boot the counts were taken in; counts of another boot are not comparable.
+    pub boot: u64,
+    /// The canary's (connections, failed).
+    pub canary: (u64, u64),
+    /// The other revisions' (connections, failed).
+    pub stable: (u64, u64),
 }
 
 /// One revision of a service's spec; revisions are never modified.
@@ -36,6 +151,9 @@ pub struct RevisionRecord {
     pub spec: ServiceSpec,
     /// Creation time, ms since the Unix epoch.
     pub created_unix_ms: u64,
+    /// What made it: "apply", "restart" or an operator's change cause.
+    #[serde(default)]
+    pub cause: String,
 }
 
 /// A cluster event.
@@ -143,6 +261,9 @@ pub fn apply_writes(state: &mut StoredState, writes: &[super::Write]) {
                 state
                     .revisions
                     .insert((r.service.clone(), r.revision), r.clone());
+            }
+            Write::DeleteRevision(service, revision) => {
+                state.revisions.remove(&(service.clone(), *revision));
             }
             Write::PutAllocation(a) => {
                 state.allocations.insert(a.id.clone(), a.clone());

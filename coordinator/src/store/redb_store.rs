@@ -148,6 +148,11 @@ impl RedbStore {
                             .insert((r.service.as_str(), r.revision), bytes.as_slice())
                             .map_err(|e| self.db_error(e))?;
                     }
+                    Write::DeleteRevision(service, revision) => {
+                        revisions
+                            .remove((service.as_str(), *revision))
+                            .map_err(|e| self.db_error(e))?;
+                    }
                     Write::PutAllocation(a) => {
                         let bytes = encode("allocations", &a.id, a)?;
                         allocations

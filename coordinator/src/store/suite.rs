@@ -3,18 +3,14 @@
 use drover_proto::model::{Allocation, DesiredState, NodeFlags, Resources, ServiceSpec, Traffic};
 
 use super::{
-    EventRecord, MemoryStore, RedbStore, RevisionRecord, ServiceRecord, Store, Write, counters,
+    EventRecord, MemoryStore, RedbStore, RevisionRecord, Rollout, RolloutPhase, ServiceRecord,
+    Store, TrafficBaseline, Write, counters,
 };
 
 fn service(name: &str, revision: u64) -> ServiceRecord {
-    ServiceRecord {
-        name: name.into(),
-        revision,
-        replicas: 3,
-        traffic: Traffic::default(),
-        created_unix_ms: 1,
-        updated_unix_ms: 2,
-    }
+    let mut record = ServiceRecord::new(name, revision, 3, Traffic::default(), 1);
+    record.updated_unix_ms = 2;
+    record
 }
 
 fn revision(name: &str, revision: u64) -> RevisionRecord {
@@ -23,6 +19,7 @@ fn revision(name: &str, revision: u64) -> RevisionRecord {
         revision,
         spec: ServiceSpec::new(name, format!("{name}:{revision}")),
         created_unix_ms: 3,
+        cause: "apply".into(),
     }
 }
 
@@ -52,9 +49,31 @@ fn event(seq: u64) -> EventRecord {
 }
 
 fn round_trip(store: &dyn Store) {
+    let mut web = service("web", 2);
+    web.stable_revision = Some(1);
+    web.failed_revisions
+        .insert(3, "image web:3 is not available".into());
+    web.rollout = Some(Rollout {
+        revision: 2,
+        from_revision: Some(1),
+        started_by: "apply".into(),
+        started_unix_ms: 5,
+        progress_unix_ms: 6,
+        most_available: 1,
+        phase: RolloutPhase::Progressing,
+        step: 1,
+        step_started_unix_ms: 7,
+        baseline: TrafficBaseline {
+            boot: 1,
+            canary: (10, 1),
+            stable: (90, 0),
+        },
+        cause: String::new(),
+        ended_unix_ms: None,
+    });
     store
         .commit(&[
-            Write::PutService(service("web", 2)),
+            Write::PutService(web.clone()),
             Write::PutRevision(revision("web", 1)),
             Write::PutRevision(revision("web", 2)),
             Write::PutService(service("db", 1)),
@@ -73,12 +92,19 @@ fn round_trip(store: &dyn Store) {
         ])
         .expect("commit");
     let state = store.load().expect("load");
-    assert_eq!(state.services["web"], service("web", 2));
+    assert_eq!(state.services["web"], web, "the rollout is durable");
     assert_eq!(state.revisions.len(), 3);
     assert_eq!(state.revisions[&("web".to_string(), 2)], revision("web", 2));
     assert_eq!(state.allocations.len(), 2);
     assert!(state.node_flags["n1"].cordoned);
     assert_eq!(state.counters[counters::NEXT_ALLOC], 3);
+
+    store
+        .commit(&[Write::DeleteRevision("web".into(), 1)])
+        .expect("commit revision delete");
+    let state = store.load().expect("load");
+    assert_eq!(state.revisions.len(), 2, "one revision pruned");
+    assert!(!state.revisions.contains_key(&("web".to_string(), 1)));
 
     store
         .commit(&[

@@ -1,0 +1,220 @@
+//! The rollout's state machine: progress, canary steps, completion, failure and revert.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{
+    CRASH_RESTARTS, Classes, Input, Pass, Verdict, canary_replicas, judge, ms, secs, start,
+};
+use crate::events;
+use crate::store::{RolloutPhase, ServiceRecord};
+
+/// Moves the rollout's state: progress, steps, completion, failure and revert.
+pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
+    let replicas = pass.record.replicas;
+    let available = c.incoming.iter().filter(|r| pass.available(r)).count() as u32;
+    let Some(mut rollout) = pass.record.rollout.clone() else {
+        // No rollout on record (a store from before rollouts): a fully available service
+        // is stable.
+        if available >= replicas && c.old.is_empty() && c.migrating.is_empty() {
+            pass.record.stable_revision = Some(pass.record.revision);
+        }
+        return;
+    };
+    if rollout.phase != RolloutPhase::Progressing || rollout.revision != pass.record.revision {
+        return;
+    }
+    let now = pass.now();
+    if pass.record.paused {
+        return;
+    }
+    if available > rollout.most_available {
+        rollout.most_available = available;
+        rollout.progress_unix_ms = now;
+    }
+    let steps = pass.record.update.canary.clone();
+    let revision = pass.record.revision;
+    let mut cause = failure(pass, c);
+    if cause.is_none()
+        && let Some(step) = steps.get(rollout.step as usize)
+    {
+        let (canary, stable) = pass.input.traffic.since(revision, &rollout.baseline);
+        let wanted = canary_replicas(replicas, step.weight);
+        let pause_ends = rollout.step_started_unix_ms.saturating_add(ms(step.pause));
+        match judge(canary, stable, &pass.record.update.analysis) {
+            Verdict::Fail(why) => {
+                cause = Some(format!(
+                    "canary step {} of {} (weight {}%): {why}",
+                    rollout.step + 1,
+                    steps.len(),
+                    step.weight
+                ));
+            }
+            Verdict::Pass if available >= wanted && now >= pause_ends => {
+                rollout.step += 1;
+                rollout.step_started_unix_ms = now;
+                rollout.progress_unix_ms = now;
+                rollout.baseline = pass.input.traffic.baseline(revision);
+                pass.events.push((
+                    events::ROLLOUT_STEP,
+                    format!(
+                        "revision {revision}: canary step {} of {} (weight {}%) passed: {canary} (stable: {stable})",
+                        rollout.step,
+                        steps.len(),
+                        step.weight
+                    ),
+                ));
+                if rollout.step as usize == steps.len() {
+                    pass.events.push((
+                        events::ROLLOUT_PROMOTED,
+                        format!(
+                            "revision {revision} promoted after {} canary steps; the rest rolls at maxSurge",
+                            steps.len()
+                        ),
+                    ));
+                }
+            }
+            _ => pass.wake_at(pause_ends),
+        }
+    }
+    let deadline = pass.record.update.progress_deadline;
+    let deadline_at = rollout.progress_unix_ms.saturating_add(ms(deadline));
+    if cause.is_none() && now > deadline_at {
+        let waiting = c
+            .incoming
+            .iter()
+            .find(|r| !pass.available(r) && !r.message.is_empty())
+            .map(|r| format!("; replica {} says: {}", r.alloc.id, r.message))
+            .unwrap_or_default();
+        cause = Some(format!(
+            "no progress in {}: {available} of {replicas} replicas of revision {revision} available{waiting}",
+            secs(deadline)
+        ));
+    }
+    if let Some(cause) = cause {
+        pass.record.rollout = Some(rollout);
+        fail(pass, &cause, false);
+        return;
+    }
+    pass.wake_at(deadline_at.saturating_add(1));
+    let promoted = rollout.step as usize >= steps.len();
+    if promoted && available >= replicas && c.old.is_empty() && c.migrating.is_empty() {
+        rollout.phase = RolloutPhase::Complete;
+        rollout.ended_unix_ms = Some(now);
+        let took = Duration::from_millis(now.saturating_sub(rollout.started_unix_ms));
+        pass.events.push((
+            events::ROLLOUT_COMPLETED,
+            format!(
+                "revision {revision}: {replicas} of {replicas} replicas available ({} after start)",
+                humantime::format_duration(Duration::from_millis(
+                    took.as_millis() as u64 / 100 * 100
+                ))
+            ),
+        ));
+        pass.record.stable_revision = Some(revision);
+        pass.record.failed_revisions.remove(&revision);
+        pass.prune = prune(pass.input, &pass.record);
+    }
+    pass.record.rollout = Some(rollout);
+}
+
+/// Why the rollout's revision fails now, if it does: a new replica failed or crash-loops.
+fn failure(pass: &Pass<'_, '_>, c: &Classes<'_, '_>) -> Option<String> {
+    if let Some(r) = c.failed.first() {
+        return Some(format!(
+            "replica {} on node {} failed: {}",
+            r.alloc.id, r.alloc.node, r.message
+        ));
+    }
+    c.incoming
+        .iter()
+        .chain(&c.migrating)
+        .find(|r| r.restarts >= CRASH_RESTARTS && !pass.available(r))
+        .map(|r| {
+            let said = if r.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.message)
+            };
+            format!(
+                "replica {} on node {} restarted {} times without becoming available{said}",
+                r.alloc.id, r.alloc.node, r.restarts
+            )
+        })
+}
+
+/// Fails the rollout with `cause`; goes back to the last stable revision when `autoRevert`
+/// is on (or an operator aborted) and there is one to go back to.
+pub(super) fn fail(pass: &mut Pass<'_, '_>, cause: &str, aborted: bool) {
+    let now = pass.now();
+    let record = &mut pass.record;
+    let revision = record.revision;
+    record.failed_revisions.insert(revision, cause.to_string());
+    pass.events.push((
+        events::ROLLOUT_FAILED,
+        format!("rollout of revision {revision} failed: {cause}"),
+    ));
+    let back_to = record
+        .stable_revision
+        .filter(|s| *s != revision && pass.input.revisions.contains(s));
+    match back_to {
+        Some(stable) if record.update.auto_revert || aborted => {
+            record.revision = stable;
+            let by = if aborted {
+                format!("abort of revision {revision}")
+            } else {
+                format!("auto-revert from revision {revision}")
+            };
+            let mut back = start(stable, Some(revision), &by, now);
+            // Going back to what ran well takes no canary steps.
+            back.step = record.update.canary.len() as u32;
+            record.rollout = Some(back);
+            pass.events.push((
+                events::ROLLOUT_REVERTED,
+                format!(
+                    "back to stable revision {stable} ({by}); revision {revision} gets no traffic"
+                ),
+            ));
+        }
+        _ => {
+            if let Some(rollout) = record.rollout.as_mut() {
+                rollout.phase = RolloutPhase::Failed;
+                rollout.cause = cause.to_string();
+                rollout.ended_unix_ms = Some(now);
+            }
+        }
+    }
+}
+
+/// Revisions beyond `revisionHistoryLimit` that nothing needs: not the current or stable
+/// one, no allocation running them; oldest first.
+fn prune(input: &Input<'_>, record: &ServiceRecord) -> Vec<u64> {
+    let keep = record.update.revision_history_limit as usize;
+    let used: BTreeSet<u64> = input.replicas.iter().map(|r| r.alloc.revision).collect();
+    let old: Vec<u64> = input
+        .revisions
+        .iter()
+        .copied()
+        .filter(|r| *r != record.revision && Some(*r) != record.stable_revision)
+        .collect();
+    let excess = old.len().saturating_sub(keep);
+    old.into_iter()
+        .take(excess)
+        .filter(|r| !used.contains(r))
+        .collect()
+}
+
+/// An operator's abort: the rollout fails with `cause` and goes back to the last stable
+/// revision whatever `autoRevert` says (or stops where it is when there is none). Returns
+/// the updated record and the events.
+pub fn abort(input: &Input<'_>, cause: &str) -> (ServiceRecord, Vec<(&'static str, String)>) {
+    let mut pass = Pass {
+        input,
+        record: input.record.clone(),
+        events: Vec::new(),
+        prune: Vec::new(),
+        wake_at_ms: None,
+    };
+    fail(&mut pass, cause, true);
+    (pass.record, pass.events)
+}
