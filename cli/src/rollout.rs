@@ -140,6 +140,14 @@ async fn failure_of(
         .unwrap_or_else(|| "no cause recorded".to_string()))
 }
 
+/// The revision a rollout went back from (an auto-revert or an abort), if it did.
+fn reverted_from(status: &pb::RolloutStatus) -> Option<u64> {
+    let by = status.started_by.as_str();
+    by.strip_prefix("auto-revert from revision ")
+        .or_else(|| by.strip_prefix("abort of revision "))
+        .and_then(|n| n.parse().ok())
+}
+
 /// Follows the rollout of `revision` (the service's current one when `None`), printing a
 /// line whenever it changes, until it completes (Ok) or fails (Err naming the cause), or
 /// `timeout` passes.
@@ -154,7 +162,10 @@ pub async fn follow(
     let mut watched = revision;
     loop {
         let status = get(client, service).await?;
-        let revision = *watched.get_or_insert(status.revision);
+        // Asked for the service as it is: a rollout that went back by itself is the one
+        // the operator made, and it failed.
+        let revision =
+            *watched.get_or_insert_with(|| reverted_from(&status).unwrap_or(status.revision));
         if status.revision != revision {
             let back = status
                 .started_by

@@ -149,7 +149,12 @@ fn start_rollout(
             )
         })
         .unwrap_or_default();
-    record.rollout = Some(rollout::start(revision, from, started_by, now));
+    let mut rollout = rollout::start(revision, from, started_by, now);
+    if from.is_none() {
+        // A new service has nothing to compare a canary with: it starts at full strength.
+        rollout.step = record.update.canary.len() as u32;
+    }
+    record.rollout = Some(rollout);
     let from = from.map_or("a new service".to_string(), |f| {
         format!("from revision {f}")
     });
