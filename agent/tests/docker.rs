@@ -265,6 +265,20 @@ async fn exec_sees_the_environment_and_times_out() {
 }
 
 #[tokio::test]
+async fn a_command_that_does_not_exist_cannot_execute() {
+    let (runtime, fixture, _cleanup) = setup().await;
+    let mut spec = fixture.spec("no-command");
+    spec.command = vec!["/no/such/program".into()];
+    let id = runtime.create(&spec).await.expect("create");
+    match runtime.start(&id).await {
+        Err(RuntimeError::CannotExecute { reason, .. }) => {
+            assert!(reason.contains("/no/such/program"), "{reason}")
+        }
+        other => panic!("expected CannotExecute, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn limits_and_no_restart_policy_reach_the_engine() {
     let (runtime, fixture, _cleanup) = setup().await;
     let mut spec = fixture.spec("limited");

@@ -16,13 +16,11 @@
 //! client errors.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drover_tests::{
-    DroverProcess, allocations, healthy_nodes, http_get, nodes_cluster, ready_nodes,
-    remove_node_containers, try_http_get, wait_for, workspace_root,
+    DroverProcess, LoopingClient, allocations, healthy_nodes, http_get, nodes_cluster, ready_nodes,
+    remove_node_containers, wait_for, workspace_root,
 };
 
 const IPS: [&str; 5] = [
@@ -37,70 +35,6 @@ const REPLICAS: usize = 3;
 const SETTLE: Duration = Duration::from_secs(120);
 /// Longest a trial may take before it counts as a failure to recover.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
-
-/// A client connecting in a loop through one proxy, counting answers and failures.
-struct Client {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    /// Failures by what went wrong.
-    errors: Arc<Mutex<BTreeMap<String, u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Client {
-    fn start(proxy: String) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(BTreeMap::new()));
-        let thread = {
-            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-            let errors = Arc::clone(&errors);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match try_http_get(&proxy) {
-                        Ok(body) if body.starts_with("user-service ") => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        outcome => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            let what = match outcome {
-                                Ok(body) => format!("answer without the service's name: {body:?}"),
-                                Err(e) => e,
-                            };
-                            if let Ok(mut errors) = errors.lock() {
-                                *errors.entry(what).or_default() += 1;
-                            }
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        Client {
-            stop,
-            ok,
-            failed,
-            errors,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the loop; returns (answered, failed, failures by kind).
-    fn finish(mut self) -> (u64, u64, BTreeMap<String, u64>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        let errors = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
-}
 
 /// Replicas per node, healthy ones only.
 fn placement(coordinator: &DroverProcess) -> BTreeMap<String, usize> {
@@ -173,7 +107,7 @@ fn main() {
             seen.len() == REPLICAS
         });
 
-        let client = Client::start(proxy);
+        let client = LoopingClient::start(proxy, |body| body.starts_with("user-service "));
         std::thread::sleep(Duration::from_millis(300));
         let dead = nodes[victim].clone();
         let start = Instant::now();

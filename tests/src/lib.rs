@@ -562,3 +562,74 @@ impl Drop for Partition {
         self.heal();
     }
 }
+
+/// A client connecting in a loop through one proxy, counting answers (those `accept`
+/// takes) and failures by kind; for benchmarks.
+#[derive(Debug)]
+pub struct LoopingClient {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Failures by what went wrong.
+    errors: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoopingClient {
+    /// Starts the loop through `proxy`.
+    pub fn start(proxy: String, accept: fn(&str) -> bool) -> LoopingClient {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let thread = {
+            let (stop, ok, failed) = (
+                std::sync::Arc::clone(&stop),
+                std::sync::Arc::clone(&ok),
+                std::sync::Arc::clone(&failed),
+            );
+            let errors = std::sync::Arc::clone(&errors);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match try_http_get(&proxy) {
+                        Ok(body) if accept(&body) => {
+                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        outcome => {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let what = match outcome {
+                                Ok(body) => format!("answer without the service's name: {body:?}"),
+                                Err(e) => e,
+                            };
+                            if let Ok(mut errors) = errors.lock() {
+                                *errors.entry(what).or_default() += 1;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        LoopingClient {
+            stop,
+            ok,
+            failed,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop; returns (answered, failed, failures by kind).
+    pub fn finish(mut self) -> (u64, u64, std::collections::BTreeMap<String, u64>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let errors = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        (
+            self.ok.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+            errors,
+        )
+    }
+}

@@ -52,6 +52,17 @@ pub struct DockerRuntime {
     endpoint: String,
 }
 
+/// Whether an engine's start error says the container's command cannot run (missing or not
+/// executable), as runc, crun and Podman word it: no retry fixes that.
+fn is_exec_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    let exec = m.contains("exec:") || m.contains("executable") || m.contains("oci runtime");
+    exec && (m.contains("no such file or directory")
+        || m.contains("executable file not found")
+        || m.contains("not found in $path")
+        || m.contains("permission denied"))
+}
+
 impl DockerRuntime {
     /// Connects to the engine at `endpoint` and checks that it answers.
     ///
@@ -259,10 +270,17 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         // A running container answers 304, which bollard reports as success.
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|err| self.error("start container", id, err))
+        match self.docker.start_container(id, None).await {
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if is_exec_failure(&message) =>
+            {
+                Err(RuntimeError::CannotExecute {
+                    target: id.to_owned(),
+                    reason: message,
+                })
+            }
+            result => result.map_err(|err| self.error("start container", id, err)),
+        }
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -634,6 +652,22 @@ mod tests {
 
     use super::*;
     use crate::runtime::PortBinding;
+
+    #[test]
+    fn a_command_that_cannot_run_is_told_apart() {
+        assert!(is_exec_failure(
+            "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory: unknown"
+        ));
+        assert!(is_exec_failure(
+            "crun: executable file `nope` not found in $PATH: No such file or directory: OCI runtime attempted to invoke a command that was not found"
+        ));
+        assert!(!is_exec_failure(
+            "driver failed programming external connectivity: port is already allocated"
+        ));
+        assert!(!is_exec_failure(
+            "OCI runtime create failed: cgroup: no space left on device"
+        ));
+    }
 
     #[test]
     fn parses_docker_and_podman_timestamps() {

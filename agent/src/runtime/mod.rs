@@ -111,6 +111,15 @@ pub enum RuntimeError {
         /// Cause.
         reason: String,
     },
+    /// The container's process cannot start: its command does not exist or may not be
+    /// executed. Starting it again cannot help.
+    #[error("start container {target}: its command cannot run: {reason}")]
+    CannotExecute {
+        /// Container id.
+        target: String,
+        /// The engine's message.
+        reason: String,
+    },
     /// The engine refused or failed an operation.
     #[error("{operation} {target}: {reason}")]
     Engine {

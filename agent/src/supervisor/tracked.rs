@@ -212,8 +212,18 @@ impl Tracked {
                 self.set_state(AllocState::Running, String::new());
                 self.refresh_health_state();
             }
-            Err(e) => self.retry_later(e.to_string()),
+            Err(e) => self.start_failed(e),
         }
+    }
+
+    /// A start that failed: for good when the command cannot run, else retried.
+    fn start_failed(&mut self, e: RuntimeError) {
+        if matches!(e, RuntimeError::CannotExecute { .. }) {
+            warn!(alloc = %self.id, error = %e, "allocation failed");
+            self.set_state(AllocState::Failed, e.to_string());
+            return;
+        }
+        self.retry_later(e.to_string());
     }
 
     /// A failed create or start: try again after the backoff, or give up.
@@ -320,7 +330,7 @@ impl Tracked {
                 self.set_state(AllocState::Running, String::new());
                 self.refresh_health_state();
             }
-            Err(e) => self.retry_later(e.to_string()),
+            Err(e) => self.start_failed(e),
         }
     }
 

@@ -5,18 +5,24 @@ use std::time::Duration;
 
 use super::constraint;
 use super::error::{Errors, FieldError, at};
-use super::input::{IntOrName, count_at_least, port_number, seconds_at_least};
+use super::input::{
+    CountOrPercent, IntOrName, count_at_least, port_number, replica_count, seconds_at_least,
+};
 use super::kube::{
-    Container, ContainerPort, Deployment, DeploymentStrategy, ObjectMeta, Probe, ResourceList,
+    Container, ContainerPort, Deployment, DeploymentSpec, DeploymentStrategy, ObjectMeta, Probe,
+    ResourceList,
 };
 use super::validate;
 use crate::model::{
-    ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol, Resources,
-    ServiceSpec,
+    ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol, ReplicaCount,
+    Resources, ServiceSpec, UpdateKind, UpdateStrategy,
 };
 
 const POD: &str = "spec.template.spec";
 const CONTAINER: &str = "spec.template.spec.containers[0]";
+/// Annotation of a Deployment that turns Drover's automatic revert on (`"true"`) or keeps it
+/// off (`"false"`, as Kubernetes behaves).
+const AUTO_REVERT: &str = "drover.dev/auto-revert";
 
 /// A Deployment converted, waiting for the Services that select it.
 #[derive(Debug)]
@@ -32,6 +38,7 @@ pub(crate) fn convert(doc: Deployment) -> (Converted, Vec<FieldError>) {
     let mut errors = Errors::default();
     check_metadata(&mut errors, &doc.metadata);
     let deployment = doc.spec;
+    let update = convert_update(&mut errors, &doc.metadata.annotations, &deployment);
     let template_labels = deployment.template.metadata.labels;
     let pod = deployment.template.spec;
     let container_count = pod.containers.len();
@@ -42,6 +49,7 @@ pub(crate) fn convert(doc: Deployment) -> (Converted, Vec<FieldError>) {
         .unwrap_or_default();
     let mut spec = ServiceSpec::new(doc.metadata.name, image);
     spec.labels = doc.metadata.labels;
+    spec.update = update;
     if let Some(replicas) = deployment.replicas {
         spec.replicas = errors
             .check("spec.replicas", count_at_least(replicas, 0))
@@ -96,9 +104,6 @@ pub(crate) fn convert(doc: Deployment) -> (Converted, Vec<FieldError>) {
         if errors.check(path, constraint::check(&constraint)).is_some() {
             spec.placement.constraints.push(constraint);
         }
-    }
-    if let Some(strategy) = deployment.strategy {
-        convert_strategy(&mut errors, &mut spec, strategy);
     }
     let converted = Converted {
         spec,
@@ -392,42 +397,117 @@ fn resolve_port(
     errors.check(path, resolved).unwrap_or(0)
 }
 
-fn convert_strategy(errors: &mut Errors, spec: &mut ServiceSpec, strategy: DeploymentStrategy) {
-    if let Some(kind) = strategy.kind.filter(|k| k != "RollingUpdate") {
-        errors.push(
-            "spec.strategy.type",
-            format!(
-                "strategy \"{kind}\" is not supported: Drover always rolls updates (RollingUpdate)"
+/// The rollout settings of a Deployment, with Kubernetes' defaults: automatic revert is off
+/// unless the [`AUTO_REVERT`] annotation turns it on.
+fn convert_update(
+    errors: &mut Errors,
+    annotations: &BTreeMap<String, String>,
+    deployment: &DeploymentSpec,
+) -> UpdateStrategy {
+    let mut update = UpdateStrategy {
+        auto_revert: false,
+        ..UpdateStrategy::default()
+    };
+    if let Some(value) = annotations.get(AUTO_REVERT) {
+        match value.as_str() {
+            "true" => update.auto_revert = true,
+            "false" => {}
+            other => errors.push(
+                format!("metadata.annotations.{AUTO_REVERT}"),
+                format!("annotation {AUTO_REVERT} must be \"true\" or \"false\", got \"{other}\""),
             ),
-        );
+        }
     }
-    let Some(rolling) = strategy.rolling_update else {
+    if let Some(strategy) = &deployment.strategy {
+        convert_strategy(errors, &mut update, strategy);
+    }
+    let seconds = |errors: &mut Errors, path: &str, value: Option<i64>| match value {
+        None => Some(None),
+        Some(value) => errors.check(path, seconds_at_least(value, 0)).map(Some),
+    };
+    // `None`: written but refused; `Some(None)`: not written.
+    let min_ready = seconds(errors, "spec.minReadySeconds", deployment.min_ready_seconds);
+    let deadline = seconds(
+        errors,
+        "spec.progressDeadlineSeconds",
+        deployment.progress_deadline_seconds,
+    );
+    if let (Some(min_ready), Some(deadline)) = (min_ready, deadline) {
+        update.min_ready = min_ready.unwrap_or(update.min_ready);
+        update.progress_deadline = deadline.unwrap_or(update.progress_deadline);
+        // Kubernetes' rule, which also holds for the default deadline.
+        if update.progress_deadline <= update.min_ready {
+            errors.push(
+                "spec.progressDeadlineSeconds",
+                format!(
+                    "progressDeadlineSeconds {}{} must be greater than minReadySeconds {}",
+                    update.progress_deadline.as_secs(),
+                    if deadline.is_none() {
+                        " (the default)"
+                    } else {
+                        ""
+                    },
+                    update.min_ready.as_secs()
+                ),
+            );
+        }
+    }
+    if let Some(limit) = deployment.revision_history_limit {
+        if let Some(limit) = errors.check("spec.revisionHistoryLimit", count_at_least(limit, 0)) {
+            update.revision_history_limit = limit;
+        }
+    }
+    update.paused = deployment.paused;
+    update
+}
+
+fn convert_strategy(
+    errors: &mut Errors,
+    update: &mut UpdateStrategy,
+    strategy: &DeploymentStrategy,
+) {
+    match strategy.kind.as_deref() {
+        None | Some("RollingUpdate") => {}
+        Some("Recreate") => update.kind = UpdateKind::Recreate,
+        Some(other) => errors.push(
+            "spec.strategy.type",
+            format!("unknown strategy type \"{other}\" (RollingUpdate or Recreate)"),
+        ),
+    }
+    let Some(rolling) = &strategy.rolling_update else {
         return;
     };
     let base = "spec.strategy.rollingUpdate";
-    let mut count = |field: &str, value: Option<IntOrName>, target: &mut u32| {
-        let path = at(base, field);
-        match value {
-            None => {}
-            Some(IntOrName::Int(value)) => {
-                if let Some(count) = errors.check(path, count_at_least(value, 0)) {
-                    *target = count;
-                }
-            }
-            Some(IntOrName::Name(text)) => errors.push(
-                path,
-                format!("\"{text}\" is not supported: give a number of replicas, not a percentage"),
-            ),
+    if update.kind == UpdateKind::Recreate {
+        errors.push(
+            base,
+            "rollingUpdate may only be set with type RollingUpdate, not Recreate",
+        );
+        return;
+    }
+    let mut count = |field: &str,
+                     value: &Option<CountOrPercent>,
+                     in_range: fn(ReplicaCount) -> Result<(), String>,
+                     target: &mut ReplicaCount| {
+        let Some(value) = value else {
+            return;
+        };
+        let converted = replica_count(value).and_then(|count| in_range(count).map(|()| count));
+        if let Some(count) = errors.check(at(base, field), converted) {
+            *target = count;
         }
     };
-    count("maxSurge", rolling.max_surge, &mut spec.update.max_surge);
+    count(
+        "maxSurge",
+        &rolling.max_surge,
+        validate::max_surge,
+        &mut update.max_surge,
+    );
     count(
         "maxUnavailable",
-        rolling.max_unavailable,
-        &mut spec.update.max_unavailable,
+        &rolling.max_unavailable,
+        validate::max_unavailable,
+        &mut update.max_unavailable,
     );
-    errors.check(
-        base,
-        validate::update(spec.update.max_surge, spec.update.max_unavailable),
-    );
+    errors.check(base, validate::update(update));
 }

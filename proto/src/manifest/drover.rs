@@ -1,16 +1,21 @@
 //! Drover's own manifest format, `apiVersion: drover.dev/v1`, `kind: Service`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::constraint::parse_constraint;
 use super::error::{Errors, FieldError, at};
-use super::input::{Cpu, Dur, Memory, Proto, Text, count_at_least, port_number};
+use super::input::{
+    CountOrPercent, Cpu, Dur, Memory, Proto, Text, count_at_least, port_number, replica_count,
+};
+use super::validate;
 use crate::model::{
-    ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol, Resources,
-    RestartMode, ServiceSpec, SpreadMode, Strategy,
+    CanaryStep, ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol,
+    ReplicaCount, Resources, RestartMode, ServiceSpec, SpreadMode, Strategy, UpdateKind,
+    UpdateStrategy,
 };
 
 /// `apiVersion` of Drover's format.
@@ -134,8 +139,44 @@ struct PlacementInput {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateInput {
-    max_surge: Option<u32>,
-    max_unavailable: Option<u32>,
+    strategy: Option<KindInput>,
+    max_surge: Option<CountOrPercent>,
+    max_unavailable: Option<CountOrPercent>,
+    min_ready: Option<Dur>,
+    progress_deadline: Option<Dur>,
+    auto_revert: Option<bool>,
+    revision_history_limit: Option<i64>,
+    paused: Option<bool>,
+    canary: Option<CanaryInput>,
+}
+
+/// `spec.update.strategy`, spelled as in a Kubernetes Deployment.
+#[derive(Debug, Clone, Copy, Deserialize)]
+enum KindInput {
+    RollingUpdate,
+    Recreate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryInput {
+    #[serde(default)]
+    steps: Vec<StepInput>,
+    analysis: Option<AnalysisInput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepInput {
+    weight: i64,
+    pause: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AnalysisInput {
+    max_failure_rate: Option<Text>,
+    min_sample: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,12 +231,7 @@ impl Document {
         if let Some(spread) = input.placement.spread {
             spec.placement.spread = spread;
         }
-        if let Some(max_surge) = input.update.max_surge {
-            spec.update.max_surge = max_surge;
-        }
-        if let Some(max_unavailable) = input.update.max_unavailable {
-            spec.update.max_unavailable = max_unavailable;
-        }
+        spec.update = convert_update(&mut errors, input.update);
         if let Some(strategy) = input.traffic.strategy {
             spec.traffic.strategy = strategy;
         }
@@ -290,6 +326,131 @@ fn convert_restart(spec: &mut ServiceSpec, input: RestartInput) {
     if let Some(after) = input.reset_after {
         restart.reset_after = after.0;
     }
+}
+
+fn convert_update(errors: &mut Errors, input: UpdateInput) -> UpdateStrategy {
+    let base = "spec.update";
+    let mut update = UpdateStrategy::drover_defaults();
+    if let Some(kind) = input.strategy {
+        update.kind = match kind {
+            KindInput::RollingUpdate => UpdateKind::RollingUpdate,
+            KindInput::Recreate => UpdateKind::Recreate,
+        };
+    }
+    // A count that does not convert keeps the default, which `validate` accepts.
+    let mut count = |field: &str, value: Option<CountOrPercent>, target: &mut ReplicaCount| {
+        let converted = value.map(|value| replica_count(&value));
+        if let Some(count) = converted.and_then(|c| errors.check(at(base, field), c)) {
+            *target = count;
+        }
+    };
+    count("maxSurge", input.max_surge, &mut update.max_surge);
+    count(
+        "maxUnavailable",
+        input.max_unavailable,
+        &mut update.max_unavailable,
+    );
+    if let Some(min_ready) = input.min_ready {
+        update.min_ready = min_ready.0;
+    }
+    match input.progress_deadline {
+        Some(deadline) => update.progress_deadline = deadline.0,
+        // `validate` says the same at this path, without knowing it is the default.
+        None if update.progress_deadline <= update.min_ready => errors.push(
+            at(base, "progressDeadline"),
+            format!(
+                "progressDeadline {} (the default) must be longer than minReady {}",
+                humantime::format_duration(update.progress_deadline),
+                humantime::format_duration(update.min_ready)
+            ),
+        ),
+        None => {}
+    }
+    if let Some(auto_revert) = input.auto_revert {
+        update.auto_revert = auto_revert;
+    }
+    if let Some(limit) = input.revision_history_limit {
+        let path = at(base, "revisionHistoryLimit");
+        if let Some(limit) = errors.check(path, count_at_least(limit, 0)) {
+            update.revision_history_limit = limit;
+        }
+    }
+    update.paused = input.paused;
+    if let Some(canary) = input.canary {
+        convert_canary(errors, &mut update, canary);
+    }
+    update
+}
+
+fn convert_canary(errors: &mut Errors, update: &mut UpdateStrategy, input: CanaryInput) {
+    let base = "spec.update.canary";
+    if input.steps.is_empty() {
+        errors.push(
+            at(base, "steps"),
+            "canary has no steps: give at least one step or leave canary out",
+        );
+    }
+    update.canary = input
+        .steps
+        .into_iter()
+        .enumerate()
+        .map(|(index, step)| {
+            // A weight that is not a u32 becomes 0, which `validate` refuses at this path.
+            let weight = u32::try_from(step.weight)
+                .map_err(|_| format!("weight {} is out of range 1..=99", step.weight));
+            CanaryStep {
+                weight: errors
+                    .check(format!("{base}.steps[{index}].weight"), weight)
+                    .unwrap_or(0),
+                pause: step.pause.map_or(Duration::ZERO, |p| p.0),
+            }
+        })
+        .collect();
+    let Some(analysis) = input.analysis else {
+        return;
+    };
+    let base = at(base, "analysis");
+    if let Some(rate) = analysis.max_failure_rate {
+        let rate = failure_rate(&rate.0).and_then(|bp| validate::failure_rate(bp).map(|()| bp));
+        if let Some(bp) = errors.check(at(&base, "maxFailureRate"), rate) {
+            update.analysis.max_failure_bp = bp;
+        }
+    }
+    if let Some(sample) = analysis.min_sample {
+        let sample = u64::try_from(sample)
+            .map_err(|_| format!("must be >= 1, got {sample}"))
+            .and_then(|n| validate::min_sample(n).map(|()| n));
+        if let Some(sample) = errors.check(at(&base, "minSample"), sample) {
+            update.analysis.min_sample = sample;
+        }
+    }
+}
+
+/// A failure rate written as a percentage with at most two decimals (`"1%"`, `"0.5%"`), in
+/// basis points.
+fn failure_rate(text: &str) -> Result<u32, String> {
+    let not_a_percentage =
+        || format!("maxFailureRate \"{text}\" is not a percentage: write e.g. \"1%\" or \"0.5%\"");
+    let number = text.strip_suffix('%').ok_or_else(not_a_percentage)?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, "00"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(fraction) {
+        return Err(not_a_percentage());
+    }
+    if fraction.len() > 2 {
+        return Err(format!(
+            "maxFailureRate \"{text}\" has more than two decimals: the rate is kept in basis points (0.01%)"
+        ));
+    }
+    let out_of_range = || format!("maxFailureRate {text} is out of range 0%..=100%");
+    let whole: u32 = whole.parse().map_err(|_| out_of_range())?;
+    let fraction: u32 = format!("{fraction:0<2}")
+        .parse()
+        .map_err(|_| out_of_range())?;
+    whole
+        .checked_mul(100)
+        .and_then(|bp| bp.checked_add(fraction))
+        .ok_or_else(out_of_range)
 }
 
 fn convert_constraint(errors: &mut Errors, index: usize, text: &str) -> LabelConstraint {

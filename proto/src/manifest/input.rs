@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::quantity::{parse_cpu, parse_memory};
-use crate::model::Protocol;
+use crate::model::{Protocol, ReplicaCount};
 
 /// A string field that also takes a YAML number or boolean (`PORT: 8080`), kept as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +182,63 @@ impl<'de> Deserialize<'de> for IntOrName {
         }
         deserializer.deserialize_any(IntOrNameVisitor)
     }
+}
+
+/// A replica count as written: an integer (`1`) or a percentage string (`"25%"`), checked
+/// by [`replica_count`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CountOrPercent {
+    /// A number as written.
+    Int(i64),
+    /// A percentage, or anything else written as a string.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for CountOrPercent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+        impl Visitor<'_> for CountVisitor {
+            type Value = CountOrPercent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of replicas or a percentage such as \"25%\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CountOrPercent, E> {
+                Ok(CountOrPercent::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CountOrPercent, E> {
+                i64::try_from(v)
+                    .map(CountOrPercent::Int)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CountOrPercent, E> {
+                Ok(CountOrPercent::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(CountVisitor)
+    }
+}
+
+/// A replica count: an integer >= 0, or a whole percentage `"N%"` (its range is checked by
+/// the validation of the field, which differs between `maxSurge` and `maxUnavailable`).
+pub(crate) fn replica_count(value: &CountOrPercent) -> Result<ReplicaCount, String> {
+    let text = match value {
+        CountOrPercent::Int(count) => return count_at_least(*count, 0).map(ReplicaCount::Count),
+        CountOrPercent::Text(text) => text,
+    };
+    let Some(number) = text.strip_suffix('%') else {
+        return Err(format!(
+            "\"{text}\" is neither a number of replicas nor a percentage (write e.g. 1 or \"25%\")"
+        ));
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "percentage \"{text}\" must be a whole number followed by '%', such as \"25%\""
+        ));
+    }
+    number
+        .parse()
+        .map(ReplicaCount::Percent)
+        .map_err(|_| format!("percentage \"{text}\" is too large"))
 }
 
 /// A port number written as an integer: 1..=65535.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::input::{Cpu, IntOrName, Memory, Proto, Text};
+use super::input::{CountOrPercent, Cpu, IntOrName, Memory, Proto, Text};
 
 /// `apiVersion` and `kind` of a Deployment.
 pub(crate) const DEPLOYMENT: (&str, &str) = ("apps/v1", "Deployment");
@@ -30,7 +30,8 @@ pub(crate) struct Deployment {
     _status: Option<IgnoredAny>,
 }
 
-/// Object metadata; Drover has no namespaces beyond `default`.
+/// Object metadata; Drover has no namespaces beyond `default`. Of the annotations, a
+/// Deployment's `drover.dev/auto-revert` is read; the others are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct ObjectMeta {
@@ -38,8 +39,8 @@ pub(crate) struct ObjectMeta {
     pub(crate) namespace: Option<String>,
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
-    #[serde(default, rename = "annotations")]
-    _annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) annotations: BTreeMap<String, String>,
     #[serde(rename = "creationTimestamp")]
     _creation_timestamp: Option<IgnoredAny>,
 }
@@ -51,6 +52,10 @@ pub(crate) struct DeploymentSpec {
     pub(crate) selector: LabelSelector,
     pub(crate) template: PodTemplate,
     pub(crate) strategy: Option<DeploymentStrategy>,
+    pub(crate) min_ready_seconds: Option<i64>,
+    pub(crate) progress_deadline_seconds: Option<i64>,
+    pub(crate) revision_history_limit: Option<i64>,
+    pub(crate) paused: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,8 +76,8 @@ pub(crate) struct DeploymentStrategy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct RollingUpdate {
-    pub(crate) max_surge: Option<IntOrName>,
-    pub(crate) max_unavailable: Option<IntOrName>,
+    pub(crate) max_surge: Option<CountOrPercent>,
+    pub(crate) max_unavailable: Option<CountOrPercent>,
 }
 
 #[derive(Debug, Deserialize)]

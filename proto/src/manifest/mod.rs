@@ -10,11 +10,15 @@
 //!   published port; a Service that selects no Deployment is an error.
 //!
 //! Any field Drover does not support is an error naming its path, never dropped. What the
-//! Kubernetes subset accepts and ignores: `metadata.annotations`, a Service's
-//! `metadata.labels`, `metadata.creationTimestamp`, `status`, and `imagePullPolicy` (the
-//! agent pulls an image it does not have). Service `type` may only be `ClusterIP`: every
-//! service port is published on every node already. Rolling-update percentages, the
-//! `Recreate` strategy and `restartPolicy` other than `Always` are refused.
+//! Kubernetes subset accepts and ignores: `metadata.annotations` (but a Deployment's
+//! `drover.dev/auto-revert: "true"` turns automatic revert on; Kubernetes has none, so it is
+//! off otherwise), a Service's `metadata.labels`, `metadata.creationTimestamp`, `status`,
+//! and `imagePullPolicy` (the agent pulls an image it does not have). Service `type` may
+//! only be `ClusterIP`: every service port is published on every node already.
+//! `restartPolicy` other than `Always` is refused. A Deployment's rollout settings
+//! (`strategy` with `RollingUpdate` counts or percentages, or `Recreate`,
+//! `minReadySeconds`, `progressDeadlineSeconds`, `revisionHistoryLimit`, `paused`) map onto
+//! [`crate::model::UpdateStrategy`] with Kubernetes' defaults and rules.
 //!
 //! Parsing is all-or-nothing: every problem of every document is collected, and nothing is
 //! returned unless there are none.

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use super::constraint;
 use super::error::{Errors, FieldError, at};
-use crate::model::{HealthCheck, ProbeAction, ServiceSpec};
+use crate::model::{
+    HealthCheck, ProbeAction, ReplicaCount, ServiceSpec, UpdateKind, UpdateStrategy,
+};
 
 /// Validates one spec. Errors name the field as Drover's own manifest spells it
 /// (`metadata.name`, `spec.ports[1].containerPort`, `spec.health.timeout`).
@@ -38,10 +40,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
             .map_err(|why| format!("constraint \"{constraint}\": {why}"));
         errors.check(format!("spec.placement.constraints[{index}]"), checked);
     }
-    errors.check(
-        "spec.update",
-        update(spec.update.max_surge, spec.update.max_unavailable),
-    );
+    check_update(&mut errors, &spec.update);
     let weights = &spec.traffic.revision_weights;
     if !weights.is_empty() && weights.values().all(|w| *w == 0) {
         errors.push(
@@ -237,9 +236,117 @@ fn threshold(value: u32) -> Result<(), String> {
     }
 }
 
+/// The rollout settings: ranges, and settings that contradict each other.
+fn check_update(errors: &mut Errors, settings: &UpdateStrategy) {
+    let base = "spec.update";
+    errors.check(at(base, "maxSurge"), max_surge(settings.max_surge));
+    errors.check(
+        at(base, "maxUnavailable"),
+        max_unavailable(settings.max_unavailable),
+    );
+    errors.check(base, update(settings));
+    if settings.progress_deadline <= settings.min_ready {
+        errors.push(
+            at(base, "progressDeadline"),
+            format!(
+                "progressDeadline {} must be longer than minReady {}",
+                humantime::format_duration(settings.progress_deadline),
+                humantime::format_duration(settings.min_ready)
+            ),
+        );
+    }
+    let canary = "spec.update.canary";
+    if !settings.canary.is_empty() && settings.kind == UpdateKind::Recreate {
+        errors.push(
+            canary,
+            "canary steps need strategy RollingUpdate, not Recreate (Recreate stops every old replica first)",
+        );
+    }
+    for (index, step) in settings.canary.iter().enumerate() {
+        errors.check(
+            format!("{canary}.steps[{index}].weight"),
+            canary_weight(step.weight),
+        );
+    }
+    let analysis = "spec.update.canary.analysis";
+    errors.check(
+        at(analysis, "maxFailureRate"),
+        failure_rate(settings.analysis.max_failure_bp),
+    );
+    if !settings.canary.is_empty() {
+        errors.check(
+            at(analysis, "minSample"),
+            min_sample(settings.analysis.min_sample),
+        );
+    }
+}
+
+/// `maxSurge`: any count, or a percentage up to 1000%.
+pub(crate) fn max_surge(value: ReplicaCount) -> Result<(), String> {
+    match value {
+        ReplicaCount::Percent(percent) if percent > 1000 => {
+            Err(format!("maxSurge {value} is out of range 0%..=1000%"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `maxUnavailable`: any count, or a percentage up to 100%.
+pub(crate) fn max_unavailable(value: ReplicaCount) -> Result<(), String> {
+    match value {
+        ReplicaCount::Percent(percent) if percent > 100 => {
+            Err(format!("maxUnavailable {value} is out of range 0%..=100%"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A canary step's share of the connections: 1 to 99 percent.
+pub(crate) fn canary_weight(weight: u32) -> Result<(), String> {
+    if (1..=99).contains(&weight) {
+        Ok(())
+    } else {
+        Err(format!("weight {weight} is out of range 1..=99"))
+    }
+}
+
+/// A canary's failure rate, in basis points: 0% to 100%.
+pub(crate) fn failure_rate(basis_points: u32) -> Result<(), String> {
+    if basis_points <= 10_000 {
+        Ok(())
+    } else {
+        Err(format!(
+            "maxFailureRate {} is out of range 0%..=100%",
+            show_basis_points(basis_points)
+        ))
+    }
+}
+
+/// Connections a canary step needs before it is judged: at least 1.
+pub(crate) fn min_sample(value: u64) -> Result<(), String> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(format!("must be >= 1, got {value}"))
+    }
+}
+
+/// Basis points as a percentage: 100 → `1%`, 50 → `0.5%`, 125 → `1.25%`.
+pub(crate) fn show_basis_points(basis_points: u32) -> String {
+    let (whole, fraction) = (basis_points / 100, basis_points % 100);
+    if fraction == 0 {
+        format!("{whole}%")
+    } else if fraction % 10 == 0 {
+        format!("{whole}.{}%", fraction / 10)
+    } else {
+        format!("{whole}.{fraction:02}%")
+    }
+}
+
 /// An update strategy that can make progress.
-pub(crate) fn update(max_surge: u32, max_unavailable: u32) -> Result<(), String> {
-    if max_surge == 0 && max_unavailable == 0 {
+pub(crate) fn update(update: &UpdateStrategy) -> Result<(), String> {
+    let zero = |c: ReplicaCount| matches!(c, ReplicaCount::Count(0) | ReplicaCount::Percent(0));
+    if zero(update.max_surge) && zero(update.max_unavailable) {
         Err("maxSurge and maxUnavailable are both 0: an update could never progress".into())
     } else {
         Ok(())
