@@ -48,6 +48,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
             "every weight is 0: at least one revision must receive traffic",
         );
     }
+    if !weights.is_empty() && !spec.update.canary.is_empty() {
+        errors.push(
+            "spec.traffic.weights",
+            "fixed revision weights and canary steps cannot go together: the canary steps set the weights (leave traffic.weights out)",
+        );
+    }
     if errors.is_empty() {
         Ok(())
     } else {
