@@ -26,3 +26,18 @@ pub async fn connect(target: &str) -> anyhow::Result<ControlClient<Channel>> {
 pub fn refused(what: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {}", status.message())
 }
+
+/// One service's status from the coordinator; `what` names the request in errors.
+pub async fn service_status(
+    client: &mut drover_proto::pb::control_client::ControlClient<Channel>,
+    service: &str,
+    what: &str,
+) -> anyhow::Result<drover_proto::pb::ServiceStatus> {
+    Ok(client
+        .get_service(drover_proto::pb::GetServiceRequest {
+            name: service.to_string(),
+        })
+        .await
+        .map_err(|s| refused(&format!("{what} of {service}"), s))?
+        .into_inner())
+}

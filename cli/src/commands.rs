@@ -218,13 +218,7 @@ struct StatusView {
 
 pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
-    let response = client
-        .get_service(pb::GetServiceRequest {
-            name: service.to_string(),
-        })
-        .await
-        .map_err(|s| refused(&format!("status of {service}"), s))?
-        .into_inner();
+    let response = crate::client::service_status(&mut client, service, "status").await?;
     let summary = response
         .summary
         .context("coordinator answered without a summary")?;

@@ -8,25 +8,10 @@ use drover_proto::pb::control_client::ControlClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::client::{connect, refused};
+use crate::client::{connect, refused, service_status};
 use crate::output::{Format, age, now_unix_ms, print_json, print_table, table};
 
-/// An operator's rollout action, as the command line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// `drover rollout pause`.
-    Pause,
-    /// `drover rollout resume`.
-    Resume,
-    /// `drover rollout promote`.
-    Promote,
-    /// `drover rollout abort`.
-    Abort,
-    /// `drover rollout restart`.
-    Restart,
-    /// `drover rollout undo [--to-revision N]`.
-    Undo(Option<u64>),
-}
+pub use drover_coordinator::operations::RolloutAction as Action;
 
 /// A rollout as `rollout status -o json` shows it.
 #[derive(Debug, Serialize)]
@@ -124,13 +109,7 @@ async fn failure_of(
     service: &str,
     revision: u64,
 ) -> anyhow::Result<String> {
-    let status = client
-        .get_service(pb::GetServiceRequest {
-            name: service.to_string(),
-        })
-        .await
-        .map_err(|s| refused(&format!("status of {service}"), s))?
-        .into_inner();
+    let status = service_status(client, service, "status").await?;
     Ok(status
         .revisions
         .iter()
@@ -275,13 +254,7 @@ struct HistoryRow {
 /// `drover rollout history SERVICE`: every revision kept, what made it, how it went.
 pub async fn history(target: &str, service: &str, format: Format) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
-    let status = client
-        .get_service(pb::GetServiceRequest {
-            name: service.to_string(),
-        })
-        .await
-        .map_err(|s| refused(&format!("history of {service}"), s))?
-        .into_inner();
+    let status = service_status(&mut client, service, "history").await?;
     let current = status
         .summary
         .as_ref()

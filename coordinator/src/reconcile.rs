@@ -276,35 +276,17 @@ fn finish_drains(state: &ClusterState, stopping: &BTreeSet<String>, changes: &mu
 
 #[cfg(test)]
 mod tests {
-    use drover_proto::model::{AllocStatus, NodeInfo, Resources, ServiceSpec, Traffic};
+    use drover_proto::model::{AllocStatus, ServiceSpec, Traffic};
 
     use super::*;
-    use crate::state::NodeEntry;
     use crate::store::{RevisionRecord, ServiceRecord};
 
     fn state(nodes: &[&str], replicas: u32) -> ClusterState {
         let mut state = ClusterState::default();
         for id in nodes {
-            state.nodes.insert(
-                id.to_string(),
-                NodeEntry {
-                    info: NodeInfo {
-                        id: id.to_string(),
-                        generation: 1,
-                        address: "127.0.0.1".into(),
-                        capacity: Resources {
-                            cpu_millis: 4000,
-                            memory_bytes: 8 << 30,
-                        },
-                        labels: Default::default(),
-                    },
-                    health: NodeHealth::Ready,
-                    reason: String::new(),
-                    usage: Resources::default(),
-                    disconnected_since_ms: None,
-                    flaps: Default::default(),
-                },
-            );
+            state
+                .nodes
+                .insert(id.to_string(), crate::state::test_node(id));
         }
         let spec = ServiceSpec::new("web", "web:1");
         state.stored.services.insert(
@@ -340,6 +322,17 @@ mod tests {
             .collect();
         nodes.sort();
         nodes
+    }
+
+    /// Revisions of the allocations that should run, sorted.
+    fn revisions(state: &ClusterState) -> Vec<u64> {
+        let mut revisions: Vec<u64> = state
+            .allocations_of("web")
+            .filter(|a| a.desired == DesiredState::Run)
+            .map(|a| a.revision)
+            .collect();
+        revisions.sort();
+        revisions
     }
 
     fn report(state: &mut ClusterState, node: &str, observed: AllocState) {
@@ -425,14 +418,8 @@ mod tests {
         record.replicas = 1;
         record.traffic.revision_weights = [(1, 90), (2, 10)].into_iter().collect();
         apply(&mut s);
-        let mut revisions: Vec<u64> = s
-            .allocations_of("web")
-            .filter(|a| a.desired == DesiredState::Run)
-            .map(|a| a.revision)
-            .collect();
-        revisions.sort();
         assert_eq!(
-            revisions,
+            revisions(&s),
             vec![1, 1, 2],
             "stable replicas stay beside the canary"
         );
@@ -471,15 +458,6 @@ mod tests {
         }
         // Two replicas at 25%/25%: one more may be placed, none may be missing.
         apply(&mut s);
-        let revisions = |s: &ClusterState| -> Vec<u64> {
-            let mut revisions: Vec<u64> = s
-                .allocations_of("web")
-                .filter(|a| a.desired == DesiredState::Run)
-                .map(|a| a.revision)
-                .collect();
-            revisions.sort();
-            revisions
-        };
         assert_eq!(revisions(&s), vec![1, 1, 2], "one new replica first");
         for _ in 0..4 {
             for node in ["a", "b"] {

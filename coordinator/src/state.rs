@@ -229,3 +229,25 @@ impl ClusterState {
         ClusterSnapshot::new(views.into_values().collect())
     }
 }
+
+/// A ready node with plenty of room, for tests.
+#[cfg(test)]
+pub(crate) fn test_node(id: &str) -> NodeEntry {
+    NodeEntry {
+        info: NodeInfo {
+            id: id.to_string(),
+            generation: 1,
+            address: "127.0.0.1".into(),
+            capacity: Resources {
+                cpu_millis: 64_000,
+                memory_bytes: 64 << 30,
+            },
+            labels: Default::default(),
+        },
+        health: NodeHealth::Ready,
+        reason: String::new(),
+        usage: Resources::default(),
+        disconnected_since_ms: None,
+        flaps: Default::default(),
+    }
+}

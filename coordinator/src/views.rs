@@ -96,9 +96,12 @@ pub fn rollout_status(
     name: &str,
     now_unix_ms: u64,
 ) -> Option<pb::RolloutStatus> {
-    let record = state.stored.services.get(name)?;
-    let input = reconcile::rollout_input(state, record, now_unix_ms);
-    let progress = rollout::plan(&input).progress;
+    let stored = state.stored.services.get(name)?;
+    let input = reconcile::rollout_input(state, stored, now_unix_ms);
+    // As the next pass will have it: a rollout complete or failed by now reads so.
+    let plan = rollout::plan(&input);
+    let progress = plan.progress;
+    let record = &plan.record;
     let rollout = record.rollout.as_ref();
     let phase = match rollout.map(|r| r.phase) {
         Some(RolloutPhase::Progressing) => pb::RolloutPhase::Progressing,

@@ -46,16 +46,20 @@ fn roll(
     wait_for(
         &format!("revision {revision} complete after applying {image}"),
         LIMIT,
-        || {
-            rollout(coordinator).is_some_and(|r| {
-                r["revision"] == revision
-                    && r["phase"] == "complete"
-                    && r["available"] == REPLICAS
-                    && r["total"] == REPLICAS
-            })
-        },
+        || complete_at(coordinator, revision),
     );
     started.elapsed()
+}
+
+/// Whether the service's rollout is complete at `revision`, every replica available and
+/// nothing else placed.
+fn complete_at(coordinator: &DroverProcess, revision: u64) -> bool {
+    rollout(coordinator).is_some_and(|r| {
+        r["revision"] == revision
+            && r["phase"] == "complete"
+            && r["available"] == REPLICAS
+            && r["total"] == REPLICAS
+    })
 }
 
 fn main() {
@@ -84,50 +88,33 @@ fn main() {
     let (mut answered, mut failed) = (0, 0);
     let mut kinds = std::collections::BTreeMap::new();
     let images = ["order-service", "user-service"];
-    for trial in 0..trials {
-        let client = LoopingClient::start(proxy.clone(), |body| !body.is_empty());
+    for trial in 1..=trials {
+        // A good revision, then one whose image is missing (back to the good one).
         revision += 1;
-        let update = roll(&coordinator, dir.path(), images[trial % 2], revision);
-        let (ok, bad, why) = client.finish();
-        println!(
-            "trial {}: rolling update to revision {revision} in {:.1} s, {bad} of {} connections failed",
-            trial + 1,
-            update.as_secs_f64(),
-            ok + bad
-        );
-        updates.push((update, bad));
-        answered += ok;
-        failed += bad;
-        kinds.extend(why);
-
         let stable = revision;
-        let client = LoopingClient::start(proxy.clone(), |body| !body.is_empty());
+        let runs = [
+            (images[trial % 2].to_string(), stable, "rolling update to"),
+            (
+                format!("user-service:missing-{}", revision + 1),
+                stable,
+                "missing image rolled back to",
+            ),
+        ];
+        for (i, (image, expected, what)) in runs.into_iter().enumerate() {
+            let client = LoopingClient::start(proxy.clone(), |body| !body.is_empty());
+            let took = roll(&coordinator, dir.path(), &image, expected);
+            let (ok, bad, why) = client.finish();
+            println!(
+                "trial {trial}: {what} revision {expected} in {:.1} s, {bad} of {} connections failed",
+                took.as_secs_f64(),
+                ok + bad
+            );
+            if i == 0 { &mut updates } else { &mut rollbacks }.push((took, bad));
+            answered += ok;
+            failed += bad;
+            kinds.extend(why);
+        }
         revision += 1;
-        let path = dir.path().join(format!("broken-{revision}.yaml"));
-        std::fs::write(&path, manifest(&format!("user-service:missing-{revision}")))
-            .expect("write manifest");
-        let started = Instant::now();
-        coordinator.apply(&path);
-        wait_for("the automatic rollback", LIMIT, || {
-            rollout(&coordinator).is_some_and(|r| {
-                r["revision"] == stable
-                    && r["phase"] == "complete"
-                    && r["available"] == REPLICAS
-                    && r["total"] == REPLICAS
-            })
-        });
-        let rollback = started.elapsed();
-        let (ok, bad, why) = client.finish();
-        println!(
-            "trial {}: missing image rolled back to revision {stable} in {:.1} s, {bad} of {} connections failed",
-            trial + 1,
-            rollback.as_secs_f64(),
-            ok + bad
-        );
-        rollbacks.push((rollback, bad));
-        answered += ok;
-        failed += bad;
-        kinds.extend(why);
     }
     let median = |v: &mut Vec<(Duration, u64)>| {
         v.sort();

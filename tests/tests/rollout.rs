@@ -200,7 +200,23 @@ fn a_good_revision_rolls_without_a_failed_connection() {
     wait_all(&coordinator, "web", 1, 6);
 
     let watch = Watch::start(&coordinator, "127.0.0.101:80", "web");
+    // Paused: the new revision is stored, nothing is replaced until resumed.
+    success(
+        &coordinator.cli(&["rollout", "pause", "web"]),
+        "drover rollout pause",
+    );
     coordinator.apply(&write(&dir, "v2.yaml", &manifest("order-service", 6, "")));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(revisions(&coordinator, "web"), vec![1; 6], "paused");
+    let status = success(&coordinator.cli(&["status", "web"]), "drover status");
+    assert!(
+        status.contains("Rollout:   revision 2 (progressing, paused)"),
+        "{status}"
+    );
+    success(
+        &coordinator.cli(&["rollout", "resume", "web"]),
+        "drover rollout resume",
+    );
     let out = success(
         &rollout_status(&coordinator, "web"),
         "drover rollout status",
@@ -209,9 +225,23 @@ fn a_good_revision_rolls_without_a_failed_connection() {
         out.contains("rollout of web to revision 2 complete"),
         "{out}"
     );
+    assert_eq!(revisions(&coordinator, "web"), vec![2; 6]);
+    // A restart is a new revision of the same spec, rolled like any other.
+    success(
+        &coordinator.cli(&["rollout", "restart", "web"]),
+        "drover rollout restart",
+    );
+    let out = success(
+        &rollout_status(&coordinator, "web"),
+        "drover rollout status",
+    );
+    assert!(
+        out.contains("rollout of web to revision 3 complete"),
+        "{out}"
+    );
     let seen = watch.finish();
     assert_clean(&seen, 5, 8);
-    assert_eq!(revisions(&coordinator, "web"), vec![2; 6]);
+    assert_eq!(revisions(&coordinator, "web"), vec![3; 6]);
 
     let history = success(
         &coordinator.cli(&["rollout", "history", "web"]),

@@ -208,13 +208,7 @@ fn prune(input: &Input<'_>, record: &ServiceRecord) -> Vec<u64> {
 /// revision whatever `autoRevert` says (or stops where it is when there is none). Returns
 /// the updated record and the events.
 pub fn abort(input: &Input<'_>, cause: &str) -> (ServiceRecord, Vec<(&'static str, String)>) {
-    let mut pass = Pass {
-        input,
-        record: input.record.clone(),
-        events: Vec::new(),
-        prune: Vec::new(),
-        wake_at_ms: None,
-    };
+    let mut pass = Pass::new(input);
     fail(&mut pass, cause, true);
     (pass.record, pass.events)
 }

@@ -284,7 +284,17 @@ struct Pass<'a, 'i> {
     wake_at_ms: Option<u64>,
 }
 
-impl Pass<'_, '_> {
+impl<'a, 'i> Pass<'a, 'i> {
+    fn new(input: &'i Input<'a>) -> Pass<'a, 'i> {
+        Pass {
+            input,
+            record: input.record.clone(),
+            events: Vec::new(),
+            prune: Vec::new(),
+            wake_at_ms: None,
+        }
+    }
+
     fn now(&self) -> u64 {
         self.input.now_unix_ms
     }
@@ -317,13 +327,7 @@ fn secs(d: Duration) -> String {
 
 /// Plans one service.
 pub fn plan<'a>(input: &Input<'a>) -> Plan<'a> {
-    let mut pass = Pass {
-        input,
-        record: input.record.clone(),
-        events: Vec::new(),
-        prune: Vec::new(),
-        wake_at_ms: None,
-    };
+    let mut pass = Pass::new(input);
     let first = classify(&pass.record, &input.replicas);
     advance::advance(&mut pass, &first);
     // A revert changed the service's revision: sort the replicas again for it.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use drover_proto::model::{
-    AllocState, AllocStatus, CanaryStep, DesiredState, NodeHealth, NodeInfo, ReplicaCount,
-    Resources, RevisionTraffic, ServiceSpec, UpdateKind,
+    AllocState, AllocStatus, CanaryStep, DesiredState, ReplicaCount, RevisionTraffic, ServiceSpec,
+    UpdateKind,
 };
 
 use super::*;
@@ -13,7 +13,7 @@ use crate::changes::ChangeSet;
 use crate::events;
 use crate::operations::{self, RolloutAction};
 use crate::reconcile;
-use crate::state::{ClusterState, NodeEntry};
+use crate::state::{ClusterState, test_node};
 use crate::store::Write;
 
 /// A simulated cluster: the coordinator's state, a clock, and the events so far.
@@ -21,26 +21,6 @@ pub(super) struct Sim {
     pub state: ClusterState,
     pub now: u64,
     pub events: Vec<(String, String)>,
-}
-
-pub(super) fn node(id: &str) -> NodeEntry {
-    NodeEntry {
-        info: NodeInfo {
-            id: id.to_string(),
-            generation: 1,
-            address: "127.0.0.1".into(),
-            capacity: Resources {
-                cpu_millis: 64_000,
-                memory_bytes: 64 << 30,
-            },
-            labels: Default::default(),
-        },
-        health: NodeHealth::Ready,
-        reason: String::new(),
-        usage: Resources::default(),
-        disconnected_since_ms: None,
-        flaps: Default::default(),
-    }
 }
 
 pub(super) fn spec(image: &str, replicas: u32) -> ServiceSpec {
@@ -57,7 +37,7 @@ impl Sim {
         };
         for i in 0..nodes {
             let id = format!("n{i}");
-            state.nodes.insert(id.clone(), node(&id));
+            state.nodes.insert(id.clone(), test_node(&id));
         }
         Sim {
             state,
