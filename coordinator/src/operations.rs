@@ -95,7 +95,8 @@ pub fn apply_services(
                 cause: cause.to_string(),
             }));
             let from = existing.as_ref().map(|(r, _)| r.revision);
-            start_rollout(&mut record, revision, from, cause, changes);
+            let traffic = state.service_traffic(&spec.name);
+            start_rollout(&mut record, revision, from, cause, &traffic, changes);
         }
         let (kind, message) = match change {
             ApplyChange::Created => (
@@ -133,6 +134,7 @@ fn start_rollout(
     revision: u64,
     from: Option<u64>,
     started_by: &str,
+    traffic: &rollout::Traffic,
     changes: &mut ChangeSet,
 ) {
     let now = changes.now_unix_ms();
@@ -150,6 +152,8 @@ fn start_rollout(
         })
         .unwrap_or_default();
     let mut rollout = rollout::start(revision, from, started_by, now);
+    // The first step is judged on what happens from now on.
+    rollout.baseline = traffic.baseline(revision);
     if from.is_none() {
         // A new service has nothing to compare a canary with: it starts at full strength.
         rollout.step = record.update.canary.len() as u32;
@@ -267,6 +271,8 @@ pub fn rollout_action(
             let input = crate::reconcile::rollout_input(state, current, now);
             let (record, events) = rollout::abort(&input, "aborted by operator");
             updated = record;
+            // Going back must not wait for a resume.
+            updated.paused = false;
             updated.updated_unix_ms = now;
             for (kind, message) in events {
                 changes.event(kind, name, message);
@@ -287,7 +293,15 @@ pub fn rollout_action(
                 created_unix_ms: now,
                 cause: format!("restart of revision {revision}"),
             }));
-            start_rollout(&mut updated, restarted, Some(revision), "restart", changes);
+            let traffic = state.service_traffic(name);
+            start_rollout(
+                &mut updated,
+                restarted,
+                Some(revision),
+                "restart",
+                &traffic,
+                changes,
+            );
         }
         RolloutAction::Undo(to) => {
             let target = match to {
@@ -322,7 +336,12 @@ pub fn rollout_action(
             // The operator asks for it: its earlier failure no longer holds it back.
             updated.failed_revisions.remove(&target);
             let by = format!("undo to revision {target}");
-            start_rollout(&mut updated, target, Some(revision), &by, changes);
+            let traffic = state.service_traffic(name);
+            start_rollout(&mut updated, target, Some(revision), &by, &traffic, changes);
+            if let Some(rollout) = updated.rollout.as_mut() {
+                // Going back to what ran before takes no canary steps.
+                rollout.step = updated.update.canary.len() as u32;
+            }
         }
     }
     changes.push(Write::PutService(updated));

@@ -33,8 +33,12 @@ pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
         rollout.progress_unix_ms = now;
     }
     let steps = pass.record.update.canary.clone();
+    if replicas == 0 {
+        // Nothing runs to judge: a service scaled to 0 takes no canary steps.
+        rollout.step = steps.len() as u32;
+    }
     let revision = pass.record.revision;
-    let mut cause = failure(pass, c);
+    let mut cause = failure(pass, c, rollout.started_unix_ms);
     if cause.is_none()
         && let Some(step) = steps.get(rollout.step as usize)
     {
@@ -78,8 +82,16 @@ pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
         }
     }
     let deadline = pass.record.update.progress_deadline;
-    let deadline_at = rollout.progress_unix_ms.saturating_add(ms(deadline));
-    if cause.is_none() && now > deadline_at {
+    // A step's pause is progress as planned: the deadline counts from its end.
+    let pause_ends = steps.get(rollout.step as usize).map_or(0, |s| {
+        rollout.step_started_unix_ms.saturating_add(ms(s.pause))
+    });
+    let deadline_at = rollout
+        .progress_unix_ms
+        .max(pause_ends)
+        .saturating_add(ms(deadline));
+    let waits_for_replicas = available < replicas || (rollout.step as usize) < steps.len();
+    if cause.is_none() && now > deadline_at && waits_for_replicas {
         let waiting = c
             .incoming
             .iter()
@@ -119,7 +131,7 @@ pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
 }
 
 /// Why the rollout's revision fails now, if it does: a new replica failed or crash-loops.
-fn failure(pass: &Pass<'_, '_>, c: &Classes<'_, '_>) -> Option<String> {
+fn failure(pass: &Pass<'_, '_>, c: &Classes<'_, '_>, started_unix_ms: u64) -> Option<String> {
     if let Some(r) = c.failed.first() {
         return Some(format!(
             "replica {} on node {} failed: {}",
@@ -129,6 +141,9 @@ fn failure(pass: &Pass<'_, '_>, c: &Classes<'_, '_>) -> Option<String> {
     c.incoming
         .iter()
         .chain(&c.migrating)
+        // Restarts count against replicas placed for this rollout only: a long-lived
+        // replica's lifetime restarts say nothing of the revision's health now.
+        .filter(|r| r.alloc.created_unix_ms >= started_unix_ms)
         .find(|r| r.restarts >= CRASH_RESTARTS && !pass.available(r))
         .map(|r| {
             let said = if r.message.is_empty() {

@@ -80,7 +80,8 @@ impl Traffic {
         (canary, stable)
     }
 
-    fn baseline(&self, revision: u64) -> TrafficBaseline {
+    /// The counts now, as the baseline of a step that starts now.
+    pub fn baseline(&self, revision: u64) -> TrafficBaseline {
         let (canary, stable) = self.split(revision);
         TrafficBaseline {
             boot: self.boot,
@@ -202,6 +203,9 @@ pub fn start(revision: u64, from: Option<u64>, started_by: &str, now_unix_ms: u6
 /// Replicas a canary step of `weight` percent runs: the share of `replicas`, rounded up,
 /// at least one.
 pub fn canary_replicas(replicas: u32, weight: u32) -> u32 {
+    if replicas == 0 {
+        return 0;
+    }
     let share = (u64::from(replicas) * u64::from(weight)).div_ceil(100);
     u32::try_from(share)
         .unwrap_or(u32::MAX)
@@ -227,8 +231,10 @@ struct Classes<'r, 'a> {
     lost: Vec<&'a Allocation>,
 }
 
+/// Ready as far as the rollout can count on it: healthy, on a node that is connected (the
+/// last status of a node that is not may be stale, and proxies stop routing to it).
 fn is_ready(r: &Replica<'_>) -> bool {
-    r.state == AllocState::Healthy
+    r.state == AllocState::Healthy && r.node_ready
 }
 
 fn classify<'r, 'a>(record: &ServiceRecord, replicas: &'r [Replica<'a>]) -> Classes<'r, 'a> {

@@ -100,7 +100,14 @@ pub(super) fn replace<'a>(
     // During a canary step the old replicas stay at full strength beside the canary.
     let keep_old = step.is_some();
     let cap = replicas + if keep_old { surge.max(wanted) } else { surge };
-    let total = incoming + (c.old.len() + c.migrating.len()) as u32;
+    // During a step, old replicas beyond the desired count (a rollover, a scale-down) do
+    // not hold the canary back; they go once it is promoted.
+    let old_counted = if keep_old {
+        (c.old.len() as u32).min(replicas)
+    } else {
+        c.old.len() as u32
+    };
+    let total = incoming + old_counted + c.migrating.len() as u32;
     let count = cap
         .saturating_sub(total)
         .min(wanted.saturating_sub(incoming));

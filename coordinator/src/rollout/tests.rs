@@ -597,3 +597,41 @@ fn a_restarted_coordinator_does_not_count_its_downtime() {
         Some(sim.now)
     );
 }
+
+#[test]
+fn a_step_pause_longer_than_the_deadline_is_progress_as_planned() {
+    let mut sim = ten();
+    let mut next = spec("web:2", 10);
+    next.update.progress_deadline = Duration::from_secs(30);
+    next.update.canary = vec![CanaryStep {
+        weight: 10,
+        pause: Duration::from_secs(120),
+    }];
+    sim.apply(&next);
+    sim.pass();
+    sim.report(2, AllocState::Healthy, "");
+    sim.tick(100_000);
+    sim.pass();
+    assert_eq!(sim.record().revision, 2, "still in its pause: not failed");
+    sim.tick(60_000);
+    sim.pass();
+    assert_eq!(sim.record().revision, 1, "no traffic 30 s after the pause: failed");
+}
+
+#[test]
+fn undo_in_a_canary_takes_no_steps() {
+    let mut sim = ten();
+    canary(&mut sim);
+    sim.pass();
+    sim.report(2, AllocState::Healthy, "");
+    sim.action(RolloutAction::Undo(None)).expect("undo");
+    assert_eq!(sim.rollout().step, 2, "no canary steps going back");
+    sim.pass();
+    assert_eq!(
+        sim.revisions().iter().filter(|r| **r == 1).count(),
+        10,
+        "the old replicas all stay"
+    );
+    sim.roll(&[1, 2], 20);
+    assert_eq!(sim.revisions(), vec![1; 10]);
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::model::DesiredState;
+use drover_proto::model::{AllocState, DesiredState};
 
 use crate::state::ClusterState;
 use crate::store::RolloutPhase;
@@ -63,6 +63,18 @@ pub fn route_weights(state: &ClusterState, service: &str) -> BTreeMap<u64, u32> 
                     || (*r != target && record.failed_revisions.contains_key(r))
             };
             if !live.keys().any(&zeroed) {
+                return BTreeMap::new();
+            }
+            // A failed revision loses its traffic only once the revision taking over can
+            // carry the service (replicas − maxUnavailable ready); until then, one pool.
+            let (_, unavailable) = record.update.resolve(record.replicas);
+            let floor = record.replicas.saturating_sub(unavailable).max(1);
+            let ready_target = state
+                .allocations_of(service)
+                .filter(|a| a.desired == DesiredState::Run && a.revision == target)
+                .filter(|a| state.alloc_state(&a.id) == AllocState::Healthy)
+                .count() as u32;
+            if !failed_target && ready_target < floor {
                 return BTreeMap::new();
             }
             for (revision, count) in &live {
