@@ -24,23 +24,10 @@ pub(super) fn replace<'a>(
     let phase = rollout.map(|r| r.phase);
     let progressing = phase == Some(RolloutPhase::Progressing);
     if phase == Some(RolloutPhase::Failed) || (progressing && record.paused) {
-        // Frozen: keep what runs; replicas lost with their node come back as they were.
-        let mut lost: BTreeMap<u64, u32> = BTreeMap::new();
-        for alloc in &c.lost {
-            if pass.input.revisions.contains(&alloc.revision) {
-                *lost.entry(alloc.revision).or_default() += 1;
-            }
-        }
-        for (revision, count) in lost {
-            place.push(Placing {
-                revision,
-                count,
-                failed: Vec::new(),
-            });
-        }
+        frozen(pass, c, stops, place);
         return match rollout {
             Some(r) if r.phase == RolloutPhase::Failed => format!("failed: {}", r.cause),
-            _ => "paused: nothing is replaced until `drover rollout resume`".to_string(),
+            _ => "paused: no revision is replaced until `drover rollout resume`".to_string(),
         };
     }
     let step = rollout
@@ -119,16 +106,21 @@ pub(super) fn replace<'a>(
         });
     }
     if keep_old {
-        // Replicas of the old revision lost during the step come back as they were.
+        // The old revision stays at full strength during the step: replicas lost or on a
+        // draining node are placed again as they were, within the surge.
         let from = rollout.and_then(|r| r.from_revision);
-        let missing = replicas.saturating_sub(c.old.len() as u32);
+        let staying = c.old.iter().filter(|r| !r.draining).count() as u32;
+        let missing = replicas
+            .saturating_sub(staying)
+            .min(cap.saturating_sub(total + count).max(1));
         if let Some(from) = from.filter(|f| pass.input.revisions.contains(f))
+            && staying < replicas
             && missing > 0
-            && !c.lost.is_empty()
+            && (c.old.len() as u32) < replicas + surge.max(1)
         {
             place.push(Placing {
                 revision: from,
-                count: missing.min(c.lost.len() as u32),
+                count: missing,
                 failed: Vec::new(),
             });
         }
@@ -146,9 +138,7 @@ pub(super) fn replace<'a>(
             .filter(|r| is_ready(r))
             .count() as u32;
     let mut outgoing: Vec<&&Replica<'_>> = c.migrating.iter().collect();
-    if !keep_old {
-        outgoing.extend(c.old.iter());
-    }
+    outgoing.extend(c.old.iter().filter(|r| !keep_old || r.draining));
     outgoing.sort_by_key(|r| {
         (
             is_ready(r),
@@ -197,6 +187,73 @@ pub(super) fn replace<'a>(
         ));
     }
     message
+}
+
+/// A paused or failed rollout: no revision replaces another, but the service keeps its
+/// replica count (losses and scaling, with the last stable revision, or the current one
+/// while paused without a stable one) and drains go on under the availability rule.
+fn frozen<'a>(
+    pass: &Pass<'a, '_>,
+    c: &Classes<'_, 'a>,
+    stops: &mut Vec<(&'a Allocation, String)>,
+    place: &mut Vec<Placing<'a>>,
+) {
+    let record = &pass.record;
+    let replicas = record.replicas;
+    let (surge, unavailable) = record.update.resolve(replicas);
+    let live: Vec<&Replica<'a>> = c
+        .incoming
+        .iter()
+        .chain(&c.migrating)
+        .chain(&c.old)
+        .copied()
+        .collect();
+    let staying: Vec<&Replica<'a>> = live.iter().copied().filter(|r| !r.draining).collect();
+    let fill = record
+        .stable_revision
+        .filter(|s| pass.input.revisions.contains(s))
+        .or_else(|| record.paused.then_some(record.revision));
+    let count = replicas
+        .saturating_sub(staying.len() as u32)
+        .min((replicas + surge).saturating_sub(live.len() as u32).max(1));
+    if let Some(revision) = fill
+        && count > 0
+        && staying.len() < replicas as usize
+    {
+        place.push(Placing {
+            revision,
+            count,
+            failed: Vec::new(),
+        });
+    }
+    if staying.len() > replicas as usize {
+        // Replicas of a revision whose rollout failed go first.
+        let excess = staying.len() - replicas as usize;
+        let (failed, kept): (Vec<&Replica<'a>>, Vec<&Replica<'a>>) = staying
+            .iter()
+            .partition(|r| record.failed_revisions.contains_key(&r.alloc.revision));
+        let mut chosen = surplus(&failed, excess.min(failed.len()));
+        chosen.extend(surplus(&kept, excess - chosen.len()));
+        for alloc in chosen {
+            stops.push((alloc, format!("the service wants {replicas} replicas")));
+        }
+    }
+    let min_available = replicas.saturating_sub(unavailable);
+    let mut ready = live.iter().filter(|r| is_ready(r)).count() as u32;
+    let mut draining: Vec<&Replica<'a>> = live.iter().copied().filter(|r| r.draining).collect();
+    draining.sort_by_key(|r| (is_ready(r), r.alloc.created_unix_ms, r.alloc.id.clone()));
+    for r in draining {
+        if !r.node_ready {
+            continue;
+        }
+        if is_ready(r) {
+            if ready <= min_available {
+                continue;
+            }
+            ready -= 1;
+        }
+        stops.push((r.alloc, format!("node {} is draining", r.alloc.node)));
+    }
 }
 
 /// Which of `active` to stop: pending ones first, then those on the nodes most crowded with

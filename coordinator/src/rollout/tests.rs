@@ -474,7 +474,7 @@ fn a_canary_that_fails_connections_is_aborted_and_gets_no_traffic() {
 }
 
 #[test]
-fn a_failed_canary_without_revert_keeps_running_with_weight_zero() {
+fn a_failed_canary_without_revert_is_stopped_and_gets_no_traffic() {
     let mut sim = ten();
     canary(&mut sim);
     let mut next = spec("web:2", 10);
@@ -484,11 +484,17 @@ fn a_failed_canary_without_revert_keeps_running_with_weight_zero() {
     sim.pass();
     sim.report(2, AllocState::Healthy, "");
     traffic(&mut sim, "n0", 2, 100, 30);
+    // Before the pass that fails it, the canary has its step's weight.
+    assert!(
+        route_weights(&sim.state, "web")
+            .get(&2)
+            .is_some_and(|w| *w > 0)
+    );
     sim.pass();
     assert_eq!(sim.rollout().phase, RolloutPhase::Failed);
-    let weights = route_weights(&sim.state, "web");
-    assert_eq!(weights.get(&2), Some(&0), "{weights:?}");
-    assert_eq!(weights.get(&1), Some(&10), "{weights:?}");
+    assert_eq!(sim.record().revision, 2, "no revert");
+    // The failed canary is beyond the replica count and goes first; the old ones stay.
+    assert_eq!(sim.revisions(), vec![1; 10]);
 }
 
 #[test]
@@ -615,7 +621,11 @@ fn a_step_pause_longer_than_the_deadline_is_progress_as_planned() {
     assert_eq!(sim.record().revision, 2, "still in its pause: not failed");
     sim.tick(60_000);
     sim.pass();
-    assert_eq!(sim.record().revision, 1, "no traffic 30 s after the pause: failed");
+    assert_eq!(
+        sim.record().revision,
+        1,
+        "no traffic 30 s after the pause: failed"
+    );
 }
 
 #[test]
@@ -634,4 +644,76 @@ fn undo_in_a_canary_takes_no_steps() {
     );
     sim.roll(&[1, 2], 20);
     assert_eq!(sim.revisions(), vec![1; 10]);
+}
+
+fn drain(sim: &mut Sim, node: &str) {
+    sim.state.stored.node_flags.insert(
+        node.into(),
+        drover_proto::model::NodeFlags {
+            cordoned: true,
+            draining: true,
+        },
+    );
+}
+
+fn on_node(sim: &Sim, node: &str) -> usize {
+    sim.running().iter().filter(|a| a.node == node).count()
+}
+
+#[test]
+fn a_drain_goes_on_while_a_rollout_is_paused_or_failed() {
+    let mut sim = six();
+    sim.action(RolloutAction::Pause).expect("pause");
+    sim.apply(&spec("web:2", 6));
+    drain(&mut sim, "n0");
+    for _ in 0..10 {
+        sim.report(1, AllocState::Healthy, "");
+        sim.pass();
+        sim.tick(1000);
+    }
+    assert_eq!(on_node(&sim, "n0"), 0, "drained while paused");
+    assert_eq!(
+        sim.revisions(),
+        vec![1; 6],
+        "with the stable revision, nothing rolled"
+    );
+
+    // A failed rollout without revert keeps the replica count: scaled up, it places the
+    // stable revision.
+    let mut sim = six();
+    let mut broken = spec("web:nope", 6);
+    broken.update.auto_revert = false;
+    sim.apply(&broken);
+    sim.pass();
+    sim.report(2, AllocState::Failed, "image web:nope is not available");
+    sim.pass();
+    assert_eq!(sim.rollout().phase, RolloutPhase::Failed);
+    let mut changes = ChangeSet::new(&sim.state, sim.now);
+    operations::scale(&sim.state, "web", 8, &mut changes).expect("scale");
+    sim.commit(changes);
+    for _ in 0..5 {
+        sim.report(1, AllocState::Healthy, "");
+        sim.pass();
+    }
+    assert_eq!(sim.revisions().iter().filter(|r| **r == 1).count(), 8);
+}
+
+#[test]
+fn a_drain_goes_on_during_a_canary_step() {
+    let mut sim = ten();
+    canary(&mut sim);
+    sim.pass();
+    drain(&mut sim, "n0");
+    for _ in 0..10 {
+        sim.report(1, AllocState::Healthy, "");
+        sim.report(2, AllocState::Healthy, "");
+        sim.pass();
+        sim.tick(1000);
+    }
+    assert_eq!(on_node(&sim, "n0"), 0, "drained during the step");
+    assert_eq!(
+        sim.revisions().iter().filter(|r| **r == 1).count(),
+        10,
+        "the old revision stays at full strength"
+    );
 }
