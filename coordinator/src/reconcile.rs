@@ -53,7 +53,9 @@ pub fn rollout_input<'a>(
     for alloc in state.allocations_of(name) {
         let status = state.status.get(&alloc.id);
         if alloc.desired != DesiredState::Run {
-            let running = status.is_some_and(|s| !s.state.is_terminal());
+            // Unknown counts as running: after a coordinator restart no agent has reported
+            // yet, and a Recreate must not start new replicas beside old ones.
+            let running = status.is_none_or(|s| !s.state.is_terminal());
             if alloc.revision != record.revision && running {
                 stopping_elsewhere += 1;
             }
