@@ -113,7 +113,8 @@ fn now_text() -> String {
     )
 }
 
-/// (ready, placed) replicas of `service` in the coordinator's view.
+/// (ready, placed) replicas of `service` in the coordinator's view; placed ones are those
+/// that should run and have not failed.
 fn sample(url: &str, service: &str) -> Option<(usize, usize)> {
     let out = std::process::Command::new(drover_tests::binary("drover"))
         .args(["status", service, "-o", "json"])
@@ -127,7 +128,9 @@ fn sample(url: &str, service: &str) -> Option<(usize, usize)> {
         .filter(|a| a["desired"] == "run")
         .collect();
     let ready = run.iter().filter(|a| a["state"] == "healthy").count();
-    Some((ready, run.len()))
+    // A failed allocation stays listed (with its reason) but runs no container.
+    let placed = run.iter().filter(|a| a["state"] != "failed").count();
+    Some((ready, placed))
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
