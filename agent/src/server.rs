@@ -30,6 +30,9 @@ pub async fn run(
     let node_id = config
         .resolve_node_id()
         .map_err(|e| Error::Config(e.to_string()))?;
+    // The coordinator refuses any other id; say so before anything starts.
+    drover_proto::manifest::dns_label(&node_id)
+        .map_err(|e| Error::Config(format!("node_id: {e}")))?;
     if config.coordinators.is_empty() {
         return Err(Error::Config("no coordinator URL configured".into()));
     }

@@ -2,13 +2,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use drover_proto::model::{AllocStatus, NodeInfo};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_server::AgentLink;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::coordinator::Coordinator;
 
@@ -22,6 +23,31 @@ impl AgentLinkService {
     /// The service over a running coordinator.
     pub fn new(coordinator: Arc<Coordinator>) -> AgentLinkService {
         AgentLinkService { coordinator }
+    }
+}
+
+/// At most one log line per [`Throttle::PERIOD`] for a kind of misbehaviour of one session,
+/// so a hostile agent cannot flood the log; the line says how many were not logged.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// `Some(suppressed since the last line)` when a line may be logged at `now`.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::PERIOD)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -70,6 +96,8 @@ impl AgentLink for AgentLinkService {
             .ok_or_else(|| Status::invalid_argument("hello.node is missing"))?;
         let info = NodeInfo::try_from(info)
             .map_err(|e| Status::invalid_argument(format!("hello: {e}")))?;
+        drover_proto::manifest::validate_node(&info)
+            .map_err(|e| Status::invalid_argument(format!("hello: {e}")))?;
         if hello.cluster_id != self.coordinator.cluster_id() {
             return Err(Status::failed_precondition(format!(
                 "agent {} belongs to cluster {:?}, this coordinator runs cluster {:?}",
@@ -80,15 +108,15 @@ impl AgentLink for AgentLinkService {
         }
         let allocations = running(hello.allocations)?;
         let node = info.id.clone();
-        let generation = info.generation;
-
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        self.coordinator
+        let serial = self
+            .coordinator
             .agent_connected(info, allocations, tx)
             .await?;
 
         let coordinator = self.coordinator.clone();
         tokio::spawn(async move {
+            let mut refused = Throttle::default();
             let cause = loop {
                 match inbound.next().await {
                     None => break "stream closed by agent".to_string(),
@@ -104,11 +132,22 @@ impl AgentLink for AgentLinkService {
                             };
                             let usage = update.node_usage.map(Into::into);
                             let traffic = update.traffic.into_iter().map(Into::into).collect();
-                            if let Err(e) = coordinator
+                            match coordinator
                                 .agent_status(&node, updates, usage, traffic)
                                 .await
                             {
-                                warn!(node = %node, error = %e, "cannot record status update");
+                                Ok(reported) if reported.foreign > 0 => {
+                                    if let Some(suppressed) = refused.allow(Instant::now()) {
+                                        warn!(node = %node, refused = reported.foreign, suppressed, "statuses for allocations of other nodes refused: an agent speaks only for its own node");
+                                    }
+                                }
+                                Ok(reported) if reported.unknown > 0 => {
+                                    debug!(node = %node, dropped = reported.unknown, "statuses for unknown allocations dropped");
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    warn!(node = %node, error = %e, "cannot record status update");
+                                }
                             }
                         }
                         Some(pb::agent_message::Body::Hello(_)) => {
@@ -118,13 +157,27 @@ impl AgentLink for AgentLinkService {
                     },
                 }
             };
-            coordinator
-                .agent_disconnected(&node, generation, &cause)
-                .await;
+            coordinator.agent_disconnected(&node, serial, &cause).await;
         });
 
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_logs_once_per_period_and_counts_the_rest() {
+        let mut throttle = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(throttle.allow(start), Some(0));
+        assert_eq!(throttle.allow(start + Duration::from_secs(1)), None);
+        assert_eq!(throttle.allow(start + Duration::from_secs(9)), None);
+        assert_eq!(throttle.allow(start + Throttle::PERIOD), Some(2));
+        assert_eq!(throttle.allow(start + Throttle::PERIOD), None);
     }
 }

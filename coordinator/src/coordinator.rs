@@ -28,6 +28,9 @@ pub type AgentSender = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status
 #[derive(Debug)]
 struct AgentSession {
     generation: u64,
+    /// Serial number of the session, unique within this coordinator's run: a session's end
+    /// removes only itself, not a newer one of the same node and generation.
+    serial: u64,
     tx: AgentSender,
     /// Last desired set sent, to send only changes.
     sent_desired: Option<Vec<pb::DesiredAllocation>>,
@@ -40,6 +43,8 @@ pub struct Inner {
     /// Desired state and observations.
     pub state: ClusterState,
     agents: HashMap<String, AgentSession>,
+    /// The last session serial number given out.
+    sessions: u64,
     version: u64,
     /// Why rescheduling is held back, while it is (reported once).
     held_back: Option<String>,
@@ -91,6 +96,7 @@ impl Coordinator {
             inner: Mutex::new(Inner {
                 state,
                 agents: HashMap::new(),
+                sessions: 0,
                 // Versions of desired sets and routes start above any earlier boot's.
                 version: boots << 32,
                 held_back: None,
@@ -332,17 +338,34 @@ impl Coordinator {
         }
     }
 
-    /// Registers an agent's session from its hello.
+    /// Registers an agent's session from its hello; returns the session's serial number for
+    /// [`Coordinator::agent_disconnected`]. A session is refused while a newer generation of
+    /// the same node is connected; statuses of allocations not placed on the node are not
+    /// taken.
     pub async fn agent_connected(
         &self,
         info: NodeInfo,
         running: Vec<(String, AllocStatus)>,
         tx: AgentSender,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let mut inner = self.inner.lock().await;
         let node = info.id.clone();
         let generation = info.generation;
-        info!(node = %node, generation, address = %info.address, allocations = running.len(), "agent connected");
+        if let Some(live) = inner.agents.get(&node)
+            && live.generation > generation
+            && !live.tx.is_closed()
+        {
+            warn!(node = %node, generation, live_generation = live.generation, address = %info.address, "session refused: a newer agent of this node is connected");
+            return Err(Error::Refused(format!(
+                "node {node} is connected with generation {}; a session of the older generation {generation} is refused",
+                live.generation
+            )));
+        }
+        let (running, reported) = own_statuses(&inner.state, &node, running);
+        info!(node = %node, generation, address = %info.address, allocations = running.len(), unknown = reported.unknown, "agent connected");
+        if reported.foreign > 0 {
+            warn!(node = %node, foreign = reported.foreign, "hello listed allocations of other nodes; their statuses are refused");
+        }
         let now = now_unix_ms();
         let mut changes = ChangeSet::new(&inner.state, now);
         changes.event(
@@ -382,10 +405,13 @@ impl Coordinator {
         for (id, status) in running {
             inner.state.observe(id, status, now);
         }
+        inner.sessions += 1;
+        let serial = inner.sessions;
         inner.agents.insert(
             node,
             AgentSession {
                 generation,
+                serial,
                 tx,
                 sent_desired: None,
                 sent_routes: None,
@@ -394,7 +420,7 @@ impl Coordinator {
         self.commit(&mut inner, changes).await?;
         drop(inner);
         self.wake();
-        Ok(())
+        Ok(serial)
     }
 
     /// Records allocation status and proxy traffic reported by an agent.
@@ -404,8 +430,9 @@ impl Coordinator {
         updates: Vec<(String, AllocStatus)>,
         usage: Option<drover_proto::model::Resources>,
         traffic: Vec<RevisionTraffic>,
-    ) -> Result<(), Error> {
+    ) -> Result<Reported, Error> {
         let mut inner = self.inner.lock().await;
+        let (updates, reported) = own_statuses(&inner.state, node, updates);
         let now = now_unix_ms();
         let mut changes = ChangeSet::new(&inner.state, now);
         let mut wake = false;
@@ -442,16 +469,20 @@ impl Coordinator {
         if wake {
             self.wake();
         }
-        Ok(())
+        Ok(reported)
     }
 
-    /// Ends an agent's session, unless a newer one replaced it.
-    pub async fn agent_disconnected(&self, node: &str, generation: u64, cause: &str) {
+    /// Ends an agent's session (by its serial number), unless a newer one replaced it.
+    pub async fn agent_disconnected(&self, node: &str, serial: u64, cause: &str) {
         let mut inner = self.inner.lock().await;
-        let current = inner.agents.get(node).map(|s| s.generation);
-        if current != Some(generation) {
+        let Some(generation) = inner
+            .agents
+            .get(node)
+            .filter(|s| s.serial == serial)
+            .map(|s| s.generation)
+        else {
             return;
-        }
+        };
         inner.agents.remove(node);
         if let Some(entry) = inner.state.nodes.get_mut(node) {
             entry.health = NodeHealth::Disconnected;
@@ -471,6 +502,44 @@ impl Coordinator {
         drop(inner);
         self.wake();
     }
+}
+
+/// How many statuses of an agent's report were kept, and why the others were not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    /// Statuses of allocations placed on the reporting node, recorded.
+    pub recorded: usize,
+    /// Statuses of allocation ids the coordinator does not know (deleted, or never were):
+    /// dropped, as nothing can use them.
+    pub unknown: usize,
+    /// Statuses of allocations placed on another node: refused, as an agent speaks only for
+    /// itself.
+    pub foreign: usize,
+}
+
+/// The statuses `node` may give: those of allocations placed on it.
+fn own_statuses(
+    state: &ClusterState,
+    node: &str,
+    updates: Vec<(String, AllocStatus)>,
+) -> (Vec<(String, AllocStatus)>, Reported) {
+    let mut reported = Reported::default();
+    let own = updates
+        .into_iter()
+        .filter(|(id, _)| match state.stored.allocations.get(id) {
+            None => {
+                reported.unknown += 1;
+                false
+            }
+            Some(a) if a.node != node => {
+                reported.foreign += 1;
+                false
+            }
+            Some(_) => true,
+        })
+        .collect::<Vec<_>>();
+    reported.recorded = own.len();
+    (own, reported)
 }
 
 /// The desired set of one node: every allocation placed there, with the spec it runs.
@@ -538,4 +607,50 @@ pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
         }
     }
     routes
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::{Allocation, Resources};
+
+    use super::*;
+
+    #[test]
+    fn statuses_are_kept_only_for_the_reporting_nodes_own_allocations() {
+        let mut state = ClusterState::default();
+        for (id, node) in [("web.1", "a"), ("web.2", "b")] {
+            state.stored.allocations.insert(
+                id.to_string(),
+                Allocation {
+                    id: id.to_string(),
+                    service: "web".into(),
+                    revision: 1,
+                    node: node.to_string(),
+                    resources: Resources::default(),
+                    desired: DesiredState::Run,
+                    created_unix_ms: 0,
+                },
+            );
+        }
+        let failed = AllocStatus {
+            state: AllocState::Failed,
+            ..AllocStatus::default()
+        };
+        let mut report: Vec<(String, AllocStatus)> = ["web.1", "web.2"]
+            .into_iter()
+            .map(|id| (id.to_string(), failed.clone()))
+            .collect();
+        report.extend((0..1000).map(|i| (format!("ghost.{i}"), failed.clone())));
+        let (own, reported) = own_statuses(&state, "a", report);
+        let ids: Vec<&str> = own.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["web.1"]);
+        assert_eq!(
+            reported,
+            Reported {
+                recorded: 1,
+                unknown: 1000,
+                foreign: 1
+            }
+        );
+    }
 }

@@ -16,6 +16,10 @@ pub enum Error {
         /// Its name.
         name: String,
     },
+    /// The request conflicts with the current state (a live session of a newer agent, a
+    /// limit reached); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// The store failed; the change was not made.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -29,6 +33,7 @@ impl From<Error> for tonic::Status {
         match &e {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
             Error::NotFound { .. } => tonic::Status::not_found(e.to_string()),
+            Error::Refused(_) => tonic::Status::failed_precondition(e.to_string()),
             Error::Store(_) => tonic::Status::unavailable(e.to_string()),
             Error::Internal(_) => tonic::Status::internal(e.to_string()),
         }

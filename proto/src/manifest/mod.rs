@@ -45,7 +45,7 @@ use serde_yaml_ng::Value;
 pub use constraint::parse_constraint;
 pub use error::{FieldError, ManifestError, Problem, Source, ValueError};
 pub use quantity::{parse_cpu, parse_memory};
-pub use validate::validate;
+pub use validate::{dns_label, excerpt, node_info as validate_node, validate};
 
 use crate::model::ServiceSpec;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::constraint;
 use super::error::{Errors, FieldError, at};
 use crate::model::{
-    HealthCheck, ProbeAction, ReplicaCount, ServiceSpec, UpdateKind, UpdateStrategy,
+    HealthCheck, NodeInfo, ProbeAction, ReplicaCount, ServiceSpec, UpdateKind, UpdateStrategy,
 };
 
 /// Validates one spec. Errors name the field as Drover's own manifest spells it
@@ -163,9 +163,33 @@ fn check_probe(errors: &mut Errors, base: &str, check: &HealthCheck) {
     );
 }
 
+/// Checks what an agent says about itself: its id is a DNS-1123 label (as a machine id or a
+/// short host name is) and its address an IP address.
+pub fn node_info(info: &NodeInfo) -> Result<(), String> {
+    dns_label(&info.id).map_err(|e| format!("node id: {e}"))?;
+    info.address.parse::<std::net::IpAddr>().map_err(|_| {
+        format!(
+            "node {}: address \"{}\" is not an IP address",
+            info.id,
+            excerpt(&info.address)
+        )
+    })?;
+    Ok(())
+}
+
+/// At most the first 64 characters of `text`, with its length when it was longer: error
+/// messages echo what they refuse without growing with it.
+pub fn excerpt(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}… ({} characters)", &text[..cut], text.chars().count()),
+    }
+}
+
 /// A DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or
 /// digit, at most 63 characters.
-pub(crate) fn dns_label(name: &str) -> Result<(), String> {
+pub fn dns_label(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name
@@ -177,7 +201,8 @@ pub(crate) fn dns_label(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "name \"{name}\" is not a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+            "name \"{}\" is not a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)",
+            excerpt(name)
         ))
     }
 }

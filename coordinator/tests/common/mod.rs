@@ -1,0 +1,213 @@
+//! What the coordinator's API tests share: a real tonic server on a loopback port, with
+//! agents played by the generated client.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_coordinator::Config;
+use drover_coordinator::store::RedbStore;
+use drover_proto::model::{PortSpec, Protocol, Resources, ServiceSpec};
+use drover_proto::pb;
+use drover_proto::pb::agent_link_client::AgentLinkClient;
+use drover_proto::pb::control_client::ControlClient;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Server {
+    pub url: String,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), drover_coordinator::Error>>,
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn start() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RedbStore::open(&dir.path().join("c.redb")).expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = Config {
+        reconcile_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_millis(500),
+        gossip_listen: None,
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(drover_coordinator::run(
+        config,
+        Arc::new(store),
+        listener,
+        shutdown.clone(),
+    ));
+    Server {
+        url,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+/// A Control client.
+pub type Control = ControlClient<Channel>;
+
+pub async fn control(url: &str) -> Control {
+    ControlClient::connect(url.to_string())
+        .await
+        .expect("connect control")
+}
+
+/// An agent played by the test: its outbound queue and the coordinator's messages.
+pub struct FakeAgent {
+    pub tx: mpsc::Sender<pb::AgentMessage>,
+    pub inbound: tonic::Streaming<pb::CoordinatorMessage>,
+    pub desired: Vec<pb::DesiredAllocation>,
+    pub desired_version: u64,
+    pub routes: Vec<pb::ServiceRoute>,
+}
+
+impl FakeAgent {
+    /// A node with room for what the tests place, at 127.0.0.1, generation 1.
+    pub fn node(id: &str, labels: &[(&str, &str)]) -> pb::NodeInfo {
+        pb::NodeInfo {
+            id: id.to_string(),
+            generation: 1,
+            address: "127.0.0.1".into(),
+            capacity: Some(pb::Resources {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+            }),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    pub async fn connect(url: &str, id: &str, labels: &[(&str, &str)]) -> FakeAgent {
+        FakeAgent::hello(url, FakeAgent::node(id, labels), vec![])
+            .await
+            .expect("session")
+    }
+
+    /// Opens a session with this hello; the coordinator's refusal when it refuses.
+    pub async fn hello(
+        url: &str,
+        node: pb::NodeInfo,
+        allocations: Vec<pb::RunningAllocation>,
+    ) -> Result<FakeAgent, tonic::Status> {
+        let mut client = AgentLinkClient::connect(url.to_string())
+            .await
+            .expect("connect agent link");
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Hello(pb::Hello {
+                node: Some(node),
+                allocations,
+                desired_version: 0,
+                cluster_id: "drover".into(),
+            })),
+        };
+        tx.send(hello).await.expect("queue hello");
+        let inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(FakeAgent {
+            tx,
+            inbound,
+            desired: vec![],
+            desired_version: 0,
+            routes: vec![],
+        })
+    }
+
+    /// Reads coordinator messages until `done` holds for this agent's view, or times out.
+    pub async fn until(&mut self, what: &str, done: impl Fn(&FakeAgent) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            let message = tokio::time::timeout_at(deadline, self.inbound.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .expect("stream open")
+                .expect("message");
+            match message.body {
+                Some(pb::coordinator_message::Body::Desired(set)) => {
+                    assert!(set.version > self.desired_version, "versions increase");
+                    self.desired_version = set.version;
+                    self.desired = set.allocations;
+                }
+                Some(pb::coordinator_message::Body::Routes(r)) => self.routes = r.services,
+                None => {}
+            }
+        }
+    }
+
+    pub fn running_ids(&self) -> Vec<String> {
+        self.desired
+            .iter()
+            .filter_map(|d| d.allocation.as_ref())
+            .filter(|a| a.desired == pb::DesiredState::Run as i32)
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
+    pub async fn report(&self, ids: &[String], state: pb::AllocState, host_port: u32) {
+        let allocations = ids
+            .iter()
+            .map(|id| pb::RunningAllocation {
+                id: id.clone(),
+                status: Some(pb::AllocStatus {
+                    state: state as i32,
+                    container_id: format!("c-{id}"),
+                    host_ports: [(8080, host_port)].into_iter().collect(),
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        self.tx
+            .send(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
+                    traffic: Vec::new(),
+                    allocations,
+                    node_usage: None,
+                })),
+            })
+            .await
+            .expect("send status");
+    }
+}
+
+pub fn web(replicas: u32) -> pb::ServiceSpec {
+    let mut spec = ServiceSpec::new("web", "web:1");
+    spec.replicas = replicas;
+    spec.resources = Resources {
+        cpu_millis: 100,
+        memory_bytes: 64 << 20,
+    };
+    spec.ports.push(PortSpec {
+        name: None,
+        container_port: 8080,
+        service_port: Some(80),
+        host_port: None,
+        protocol: Protocol::Tcp,
+    });
+    (&spec).into()
+}
+
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
