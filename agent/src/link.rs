@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_proto::model::{Allocation, NodeInfo, RevisionTraffic, ServiceSpec};
+use drover_proto::model::{DesiredSet, NodeInfo, RevisionTraffic, RoutePolicy};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use tokio::sync::{mpsc, watch};
@@ -36,8 +36,8 @@ pub struct Link {
     pub desired: watch::Sender<Option<DesiredUpdate>>,
     /// Link state for the supervisor.
     pub link: watch::Sender<LinkState>,
-    /// Route policy for the service proxy.
-    pub routes: watch::Sender<Option<pb::RoutePolicy>>,
+    /// Route policy for the service proxy: only valid ones, each newer than the last.
+    pub routes: watch::Sender<Option<RoutePolicy>>,
     /// The proxy's cumulative connection outcomes per (service, revision), sent in full on
     /// every change (see the module docs).
     pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
@@ -181,19 +181,25 @@ impl Link {
         }
     }
 
+    /// Applies one message from the coordinator. Wire types stop here: a message that does
+    /// not convert to its domain type is logged and dropped (the last valid one stays), and
+    /// so is one older than what was applied.
     fn on_message(&mut self, message: pb::CoordinatorMessage, session: u64) {
         match message.body {
             Some(pb::coordinator_message::Body::Desired(set)) => {
+                let version = set.version;
                 let current = self.desired.borrow().as_ref().map(|d| d.version);
-                if current.is_some_and(|v| set.version <= v) {
+                if current.is_some_and(|v| version <= v) {
                     warn!(
-                        version = set.version,
+                        version,
+                        applied = current,
                         "ignoring a desired set older than the applied one"
                     );
                     return;
                 }
-                match desired_update(set, session) {
-                    Ok(update) => {
+                match DesiredSet::try_from(set) {
+                    Ok(set) => {
+                        let update = desired_update(set, session);
                         info!(
                             version = update.version,
                             allocations = update.allocations.len(),
@@ -201,11 +207,31 @@ impl Link {
                         );
                         self.desired.send_replace(Some(update));
                     }
-                    Err(e) => warn!(error = %e, "invalid desired set ignored"),
+                    Err(e) => warn!(version, error = %e, "invalid desired set ignored"),
                 }
             }
-            Some(pb::coordinator_message::Body::Routes(routes)) => {
-                self.routes.send_replace(Some(routes));
+            Some(pb::coordinator_message::Body::Routes(policy)) => {
+                let version = policy.version;
+                let current = self.routes.borrow().as_ref().map(|p| p.version);
+                if current.is_some_and(|v| version <= v) {
+                    warn!(
+                        version,
+                        applied = current,
+                        "ignoring a route policy older than the applied one"
+                    );
+                    return;
+                }
+                match RoutePolicy::try_from(policy) {
+                    Ok(policy) => {
+                        info!(
+                            version,
+                            services = policy.services.len(),
+                            "route policy received"
+                        );
+                        self.routes.send_replace(Some(policy));
+                    }
+                    Err(e) => warn!(version, error = %e, "invalid route policy ignored"),
+                }
             }
             None => {}
         }
@@ -233,26 +259,24 @@ fn traffic_update(totals: &[RevisionTraffic]) -> pb::AgentMessage {
     }
 }
 
-fn desired_update(set: pb::DesiredSet, session: u64) -> Result<DesiredUpdate, String> {
-    let mut allocations = BTreeMap::new();
-    for (i, d) in set.allocations.into_iter().enumerate() {
-        let allocation = Allocation::try_from(
-            d.allocation
-                .ok_or_else(|| format!("allocations[{i}].allocation is missing"))?,
-        )
-        .map_err(|e| format!("allocations[{i}]: {e}"))?;
-        let spec = ServiceSpec::try_from(
-            d.spec
-                .ok_or_else(|| format!("allocations[{i}].spec is missing"))?,
-        )
-        .map_err(|e| format!("allocations[{i}] ({}): {e}", allocation.id))?;
-        allocations.insert(allocation.id.clone(), DesiredAlloc { allocation, spec });
-    }
-    Ok(DesiredUpdate {
+/// The supervisor's view of a desired set received on link session `session`.
+fn desired_update(set: DesiredSet, session: u64) -> DesiredUpdate {
+    let allocations = set
+        .allocations
+        .into_iter()
+        .map(|d| {
+            let alloc = DesiredAlloc {
+                allocation: d.allocation,
+                spec: d.spec,
+            };
+            (alloc.allocation.id.clone(), alloc)
+        })
+        .collect();
+    DesiredUpdate {
         version: set.version,
         session,
         allocations,
-    })
+    }
 }
 
 fn source_text(e: &dyn std::error::Error) -> String {
@@ -267,7 +291,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use drover_proto::model::Resources;
+    use drover_proto::model::{Allocation, Resources, ServiceSpec};
     use drover_proto::pb::agent_link_server::{AgentLink, AgentLinkServer};
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -334,6 +358,130 @@ mod tests {
             None => panic!("empty message"),
         };
         (session, traffic)
+    }
+
+    /// A link with no coordinator, for feeding it messages; the receivers of what it applies.
+    fn idle_link() -> (
+        Link,
+        watch::Receiver<Option<RoutePolicy>>,
+        watch::Receiver<Option<DesiredUpdate>>,
+    ) {
+        let (_statuses_tx, statuses) = watch::channel(BTreeMap::new());
+        let (desired, desired_rx) = watch::channel(None);
+        let (link, _link_rx) = watch::channel(LinkState::default());
+        let (routes, routes_rx) = watch::channel(None);
+        let (_traffic_tx, traffic) = watch::channel(Vec::new());
+        let link = Link {
+            coordinators: Vec::new(),
+            cluster_id: "test".into(),
+            node: NodeInfo {
+                id: "n1".into(),
+                generation: 1,
+                address: "127.0.0.1".into(),
+                capacity: Resources::default(),
+                labels: BTreeMap::new(),
+            },
+            statuses,
+            desired,
+            link,
+            routes,
+            traffic,
+            source: None,
+        };
+        (link, routes_rx, desired_rx)
+    }
+
+    fn routes_message(version: u64, service_port: u32, address: &str) -> pb::CoordinatorMessage {
+        pb::CoordinatorMessage {
+            body: Some(pb::coordinator_message::Body::Routes(pb::RoutePolicy {
+                version,
+                services: vec![pb::ServiceRoute {
+                    service: "web".into(),
+                    service_port,
+                    container_port: 8080,
+                    strategy: pb::Strategy::RoundRobin as i32,
+                    revision_weights: Default::default(),
+                    endpoints: vec![pb::RouteEndpoint {
+                        allocation_id: "web.1".into(),
+                        node: "n1".into(),
+                        revision: 1,
+                        address: address.into(),
+                        weight: 1,
+                    }],
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn invalid_or_older_route_policies_are_dropped() {
+        let (mut link, routes, _desired) = idle_link();
+        let applied = |routes: &watch::Receiver<Option<RoutePolicy>>| {
+            routes.borrow().as_ref().map(|p| {
+                let e = &p.services[0].endpoints[0];
+                (p.version, p.services[0].service_port, e.address)
+            })
+        };
+        let address = Some("10.0.0.1:31000".parse().expect("address"));
+        link.on_message(routes_message(5, 80, "10.0.0.1:31000"), 1);
+        assert_eq!(applied(&routes), Some((5, 80, address)));
+        // Out of range, or an address that is not ip:port: dropped, the last one stays.
+        link.on_message(routes_message(6, 70_000, "10.0.0.1:31000"), 1);
+        link.on_message(routes_message(7, 81, "somewhere:31000"), 1);
+        assert_eq!(applied(&routes), Some((5, 80, address)));
+        // Older or replayed: dropped.
+        link.on_message(routes_message(5, 82, ""), 1);
+        link.on_message(routes_message(4, 82, ""), 1);
+        assert_eq!(applied(&routes), Some((5, 80, address)));
+        // Newer and valid; an endpoint without an address is kept, with none.
+        link.on_message(routes_message(8, 82, ""), 1);
+        assert_eq!(applied(&routes), Some((8, 82, None)));
+    }
+
+    #[test]
+    fn an_invalid_desired_set_is_dropped() {
+        let (mut link, _routes, desired) = idle_link();
+        let set = |version, image: &str| {
+            let mut spec = ServiceSpec::new("web", "web:1");
+            spec.image = image.into();
+            let allocation = Allocation {
+                id: "web.1".into(),
+                service: "web".into(),
+                revision: 1,
+                node: "n1".into(),
+                resources: Resources::default(),
+                desired: drover_proto::model::DesiredState::Run,
+                created_unix_ms: 0,
+            };
+            pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::Desired(
+                    (&DesiredSet {
+                        version,
+                        allocations: vec![drover_proto::model::DesiredAllocation {
+                            allocation,
+                            spec,
+                        }],
+                    })
+                        .into(),
+                )),
+            }
+        };
+        let applied = |desired: &watch::Receiver<Option<DesiredUpdate>>| {
+            desired.borrow().as_ref().map(|d| {
+                (
+                    d.version,
+                    d.session,
+                    d.allocations.get("web.1").map(|a| a.spec.image.clone()),
+                )
+            })
+        };
+        link.on_message(set(3, "web:1"), 2);
+        assert_eq!(applied(&desired), Some((3, 2, Some("web:1".into()))));
+        // No image: invalid, dropped.
+        link.on_message(set(4, ""), 2);
+        assert_eq!(applied(&desired), Some((3, 2, Some("web:1".into()))));
+        link.on_message(set(5, "web:2"), 3);
+        assert_eq!(applied(&desired), Some((5, 3, Some("web:2".into()))));
     }
 
     #[tokio::test]

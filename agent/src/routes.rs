@@ -1,22 +1,23 @@
 //! What the service proxy routes to: the coordinator's route policy (which allocations
-//! belong to a service, with what weights) intersected with gossip (whose node is alive and
-//! whose health key says healthy). Pure; the proxy keeps routing on the last policy when the
-//! coordinator is unreachable, and still follows gossip.
+//! belong to a service, where they listen, with what weights) intersected with gossip (whose
+//! node is alive and whose health key says healthy). Pure; the proxy keeps routing on the
+//! last policy when the coordinator is unreachable, and still follows gossip.
+//!
+//! Gossip is unauthenticated: anyone who can send one UDP datagram to a member can publish
+//! facts. So gossip decides nothing here, it can only take an endpoint out: the address is
+//! always the policy's, an allocation the policy does not list is never routed, and only
+//! the member the policy names as the endpoint's node vouches for its health.
 //!
 //! The same task publishes the proxy's connection outcomes per revision
 //! ([`ProxyManager::traffic`]) for the link, every [`TRAFFIC_INTERVAL`] when they changed.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use drover_proto::convert::strategy_from_pb;
 use drover_proto::gossip::MemberFacts;
-use drover_proto::model::{AllocState, RevisionTraffic, Strategy};
-use drover_proto::pb;
+use drover_proto::model::{self, AllocState, RevisionTraffic, RouteEndpoint, RoutePolicy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::proxy::balancer::Endpoint;
 use crate::proxy::listeners::{ProxyManager, ServiceRoute};
@@ -30,7 +31,7 @@ pub const TRAFFIC_INTERVAL: Duration = Duration::from_secs(1);
 /// node's cumulative traffic totals to `traffic` every [`TRAFFIC_INTERVAL`], when they changed.
 pub async fn run(
     mut manager: ProxyManager,
-    mut policy: watch::Receiver<Option<pb::RoutePolicy>>,
+    mut policy: watch::Receiver<Option<RoutePolicy>>,
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
     traffic: watch::Sender<Vec<RevisionTraffic>>,
     shutdown: CancellationToken,
@@ -81,50 +82,56 @@ fn publish_traffic(
 
 /// Routes for the proxy from the last policy and the live gossip members.
 pub fn service_routes(
-    policy: Option<&pb::RoutePolicy>,
+    policy: Option<&RoutePolicy>,
     live: &BTreeMap<String, MemberFacts>,
 ) -> Vec<ServiceRoute> {
     let Some(policy) = policy else {
         return Vec::new();
     };
-    let mut routes = Vec::new();
-    for service in &policy.services {
-        let Ok(port) = u16::try_from(service.service_port) else {
-            warn!(service = %service.service, port = service.service_port, "service port out of range; not routed");
-            continue;
-        };
-        let strategy = strategy_from_pb(service.strategy).unwrap_or(Strategy::RoundRobin);
-        let endpoints = service
-            .endpoints
-            .iter()
-            .filter_map(|e| endpoint(e, live))
-            .collect();
-        routes.push(ServiceRoute {
+    policy
+        .services
+        .iter()
+        .map(|service| ServiceRoute {
             service: service.service.clone(),
-            port,
-            strategy,
-            revision_weights: service.revision_weights.clone().into_iter().collect(),
-            endpoints,
-        });
-    }
-    routes
+            port: service.service_port,
+            strategy: service.strategy,
+            revision_weights: service.revision_weights.clone(),
+            endpoints: service
+                .endpoints
+                .iter()
+                .filter_map(|e| endpoint(service, e, live))
+                .collect(),
+        })
+        .collect()
 }
 
-/// An endpoint of the policy, if its node is alive and gossip says the allocation is healthy.
-/// The address comes from gossip when it has one (a restarted container may have a new host
-/// port before the coordinator's next policy says so).
-fn endpoint(e: &pb::RouteEndpoint, live: &BTreeMap<String, MemberFacts>) -> Option<Endpoint> {
+/// An endpoint of the policy, at the policy's address, if gossip does not take it out: the
+/// member the policy names as its node is live and not leaving, and that member's fact about
+/// the allocation says healthy, for this service and revision.
+///
+/// The fact's own endpoint is ignored: it neither moves traffic (that would let a forged
+/// member send it anywhere) nor removes the endpoint, since it legitimately differs from the
+/// policy's address (it names the replica's first published port, whatever the service
+/// port; and the coordinator re-pushes the policy when a restarted replica reports a new
+/// host port, before its health checks pass).
+fn endpoint(
+    service: &model::ServiceRoute,
+    e: &RouteEndpoint,
+    live: &BTreeMap<String, MemberFacts>,
+) -> Option<Endpoint> {
+    let address = e.address?;
     let member = live.get(&e.node)?;
     if member.is_leaving() {
         return None;
     }
     let fact = member.allocations.get(&e.allocation_id)?;
-    if fact.health != AllocState::Healthy {
+    // A fact about another service or revision is not about this replica.
+    if fact.health != AllocState::Healthy
+        || fact.service != service.service
+        || fact.revision != e.revision
+    {
         return None;
     }
-    let address = fact
-        .endpoint
-        .or_else(|| e.address.parse::<SocketAddr>().ok())?;
     Some(Endpoint {
         id: e.allocation_id.clone(),
         address,
@@ -136,9 +143,11 @@ fn endpoint(e: &pb::RouteEndpoint, live: &BTreeMap<String, MemberFacts>) -> Opti
 #[cfg(test)]
 mod tests {
     use drover_proto::gossip::AllocFact;
+    use drover_proto::model::Strategy;
 
     use super::*;
 
+    /// A member publishing `(allocation, gossip endpoint, health)` facts for `web`, revision 1.
     fn member(allocs: &[(&str, &str, AllocState)]) -> MemberFacts {
         let mut facts = MemberFacts::default();
         for (id, addr, health) in allocs {
@@ -155,22 +164,31 @@ mod tests {
         facts
     }
 
-    fn policy(endpoints: &[(&str, &str)]) -> pb::RoutePolicy {
-        pb::RoutePolicy {
+    fn live(members: Vec<(&str, MemberFacts)>) -> BTreeMap<String, MemberFacts> {
+        members
+            .into_iter()
+            .map(|(id, facts)| (id.to_string(), facts))
+            .collect()
+    }
+
+    /// A policy for `web` (port 80, revision 1) with `(allocation, node, address)` endpoints;
+    /// an empty address is one not known yet.
+    fn policy(endpoints: &[(&str, &str, &str)]) -> RoutePolicy {
+        RoutePolicy {
             version: 1,
-            services: vec![pb::ServiceRoute {
+            services: vec![model::ServiceRoute {
                 service: "web".into(),
                 service_port: 80,
                 container_port: 8080,
-                strategy: pb::Strategy::Random as i32,
+                strategy: Strategy::Random,
                 revision_weights: [(1, 100)].into_iter().collect(),
                 endpoints: endpoints
                     .iter()
-                    .map(|(id, node)| pb::RouteEndpoint {
+                    .map(|(id, node, address)| RouteEndpoint {
                         allocation_id: id.to_string(),
                         node: node.to_string(),
                         revision: 1,
-                        address: "10.0.0.1:1".into(),
+                        address: address.parse().ok(),
                         weight: 1,
                     })
                     .collect(),
@@ -178,47 +196,142 @@ mod tests {
         }
     }
 
-    #[test]
-    fn policy_intersected_with_alive_and_healthy() {
-        let live: BTreeMap<String, MemberFacts> = [
-            (
-                "a".to_string(),
-                member(&[
-                    ("web.1", "127.0.0.2:3001", AllocState::Healthy),
-                    ("web.2", "127.0.0.2:3002", AllocState::Unhealthy),
-                ]),
-            ),
-            (
-                "b".to_string(),
-                member(&[("web.3", "", AllocState::Healthy)]),
-            ),
-        ]
-        .into_iter()
-        .collect();
-        let p = policy(&[
-            ("web.1", "a"),
-            ("web.2", "a"),
-            ("web.3", "b"),
-            ("web.4", "dead"),
-        ]);
-        let routes = service_routes(Some(&p), &live);
+    /// `(allocation, address)` of the one route's endpoints.
+    fn routed(policy: &RoutePolicy, live: &BTreeMap<String, MemberFacts>) -> Vec<(String, String)> {
+        let routes = service_routes(Some(policy), live);
         assert_eq!(routes.len(), 1);
-        let route = &routes[0];
-        assert_eq!((route.port, route.strategy), (80, Strategy::Random));
-        let got: Vec<(String, String)> = route
+        routes[0]
             .endpoints
             .iter()
             .map(|e| (e.id.clone(), e.address.to_string()))
-            .collect();
-        // web.2 unhealthy, web.4's node not alive; web.3 has no gossip endpoint: the
-        // policy's address is used.
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(id, addr)| (id.to_string(), addr.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn policy_intersected_with_alive_and_healthy() {
+        let live = live(vec![
+            (
+                "a",
+                member(&[
+                    ("web.1", "10.0.0.1:3001", AllocState::Healthy),
+                    ("web.2", "10.0.0.1:3002", AllocState::Unhealthy),
+                ]),
+            ),
+            ("b", member(&[("web.3", "", AllocState::Healthy)])),
+        ]);
+        let p = policy(&[
+            ("web.1", "a", "10.0.0.1:3001"),
+            ("web.2", "a", "10.0.0.1:3002"),
+            ("web.3", "b", "10.0.0.2:3003"),
+            ("web.4", "dead", "10.0.0.3:3004"),
+        ]);
+        let routes = service_routes(Some(&p), &live);
+        assert_eq!(routes.len(), 1);
+        assert_eq!((routes[0].port, routes[0].strategy), (80, Strategy::Random));
+        // web.2 unhealthy, web.4's node not alive; web.3 has no gossip endpoint, which
+        // changes nothing: the address is the policy's.
         assert_eq!(
-            got,
-            vec![
-                ("web.1".to_string(), "127.0.0.2:3001".to_string()),
-                ("web.3".to_string(), "10.0.0.1:1".to_string()),
-            ]
+            routed(&p, &live),
+            pairs(&[("web.1", "10.0.0.1:3001"), ("web.3", "10.0.0.2:3003")])
         );
+    }
+
+    #[test]
+    fn a_forged_endpoint_in_gossip_does_not_move_the_route() {
+        let p = policy(&[("web.1", "a", "10.0.0.1:3001")]);
+        // The member named "a" (the real node, or a forger with a higher generation, which
+        // gossip shows in its place) claims web.1 listens elsewhere; another forged member
+        // claims it too.
+        let live = live(vec![
+            (
+                "a",
+                member(&[("web.1", "6.6.6.6:6666", AllocState::Healthy)]),
+            ),
+            (
+                "evil",
+                member(&[("web.1", "6.6.6.6:6667", AllocState::Healthy)]),
+            ),
+        ]);
+        assert_eq!(routed(&p, &live), pairs(&[("web.1", "10.0.0.1:3001")]));
+    }
+
+    #[test]
+    fn gossip_adds_nothing_the_policy_does_not_list() {
+        let p = policy(&[("web.1", "a", "10.0.0.1:3001")]);
+        let live = live(vec![
+            (
+                "a",
+                member(&[
+                    ("web.1", "10.0.0.1:3001", AllocState::Healthy),
+                    ("web.9", "6.6.6.6:6666", AllocState::Healthy),
+                ]),
+            ),
+            (
+                "evil",
+                member(&[("web.8", "6.6.6.6:6667", AllocState::Healthy)]),
+            ),
+        ]);
+        assert_eq!(routed(&p, &live), pairs(&[("web.1", "10.0.0.1:3001")]));
+        // Nor does it fill in an address the policy does not have yet.
+        let p = policy(&[("web.1", "a", "")]);
+        assert_eq!(routed(&p, &live), pairs(&[]));
+    }
+
+    #[test]
+    fn only_the_endpoints_own_node_vouches_for_it() {
+        let p = policy(&[("web.1", "a", "10.0.0.1:3001")]);
+        // Node a is live but says nothing about web.1; another member says it is healthy.
+        let live = live(vec![
+            ("a", member(&[])),
+            (
+                "evil",
+                member(&[("web.1", "10.0.0.1:3001", AllocState::Healthy)]),
+            ),
+        ]);
+        assert_eq!(routed(&p, &live), pairs(&[]));
+    }
+
+    #[test]
+    fn gossip_removes_unhealthy_leaving_dead_and_mismatched_replicas() {
+        let p = policy(&[
+            ("web.1", "a", "10.0.0.1:3001"),
+            ("web.2", "a", "10.0.0.1:3002"),
+            ("web.3", "a", "10.0.0.1:3003"),
+            ("web.4", "b", "10.0.0.2:3004"),
+            ("web.5", "gone", "10.0.0.3:3005"),
+        ]);
+        let mut a = member(&[
+            ("web.1", "10.0.0.1:3001", AllocState::Healthy),
+            ("web.2", "10.0.0.1:3002", AllocState::Unhealthy),
+            ("web.3", "10.0.0.1:3003", AllocState::Healthy),
+        ]);
+        // A fact about another revision of the allocation is no evidence for this one.
+        if let Some(fact) = a.allocations.get_mut("web.3") {
+            fact.revision = 2;
+        }
+        let mut b = member(&[("web.4", "10.0.0.2:3004", AllocState::Healthy)]);
+        let all = live(vec![("a", a.clone()), ("b", b.clone())]);
+        assert_eq!(
+            routed(&p, &all),
+            pairs(&[("web.1", "10.0.0.1:3001"), ("web.4", "10.0.0.2:3004")])
+        );
+        // A leaving member's replicas go at once.
+        b.state = Some(drover_proto::gossip::MemberState::Leaving);
+        let leaving = live(vec![("a", a), ("b", b)]);
+        assert_eq!(routed(&p, &leaving), pairs(&[("web.1", "10.0.0.1:3001")]));
+        // A fact for another service is no evidence either.
+        let mut other = member(&[("web.1", "10.0.0.1:3001", AllocState::Healthy)]);
+        if let Some(fact) = other.allocations.get_mut("web.1") {
+            fact.service = "db".into();
+        }
+        assert_eq!(routed(&p, &live(vec![("a", other)])), pairs(&[]));
     }
 
     #[test]

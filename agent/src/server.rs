@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use drover_daemon::Tasks;
 use drover_membership::next_generation;
 use drover_proto::model::NodeInfo;
 use tokio::sync::watch;
@@ -19,6 +20,10 @@ use crate::proxy::{MIN_BUFFER_SIZE, ProxyConfig, ProxyManager};
 use crate::routes;
 use crate::runtime::ContainerRuntime;
 use crate::supervisor::{LinkState, Supervisor, SupervisorChannels};
+
+/// How long the agent's tasks get to stop after shutdown (the proxy bounds its own drain
+/// below this), inside systemd's `TimeoutStopSec=30s`.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Runs an agent with `runtime` until `shutdown` is cancelled. Containers keep running when
 /// the agent stops: a restarted agent adopts them.
@@ -60,7 +65,18 @@ pub async fn run(
     let (traffic_tx, traffic_rx) = watch::channel(Vec::new());
 
     let membership = gossip::join(&config, &node_id, generation, capacity).await?;
-    let gossip_terminated = membership.termination();
+    // The agent's long-lived tasks: one that ends before shutdown stops the agent (non-zero,
+    // so systemd restarts it; containers keep running and are adopted).
+    let mut tasks = Tasks::new(shutdown.clone());
+    // Gossip gone for good will not come back on its own.
+    let terminated = membership.termination();
+    let stopping = shutdown.clone();
+    tasks.spawn("gossip", async move {
+        tokio::select! {
+            () = stopping.cancelled() => Ok(()),
+            ended = terminated => ended.map_err(|e| Error::Gossip(e.to_string())),
+        }
+    });
     info!(listen = %config.gossip_listen, seeds = ?config.gossip_seeds, "joined gossip");
 
     let mut supervisor = Supervisor::new(
@@ -76,7 +92,7 @@ pub async fn run(
         shutdown.clone(),
     );
     supervisor.set_drain(config.drain_delay);
-    let supervisor = tokio::spawn(supervisor.run());
+    tasks.spawn_infallible("supervisor", supervisor.run());
 
     let link = Link {
         coordinators: config.coordinators.clone(),
@@ -95,40 +111,40 @@ pub async fn run(
         traffic: traffic_rx,
         source: config.link_source,
     };
-    let link = tokio::spawn(link.run(shutdown.clone()));
+    tasks.spawn_infallible("link", link.run(shutdown.clone()));
 
     // Every node proxies each service's published port to healthy replicas anywhere:
     // policy from the coordinator, liveness and health from gossip.
     let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
     let proxy = ProxyManager::new(proxy_bind, proxy_config, generation);
-    let routing = tokio::spawn(routes::run(
-        proxy,
-        routes_rx,
-        membership.live_members(),
-        traffic_tx,
-        shutdown.clone(),
-    ));
+    tasks.spawn_infallible(
+        "routing",
+        routes::run(
+            proxy,
+            routes_rx,
+            membership.live_members(),
+            traffic_tx,
+            shutdown.clone(),
+        ),
+    );
 
-    let publishing =
-        gossip::publish_allocations(&membership, config.advertise, status_rx, shutdown.clone());
-    let failure = tokio::select! {
-        () = publishing => None,
-        result = gossip_terminated => result.err(),
-    };
-    shutdown.cancel();
-    supervisor
-        .await
-        .map_err(|e| Error::Internal(format!("supervisor task: {e}")))?;
-    link.await
-        .map_err(|e| Error::Internal(format!("link task: {e}")))?;
-    routing
-        .await
-        .map_err(|e| Error::Internal(format!("routing task: {e}")))?;
-    if let Some(e) = failure {
-        // Gossip is gone for good: exit so systemd restarts the agent.
-        return Err(Error::Gossip(e.to_string()));
+    let membership = Arc::new(membership);
+    let publisher = membership.clone();
+    let advertise = config.advertise;
+    let publishing = shutdown.clone();
+    tasks.spawn_infallible("gossip-publish", async move {
+        gossip::publish_allocations(&publisher, advertise, status_rx, publishing).await;
+    });
+
+    let failed = tasks.supervise().await;
+    // Open proxied connections drain within the proxy's own bound; the rest end at once.
+    let stopped = tasks.join(SHUTDOWN_GRACE).await;
+    if let Err(e) = failed.and(stopped) {
+        return Err(Error::Internal(e.to_string()));
     }
-    membership.leave(config.gossip_interval * 4).await;
+    if let Ok(membership) = Arc::try_unwrap(membership) {
+        membership.leave(config.gossip_interval * 4).await;
+    }
     info!("agent stopped");
     Ok(())
 }

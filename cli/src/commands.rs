@@ -1,5 +1,6 @@
 //! One function per command: call the coordinator, print the answer.
 
+use crate::output::say;
 use anyhow::Context;
 use drover_proto::convert::{node_health_from_pb, strategy_from_pb};
 use drover_proto::manifest;
@@ -64,9 +65,10 @@ pub async fn apply(
             Ok(pb::ApplyChange::Unchanged) => "unchanged",
             _ => "applied",
         };
-        println!(
+        say!(
             "service/{} {change} (revision {}){suffix}",
-            result.name, result.revision
+            result.name,
+            result.revision
         );
         if change != "unchanged" {
             changed.push((result.name, result.revision));
@@ -98,7 +100,7 @@ pub async fn delete(target: &str, service: &str) -> anyhow::Result<()> {
         .await
         .map_err(|s| refused(&format!("delete {service}"), s))?
         .into_inner();
-    println!(
+    say!(
         "service/{service} deleted ({} replicas stopping)",
         response.stopped_allocations
     );
@@ -162,7 +164,7 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     if rows.is_empty() {
-        println!("No services.");
+        say!("No services.");
         return Ok(());
     }
     let mut t = table(&[
@@ -173,7 +175,7 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
             r.name.clone(),
             r.image.clone(),
             r.revision.to_string(),
-            format!("{}/{}", r.running, r.desired),
+            ready(r),
             r.placed.to_string(),
             r.strategy.to_string(),
             r.ports.join(","),
@@ -181,7 +183,7 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
     }
     print_table(&t);
     for r in rows.iter().filter(|r| r.placement_failure.is_some()) {
-        println!(
+        say!(
             "\n{}: {}",
             r.name,
             r.placement_failure.as_deref().unwrap_or_default()
@@ -244,9 +246,9 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
         return print_json(&view);
     }
     let s = &view.summary;
-    println!("Service:   {}", s.name);
-    println!("Image:     {}", s.image);
-    println!(
+    say!("Service:   {}", s.name);
+    say!("Image:     {}", s.image);
+    say!(
         "Revision:  {} (revisions: {})",
         s.revision,
         view.revisions
@@ -255,11 +257,14 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
+    say!(
         "Replicas:  {} desired, {} placed, {} running, {} healthy",
-        s.desired, s.placed, s.running, s.healthy
+        s.desired,
+        s.placed,
+        s.running,
+        s.healthy
     );
-    println!(
+    say!(
         "Ports:     {}",
         if s.ports.is_empty() {
             "-".into()
@@ -276,16 +281,16 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .collect::<Vec<_>>()
             .join(" ")
     };
-    println!("Traffic:   {} ({weights})", s.strategy);
+    say!("Traffic:   {} ({weights})", s.strategy);
     if let Some(rollout) = &response.rollout {
-        println!("Rollout:   {}", crate::rollout::line(rollout));
+        say!("Rollout:   {}", crate::rollout::line(rollout));
     }
     if let Some(failure) = &s.placement_failure {
-        println!("Placement: {failure}");
+        say!("Placement: {failure}");
     }
-    println!();
+    say!();
     if view.allocations.is_empty() {
-        println!("No allocations.");
+        say!("No allocations.");
         return Ok(());
     }
     let addresses = node_addresses(&mut client).await?;
@@ -453,7 +458,7 @@ pub async fn nodes(target: &str, format: Format) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     if rows.is_empty() {
-        println!("No nodes. Start drover-agent on a host, pointed at this coordinator.");
+        say!("No nodes. Start drover-agent on a host, pointed at this coordinator.");
         return Ok(());
     }
     let mut t = table(&[
@@ -513,8 +518,31 @@ pub async fn node_action(target: &str, node: &str, action: &str) -> anyhow::Resu
     } else {
         "schedulable"
     };
-    println!("node/{node} {state}");
+    say!("node/{node} {state}");
     Ok(())
+}
+
+/// `drover node rm NODE`.
+pub async fn remove_node(target: &str, node: &str) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let removed = client
+        .remove_node(pb::NodeRequest {
+            node: node.to_string(),
+        })
+        .await
+        .map_err(|s| refused(&format!("node rm {node}"), s))?
+        .into_inner();
+    say!(
+        "node/{node} removed ({} allocation records with it)",
+        removed.allocations
+    );
+    Ok(())
+}
+
+/// The READY column: healthy replicas of those desired, as `drover status` counts them (a
+/// running replica that fails its checks is not ready).
+fn ready(row: &ServiceRow) -> String {
+    format!("{}/{}", row.healthy, row.desired)
 }
 
 pub async fn scale(target: &str, service: &str, replicas: u32) -> anyhow::Result<()> {
@@ -526,7 +554,7 @@ pub async fn scale(target: &str, service: &str, replicas: u32) -> anyhow::Result
         })
         .await
         .map_err(|s| refused(&format!("scale {service}"), s))?;
-    println!("service/{service} scaled to {replicas} replicas");
+    say!("service/{service} scaled to {replicas} replicas");
     Ok(())
 }
 
@@ -544,7 +572,7 @@ pub async fn weights(target: &str, service: &str, weights: Vec<(u64, u32)>) -> a
         })
         .await
         .map_err(|s| refused(&format!("weights for {service}"), s))?;
-    println!("service/{service} traffic weights set: {text}");
+    say!("service/{service} traffic weights set: {text}");
     Ok(())
 }
 
@@ -579,10 +607,13 @@ pub async fn events(target: &str, since: u64, follow: bool, format: Format) -> a
         if follow {
             // Print as they come; a table cannot be aligned ahead of time.
             match format {
-                Format::Json => println!("{}", serde_json::to_string(&row)?),
-                Format::Table => println!(
+                Format::Json => say!("{}", serde_json::to_string(&row)?),
+                Format::Table => say!(
                     "{:>6}  {:<20} {:<24} {}",
-                    row.seq, row.kind, row.subject, row.message
+                    row.seq,
+                    row.kind,
+                    row.subject,
+                    row.message
                 ),
             }
         } else {
@@ -619,5 +650,18 @@ mod tests {
         assert!(parse_weight("2").is_err());
         assert!(parse_weight("a=1").expect_err("bad rev").contains("\"a\""));
         assert!(parse_weight("1=-5").expect_err("negative").contains("-5"));
+    }
+
+    #[test]
+    fn ready_counts_healthy_replicas_not_running_ones() {
+        let row = service_row(pb::ServiceSummary {
+            name: "web".into(),
+            desired_replicas: 3,
+            placed: 3,
+            running: 3,
+            healthy: 0,
+            ..Default::default()
+        });
+        assert_eq!(ready(&row), "0/3");
     }
 }

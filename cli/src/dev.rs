@@ -1,6 +1,7 @@
 //! `drover dev`: a coordinator and an agent in one process on loopback, for a laptop or a
 //! single edge box.
 
+use crate::output::say;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,17 +114,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             anyhow::bail!("the agent stopped during start-up");
         }
     }
-    println!(
+    say!(
         "Drover dev is up: coordinator API at {url}, node {:?}, state in {}",
         args.node_id,
         data_dir.display()
     );
-    println!("  export DROVER_COORDINATOR={url}");
+    say!("  export DROVER_COORDINATOR={url}");
     if !args.apply.is_empty() {
         commands::apply(&url, &args.apply, false, "", None).await?;
         wait_and_show_endpoints(&url, args.listen.ip()).await?;
     }
-    println!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");
+    say!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");
 
     let coordinator = coordinator.await.context("coordinator task")?;
     let agent = agent.await.context("agent task")?;
@@ -171,7 +172,7 @@ async fn wait_and_show_endpoints(url: &str, proxy: std::net::IpAddr) -> anyhow::
             .collect::<Vec<_>>()
             .join(", ");
         if progress != last {
-            println!("  waiting for replicas: {progress}");
+            say!("  waiting for replicas: {progress}");
             last = progress;
         }
         let failures: Vec<String> = services
@@ -183,9 +184,9 @@ async fn wait_and_show_endpoints(url: &str, proxy: std::net::IpAddr) -> anyhow::
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            println!("  not every replica is healthy after 2 minutes; see `drover status SERVICE`");
+            say!("  not every replica is healthy after 2 minutes; see `drover status SERVICE`");
             for f in failures {
-                println!("  {f}");
+                say!("  {f}");
             }
             return Ok(());
         }
@@ -193,13 +194,13 @@ async fn wait_and_show_endpoints(url: &str, proxy: std::net::IpAddr) -> anyhow::
     }
     for name in commands::service_names(&mut client).await? {
         if let Some(port) = commands::service_port(&mut client, &name).await? {
-            println!(
+            say!(
                 "  curl http://{proxy}:{port}/      # {name} through the service proxy, replica by replica"
             );
         }
         let endpoints = commands::endpoints(&mut client, &name).await?;
         for endpoint in endpoints {
-            println!("  curl http://{endpoint}/      # {name}, one replica directly");
+            say!("  curl http://{endpoint}/      # {name}, one replica directly");
         }
     }
     Ok(())

@@ -97,6 +97,11 @@ enum Command {
         /// Node id.
         node: String,
     },
+    /// Manage nodes: `drover node rm NODE` forgets a down node for good.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Set a service's replica count.
     Scale {
         /// Service name.
@@ -123,6 +128,18 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+}
+
+/// `drover node …`.
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Forget a down node for good: its flags and the records of the replicas it held (a
+    /// connected node, or one not yet down, is refused).
+    #[command(alias = "remove")]
+    Rm {
+        /// Node id.
+        node: String,
     },
 }
 
@@ -267,6 +284,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cordon { node } => commands::node_action(&target, &node, "cordon").await,
         Command::Uncordon { node } => commands::node_action(&target, &node, "uncordon").await,
         Command::Drain { node } => commands::node_action(&target, &node, "drain").await,
+        Command::Node {
+            command: NodeCommand::Rm { node },
+        } => commands::remove_node(&target, &node).await,
         Command::Scale { service, replicas } => commands::scale(&target, &service, replicas).await,
         Command::Weights { service, weights } => {
             commands::weights(&target, &service, weights).await

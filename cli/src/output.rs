@@ -1,7 +1,30 @@
 //! Tables and JSON for read commands.
 
+use std::io::Write;
+
 use comfy_table::{Table, presets};
 use serde::Serialize;
+
+/// `println!` for the CLI's output: when stdout is closed early (`drover events | head`),
+/// the command ends quietly with success, as Unix tools do, instead of panicking.
+macro_rules! say {
+    () => { $crate::output::line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::output::line(format_args!($($arg)*)) };
+}
+pub(crate) use say;
+
+/// Writes one line to stdout; see [`say`].
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // Anything else (a full disk) is worth saying, once, on stderr.
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Output format of read commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,14 +45,14 @@ pub fn table(header: &[&str]) -> Table {
 
 /// Prints `value` as pretty JSON.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Prints a table, trimming the padding comfy-table leaves at line ends.
 pub fn print_table(table: &Table) {
     for line in table.to_string().lines() {
-        println!("{}", line.trim_end());
+        say!("{}", line.trim_end());
     }
 }
 

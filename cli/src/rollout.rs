@@ -1,5 +1,6 @@
 //! `drover rollout …` and `drover apply --wait`: follow, steer and look back on rollouts.
 
+use crate::output::say;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -166,12 +167,12 @@ pub async fn follow(
         }
         let now = line(&status);
         if now != last {
-            println!("{service}: {now}");
+            say!("{service}: {now}");
             last = now;
         }
         match pb::RolloutPhase::try_from(status.phase) {
             Ok(pb::RolloutPhase::Complete) => {
-                println!("rollout of {service} to revision {revision} complete");
+                say!("rollout of {service} to revision {revision} complete");
                 return Ok(());
             }
             Ok(pb::RolloutPhase::Failed) => {
@@ -209,7 +210,7 @@ pub async fn status(
         return print_json(&view(&get(&mut client, service).await?));
     }
     if !watch {
-        println!("{service}: {}", line(&get(&mut client, service).await?));
+        say!("{service}: {}", line(&get(&mut client, service).await?));
         return Ok(());
     }
     follow(&mut client, service, None, timeout).await
@@ -235,7 +236,7 @@ pub async fn act(target: &str, service: &str, action: Action) -> anyhow::Result<
         .await
         .map_err(|s| refused(&format!("rollout {verb} of {service}"), s))?
         .into_inner();
-    println!("service/{service} {verb}: {}", line(&status));
+    say!("service/{service} {verb}: {}", line(&status));
     Ok(())
 }
 

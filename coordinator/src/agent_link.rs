@@ -51,6 +51,22 @@ impl Throttle {
     }
 }
 
+/// Longest status message kept from an agent, in bytes.
+const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// Cuts `text` to at most `max` bytes, at a character boundary, marking the cut.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push('…');
+}
+
 type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
 fn running(list: Vec<pb::RunningAllocation>) -> Result<Vec<(String, AllocStatus)>, Status> {
@@ -65,9 +81,13 @@ fn running(list: Vec<pb::RunningAllocation>) -> Result<Vec<(String, AllocStatus)
             let status = r.status.ok_or_else(|| {
                 Status::invalid_argument(format!("allocations[{i}] ({}): status is missing", r.id))
             })?;
-            let status = AllocStatus::try_from(status).map_err(|e| {
+            let mut status = AllocStatus::try_from(status).map_err(|e| {
                 Status::invalid_argument(format!("allocations[{i}] ({}): {e}", r.id))
             })?;
+            // An agent's words are kept for operators, bounded: a hostile one cannot grow the
+            // coordinator with them.
+            truncate(&mut status.message, MAX_STATUS_MESSAGE);
+            truncate(&mut status.container_id, MAX_STATUS_MESSAGE);
             Ok((r.id, status))
         })
         .collect()
@@ -169,6 +189,17 @@ impl AgentLink for AgentLinkService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_status_messages_are_cut_at_a_character_boundary() {
+        let mut text = "é".repeat(2000);
+        truncate(&mut text, MAX_STATUS_MESSAGE);
+        assert!(text.len() <= MAX_STATUS_MESSAGE + '…'.len_utf8());
+        assert!(text.ends_with('…'));
+        let mut short = "ok".to_string();
+        truncate(&mut short, MAX_STATUS_MESSAGE);
+        assert_eq!(short, "ok");
+    }
 
     #[test]
     fn throttle_logs_once_per_period_and_counts_the_rest() {

@@ -42,6 +42,18 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub gossip_interval: Duration,
+    /// How long a down node still counts in the mass-failure guard (which holds back
+    /// rescheduling when most nodes look down at once); a node down longer, or one that
+    /// never joined gossip, no longer counts. `drover node rm` removes a down node for good.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub down_node_expiry: Duration,
+    /// Bounds on what requests may ask for; set only the keys to change, e.g. `limits = {
+    /// replicas_per_service = 50000 }`. replicas_per_service, services, allocations (the
+    /// replicas of all services together), env_bytes (one service's environment, command and args: Linux passes at most 2 MiB to a program), args
+    /// (command and args of one service), image_length, request_bytes (the largest gRPC
+    /// request; an apply carries all its manifests).
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -56,6 +68,8 @@ impl Default for Config {
             gossip_advertise: None,
             gossip_seeds: Vec::new(),
             gossip_interval: Duration::from_millis(250),
+            down_node_expiry: Duration::from_secs(600),
+            limits: Limits::default(),
         }
     }
 }
@@ -74,6 +88,9 @@ const ENV_KEYS: [&str; 9] = [
 ];
 
 pub use drover_daemon::ConfigError;
+
+use crate::limits::Limits;
+use crate::state::Settings;
 
 impl Config {
     /// The default config file the package installs at [`DEFAULT_CONFIG_PATH`]: every option
@@ -102,6 +119,15 @@ impl Config {
             .find(|ip| !ip.is_unspecified())
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         SocketAddr::new(ip, listen.port())
+    }
+
+    /// The settings the coordinator's decisions follow.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            limits: self.limits,
+            down_node_expiry_ms: u64::try_from(self.down_node_expiry.as_millis())
+                .unwrap_or(u64::MAX),
+        }
     }
 
     /// Path of the store file.

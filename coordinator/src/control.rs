@@ -199,6 +199,22 @@ impl Control for ControlService {
         ))
     }
 
+    async fn remove_node(
+        &self,
+        request: Request<pb::NodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let node = request.into_inner().node;
+        let mut inner = self.coordinator.lock().await;
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        let allocations = operations::remove_node(&inner.state, &node, &mut changes)?;
+        self.coordinator.commit(&mut inner, changes).await?;
+        inner.state.nodes.remove(&node);
+        drop(inner);
+        info!(node = %node, allocations, "node removed");
+        self.coordinator.wake();
+        Ok(Response::new(pb::RemoveNodeResponse { node, allocations }))
+    }
+
     async fn scale(
         &self,
         request: Request<pb::ScaleRequest>,

@@ -19,7 +19,7 @@ use crate::events;
 use crate::failure;
 use crate::reconcile;
 use crate::rollout;
-use crate::state::{ClusterState, NodeEntry};
+use crate::state::{ClusterState, NodeEntry, Settings};
 use crate::store::{EventRecord, RolloutPhase, Store, Write, counters};
 
 /// Messages queued to one agent's stream.
@@ -33,8 +33,9 @@ struct AgentSession {
     serial: u64,
     tx: AgentSender,
     /// Last desired set sent, to send only changes.
-    sent_desired: Option<Vec<pb::DesiredAllocation>>,
-    sent_routes: Option<Vec<pb::ServiceRoute>>,
+    sent_desired: Option<Vec<drover_proto::model::DesiredAllocation>>,
+    /// Last route policy sent (its services), to send only changes.
+    sent_routes: Option<Vec<drover_proto::model::ServiceRoute>>,
 }
 
 /// State plus the sessions of connected agents, guarded together.
@@ -74,6 +75,7 @@ impl Coordinator {
     pub async fn start(
         store: Arc<dyn Store>,
         cluster_id: &str,
+        settings: Settings,
         shutdown: CancellationToken,
     ) -> Result<Arc<Coordinator>, Error> {
         let loaded = {
@@ -85,6 +87,7 @@ impl Coordinator {
         let boots = loaded.counter(counters::BOOTS) + 1;
         let mut state = ClusterState::from_stored(loaded);
         state.boot = boots;
+        state.settings = settings;
         info!(
             services = state.stored.services.len(),
             allocations = state.stored.allocations.len(),
@@ -153,6 +156,9 @@ impl Coordinator {
     pub async fn set_gossip_live(&self, live: std::collections::BTreeSet<String>) {
         let mut inner = self.inner.lock().await;
         let changed = inner.state.gossip_live.as_ref() != Some(&live);
+        for (id, entry) in inner.state.nodes.iter_mut() {
+            entry.gossip_seen |= live.contains(id);
+        }
         inner.state.gossip_live = Some(live);
         drop(inner);
         if changed {
@@ -308,23 +314,26 @@ impl Coordinator {
             };
             let mut ok = true;
             if send_desired {
+                // Domain types up to here; the wire type only to send.
+                let set = drover_proto::model::DesiredSet {
+                    version,
+                    allocations: desired,
+                };
                 let message = pb::CoordinatorMessage {
-                    body: Some(pb::coordinator_message::Body::Desired(pb::DesiredSet {
-                        version,
-                        allocations: desired.clone(),
-                    })),
+                    body: Some(pb::coordinator_message::Body::Desired((&set).into())),
                 };
                 ok &= session.tx.try_send(Ok(message)).is_ok();
                 if ok {
-                    session.sent_desired = Some(desired);
+                    session.sent_desired = Some(set.allocations);
                 }
             }
             if send_routes && ok {
+                let policy = drover_proto::model::RoutePolicy {
+                    version,
+                    services: routes.clone(),
+                };
                 let message = pb::CoordinatorMessage {
-                    body: Some(pb::coordinator_message::Body::Routes(pb::RoutePolicy {
-                        version,
-                        services: routes.clone(),
-                    })),
+                    body: Some(pb::coordinator_message::Body::Routes((&policy).into())),
                 };
                 ok &= session.tx.try_send(Ok(message)).is_ok();
                 if ok {
@@ -379,6 +388,12 @@ impl Coordinator {
         );
         let previous = inner.state.nodes.get(&node);
         let mut flaps = previous.map(|e| e.flaps).unwrap_or_default();
+        let gossip_seen = previous.is_some_and(|e| e.gossip_seen)
+            || inner
+                .state
+                .gossip_live
+                .as_ref()
+                .is_some_and(|live| live.contains(&node));
         if previous.is_some_and(|e| e.health == NodeHealth::Down) {
             // Hysteresis: a node back from down loses placement ties for a while.
             let probation = flaps.came_back(now);
@@ -399,6 +414,7 @@ impl Coordinator {
                 reason: String::new(),
                 usage: Default::default(),
                 disconnected_since_ms: None,
+                gossip_seen,
                 flaps,
             },
         );
@@ -449,6 +465,14 @@ impl Coordinator {
         for (id, status) in updates {
             let observed = status.state;
             let failed_message = status.message.clone();
+            // A new host port (a restarted container) goes into the next route policy now,
+            // not a reconcile interval later.
+            let ports_moved = inner
+                .state
+                .status
+                .get(&id)
+                .is_some_and(|s| s.host_ports != status.host_ports);
+            wake |= ports_moved;
             let previous = inner.state.observe(id.clone(), status, now);
             if observed != previous {
                 wake = true;
@@ -543,7 +567,10 @@ fn own_statuses(
 }
 
 /// The desired set of one node: every allocation placed there, with the spec it runs.
-pub fn desired_set(state: &ClusterState, node: &str) -> Vec<pb::DesiredAllocation> {
+pub fn desired_set(
+    state: &ClusterState,
+    node: &str,
+) -> Vec<drover_proto::model::DesiredAllocation> {
     state
         .stored
         .allocations
@@ -551,17 +578,20 @@ pub fn desired_set(state: &ClusterState, node: &str) -> Vec<pb::DesiredAllocatio
         .filter(|a| a.node == node)
         .filter_map(|a| {
             let spec = state.revision_spec(&a.service, a.revision)?;
-            Some(pb::DesiredAllocation {
-                allocation: Some(a.into()),
-                spec: Some(spec.into()),
+            Some(drover_proto::model::DesiredAllocation {
+                allocation: a.clone(),
+                spec: spec.clone(),
             })
         })
         .collect()
 }
 
 /// Route policy: for each service with a published port, its allocations that should run,
-/// with their address once known (empty before), and the weights to apply.
-pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
+/// with their address once known (`None` before: the node's address and the host port its
+/// agent last reported, so a restarted container's new port is in the next push), and the
+/// weights to apply. Proxies take addresses from here only; gossip can only take an
+/// endpoint out of rotation.
+pub fn route_policy(state: &ClusterState) -> Vec<drover_proto::model::ServiceRoute> {
     let mut routes = Vec::new();
     for name in state.stored.services.keys() {
         let Some((_, spec)) = state.service(name) else {
@@ -577,17 +607,20 @@ pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
                     continue;
                 }
                 // Every member is listed; proxies route only to those gossip says are alive
-                // and healthy, and take the current address from gossip when it has one.
+                // and healthy.
                 let host_port = state
                     .status
                     .get(&alloc.id)
                     .and_then(|s| s.host_ports.get(&port.container_port).copied());
-                let address = state.nodes.get(&alloc.node).map(|n| n.info.address.clone());
-                let address = match (address, host_port) {
-                    (Some(address), Some(host_port)) => format!("{address}:{host_port}"),
-                    _ => String::new(),
-                };
-                endpoints.push(pb::RouteEndpoint {
+                // A node address that is not an IP gets no routed endpoint.
+                let ip = state
+                    .nodes
+                    .get(&alloc.node)
+                    .and_then(|n| n.info.address.parse::<std::net::IpAddr>().ok());
+                let address = ip
+                    .zip(host_port)
+                    .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
+                endpoints.push(drover_proto::model::RouteEndpoint {
                     allocation_id: alloc.id.clone(),
                     node: alloc.node.clone(),
                     revision: alloc.revision,
@@ -596,12 +629,12 @@ pub fn route_policy(state: &ClusterState) -> Vec<pb::ServiceRoute> {
                 });
             }
             let weights: BTreeMap<u64, u32> = rollout::route_weights(state, name);
-            routes.push(pb::ServiceRoute {
+            routes.push(drover_proto::model::ServiceRoute {
                 service: name.clone(),
-                service_port: service_port.into(),
-                container_port: port.container_port.into(),
-                strategy: drover_proto::convert::strategy_to_pb(spec.traffic.strategy).into(),
-                revision_weights: weights.into_iter().collect(),
+                service_port,
+                container_port: port.container_port,
+                strategy: spec.traffic.strategy,
+                revision_weights: weights,
                 endpoints,
             });
         }

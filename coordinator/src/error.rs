@@ -9,7 +9,7 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// The named object does not exist.
-    #[error("{kind} {name:?} not found")]
+    #[error("{kind} {:?} not found", drover_proto::manifest::excerpt(name))]
     NotFound {
         /// Object kind, e.g. "service".
         kind: &'static str,

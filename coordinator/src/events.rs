@@ -50,3 +50,5 @@ pub const ROLLOUT_FAILED: &str = "rollout_failed";
 pub const ROLLOUT_REVERTED: &str = "rollout_reverted";
 /// Every replica runs the new revision and is available.
 pub const ROLLOUT_COMPLETED: &str = "rollout_completed";
+/// An operator removed a down node for good.
+pub const NODE_REMOVED: &str = "node_removed";

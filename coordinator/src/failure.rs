@@ -4,7 +4,9 @@
 //! `disconnected`) for at least [`LINK_GRACE_MS`], and gossip's failure detector no longer
 //! lists it as alive. A link that drops while gossip still hears the node is not a failure
 //! (a coordinator restart, a network blip between two hosts). When most nodes fail at once
-//! the coordinator itself is the likely one cut off, so nothing is declared down.
+//! the coordinator itself is the likely one cut off, so nothing is declared down; nodes that
+//! never joined gossip, or have been down longer than `down_node_expiry`, do not count in
+//! that guard.
 //!
 //! Hysteresis against flapping: a node that comes back after being down loses placement
 //! ties to the other nodes (as many replicas of the service on it as on them) for a
@@ -103,14 +105,27 @@ pub fn check(state: &ClusterState, now_unix_ms: u64) -> Verdict {
     if candidates.is_empty() {
         return Verdict::default();
     }
+    // Only nodes that took part in the cluster recently count: one that never joined
+    // gossip, or has been down for a long time, says nothing about this coordinator being
+    // cut off now.
+    let expiry = state.settings.down_node_expiry_ms;
+    let counts = |id: &String| {
+        state.nodes.get(id).is_some_and(|n| {
+            n.gossip_seen
+                && !(n.health == NodeHealth::Down
+                    && n.flaps
+                        .last_down_ms
+                        .is_some_and(|at| now_unix_ms.saturating_sub(at) > expiry))
+        })
+    };
     let already: BTreeSet<&String> = state
         .nodes
         .iter()
-        .filter(|(_, n)| n.health == NodeHealth::Down)
+        .filter(|(id, n)| n.health == NodeHealth::Down && counts(id))
         .map(|(id, _)| id)
         .collect();
-    let total = state.nodes.len();
-    let failing = already.len() + candidates.len();
+    let total = state.nodes.keys().filter(|id| counts(id)).count();
+    let failing = already.len() + candidates.iter().filter(|id| counts(id)).count();
     // Losing more than half of the nodes at once looks like this coordinator's isolation.
     if total >= 2 && failing * 2 > total {
         return Verdict {
@@ -220,6 +235,7 @@ mod tests {
                     reason: String::new(),
                     usage: Resources::default(),
                     disconnected_since_ms: *since,
+                    gossip_seen: true,
                     flaps: Flaps::default(),
                 },
             );
@@ -277,6 +293,56 @@ mod tests {
         let verdict = check(&s, 5_000);
         assert!(verdict.down.is_empty());
         assert!(verdict.held_back.expect("held back").contains("2 of 3"));
+    }
+
+    #[test]
+    fn nodes_that_never_joined_gossip_or_went_down_long_ago_do_not_hold_back_a_real_failure() {
+        use NodeHealth::*;
+        // Three nodes that registered over the link but never appeared in gossip, and one
+        // real node that crashed.
+        let mut s = state(
+            &[
+                ("real", Disconnected, Some(0)),
+                ("ghost-1", Down, Some(0)),
+                ("ghost-2", Down, Some(0)),
+                ("ghost-3", Disconnected, Some(0)),
+                ("a", Ready, None),
+            ],
+            &["a"],
+        );
+        for ghost in ["ghost-1", "ghost-2", "ghost-3"] {
+            s.nodes.get_mut(ghost).expect("node").gossip_seen = false;
+        }
+        let mut down: Vec<String> = check(&s, 5_000)
+            .down
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        down.sort();
+        assert_eq!(down, ["ghost-3", "real"], "the real crash is acted on");
+
+        // Nodes down longer than the expiry do not count either.
+        let mut s = state(
+            &[
+                ("real", Disconnected, Some(0)),
+                ("old-1", Down, Some(0)),
+                ("old-2", Down, Some(0)),
+                ("a", Ready, None),
+            ],
+            &["a"],
+        );
+        s.settings.down_node_expiry_ms = 60_000;
+        for old in ["old-1", "old-2"] {
+            s.nodes.get_mut(old).expect("node").flaps.went_down(1_000);
+        }
+        let at = 1_000 + 60_001;
+        let verdict = check(&s, at);
+        assert_eq!(verdict.held_back, None);
+        assert_eq!(verdict.down.len(), 1);
+        // Within the expiry, they still count: 3 of 4 down holds back.
+        let verdict = check(&s, 30_000);
+        assert!(verdict.down.is_empty());
+        assert!(verdict.held_back.expect("held back").contains("3 of 4"));
     }
 
     #[test]

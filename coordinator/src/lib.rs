@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod failure;
 pub mod gossip;
+pub mod limits;
 pub mod operations;
 pub mod reconcile;
 pub mod rollout;

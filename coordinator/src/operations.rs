@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use drover_proto::manifest;
-use drover_proto::model::{DesiredState, NodeFlags, ServiceSpec, UpdateKind};
+use drover_proto::model::{DesiredState, NodeFlags, NodeHealth, ServiceSpec, UpdateKind};
 
 use crate::changes::ChangeSet;
 use crate::error::Error;
@@ -348,19 +348,40 @@ pub fn rollout_action(
     Ok(())
 }
 
+/// A name as error messages quote it: at most its first 64 characters.
+fn quoted(name: &str) -> String {
+    format!("{:?}", manifest::excerpt(name))
+}
+
 fn check_specs(state: &ClusterState, specs: &[ServiceSpec]) -> Result<(), Error> {
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
+    let limits = &state.settings.limits;
     for spec in specs {
         if !names.insert(spec.name.as_str()) {
-            problems.push(format!("service {:?} appears more than once", spec.name));
+            problems.push(format!(
+                "service {} appears more than once",
+                quoted(&spec.name)
+            ));
         }
         if let Err(errors) = manifest::validate(spec) {
             for e in errors {
-                problems.push(format!("service {:?}: {e}", spec.name));
+                problems.push(format!("service {}: {e}", quoted(&spec.name)));
             }
         }
+        for problem in limits.check_spec(spec) {
+            problems.push(format!("service {}: {problem}", quoted(&spec.name)));
+        }
     }
+    let kept = state
+        .stored
+        .services
+        .iter()
+        .filter(|(name, _)| !names.contains(name.as_str()));
+    let services = kept.clone().count() + specs.len();
+    let replicas = kept.map(|(_, r)| u64::from(r.replicas)).sum::<u64>()
+        + specs.iter().map(|s| u64::from(s.replicas)).sum::<u64>();
+    problems.extend(limits.check_totals(services, replicas));
     // A service port is cluster-wide: every node's proxy listens on it.
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
     let others = state
@@ -464,6 +485,28 @@ pub fn scale(
     if current.replicas == replicas {
         return Ok(());
     }
+    let limits = &state.settings.limits;
+    let mut spec_check = ServiceSpec::new(name, "-");
+    spec_check.replicas = replicas;
+    let others: u64 = state
+        .stored
+        .services
+        .values()
+        .filter(|r| r.name != name)
+        .map(|r| u64::from(r.replicas))
+        .sum();
+    let problem = limits
+        .check_spec(&spec_check)
+        .into_iter()
+        .next()
+        .or_else(|| limits.check_totals(state.stored.services.len(), others + u64::from(replicas)));
+    // Scaling down is always allowed, even over limits lowered since.
+    if let Some(problem) = problem.filter(|_| replicas > current.replicas) {
+        return Err(Error::InvalidArgument(format!(
+            "service {}: {problem}",
+            quoted(name)
+        )));
+    }
     let mut updated = current.clone();
     updated.replicas = replicas;
     updated.updated_unix_ms = changes.now_unix_ms();
@@ -505,6 +548,49 @@ pub fn set_weights(
         format!("traffic weights {text}"),
     );
     Ok(())
+}
+
+/// Forgets a node that is down (or has not come back since this coordinator started): its
+/// operator flags and every allocation record it held. Returns how many allocations went.
+/// A connected node, or one whose link is gone but is not yet down, is refused.
+pub fn remove_node(
+    state: &ClusterState,
+    node: &str,
+    changes: &mut ChangeSet,
+) -> Result<u32, Error> {
+    if !state.node_known(node) {
+        return Err(Error::NotFound {
+            kind: "node",
+            name: node.to_string(),
+        });
+    }
+    match state.nodes.get(node).map(|n| n.health) {
+        Some(NodeHealth::Ready) => {
+            return Err(Error::Refused(format!(
+                "node {node} is connected; drain it and stop its agent before removing it"
+            )));
+        }
+        Some(NodeHealth::Disconnected) => {
+            return Err(Error::Refused(format!(
+                "node {node} is disconnected but not down (gossip may still hear it); remove it once `drover nodes` shows it down"
+            )));
+        }
+        _ => {}
+    }
+    let mut removed = 0;
+    for alloc in state.stored.allocations.values().filter(|a| a.node == node) {
+        changes.push(Write::DeleteAllocation(alloc.id.clone()));
+        removed += 1;
+    }
+    if state.stored.node_flags.contains_key(node) {
+        changes.push(Write::DeleteNodeFlags(node.to_string()));
+    }
+    changes.event(
+        events::NODE_REMOVED,
+        node,
+        format!("node removed by operator with {removed} allocation records"),
+    );
+    Ok(removed)
 }
 
 /// An operator action on a node.
@@ -552,4 +638,79 @@ pub fn node_action(
         changes.event(events::NODE_FLAGS, node, format!("node {what} by operator"));
     }
     Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::{Allocation, Resources};
+
+    use super::*;
+    use crate::state::test_node;
+
+    fn state_with_node(health: NodeHealth) -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut node = test_node("gone");
+        node.health = health;
+        node.disconnected_since_ms = Some(0);
+        state.nodes.insert("gone".into(), node);
+        state.stored.node_flags.insert(
+            "gone".into(),
+            NodeFlags {
+                cordoned: true,
+                draining: false,
+            },
+        );
+        for id in ["web.1", "web.2"] {
+            state.stored.allocations.insert(
+                id.into(),
+                Allocation {
+                    id: id.into(),
+                    service: "web".into(),
+                    revision: 1,
+                    node: "gone".into(),
+                    resources: Resources::default(),
+                    desired: DesiredState::Run,
+                    created_unix_ms: 0,
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn a_down_node_is_removed_with_its_flags_and_allocations() {
+        let mut state = state_with_node(NodeHealth::Down);
+        let mut changes = ChangeSet::new(&state, 1);
+        assert_eq!(
+            remove_node(&state, "gone", &mut changes).expect("removed"),
+            2
+        );
+        let (writes, events) = changes.finish();
+        assert_eq!(events.len(), 1);
+        state.apply(&writes);
+        assert!(state.stored.allocations.is_empty());
+        assert!(state.stored.node_flags.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_is_connected_or_not_yet_down_is_not_removed() {
+        for (health, expected) in [
+            (NodeHealth::Ready, "is connected"),
+            (NodeHealth::Disconnected, "not down"),
+        ] {
+            let state = state_with_node(health);
+            let mut changes = ChangeSet::new(&state, 1);
+            let refused = remove_node(&state, "gone", &mut changes)
+                .expect_err("refused")
+                .to_string();
+            assert!(refused.contains(expected), "{refused}");
+            assert!(changes.is_empty(), "nothing changes");
+        }
+        let state = ClusterState::default();
+        let mut changes = ChangeSet::new(&state, 1);
+        assert!(matches!(
+            remove_node(&state, "nobody", &mut changes),
+            Err(Error::NotFound { .. })
+        ));
+    }
 }

@@ -66,6 +66,7 @@ pub fn rollout_input<'a>(
             state: status.map(|s| s.state).unwrap_or_default(),
             restarts: status.map_or(0, |s| s.restarts),
             message: status.map_or("", |s| s.message.as_str()),
+            image_failure: status.is_some_and(|s| s.image_failure),
             ready_since_ms: state.ready_since.get(&alloc.id).copied(),
             draining: state.node_flags(&alloc.node).draining,
             node_ready: state.node_health(&alloc.node) == NodeHealth::Ready,

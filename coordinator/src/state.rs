@@ -8,6 +8,7 @@ use drover_proto::model::{
     RevisionTraffic, ServiceSpec,
 };
 
+use crate::limits::Limits;
 use crate::scheduler::{ClusterSnapshot, NodeView};
 use crate::store::{ServiceRecord, StoredState, Write, apply_writes};
 
@@ -24,13 +25,36 @@ pub struct NodeEntry {
     pub usage: Resources,
     /// When its agent stream ended, if it is not connected.
     pub disconnected_since_ms: Option<u64>,
+    /// Whether gossip has ever listed it alive: a node only the link knows (it registered
+    /// but never joined gossip) does not count in the mass-failure guard.
+    pub gossip_seen: bool,
     /// Recent downs and the probation they earned (kept across reconnects).
     pub flaps: crate::failure::Flaps,
+}
+
+/// The operator's settings that decisions follow (from the coordinator's config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// What one request may ask for.
+    pub limits: Limits,
+    /// How long a down node still counts in the mass-failure guard.
+    pub down_node_expiry_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            down_node_expiry_ms: 600_000,
+        }
+    }
 }
 
 /// Desired state plus observations.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
+    /// The operator's settings.
+    pub settings: Settings,
     /// Mirror of the store.
     pub stored: StoredState,
     /// Nodes that have connected since this coordinator started.
@@ -248,6 +272,7 @@ pub(crate) fn test_node(id: &str) -> NodeEntry {
         reason: String::new(),
         usage: Resources::default(),
         disconnected_since_ms: None,
+        gossip_seen: true,
         flaps: Default::default(),
     }
 }

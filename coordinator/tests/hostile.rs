@@ -212,3 +212,138 @@ async fn a_hello_with_an_invalid_node_id_or_address_is_refused() {
     assert!(nodes.is_empty(), "no node was registered: {nodes:?}");
     server.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
+    let server = start().await;
+    let mut client = control(&server.url).await;
+    let mut huge = web(100_000_000);
+    huge.name = "huge".into();
+    let refused = client
+        .apply(pb::ApplyRequest {
+            cause: String::new(),
+            services: vec![huge],
+            dry_run: false,
+        })
+        .await
+        .expect_err("100,000,000 replicas are refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("limits.replicas_per_service"),
+        "{}",
+        refused.message()
+    );
+
+    // A 10 KB name gets the name's error, short.
+    let mut long = web(1);
+    long.name = "n".repeat(10_000);
+    let refused = client
+        .apply(pb::ApplyRequest {
+            cause: String::new(),
+            services: vec![long],
+            dry_run: false,
+        })
+        .await
+        .expect_err("a 10 KB name is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("is not a DNS-1123 label") && refused.message().len() < 600,
+        "{}",
+        refused.message()
+    );
+    let services = client
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .services;
+    assert!(services.is_empty(), "nothing was applied: {services:?}");
+
+    // Scaling past the limit is refused too; scaling within it works.
+    client
+        .apply(pb::ApplyRequest {
+            cause: String::new(),
+            services: vec![web(1)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
+    let refused = client
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 100_000_000,
+        })
+        .await
+        .expect_err("refused");
+    assert!(
+        refused.message().contains("limits.replicas_per_service"),
+        "{}",
+        refused.message()
+    );
+    client
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 2,
+        })
+        .await
+        .expect("scale within the limit");
+
+    // A request over the size limit is refused by the server before it is decoded.
+    let mut big = web(1);
+    big.env.insert("BIG".into(), "x".repeat(17 << 20));
+    let refused = client
+        .apply(pb::ApplyRequest {
+            cause: String::new(),
+            services: vec![big],
+            dry_run: false,
+        })
+        .await
+        .expect_err("a 17 MiB request is refused");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    server.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn node_rm_refuses_a_node_that_is_connected_or_not_down() {
+    let server = start().await;
+    let mut client = control(&server.url).await;
+    let agent = FakeAgent::connect(&server.url, "a", &[]).await;
+    let rm = async |client: &mut common::Control| {
+        client
+            .remove_node(pb::NodeRequest { node: "a".into() })
+            .await
+    };
+    let refused = rm(&mut client).await.expect_err("connected");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("is connected"),
+        "{}",
+        refused.message()
+    );
+    drop(agent);
+    eventually("the node disconnected", async || {
+        let nodes = client
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .expect("nodes")
+            .into_inner()
+            .nodes;
+        (nodes[0].health == pb::NodeHealth::Disconnected as i32).then_some(())
+    })
+    .await;
+    // Without gossip nothing is ever down, so it stays.
+    let refused = rm(&mut client).await.expect_err("not down");
+    assert!(
+        refused.message().contains("not down"),
+        "{}",
+        refused.message()
+    );
+    let missing = client
+        .remove_node(pb::NodeRequest {
+            node: "nobody".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    server.shutdown.cancel();
+}

@@ -1,10 +1,12 @@
 //! What Drover's daemons (`drover-coordinator`, `drover-agent`, `drover dev`) share: layered
 //! configuration (and the commented default config files rendered from it), logging to
-//! stderr, and signal handling.
+//! stderr, signal handling, and the supervised set of a daemon's long-lived tasks.
 
 mod default_config;
+mod tasks;
 
 pub use default_config::{RenderError, render_default_config, uncomment_options};
+pub use tasks::{TaskError, Tasks};
 
 use std::path::{Path, PathBuf};
 

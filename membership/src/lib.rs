@@ -14,7 +14,10 @@
 //! - Every start must use a generation larger than any earlier one of the same node id
 //!   ([`next_generation`]); reusing one makes peers hand back the old keys and drop the new.
 //! - Gossip is plain, unauthenticated UDP (see [`transport`]): anything that reaches the port
-//!   can inject members and keys. Gossip carries facts, never decisions.
+//!   can inject members and keys. Gossip carries facts, never decisions. What would crash or
+//!   corrupt chitchat itself is dropped before it decodes a datagram ([`wire`]): deltas about
+//!   this member, deltas chitchat would panic on, garbage; logged at most every
+//!   [`guard::LOG_EVERY`].
 //! - If [`Membership::termination`] resolves with an error the gossip loop is gone for good:
 //!   exit and let the supervisor restart the process.
 
@@ -27,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::{Transport, UdpTransport};
+use chitchat::transport::Transport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
@@ -35,6 +38,9 @@ use chitchat::{
 use drover_proto::gossip::{self, AllocFact, GossipError, MemberFacts, MemberState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub mod guard;
+pub mod wire;
 
 /// Name of the file, in the data directory, holding the last gossip generation.
 pub const GENERATION_FILE: &str = "gossip-generation";
@@ -159,10 +165,15 @@ impl MembershipConfig {
     }
 }
 
-/// The gossip transport: plain UDP today. This is the one place to swap in the AEAD-sealed
-/// transport (notes/chitchat.md §4) once it exists.
-pub fn transport() -> impl Transport {
-    UdpTransport
+/// The gossip transport of the member `config` describes: plain UDP, each datagram checked
+/// before chitchat decodes it ([`guard::GuardedTransport`]). This is the one place to swap in
+/// the AEAD-sealed transport (notes/chitchat.md §4) once it exists; keep the checks in front
+/// of chitchat then too (a key holder can still be buggy or compromised).
+pub fn transport(config: &MembershipConfig) -> impl Transport + use<> {
+    guard::GuardedTransport::new(wire::SelfId {
+        node_id: config.node_id.clone(),
+        generation: config.generation,
+    })
 }
 
 /// Why membership failed.
@@ -235,7 +246,7 @@ impl Membership {
             initial.push((gossip::STATE.into(), MemberState::Alive.as_str().into()));
         }
 
-        let handle = spawn_chitchat(config.chitchat_config(), initial, &transport())
+        let handle = spawn_chitchat(config.chitchat_config(), initial, &transport(&config))
             .await
             .map_err(|e| MembershipError::Start {
                 listen: config.listen,

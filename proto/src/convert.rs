@@ -602,6 +602,7 @@ impl From<&AllocStatus> for pb::AllocStatus {
                 .map(|(c, h)| (u32::from(*c), u32::from(*h)))
                 .collect(),
             usage: Some(s.usage.into()),
+            image_failure: s.image_failure,
         }
     }
 }
@@ -646,6 +647,7 @@ impl TryFrom<pb::AllocStatus> for AllocStatus {
             restarts: s.restarts,
             host_ports,
             usage: resources(s.usage),
+            image_failure: s.image_failure,
         })
     }
 }
@@ -802,6 +804,7 @@ mod tests {
             restarts: 2,
             host_ports: [(8080, 32768)].into_iter().collect(),
             usage: Resources::default(),
+            image_failure: true,
         };
         assert_eq!(
             AllocStatus::try_from(pb::AllocStatus::from(&status)),
@@ -871,5 +874,314 @@ mod revision_traffic_tests {
         let wire = pb::RevisionTraffic::from(&traffic);
         assert_eq!((wire.revision, wire.connections, wire.failed), (3, 120, 4));
         assert_eq!(RevisionTraffic::from(wire), traffic);
+    }
+}
+
+impl From<&crate::model::DesiredAllocation> for pb::DesiredAllocation {
+    fn from(d: &crate::model::DesiredAllocation) -> Self {
+        pb::DesiredAllocation {
+            allocation: Some((&d.allocation).into()),
+            spec: Some((&d.spec).into()),
+        }
+    }
+}
+
+impl TryFrom<pb::DesiredAllocation> for crate::model::DesiredAllocation {
+    type Error = ConvertError;
+
+    fn try_from(d: pb::DesiredAllocation) -> Result<Self, ConvertError> {
+        const M: &str = "DesiredAllocation";
+        let allocation = d
+            .allocation
+            .ok_or_else(|| ConvertError::missing(M, "allocation"))?;
+        let allocation =
+            Allocation::try_from(allocation).map_err(|e| e.in_field(M, "allocation"))?;
+        let spec = d.spec.ok_or_else(|| ConvertError::missing(M, "spec"))?;
+        let spec = ServiceSpec::try_from(spec).map_err(|e| e.in_field(M, "spec"))?;
+        Ok(crate::model::DesiredAllocation { allocation, spec })
+    }
+}
+
+impl From<&crate::model::DesiredSet> for pb::DesiredSet {
+    fn from(s: &crate::model::DesiredSet) -> Self {
+        pb::DesiredSet {
+            version: s.version,
+            allocations: s.allocations.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::DesiredSet> for crate::model::DesiredSet {
+    type Error = ConvertError;
+
+    fn try_from(s: pb::DesiredSet) -> Result<Self, ConvertError> {
+        const M: &str = "DesiredSet";
+        let allocations = s
+            .allocations
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                crate::model::DesiredAllocation::try_from(d)
+                    .map_err(|e| e.in_field(M, &format!("allocations[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(crate::model::DesiredSet {
+            version: s.version,
+            allocations,
+        })
+    }
+}
+
+impl From<&crate::model::RouteEndpoint> for pb::RouteEndpoint {
+    fn from(e: &crate::model::RouteEndpoint) -> Self {
+        pb::RouteEndpoint {
+            allocation_id: e.allocation_id.clone(),
+            node: e.node.clone(),
+            revision: e.revision,
+            address: e.address.map(|a| a.to_string()).unwrap_or_default(),
+            weight: e.weight,
+        }
+    }
+}
+
+/// An empty address means "not known yet"; anything else must be `ip:port`.
+impl TryFrom<pb::RouteEndpoint> for crate::model::RouteEndpoint {
+    type Error = ConvertError;
+
+    fn try_from(e: pb::RouteEndpoint) -> Result<Self, ConvertError> {
+        const M: &str = "RouteEndpoint";
+        if e.allocation_id.is_empty() {
+            return Err(ConvertError::missing(M, "allocation_id"));
+        }
+        if e.node.is_empty() {
+            return Err(ConvertError::missing(M, "node"));
+        }
+        let address = if e.address.is_empty() {
+            None
+        } else {
+            Some(e.address.parse().map_err(|_| {
+                ConvertError::new(M, "address", format!("`{}` is not `ip:port`", e.address))
+            })?)
+        };
+        Ok(crate::model::RouteEndpoint {
+            allocation_id: e.allocation_id,
+            node: e.node,
+            revision: e.revision,
+            address,
+            weight: e.weight,
+        })
+    }
+}
+
+impl From<&crate::model::ServiceRoute> for pb::ServiceRoute {
+    fn from(r: &crate::model::ServiceRoute) -> Self {
+        pb::ServiceRoute {
+            service: r.service.clone(),
+            service_port: r.service_port.into(),
+            container_port: r.container_port.into(),
+            strategy: strategy_to_pb(r.strategy).into(),
+            revision_weights: r.revision_weights.clone().into_iter().collect(),
+            endpoints: r.endpoints.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ServiceRoute> for crate::model::ServiceRoute {
+    type Error = ConvertError;
+
+    fn try_from(r: pb::ServiceRoute) -> Result<Self, ConvertError> {
+        const M: &str = "ServiceRoute";
+        if r.service.is_empty() {
+            return Err(ConvertError::missing(M, "service"));
+        }
+        let strategy =
+            strategy_from_pb(r.strategy).map_err(|e| ConvertError::new(M, "strategy", e.reason))?;
+        let endpoints = r
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                crate::model::RouteEndpoint::try_from(e)
+                    .map_err(|e| e.in_field(M, &format!("endpoints[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(crate::model::ServiceRoute {
+            service: r.service,
+            service_port: port(M, "service_port", r.service_port)?,
+            container_port: port(M, "container_port", r.container_port)?,
+            strategy,
+            revision_weights: r.revision_weights.into_iter().collect(),
+            endpoints,
+        })
+    }
+}
+
+impl From<&crate::model::RoutePolicy> for pb::RoutePolicy {
+    fn from(p: &crate::model::RoutePolicy) -> Self {
+        pb::RoutePolicy {
+            version: p.version,
+            services: p.services.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::RoutePolicy> for crate::model::RoutePolicy {
+    type Error = ConvertError;
+
+    fn try_from(p: pb::RoutePolicy) -> Result<Self, ConvertError> {
+        const M: &str = "RoutePolicy";
+        let services = p
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                crate::model::ServiceRoute::try_from(s)
+                    .map_err(|e| e.in_field(M, &format!("services[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(crate::model::RoutePolicy {
+            version: p.version,
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod push_tests {
+    use super::*;
+    use crate::model::{DesiredAllocation, DesiredSet, RouteEndpoint, RoutePolicy, ServiceRoute};
+
+    fn policy() -> RoutePolicy {
+        RoutePolicy {
+            version: 7 << 32,
+            services: vec![ServiceRoute {
+                service: "web".into(),
+                service_port: 80,
+                container_port: 8080,
+                strategy: Strategy::LeastConn,
+                revision_weights: [(1, 90), (2, 10)].into_iter().collect(),
+                endpoints: vec![
+                    RouteEndpoint {
+                        allocation_id: "web.1".into(),
+                        node: "n1".into(),
+                        revision: 1,
+                        address: Some("10.0.0.1:31000".parse().expect("address")),
+                        weight: 1,
+                    },
+                    RouteEndpoint {
+                        allocation_id: "web.2".into(),
+                        node: "n2".into(),
+                        revision: 2,
+                        address: None,
+                        weight: 3,
+                    },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn route_policy_round_trips() {
+        let wire = pb::RoutePolicy::from(&policy());
+        assert_eq!(wire.services[0].endpoints[1].address, "");
+        assert_eq!(RoutePolicy::try_from(wire), Ok(policy()));
+    }
+
+    #[test]
+    fn route_policy_errors_name_the_field() {
+        let check = |edit: fn(&mut pb::RoutePolicy), field: &str, text: &str| {
+            let mut wire = pb::RoutePolicy::from(&policy());
+            edit(&mut wire);
+            let err = RoutePolicy::try_from(wire).expect_err(field);
+            assert_eq!((err.message, err.field.as_str()), ("RoutePolicy", field));
+            assert!(err.to_string().contains(text), "{err}");
+        };
+        check(
+            |w| w.services[0].service_port = 70_000,
+            "services[0].service_port",
+            "70000",
+        );
+        check(
+            |w| w.services[0].container_port = 0,
+            "services[0].container_port",
+            "port 0",
+        );
+        check(
+            |w| w.services[0].service.clear(),
+            "services[0].service",
+            "missing",
+        );
+        check(
+            |w| w.services[0].strategy = 99,
+            "services[0].strategy",
+            "99",
+        );
+        check(
+            |w| w.services[0].endpoints[1].address = "n2.example:80".into(),
+            "services[0].endpoints[1].address",
+            "n2.example:80",
+        );
+        check(
+            |w| w.services[0].endpoints[0].node.clear(),
+            "services[0].endpoints[0].node",
+            "missing",
+        );
+        check(
+            |w| w.services[0].endpoints[0].allocation_id.clear(),
+            "services[0].endpoints[0].allocation_id",
+            "missing",
+        );
+    }
+
+    fn desired() -> DesiredSet {
+        let spec = ServiceSpec::new("web", "web:1");
+        DesiredSet {
+            version: 3,
+            allocations: vec![DesiredAllocation {
+                allocation: Allocation {
+                    id: "web.1".into(),
+                    service: "web".into(),
+                    revision: 1,
+                    node: "n1".into(),
+                    resources: Resources::default(),
+                    desired: DesiredState::Run,
+                    created_unix_ms: 1,
+                },
+                spec,
+            }],
+        }
+    }
+
+    #[test]
+    fn desired_set_round_trips_and_errors_name_the_field() {
+        assert_eq!(
+            DesiredSet::try_from(pb::DesiredSet::from(&desired())),
+            Ok(desired())
+        );
+        let mut wire = pb::DesiredSet::from(&desired());
+        wire.allocations[0].spec = None;
+        let err = DesiredSet::try_from(wire).expect_err("spec");
+        assert_eq!(err.field, "allocations[0].spec");
+        let mut wire = pb::DesiredSet::from(&desired());
+        wire.allocations[0].allocation = None;
+        assert_eq!(
+            DesiredSet::try_from(wire).expect_err("allocation").field,
+            "allocations[0].allocation"
+        );
+        let mut wire = pb::DesiredSet::from(&desired());
+        if let Some(a) = wire.allocations[0].allocation.as_mut() {
+            a.id.clear();
+        }
+        let err = DesiredSet::try_from(wire).expect_err("id");
+        assert_eq!(err.field, "allocations[0].allocation.id");
+        assert_eq!(err.message, "DesiredSet");
+        let mut wire = pb::DesiredSet::from(&desired());
+        if let Some(s) = wire.allocations[0].spec.as_mut() {
+            s.image.clear();
+        }
+        assert_eq!(
+            DesiredSet::try_from(wire).expect_err("image").field,
+            "allocations[0].spec.image"
+        );
     }
 }

@@ -614,6 +614,9 @@ pub struct AllocStatus {
     pub host_ports: BTreeMap<u16, u16>,
     /// Last measured usage.
     pub usage: Resources,
+    /// A `Failed` state follows the image (missing, or its command cannot run): every node
+    /// would fail the same way, so the revision fails instead of moving between nodes.
+    pub image_failure: bool,
 }
 
 /// A node as its agent describes itself.
@@ -768,4 +771,67 @@ pub struct RevisionTraffic {
     /// Of those: the connect failed (refused, timed out), or the replica closed or reset the
     /// connection before its first answer byte.
     pub failed: u64,
+}
+
+/// One allocation of a node's desired set, with the spec of the revision it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredAllocation {
+    /// The allocation.
+    pub allocation: Allocation,
+    /// The spec of its revision.
+    pub spec: ServiceSpec,
+}
+
+/// A node's complete desired set, as the coordinator sends it: anything not in it should
+/// not run there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredSet {
+    /// Grows with every change; an agent applies only versions newer than the one it has.
+    pub version: u64,
+    /// The allocations placed on the node.
+    pub allocations: Vec<DesiredAllocation>,
+}
+
+/// One replica a service proxy may send traffic to, as the coordinator decides. Gossip may
+/// only take it out of rotation (its node dead or leaving, the replica not healthy); the
+/// address is this one, never gossip's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEndpoint {
+    /// Allocation id.
+    pub allocation_id: String,
+    /// Node it runs on: the only gossip member whose facts about it count.
+    pub node: String,
+    /// Revision it runs.
+    pub revision: u64,
+    /// Node address and host port of the service's container port; `None` until the
+    /// agent has reported the port (such an endpoint is not routed).
+    pub address: Option<std::net::SocketAddr>,
+    /// Relative weight within its revision.
+    pub weight: u32,
+}
+
+/// How the proxies route one published port of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoute {
+    /// Service name.
+    pub service: String,
+    /// Port every node's proxy listens on.
+    pub service_port: u16,
+    /// Container port the traffic goes to (through the replica's host port).
+    pub container_port: u16,
+    /// Replica selection strategy.
+    pub strategy: Strategy,
+    /// Weight per revision; empty means one pool of every endpoint.
+    pub revision_weights: BTreeMap<u64, u32>,
+    /// Every replica that should run, routed or not yet.
+    pub endpoints: Vec<RouteEndpoint>,
+}
+
+/// The route policy the coordinator sends every agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Grows with every change; an agent applies only versions newer than the one it has.
+    pub version: u64,
+    /// One entry per published service port.
+    pub services: Vec<ServiceRoute>,
 }

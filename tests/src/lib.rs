@@ -197,13 +197,20 @@ impl DroverProcess {
         );
     }
 
+    /// Whether the process is still running (it did not exit on its own).
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|status| status.is_none()))
+    }
+
     /// Process id of the running child, if it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// The UDP address the process's gossip (its coordinator's, for `drover dev`) listens on.
-    fn gossip_listen(&self) -> Option<&str> {
+    pub fn gossip_listen(&self) -> Option<&str> {
         let flag = if self.binary == "drover" {
             "--coordinator-gossip"
         } else {

@@ -108,3 +108,61 @@ fn errors_name_the_problem_and_change_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator = DroverProcess::coordinator(dir.path());
+    let seed = workspace_root().join("examples/seed");
+    coordinator.apply(&seed);
+    // `drover events --follow | head -1`: the reader goes away after one line.
+    let mut events = Command::new(drover_tests::binary("drover"))
+        .args(["events", "--follow"])
+        .env("DROVER_COORDINATOR", coordinator.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run drover events");
+    let stdout = events.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read a line");
+    assert!(!first.is_empty(), "a first line");
+    // The reader is dropped here; the next event written hits a closed pipe.
+    coordinator.cli(&["scale", "user-service", "4"]);
+    let out = events.wait_with_output().expect("drover events ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_manifest_over_the_request_limit_says_what_is_too_big() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator = DroverProcess::coordinator(dir.path());
+    let big = dir.path().join("big.yaml");
+    let value = "x".repeat(100_000);
+    let mut text = String::new();
+    // 200 services with a 100 KB environment each: 20 MB in one apply.
+    for i in 0..200 {
+        text.push_str(&format!(
+            "---\napiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  image: busybox\n  env: {{BIG: {value}}}\n"
+        ));
+    }
+    std::fs::write(&big, text).expect("write manifest");
+    let err = failure(
+        &coordinator.cli(&["apply", "-f", big.to_str().expect("path")]),
+        "apply of a 20 MB manifest",
+    );
+    assert!(
+        err.contains("over the coordinator's limit of 16777216 bytes")
+            && err.contains("limits.request_bytes"),
+        "{err}"
+    );
+    let out = success(&coordinator.cli(&["get", "services"]), "get services");
+    assert!(out.contains("No services"), "nothing stored: {out}");
+}

@@ -180,6 +180,7 @@ impl Tracked {
         );
         if let Err(e) = runtime.ensure_image(&spec.image).await {
             if matches!(e, RuntimeError::ImageUnavailable { .. }) {
+                self.status.image_failure = true;
                 self.set_state(AllocState::Failed, e.to_string());
                 warn!(alloc = %self.id, error = %e, "allocation failed");
                 return;
@@ -219,6 +220,7 @@ impl Tracked {
     /// A start that failed: for good when the command cannot run, else retried.
     fn start_failed(&mut self, e: RuntimeError) {
         if matches!(e, RuntimeError::CannotExecute { .. }) {
+            self.status.image_failure = true;
             warn!(alloc = %self.id, error = %e, "allocation failed");
             self.set_state(AllocState::Failed, e.to_string());
             return;

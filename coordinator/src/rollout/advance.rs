@@ -11,6 +11,12 @@ use crate::store::{RolloutPhase, ServiceRecord};
 
 /// Moves the rollout's state: progress, steps, completion, failure and revert.
 pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
+    let progressing = pass.record.rollout.as_ref().is_some_and(|r| {
+        r.phase == RolloutPhase::Progressing && r.revision == pass.record.revision
+    });
+    if !progressing {
+        image_failure(pass, c);
+    }
     let replicas = pass.record.replicas;
     let available = c.incoming.iter().filter(|r| pass.available(r)).count() as u32;
     let Some(mut rollout) = pass.record.rollout.clone() else {
@@ -128,6 +134,41 @@ pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
         pass.prune = prune(pass.input, &pass.record);
     }
     pass.record.rollout = Some(rollout);
+}
+
+/// Outside a rollout (one in progress fails on any failed replica): a replica that failed in
+/// a way that follows the image — it is missing, or its command cannot run — would fail on
+/// every node, so the revision fails at once instead of its replacements moving from node
+/// to node (a pull each time). Nothing more of it is placed; the failed replica stays
+/// visible until an operator applies a fix or undoes.
+fn image_failure(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
+    let revision = pass.record.revision;
+    if pass.record.failed_revisions.contains_key(&revision) {
+        return;
+    }
+    let Some(r) = c.failed.iter().find(|r| r.image_failure) else {
+        return;
+    };
+    let cause = format!(
+        "replica {} on node {} failed: {} (it would fail the same way on every node)",
+        r.alloc.id, r.alloc.node, r.message
+    );
+    if pass.record.rollout.is_none() {
+        let now = pass.now();
+        pass.record.rollout = Some(start(revision, None, "failure", now));
+    }
+    if let Some(rollout) = pass.record.rollout.as_mut() {
+        // The failure is this revision's, whatever rollout last ended.
+        rollout.revision = revision;
+    }
+    fail(pass, &cause, false);
+    if let Some(rollout) = pass.record.rollout.as_mut()
+        && rollout.revision == revision
+    {
+        rollout.phase = RolloutPhase::Failed;
+        rollout.cause = cause;
+        rollout.ended_unix_ms = Some(pass.input.now_unix_ms);
+    }
 }
 
 /// Why the rollout's revision fails now, if it does: a new replica failed or crash-loops.

@@ -45,6 +45,8 @@ pub struct Replica<'a> {
     pub restarts: u32,
     /// What its agent last said about it.
     pub message: &'a str,
+    /// It failed in a way that follows the image (missing, or its command cannot run).
+    pub image_failure: bool,
     /// Since when it has been ready without interruption, ms since the Unix epoch.
     pub ready_since_ms: Option<u64>,
     /// Its node is draining.

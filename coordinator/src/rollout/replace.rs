@@ -211,7 +211,7 @@ fn frozen<'a>(
     let staying: Vec<&Replica<'a>> = live.iter().copied().filter(|r| !r.draining).collect();
     let fill = record
         .stable_revision
-        .filter(|s| pass.input.revisions.contains(s))
+        .filter(|s| pass.input.revisions.contains(s) && !record.failed_revisions.contains_key(s))
         .or_else(|| record.paused.then_some(record.revision));
     let count = replicas
         .saturating_sub(staying.len() as u32)

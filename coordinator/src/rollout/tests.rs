@@ -280,6 +280,54 @@ fn a_missing_image_fails_fast_and_reverts_to_the_stable_revision() {
 }
 
 #[test]
+fn a_failure_that_follows_the_image_fails_a_stable_revision_instead_of_moving_it_around() {
+    // Two nodes; the image of the running, stable revision disappears from one of them.
+    let mut sim = Sim::new(2);
+    sim.apply(&spec("web:1", 2));
+    sim.roll(&[1], 20);
+    assert_eq!(sim.rollout().phase, RolloutPhase::Complete);
+    let first = sim.running()[0].id.clone();
+    let status = AllocStatus {
+        state: AllocState::Failed,
+        message: "image \"web:1\" is not present on this node and could not be pulled".into(),
+        image_failure: true,
+        ..AllocStatus::default()
+    };
+    sim.state.observe(first.clone(), status, sim.now);
+    for _ in 0..10 {
+        sim.pass();
+        sim.report(1, AllocState::Healthy, "");
+        sim.tick(1000);
+    }
+    assert!(sim.record().failed_revisions[&1].contains("would fail the same way on every node"));
+    assert_eq!(sim.rollout().phase, RolloutPhase::Failed);
+    assert!(sim.has_event(events::ROLLOUT_FAILED, "rollout of revision 1 failed"));
+    let ids: Vec<String> = sim.running().iter().map(|a| a.id.clone()).collect();
+    assert_eq!(ids.len(), 2, "nothing placed in its place: {ids:?}");
+    assert!(ids.contains(&first), "the failed replica stays visible");
+
+    // A failure that does not follow the image is replaced on the other node, as before.
+    let mut sim = Sim::new(2);
+    sim.apply(&spec("web:1", 2));
+    sim.roll(&[1], 20);
+    let first = sim.running()[0].id.clone();
+    sim.set(
+        &first,
+        AllocState::Failed,
+        0,
+        "exited with code 1; gave up after 5 restarts",
+    );
+    sim.pass();
+    assert!(sim.record().failed_revisions.is_empty());
+    assert!(
+        sim.running()
+            .iter()
+            .any(|a| a.id != first && a.created_unix_ms == sim.now),
+        "a replacement is placed"
+    );
+}
+
+#[test]
 fn without_auto_revert_a_failed_rollout_stops_where_it_is() {
     let mut sim = six();
     let mut next = spec("web:nope", 6);

@@ -19,7 +19,8 @@ pub enum FilterReason {
     Cordoned,
     /// The node is being drained.
     Draining,
-    /// The request excluded the node (for example the node being drained).
+    /// A replica being replaced failed on the node (a failure that follows the node: a
+    /// port in use, an engine error), so its replacement goes elsewhere.
     Avoided,
     /// The node's labels do not satisfy this constraint (as the manifest spells it).
     Constraint(String),
@@ -61,7 +62,7 @@ impl PlacementFailure {
             FilterReason::Disconnected => "disconnected".into(),
             FilterReason::Cordoned => "cordoned".into(),
             FilterReason::Draining => "draining".into(),
-            FilterReason::Avoided => "excluded by the request".into(),
+            FilterReason::Avoided => "had a replica of it fail there".into(),
             FilterReason::Constraint(text) => format!("failed constraint \"{text}\""),
             FilterReason::Cpu => format!(
                 "lacked cpu (need {})",

@@ -324,7 +324,7 @@ fn unavailable_and_avoided_nodes_are_skipped() {
     assert_eq!(
         failure_message(&outcome),
         "placed 1 of 2 replicas: 5 nodes evaluated, 5 filtered: 1 down, 1 disconnected, \
-         1 draining, 1 excluded by the request, 1 lacked memory (need 1 GiB)"
+         1 draining, 1 had a replica of it fail there, 1 lacked memory (need 1 GiB)"
     );
 }
 

@@ -41,6 +41,8 @@ pub enum Write {
     DeleteAllocation(String),
     /// Set a node's operator flags.
     PutNodeFlags(String, NodeFlags),
+    /// Forget a removed node's operator flags.
+    DeleteNodeFlags(String),
     /// Append an event.
     PutEvent(EventRecord),
     /// Set a named counter (allocation ids, event sequence, coordinator boots).

@@ -274,6 +274,9 @@ pub fn apply_writes(state: &mut StoredState, writes: &[super::Write]) {
             Write::PutNodeFlags(node, flags) => {
                 state.node_flags.insert(node.clone(), *flags);
             }
+            Write::DeleteNodeFlags(node) => {
+                state.node_flags.remove(node);
+            }
             Write::PutEvent(_) => {}
             Write::PutCounter(name, value) => {
                 state.counters.insert((*name).to_string(), *value);

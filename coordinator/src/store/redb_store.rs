@@ -170,6 +170,11 @@ impl RedbStore {
                             .insert(node.as_str(), bytes.as_slice())
                             .map_err(|e| self.db_error(e))?;
                     }
+                    Write::DeleteNodeFlags(node) => {
+                        node_flags
+                            .remove(node.as_str())
+                            .map_err(|e| self.db_error(e))?;
+                    }
                     Write::PutEvent(e) => {
                         let bytes = encode("events", &e.seq.to_string(), e)?;
                         events
