@@ -6,6 +6,8 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use drover_proto::gossip;
+use drover_proto::model::AllocState;
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use drover_tests::{
@@ -163,6 +165,58 @@ fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
             socket.send_to(datagram, member).expect("send datagram");
         }
     }
+
+    // Forged gossip members: one new, one impersonating a real node with a newer
+    // generation, both saying the real replicas are healthy at the forger's own server.
+    let forger = std::net::TcpListener::bind("127.0.0.159:0").expect("forger's server");
+    forger.set_nonblocking(true).expect("nonblocking");
+    let forged_endpoint = forger.local_addr().expect("address");
+    let seed = coordinator
+        .gossip_listen()
+        .expect("coordinator gossip")
+        .to_string();
+    let forgers: Vec<drover_membership::Membership> = ["forger", nodes[0].as_str()]
+        .into_iter()
+        .map(|id| {
+            let listen =
+                std::net::SocketAddr::from(([127, 0, 0, 159], drover_tests::free_udp_port()));
+            let mut config =
+                drover_membership::MembershipConfig::new("drover", id, u64::MAX / 2, listen);
+            config.seeds = vec![seed.clone()];
+            let mut keys = vec![(
+                gossip::ROLE.to_string(),
+                gossip::Role::Agent.as_str().to_string(),
+            )];
+            for (alloc, _, _) in &before {
+                let fact = gossip::AllocFact {
+                    service: "web".into(),
+                    revision: 1,
+                    endpoint: Some(forged_endpoint),
+                    health: AllocState::Healthy,
+                };
+                keys.push((
+                    gossip::alloc_key(alloc).expect("key"),
+                    fact.encode().expect("fact"),
+                ));
+            }
+            runtime
+                .block_on(drover_membership::Membership::start(config, keys))
+                .expect("forged member joins")
+        })
+        .collect();
+    // Gossip spreads in a few rounds of 250 ms.
+    std::thread::sleep(Duration::from_secs(3));
+    for ip in ips {
+        for _ in 0..20 {
+            let body = http_get(&format!("{ip}:80"));
+            assert!(body.starts_with("user-service"), "{ip}: {body}");
+        }
+    }
+    assert!(
+        forger.accept().is_err(),
+        "no proxy sent a connection to the forged endpoint"
+    );
+    drop(forgers);
 
     // Out-of-range and oversized API requests.
     let big = dir.path().join("huge.yaml");
