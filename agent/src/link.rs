@@ -43,6 +43,10 @@ pub struct Link {
     pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
     /// Source address of the connection to the coordinator; `None` lets the kernel choose.
     pub source: Option<std::net::IpAddr>,
+    /// Identity of the coordinator store whose desired set was applied; start with `None`.
+    /// A set from another store (the coordinator's state was reset or restored) is applied
+    /// whatever its version: versions count within one store.
+    pub desired_store: Option<String>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -188,7 +192,16 @@ impl Link {
         match message.body {
             Some(pb::coordinator_message::Body::Desired(set)) => {
                 let version = set.version;
-                let current = self.desired.borrow().as_ref().map(|d| d.version);
+                let same_store = self.desired_store.as_deref() == Some(set.store_id.as_str());
+                if !same_store && self.desired_store.is_some() {
+                    info!(store = %set.store_id, version, "the coordinator's store is new (reset or restored): its versions start afresh");
+                }
+                let current = self
+                    .desired
+                    .borrow()
+                    .as_ref()
+                    .map(|d| d.version)
+                    .filter(|_| same_store);
                 if current.is_some_and(|v| version <= v) {
                     warn!(
                         version,
@@ -199,6 +212,7 @@ impl Link {
                 }
                 match DesiredSet::try_from(set) {
                     Ok(set) => {
+                        self.desired_store = Some(set.store_id.clone());
                         let update = desired_update(set, session);
                         info!(
                             version = update.version,
@@ -212,7 +226,12 @@ impl Link {
             }
             Some(pb::coordinator_message::Body::Routes(policy)) => {
                 let version = policy.version;
-                let current = self.routes.borrow().as_ref().map(|p| p.version);
+                let current = self
+                    .routes
+                    .borrow()
+                    .as_ref()
+                    .filter(|p| p.store_id == policy.store_id)
+                    .map(|p| p.version);
                 if current.is_some_and(|v| version <= v) {
                     warn!(
                         version,
@@ -387,13 +406,24 @@ mod tests {
             routes,
             traffic,
             source: None,
+            desired_store: None,
         };
         (link, routes_rx, desired_rx)
     }
 
     fn routes_message(version: u64, service_port: u32, address: &str) -> pb::CoordinatorMessage {
+        routes_of_store("s1", version, service_port, address)
+    }
+
+    fn routes_of_store(
+        store: &str,
+        version: u64,
+        service_port: u32,
+        address: &str,
+    ) -> pb::CoordinatorMessage {
         pb::CoordinatorMessage {
             body: Some(pb::coordinator_message::Body::Routes(pb::RoutePolicy {
+                store_id: store.into(),
                 version,
                 services: vec![pb::ServiceRoute {
                     service: "web".into(),
@@ -438,6 +468,58 @@ mod tests {
         assert_eq!(applied(&routes), Some((8, 82, None)));
     }
 
+    /// A desired set of `store` at `version` with one replica of `image`.
+    fn desired_message(store: &str, version: u64, image: &str) -> pb::CoordinatorMessage {
+        let mut spec = ServiceSpec::new("web", "web:1");
+        spec.image = image.into();
+        let allocation = Allocation {
+            id: "web.1".into(),
+            service: "web".into(),
+            revision: 1,
+            node: "n1".into(),
+            resources: Resources::default(),
+            desired: drover_proto::model::DesiredState::Run,
+            created_unix_ms: 0,
+        };
+        pb::CoordinatorMessage {
+            body: Some(pb::coordinator_message::Body::Desired(
+                (&DesiredSet {
+                    version,
+                    allocations: vec![drover_proto::model::DesiredAllocation { allocation, spec }],
+                    store_id: store.into(),
+                })
+                    .into(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_new_coordinator_store_starts_versions_afresh() {
+        let (mut link, routes, desired) = idle_link();
+        let version =
+            |d: &watch::Receiver<Option<DesiredUpdate>>| d.borrow().as_ref().map(|d| d.version);
+        let route_version =
+            |r: &watch::Receiver<Option<RoutePolicy>>| r.borrow().as_ref().map(|p| p.version);
+        link.on_message(desired_message("s1", 9 << 32, "web:1"), 1);
+        link.on_message(routes_of_store("s1", 9 << 32, 80, "10.0.0.1:31000"), 1);
+        // The same store's older versions are still refused.
+        link.on_message(desired_message("s1", 1 << 32, "web:2"), 1);
+        link.on_message(routes_of_store("s1", 1 << 32, 81, ""), 1);
+        assert_eq!(version(&desired), Some(9 << 32));
+        assert_eq!(route_version(&routes), Some(9 << 32));
+        // The coordinator's state was reset: its versions start low again, and count.
+        link.on_message(desired_message("s2", (1 << 32) + 1, "web:2"), 2);
+        link.on_message(routes_of_store("s2", (1 << 32) + 1, 81, ""), 2);
+        assert_eq!(version(&desired), Some((1 << 32) + 1));
+        assert_eq!(route_version(&routes), Some((1 << 32) + 1));
+        link.on_message(desired_message("s2", 1 << 32, "web:3"), 2);
+        assert_eq!(
+            version(&desired),
+            Some((1 << 32) + 1),
+            "older within the new store"
+        );
+    }
+
     #[test]
     fn an_invalid_desired_set_is_dropped() {
         let (mut link, _routes, desired) = idle_link();
@@ -461,6 +543,7 @@ mod tests {
                             allocation,
                             spec,
                         }],
+                        store_id: "s1".into(),
                     })
                         .into(),
                 )),
@@ -522,6 +605,7 @@ mod tests {
             routes: routes_tx,
             traffic: traffic_rx,
             source: None,
+            desired_store: None,
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(link.run(shutdown.clone()));

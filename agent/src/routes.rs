@@ -176,6 +176,7 @@ mod tests {
     fn policy(endpoints: &[(&str, &str, &str)]) -> RoutePolicy {
         RoutePolicy {
             version: 1,
+            store_id: "s1".into(),
             services: vec![model::ServiceRoute {
                 service: "web".into(),
                 service_port: 80,

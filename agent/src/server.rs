@@ -110,6 +110,7 @@ pub async fn run(
         routes: routes_tx,
         traffic: traffic_rx,
         source: config.link_source,
+        desired_store: None,
     };
     tasks.spawn_infallible("link", link.run(shutdown.clone()));
 

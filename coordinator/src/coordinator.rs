@@ -295,6 +295,8 @@ impl Coordinator {
 
     /// Sends each connected agent its desired set and the route policy, when they changed.
     async fn push(&self, inner: &mut Inner) {
+        // Versions count within one store; agents reset theirs when this changes.
+        let store_id = inner.state.stored.store_id.clone();
         let routes = route_policy(&inner.state);
         let nodes: Vec<String> = inner.agents.keys().cloned().collect();
         for node in nodes {
@@ -318,6 +320,7 @@ impl Coordinator {
                 let set = drover_proto::model::DesiredSet {
                     version,
                     allocations: desired,
+                    store_id: store_id.clone(),
                 };
                 let message = pb::CoordinatorMessage {
                     body: Some(pb::coordinator_message::Body::Desired((&set).into())),
@@ -331,6 +334,7 @@ impl Coordinator {
                 let policy = drover_proto::model::RoutePolicy {
                     version,
                     services: routes.clone(),
+                    store_id: store_id.clone(),
                 };
                 let message = pb::CoordinatorMessage {
                     body: Some(pb::coordinator_message::Body::Routes((&policy).into())),

@@ -907,6 +907,7 @@ impl From<&crate::model::DesiredSet> for pb::DesiredSet {
         pb::DesiredSet {
             version: s.version,
             allocations: s.allocations.iter().map(Into::into).collect(),
+            store_id: s.store_id.clone(),
         }
     }
 }
@@ -928,6 +929,7 @@ impl TryFrom<pb::DesiredSet> for crate::model::DesiredSet {
         Ok(crate::model::DesiredSet {
             version: s.version,
             allocations,
+            store_id: s.store_id,
         })
     }
 }
@@ -1021,6 +1023,7 @@ impl From<&crate::model::RoutePolicy> for pb::RoutePolicy {
         pb::RoutePolicy {
             version: p.version,
             services: p.services.iter().map(Into::into).collect(),
+            store_id: p.store_id.clone(),
         }
     }
 }
@@ -1042,6 +1045,7 @@ impl TryFrom<pb::RoutePolicy> for crate::model::RoutePolicy {
         Ok(crate::model::RoutePolicy {
             version: p.version,
             services,
+            store_id: p.store_id,
         })
     }
 }
@@ -1053,6 +1057,7 @@ mod push_tests {
 
     fn policy() -> RoutePolicy {
         RoutePolicy {
+            store_id: "0123abcd".into(),
             version: 7 << 32,
             services: vec![ServiceRoute {
                 service: "web".into(),
@@ -1136,6 +1141,7 @@ mod push_tests {
     fn desired() -> DesiredSet {
         let spec = ServiceSpec::new("web", "web:1");
         DesiredSet {
+            store_id: "0123abcd".into(),
             version: 3,
             allocations: vec![DesiredAllocation {
                 allocation: Allocation {

@@ -790,6 +790,8 @@ pub struct DesiredSet {
     pub version: u64,
     /// The allocations placed on the node.
     pub allocations: Vec<DesiredAllocation>,
+    /// Identity of the coordinator's store; versions of another store are not comparable.
+    pub store_id: String,
 }
 
 /// One replica a service proxy may send traffic to, as the coordinator decides. Gossip may
@@ -834,4 +836,6 @@ pub struct RoutePolicy {
     pub version: u64,
     /// One entry per published service port.
     pub services: Vec<ServiceRoute>,
+    /// Identity of the coordinator's store; versions of another store are not comparable.
+    pub store_id: String,
 }

@@ -3,19 +3,32 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use super::identity::new_store_id;
 use super::records::apply_writes;
 use super::{EVENT_RETENTION, EventRecord, Store, StoreError, StoredState, Write};
 
 /// A store that keeps everything in memory; nothing survives the process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<(StoredState, BTreeMap<u64, EventRecord>)>,
 }
 
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store with a new identity.
     pub fn new() -> MemoryStore {
-        MemoryStore::default()
+        let state = StoredState {
+            store_id: new_store_id(),
+            ..StoredState::default()
+        };
+        MemoryStore {
+            inner: Mutex::new((state, BTreeMap::new())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (StoredState, BTreeMap<u64, EventRecord>)> {

@@ -3,6 +3,7 @@
 //! The coordinator keeps its working state in memory and writes every change through
 //! [`Store::commit`] before acknowledging it. A commit is one atomic, durable transaction.
 
+mod identity;
 mod memory;
 mod records;
 mod redb_store;
@@ -20,7 +21,14 @@ use drover_proto::model::{Allocation, NodeFlags};
 
 /// Format version written into every stored record. Bump it with a migration when a record's
 /// shape changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 1: `{"v":1,"record":{…}}`, no checksum (still read; rewritten as 2 when the store opens,
+/// events excepted). 2: `{"v":2,"crc32":"<8 hex digits>","record":"<the record's JSON>"}`, the
+/// CRC-32 taken over the key and the record's JSON.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Kind of the event [`Store::events`] lists in place of a stored event that is corrupted.
+pub const CORRUPTED_EVENT: &str = "store_event_corrupted";
 
 /// One change in a commit.
 // Writes live only as long as one commit; boxing the spec would buy nothing.
@@ -61,6 +69,74 @@ pub enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The store file could not be opened.
+    #[error("cannot open store file {path}: {source}; {hint}")]
+    Open {
+        /// Database file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: Box<redb::Error>,
+        /// What to do about it.
+        hint: String,
+    },
+    /// The data dir held a store (its marker says so) but the store file is gone or empty:
+    /// starting would silently make an empty cluster.
+    #[error(
+        "store file {path} {found}, but {marker} says this data dir held the cluster's store \
+         (id {store_id}); refusing to start as an empty cluster. Restore {path} from a backup, \
+         or remove {marker} to start a new, empty cluster on purpose"
+    )]
+    Refused {
+        /// Database file.
+        path: String,
+        /// Marker file.
+        marker: String,
+        /// How the store file was found: "is missing", "is empty (0 bytes)"…
+        found: &'static str,
+        /// The id the marker names, or "unreadable".
+        store_id: String,
+    },
+    /// A stored record is not what was written (checksum mismatch, broken encoding).
+    #[error(
+        "store file {path}: record {table}/{key} is corrupted ({reason}); refusing to run on \
+         silently changed state: restore the file from a backup"
+    )]
+    Corrupted {
+        /// Database file.
+        path: String,
+        /// Table name.
+        table: &'static str,
+        /// Record key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database library panicked, which it does on some corrupted files.
+    #[error(
+        "store file {path}: the database panicked while {operation} ({message}); the file is \
+         probably corrupted: restore it from a backup"
+    )]
+    Panicked {
+        /// Database file.
+        path: String,
+        /// What the store was doing.
+        operation: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+    /// The store file, or the marker beside it, could not be inspected, created, read or
+    /// written.
+    #[error("{path}: cannot {action}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed, e.g. "write the marker".
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A record could not be encoded or decoded.
     #[error("store record {table}/{key}: {reason}")]
     Record {
@@ -78,11 +154,15 @@ pub enum StoreError {
 /// Implementations must make a commit atomic (all writes or none) and durable before
 /// returning `Ok`.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// Everything stored, to rebuild the coordinator's state at start.
+    /// Everything stored, to rebuild the coordinator's state at start, with the store's
+    /// identity ([`StoredState::store_id`]). A corrupted record of the desired state is an
+    /// error naming it: better not to start than to run a silently changed replica count.
     fn load(&self) -> Result<StoredState, StoreError>;
     /// Applies `writes` atomically and durably.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
-    /// Up to `limit` events with a sequence number of at least `since`, oldest first.
+    /// Up to `limit` events with a sequence number of at least `since`, oldest first. A
+    /// stored event that is corrupted is listed as an event of kind [`CORRUPTED_EVENT`] that
+    /// says so, so one bad record does not hide the others.
     fn events(&self, since: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 }
 

@@ -184,6 +184,10 @@ pub struct StoredState {
     pub node_flags: BTreeMap<String, NodeFlags>,
     /// Named counters.
     pub counters: BTreeMap<String, u64>,
+    /// The store's identity: a random 128-bit id (32 hex digits) given when the store was
+    /// created, the same across reopens. A new id (a reset, a restored backup) means the
+    /// versions agents applied came from another store and no longer order anything.
+    pub store_id: String,
 }
 
 impl StoredState {
@@ -193,55 +197,131 @@ impl StoredState {
     }
 }
 
+/// Format version of records written before checksums: `{"v":1,"record":{…}}`.
+const LEGACY_FORMAT: u32 = 1;
+
+/// How a record is written: the record's JSON kept as a string, so the checksum covers the
+/// exact bytes that were written (re-encoding parsed JSON need not give the same bytes).
 #[derive(Serialize)]
-struct EnvelopeRef<'a, T> {
+struct EnvelopeOut<'a> {
     v: u32,
-    record: &'a T,
+    /// 8 hex digits: a fixed width keeps a record's size independent of its checksum.
+    crc32: String,
+    record: &'a str,
 }
 
+/// Any version of a record as read.
 #[derive(Deserialize)]
-struct Envelope<T> {
+struct EnvelopeIn {
     v: u32,
-    record: T,
+    #[serde(default)]
+    crc32: Option<String>,
+    record: serde_json::Value,
 }
 
-/// Encodes a record with its format version.
+/// Why a stored value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// The bytes are not what was written: a checksum mismatch, broken JSON, a record that
+    /// names another key.
+    Corrupted(String),
+    /// Intact, but this build cannot read it (an unknown format version, another shape).
+    Unreadable(String),
+}
+
+impl DecodeError {
+    /// Turns it into a store error about `table`/`key` of the file at `path`.
+    pub(crate) fn into_store_error(self, path: &str, table: &'static str, key: &str) -> StoreError {
+        match self {
+            DecodeError::Corrupted(reason) => StoreError::Corrupted {
+                path: path.to_string(),
+                table,
+                key: key.to_string(),
+                reason,
+            },
+            DecodeError::Unreadable(reason) => StoreError::Record {
+                table,
+                key: key.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
+/// Checksum of a record's JSON under its key: a value moved to another key fails it too.
+pub(crate) fn checksum(key: &str, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+/// Encodes a record under `key` with its format version and checksum.
 pub(crate) fn encode<T: Serialize>(
     table: &'static str,
     key: &str,
     record: &T,
 ) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&EnvelopeRef {
-        v: FORMAT_VERSION,
-        record,
-    })
-    .map_err(|e| StoreError::Record {
+    let encode_error = |e: serde_json::Error| StoreError::Record {
         table,
         key: key.to_string(),
         reason: format!("cannot encode: {e}"),
+    };
+    let json = serde_json::to_string(record).map_err(encode_error)?;
+    seal(key, &json).map_err(encode_error)
+}
+
+fn seal(key: &str, json: &str) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&EnvelopeOut {
+        v: FORMAT_VERSION,
+        crc32: format!("{:08x}", checksum(key, json.as_bytes())),
+        record: json,
     })
 }
 
-/// Decodes a record, refusing format versions this build does not understand.
-pub(crate) fn decode<T: DeserializeOwned>(
-    table: &'static str,
-    key: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    let record_error = |reason: String| StoreError::Record {
-        table,
-        key: key.to_string(),
-        reason,
-    };
-    let envelope: Envelope<serde_json::Value> =
-        serde_json::from_slice(bytes).map_err(|e| record_error(format!("cannot decode: {e}")))?;
-    if envelope.v != FORMAT_VERSION {
-        return Err(record_error(format!(
-            "format version {} is not {FORMAT_VERSION}, the one this build reads",
-            envelope.v
-        )));
+/// Decodes the record stored under `key`, checking its checksum; records of the legacy
+/// format (no checksum) are read as they are.
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, DecodeError> {
+    let envelope: EnvelopeIn = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::Corrupted(format!("not a record envelope: {e}")))?;
+    match (envelope.v, envelope.record) {
+        (LEGACY_FORMAT, record) => serde_json::from_value(record)
+            .map_err(|e| DecodeError::Corrupted(format!("cannot decode: {e}"))),
+        (FORMAT_VERSION, serde_json::Value::String(json)) => {
+            let Some(stored) = envelope
+                .crc32
+                .and_then(|hex| u32::from_str_radix(&hex, 16).ok())
+            else {
+                return Err(DecodeError::Corrupted("no readable checksum".into()));
+            };
+            let computed = checksum(key, json.as_bytes());
+            if stored != computed {
+                return Err(DecodeError::Corrupted(format!(
+                    "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
+                )));
+            }
+            serde_json::from_str(&json)
+                .map_err(|e| DecodeError::Unreadable(format!("cannot decode: {e}")))
+        }
+        (FORMAT_VERSION, _) => Err(DecodeError::Corrupted("the record is not a string".into())),
+        (v, _) => Err(DecodeError::Unreadable(format!(
+            "format version {v} is not one this build reads ({LEGACY_FORMAT} or \
+             {FORMAT_VERSION})"
+        ))),
     }
-    serde_json::from_value(envelope.record).map_err(|e| record_error(format!("cannot decode: {e}")))
+}
+
+/// A legacy record (no checksum) rewritten in the current format, the record unchanged;
+/// `None` for anything else, including a legacy record that does not parse (loading it
+/// reports it).
+pub(crate) fn upgrade_legacy(key: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+    let envelope: EnvelopeIn = serde_json::from_slice(bytes).ok()?;
+    if envelope.v != LEGACY_FORMAT {
+        return None;
+    }
+    let json = serde_json::to_string(&envelope.record).ok()?;
+    seal(key, &json).ok()
 }
 
 /// Applies writes to an in-memory mirror of a store. Events are not part of the mirror
@@ -281,6 +361,96 @@ pub fn apply_writes(state: &mut StoredState, writes: &[super::Write]) {
             Write::PutCounter(name, value) => {
                 state.counters.insert((*name).to_string(), *value);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64) -> EventRecord {
+        EventRecord {
+            seq,
+            unix_ms: 5,
+            kind: "test".into(),
+            subject: "web".into(),
+            message: "replicas 3".into(),
+        }
+    }
+
+    /// The stored bytes with their record's JSON edited in place, checksum untouched.
+    fn tampered(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        assert!(text.contains(from), "{text}");
+        text.replacen(from, to, 1).into_bytes()
+    }
+
+    #[test]
+    fn records_round_trip_with_their_checksum() {
+        let bytes = encode("events", "7", &event(7)).expect("encode");
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.starts_with(r#"{"v":2,"crc32":"#), "{text}");
+        assert_eq!(decode::<EventRecord>("7", &bytes), Ok(event(7)));
+    }
+
+    #[test]
+    fn a_changed_record_fails_its_checksum() {
+        let bytes = encode("events", "7", &event(7)).expect("encode");
+        let changed = tampered(&bytes, "replicas 3", "replicas 7");
+        match decode::<EventRecord>("7", &changed) {
+            Err(DecodeError::Corrupted(reason)) => assert!(reason.contains("checksum"), "{reason}"),
+            other => panic!("changed record decoded: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_under_another_key_or_a_changed_checksum_fails() {
+        let bytes = encode("events", "7", &event(7)).expect("encode");
+        assert!(matches!(
+            decode::<EventRecord>("8", &bytes),
+            Err(DecodeError::Corrupted(_))
+        ));
+        let crc = checksum(
+            "7",
+            serde_json::to_string(&event(7)).expect("json").as_bytes(),
+        );
+        let changed = tampered(
+            &bytes,
+            &format!("\"crc32\":\"{crc:08x}\""),
+            &format!("\"crc32\":\"{:08x}\"", crc ^ 1),
+        );
+        assert!(matches!(
+            decode::<EventRecord>("7", &changed),
+            Err(DecodeError::Corrupted(_))
+        ));
+        assert!(matches!(
+            decode::<EventRecord>("7", b"{\"v\":2,\"crc"),
+            Err(DecodeError::Corrupted(_))
+        ));
+    }
+
+    #[test]
+    fn legacy_records_without_a_checksum_still_load_and_upgrade() {
+        let legacy = serde_json::to_vec(&serde_json::json!({"v": 1, "record": event(7)}))
+            .expect("legacy bytes");
+        assert_eq!(decode::<EventRecord>("7", &legacy), Ok(event(7)));
+        let upgraded = upgrade_legacy("7", &legacy).expect("a legacy record upgrades");
+        assert!(upgraded.starts_with(br#"{"v":2,"#));
+        assert_eq!(decode::<EventRecord>("7", &upgraded), Ok(event(7)));
+        assert_eq!(upgrade_legacy("7", &upgraded), None, "current records stay");
+        assert_eq!(
+            upgrade_legacy("7", b"{\"v\":1,"),
+            None,
+            "broken ones are left"
+        );
+    }
+
+    #[test]
+    fn unknown_versions_are_unreadable_not_corrupted() {
+        match decode::<EventRecord>("7", br#"{"v":99,"record":{}}"#) {
+            Err(DecodeError::Unreadable(reason)) => assert!(reason.contains("99"), "{reason}"),
+            other => panic!("version 99 decoded: {other:?}"),
         }
     }
 }
