@@ -1,5 +1,6 @@
 //! The Docker runtime against the real engine: the shared conformance checks, then what only a
-//! real engine can show (signals, limits, published ports, the seed images).
+//! real engine can show (signals, limits, published ports, the seed images), and the
+//! supervisor on it (a restart on a new host port, removing many replicas at once).
 //!
 //! Needs a Docker engine (20.10 or newer, or Podman via DOCKER_HOST) and busybox-static: the
 //! images are built by examples/seed/build-images.sh. Every test labels its containers with
@@ -7,16 +8,24 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use drover_agent::runtime::conformance::{self, CONTAINER_PORT, Fixture};
 use drover_agent::runtime::{
     ContainerRuntime, ContainerState, DockerRuntime, RuntimeError, labels,
 };
+use drover_agent::supervisor::{
+    AllocReport, DesiredAlloc, DesiredUpdate, LinkState, Supervisor, SupervisorChannels,
+};
+use drover_proto::model::{
+    AllocState, Allocation, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, ServiceSpec,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The image the checks run: busybox httpd on port 8080 answering "drover-test-busybox <id>".
 const TEST_IMAGE: &str = "drover-test-busybox";
@@ -357,4 +366,215 @@ fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("response {head:?}")));
     }
     Ok(body.to_owned())
+}
+
+/// A supervisor running its loop on the real engine, fed as the link would feed it (one
+/// connected session).
+struct Agent {
+    desired: watch::Sender<Option<DesiredUpdate>>,
+    _link: watch::Sender<LinkState>,
+    statuses: watch::Receiver<BTreeMap<String, AllocReport>>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    version: u64,
+}
+
+impl Agent {
+    fn start(node: &str, runtime: &DockerRuntime, drain: Duration) -> Agent {
+        let (desired, desired_rx) = watch::channel(None);
+        let (link, link_rx) = watch::channel(LinkState {
+            session: 1,
+            connected: true,
+        });
+        let (status_tx, statuses) = watch::channel(BTreeMap::new());
+        let cancel = CancellationToken::new();
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime.clone());
+        let mut supervisor = Supervisor::new(
+            node.to_owned(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            runtime,
+            SupervisorChannels {
+                desired: desired_rx,
+                link: link_rx,
+                statuses: status_tx,
+            },
+            Duration::from_secs(1),
+            cancel.clone(),
+        );
+        supervisor.set_drain(drain);
+        Agent {
+            desired,
+            _link: link,
+            statuses,
+            cancel,
+            task: tokio::spawn(supervisor.run()),
+            version: 0,
+        }
+    }
+
+    /// Sends a desired set: these allocations of `spec`, to run or to stop.
+    fn want(&mut self, node: &str, spec: &ServiceSpec, ids: &[String], desired: DesiredState) {
+        self.version += 1;
+        let allocations = ids
+            .iter()
+            .map(|id| {
+                let allocation = Allocation {
+                    id: id.clone(),
+                    service: spec.name.clone(),
+                    revision: 1,
+                    node: node.to_owned(),
+                    resources: Default::default(),
+                    desired,
+                    created_unix_ms: 0,
+                };
+                let spec = spec.clone();
+                (id.clone(), DesiredAlloc { allocation, spec })
+            })
+            .collect();
+        self.desired.send_replace(Some(DesiredUpdate {
+            version: self.version,
+            session: 1,
+            allocations,
+        }));
+    }
+
+    /// Waits until `done` holds for the reported statuses; panics after `deadline`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut done: impl FnMut(&BTreeMap<String, AllocReport>) -> bool,
+    ) {
+        let until = Instant::now() + deadline;
+        while !done(&self.statuses.borrow()) {
+            assert!(
+                Instant::now() < until,
+                "{what}: not after {deadline:?}: {:#?}",
+                self.statuses.borrow()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("supervisor panicked");
+    }
+}
+
+/// The test image with an HTTP readiness check on /healthz.
+fn checked_service(every: Duration) -> ServiceSpec {
+    let mut spec = ServiceSpec::new("web", TEST_IMAGE);
+    spec.ports.push(PortSpec {
+        name: None,
+        container_port: CONTAINER_PORT,
+        service_port: None,
+        host_port: None,
+        protocol: Protocol::Tcp,
+    });
+    spec.health = Some(HealthCheck {
+        interval: every,
+        ..HealthCheck::with_defaults(ProbeAction::Http {
+            port: CONTAINER_PORT,
+            path: "/healthz".to_owned(),
+        })
+    });
+    spec
+}
+
+fn healthy(statuses: &BTreeMap<String, AllocReport>, ids: &[String]) -> bool {
+    ids.iter().all(|id| {
+        statuses
+            .get(id)
+            .is_some_and(|r| r.status.state == AllocState::Healthy)
+    })
+}
+
+#[tokio::test]
+async fn a_container_killed_with_its_agent_is_checked_on_its_new_port() {
+    let (runtime, fixture, _cleanup) = setup().await;
+    let node = fixture.node.clone();
+    let spec = checked_service(Duration::from_secs(1));
+    let ids = vec!["web.1".to_owned()];
+    let mut first = Agent::start(&node, &runtime, Duration::ZERO);
+    first.want(&node, &spec, &ids, DesiredState::Run);
+    first
+        .wait_for("healthy", Duration::from_secs(60), |s| healthy(s, &ids))
+        .await;
+    let before = first.statuses.borrow()["web.1"].status.clone();
+    first.stop().await;
+
+    // The agent is gone; its container dies too. A new agent adopts the exited container
+    // and starts it again: the engine publishes 8080 afresh.
+    let killed = Command::new("docker")
+        .args(["kill", &before.container_id])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success(), "{killed:?}");
+    let mut second = Agent::start(&node, &runtime, Duration::ZERO);
+    second.want(&node, &spec, &ids, DesiredState::Run);
+    second
+        .wait_for("healthy again", Duration::from_secs(60), |s| {
+            healthy(s, &ids) && s["web.1"].status.restarts == 1
+        })
+        .await;
+    let after = second.statuses.borrow()["web.1"].status.clone();
+    eprintln!(
+        "host port of 8080: {:?} before, {:?} after the restart",
+        before.host_ports, after.host_ports
+    );
+    assert_eq!(after.container_id, before.container_id);
+    assert_eq!(
+        http_get(
+            after.host_ports[&CONTAINER_PORT],
+            "/healthz",
+            Duration::from_secs(10)
+        )
+        .trim(),
+        "ok"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn removing_twenty_replicas_takes_about_the_drain() {
+    const REPLICAS: usize = 20;
+    let (runtime, fixture, _cleanup) = setup().await;
+    let node = fixture.node.clone();
+    // As the benchmark's service: checked every 5 s.
+    let spec = checked_service(Duration::from_secs(5));
+    let ids: Vec<String> = (1..=REPLICAS).map(|i| format!("web.{i}")).collect();
+    let drain = Duration::from_secs(3);
+    let mut agent = Agent::start(&node, &runtime, drain);
+    agent.want(&node, &spec, &ids, DesiredState::Run);
+    agent
+        .wait_for("all healthy", Duration::from_secs(300), |s| {
+            healthy(s, &ids)
+        })
+        .await;
+    // Past the first usage sample of every replica, as on a node that has been running.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let started = Instant::now();
+    agent.want(&node, &spec, &[], DesiredState::Run);
+    let until = started + Duration::from_secs(120);
+    loop {
+        let left = runtime.list(&node).await.expect("list").len();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "{left} containers left after 120 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{REPLICAS} replicas removed {:.1} s after they left the desired set (drain {} s)",
+        took.as_secs_f64(),
+        drain.as_secs()
+    );
+    assert!(
+        took < drain + Duration::from_secs(10),
+        "{REPLICAS} replicas removed after {took:?}"
+    );
+    agent.stop().await;
 }

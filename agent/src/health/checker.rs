@@ -45,6 +45,9 @@ pub struct HealthEvent {
     pub status: HealthStatus,
     /// Detail of the probe that caused the change.
     pub detail: String,
+    /// What the check probes (container and published ports), so that the receiver can
+    /// tell an event of a checker it has since replaced.
+    pub target: ProbeTarget,
 }
 
 /// Runs one check of one allocation until cancelled. Waits only through tokio's clock, so
@@ -126,6 +129,7 @@ impl HealthChecker {
             kind: self.kind,
             status,
             detail: result.detail,
+            target: self.target.clone(),
         };
         if self.events.send(event).await.is_err() {
             debug!(alloc = %self.alloc_id, kind = %self.kind, "health events receiver is gone");
@@ -168,6 +172,7 @@ mod tests {
     struct Running {
         runtime: Arc<FakeRuntime>,
         container_id: String,
+        target: ProbeTarget,
         events: mpsc::Receiver<HealthEvent>,
         cancel: CancellationToken,
         task: JoinHandle<()>,
@@ -191,7 +196,7 @@ mod tests {
             "alloc-1",
             kind,
             check,
-            target,
+            target.clone(),
             runtime.clone(),
             sender,
             cancel.clone(),
@@ -199,6 +204,7 @@ mod tests {
         Running {
             runtime,
             container_id,
+            target,
             events,
             cancel,
             task,
@@ -234,12 +240,16 @@ mod tests {
         }
     }
 
-    fn event(kind: CheckKind, status: HealthStatus, detail: &str) -> HealthEvent {
-        HealthEvent {
-            alloc_id: "alloc-1".to_owned(),
-            kind,
-            status,
-            detail: detail.to_owned(),
+    impl Running {
+        /// The event this checker sends for a transition.
+        fn event(&self, kind: CheckKind, status: HealthStatus, detail: &str) -> HealthEvent {
+            HealthEvent {
+                alloc_id: "alloc-1".to_owned(),
+                kind,
+                status,
+                detail: detail.to_owned(),
+                target: self.target.clone(),
+            }
         }
     }
 
@@ -250,7 +260,7 @@ mod tests {
         let elapsed = running.started.elapsed();
         assert_eq!(
             unhealthy,
-            event(CheckKind::Liveness, HealthStatus::Unhealthy, "exit code 1")
+            running.event(CheckKind::Liveness, HealthStatus::Unhealthy, "exit code 1")
         );
         // Probes at 0, 1 and 2 intervals after start; the third failure decides.
         assert_eq!(elapsed, INTERVAL * 2);
@@ -272,12 +282,12 @@ mod tests {
         let mut running = start(CheckKind::Readiness, check(3), 7).await;
         assert_eq!(
             running.next_event().await,
-            event(CheckKind::Readiness, HealthStatus::Unhealthy, "exit code 7")
+            running.event(CheckKind::Readiness, HealthStatus::Unhealthy, "exit code 7")
         );
         running.runtime.set_exec_result(None, 0);
         assert_eq!(
             running.next_event().await,
-            event(CheckKind::Readiness, HealthStatus::Healthy, "exit code 0")
+            running.event(CheckKind::Readiness, HealthStatus::Healthy, "exit code 0")
         );
         // Three failures, then the first success one interval later.
         assert_eq!(running.started.elapsed(), INTERVAL * 3);

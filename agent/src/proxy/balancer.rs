@@ -31,11 +31,16 @@
 //! # Weights
 //!
 //! Effective weight = endpoint weight × slow-start factor, kept as integers scaled by
-//! [`WEIGHT_SCALE`] (1000) so slow start is smooth. A new endpoint starts at
-//! `min_weight_percent`% and grows linearly to 100% over `slow_start` (Envoy's
-//! `slow_start_config` with aggression 1.0, floor 10%). Endpoints of the very first update
-//! that carries any endpoint are warm at once (an agent that starts has nothing to protect
-//! them from); weight 0 means "no new connections" (drain).
+//! [`WEIGHT_SCALE`] (1000) so slow start is smooth. An endpoint that joins a pool already
+//! serving traffic starts at `min_weight_percent`% and grows linearly to 100% over
+//! `slow_start` (Envoy's `slow_start_config` with aggression 1.0, floor 10%). A pool serves
+//! traffic when one of its members that stays, with a positive weight, has connections open
+//! or was picked within the last `slow_start`. An endpoint joining a pool that serves nothing
+//! (a new service, a new revision, replicas turning ready one after another before the
+//! first request) starts warm: ramping it would only skew the first requests towards whichever
+//! replica happened to be ready first, since slow start shares traffic relative to the pool's
+//! other members (HAProxy ramps only a server coming back, Envoy warns against ramping when
+//! all hosts are new). Weight 0 means "no new connections" (drain).
 //!
 //! # Schedule state across updates
 //!
@@ -68,7 +73,7 @@
 //! (positive weight, routable revision) are un-ejected, ejection is ignored and connections
 //! spread over all of them (Envoy's `healthy_panic_threshold`, default 50%).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -153,6 +158,8 @@ struct Slot {
     ep: Endpoint,
     /// Start of slow start; `None` when the endpoint was warm from the start.
     warming_since: Option<Instant>,
+    /// When it was last picked for a connection.
+    last_picked: Option<Instant>,
     /// SWRR credit, in scaled weight units.
     current: i64,
     active: u32,
@@ -167,6 +174,7 @@ impl Slot {
         Slot {
             ep,
             warming_since,
+            last_picked: None,
             current: 0,
             active: 0,
             failures: 0,
@@ -197,8 +205,6 @@ pub struct Balancer {
     revision_current: BTreeMap<u64, i64>,
     /// Active connection counts of removed endpoints, restored if they come back.
     detached_active: BTreeMap<String, u32>,
-    /// Whether any update has carried endpoints (later newcomers warm up).
-    seen_endpoints: bool,
     /// Latest time passed in, for [`Balancer::endpoints`].
     last_now: Option<Instant>,
 }
@@ -215,7 +221,6 @@ impl Balancer {
             revision_weights: BTreeMap::new(),
             revision_current: BTreeMap::new(),
             detached_active: BTreeMap::new(),
-            seen_endpoints: false,
             last_now: None,
         }
     }
@@ -231,9 +236,9 @@ impl Balancer {
     }
 
     /// Replaces the endpoint set and the revision weights. Endpoints that stay (same id) keep
-    /// their scheduling and health state; new ones enter slow start from `now` (except in the
-    /// first update that carries endpoints, when all are warm); removed ones vanish. With the
-    /// same id twice, the last one wins.
+    /// their scheduling and health state; new ones enter slow start from `now` if their pool
+    /// serves traffic (see the module docs), else they start warm; removed ones vanish. With
+    /// the same id twice, the last one wins.
     pub fn update(
         &mut self,
         endpoints: Vec<Endpoint>,
@@ -242,12 +247,23 @@ impl Balancer {
     ) {
         self.observe(now);
         let old_pools = self.pool_weights();
-        let warm = !self.seen_endpoints || self.config.slow_start.is_zero();
 
         let mut incoming: BTreeMap<String, Endpoint> = BTreeMap::new();
         for ep in endpoints {
             incoming.insert(ep.id.clone(), ep);
         }
+        // Pools (as the new revision weights make them) that serve traffic through a member
+        // that stays; a newcomer ramps only there.
+        let pool_key = |revision: u64| (!revision_weights.is_empty()).then_some(revision);
+        let serving: BTreeSet<PoolKey> = if self.config.slow_start.is_zero() {
+            BTreeSet::new()
+        } else {
+            self.slots
+                .iter()
+                .filter(|s| incoming.contains_key(&s.ep.id) && self.serving(s, now))
+                .map(|s| pool_key(s.ep.revision))
+                .collect()
+        };
         let mut old: BTreeMap<String, Slot> = std::mem::take(&mut self.slots)
             .into_iter()
             .map(|s| (s.ep.id.clone(), s))
@@ -261,7 +277,8 @@ impl Balancer {
                     self.slots.push(slot);
                 }
                 None => {
-                    let mut slot = Slot::new(ep, if warm { None } else { Some(now) });
+                    let ramp = serving.contains(&pool_key(ep.revision));
+                    let mut slot = Slot::new(ep, ramp.then_some(now));
                     slot.active = self.detached_active.remove(&id).unwrap_or(0);
                     carried.push(false);
                     self.slots.push(slot);
@@ -272,9 +289,6 @@ impl Balancer {
             if slot.active > 0 {
                 self.detached_active.insert(id, slot.active);
             }
-        }
-        if !self.slots.is_empty() {
-            self.seen_endpoints = true;
         }
 
         // Revision level.
@@ -375,6 +389,7 @@ impl Balancer {
             Strategy::Random => candidates[weighted_index(&mut self.rng, &candidates, None)].0,
             Strategy::LeastConn => self.two_choices(&candidates),
         };
+        self.slots[chosen].last_picked = Some(now);
         Some(self.slots[chosen].ep.clone())
     }
 
@@ -507,6 +522,15 @@ impl Balancer {
             .binary_search_by(|s| s.ep.id.as_str().cmp(id))
             .ok()?;
         Some(&mut self.slots[i])
+    }
+
+    /// Whether the endpoint carries traffic: a positive weight, and connections open or a
+    /// pick within the last slow-start window.
+    fn serving(&self, slot: &Slot, now: Instant) -> bool {
+        let recent = slot
+            .last_picked
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.slow_start);
+        slot.ep.weight > 0 && (slot.active > 0 || recent)
     }
 
     fn revision_weight(&self, revision: u64) -> u32 {
@@ -1004,8 +1028,9 @@ mod tests {
             11,
             t0,
         );
-        picks(&mut b, t0, 5);
         let joined_at = t0 + Duration::from_secs(60);
+        // The pool serves traffic when c joins.
+        picks(&mut b, joined_at - Duration::from_secs(1), 5);
         let all = vec![ep("a", 1, 1), ep("b", 1, 1), ep("c", 1, 1)];
         b.update(all.clone(), &BTreeMap::new(), joined_at);
 
@@ -1034,6 +1059,118 @@ mod tests {
         let seq = picks(&mut b, late, 3000);
         let c = counts(&seq);
         assert!(c.values().all(|n| (999..=1001).contains(n)), "{c:?}");
+    }
+
+    #[test]
+    fn replicas_turning_ready_one_by_one_in_an_idle_pool_go_round_in_turn() {
+        // `drover dev --apply examples/seed`: three replicas turn healthy a second or so apart,
+        // then the first requests arrive, well within the slow-start window.
+        let t0 = Instant::now();
+        for strategy in [Strategy::RoundRobin, Strategy::LeastConn] {
+            for seed in 0..10 {
+                let mut b = Balancer::new(strategy, config(), seed);
+                let mut endpoints = Vec::new();
+                for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+                    endpoints.push(ep(id, 1, 1));
+                    let at = t0 + Duration::from_millis(1200 * i as u64);
+                    b.update(endpoints.clone(), &BTreeMap::new(), at);
+                }
+                let now = t0 + Duration::from_secs(3);
+                assert!(
+                    b.endpoints_at(now)
+                        .iter()
+                        .all(|s| s.effective_weight == 1.0),
+                    "{strategy:?} seed {seed}: {:?}",
+                    b.endpoints_at(now)
+                );
+                if strategy == Strategy::RoundRobin {
+                    let seq = picks(&mut b, now, 30);
+                    let c = counts(&seq);
+                    assert!(
+                        c.len() == 3 && c.values().all(|n| *n == 10),
+                        "seed {seed}: {c:?}"
+                    );
+                    // In turn: every three consecutive picks are the three replicas.
+                    for w in seq.windows(3) {
+                        assert!(w[0] != w[1] && w[1] != w[2] && w[0] != w[2], "{seq:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_endpoint_joining_a_serving_pool_ramps_up() {
+        let t0 = Instant::now();
+        let c_weight = |b: &Balancer, at: Instant| {
+            b.endpoints_at(at)
+                .into_iter()
+                .find(|s| s.id == "c")
+                .expect("c")
+                .effective_weight
+        };
+        let two = vec![ep("a", 1, 1), ep("b", 1, 1)];
+        let three = vec![ep("a", 1, 1), ep("b", 1, 1), ep("c", 1, 1)];
+
+        // Requests went to the pool a moment ago: c ramps from 10%.
+        let mut b = balancer(Strategy::RoundRobin, two.clone(), &[], 1, t0);
+        picks(&mut b, t0 + Duration::from_secs(1), 10);
+        let joined = t0 + Duration::from_secs(2);
+        b.update(three.clone(), &BTreeMap::new(), joined);
+        assert!((c_weight(&b, joined) - 0.1).abs() < 1e-9);
+        let early = picks(&mut b, joined, 100);
+        assert!(count(&early, "c") <= 6, "{:?}", counts(&early));
+
+        // No new requests, but a long-lived connection is open: the pool still serves.
+        let mut b = balancer(Strategy::LeastConn, two.clone(), &[], 1, t0);
+        let held = b.pick(t0, &[]).expect("an endpoint").id;
+        b.connection_opened(&held);
+        let joined = t0 + Duration::from_secs(60);
+        b.update(three.clone(), &BTreeMap::new(), joined);
+        assert!((c_weight(&b, joined) - 0.1).abs() < 1e-9);
+
+        // The last request was longer ago than the slow-start window: nothing to protect
+        // c from, it starts warm.
+        let mut b = balancer(Strategy::RoundRobin, two.clone(), &[], 1, t0);
+        picks(&mut b, t0, 10);
+        let joined = t0 + Duration::from_secs(11);
+        b.update(three.clone(), &BTreeMap::new(), joined);
+        assert_eq!(c_weight(&b, joined), 1.0);
+
+        // Only members that stay count: when the serving one leaves as c joins, c is the
+        // only member and starts warm.
+        let mut b = balancer(Strategy::RoundRobin, vec![ep("a", 1, 1)], &[], 1, t0);
+        picks(&mut b, t0, 10);
+        b.update(vec![ep("c", 1, 1)], &BTreeMap::new(), t0);
+        assert_eq!(c_weight(&b, t0), 1.0);
+
+        // Pools are per revision when revisions are weighted: the canary revision's first
+        // replica starts warm although revision 1 serves; its second one ramps once the
+        // canary serves too.
+        let mut b = balancer(
+            Strategy::RoundRobin,
+            two.clone(),
+            &[(1, 90), (2, 10)],
+            1,
+            t0,
+        );
+        picks(&mut b, t0, 10);
+        let canary = |ids: &[&str]| {
+            let mut all = two.clone();
+            all.extend(ids.iter().map(|id| ep(id, 2, 1)));
+            all
+        };
+        b.update(canary(&["c"]), &revs(&[(1, 90), (2, 10)]), t0);
+        assert_eq!(c_weight(&b, t0), 1.0);
+        let seq = picks(&mut b, t0, 100);
+        assert_eq!(count(&seq, "c"), 10);
+        b.update(canary(&["c", "d"]), &revs(&[(1, 90), (2, 10)]), t0);
+        let d = b
+            .endpoints_at(t0)
+            .into_iter()
+            .find(|s| s.id == "d")
+            .expect("d");
+        assert!((d.effective_weight - 0.1).abs() < 1e-9, "{d:?}");
     }
 
     #[test]

@@ -14,11 +14,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{AllocStatus, Allocation, DesiredState, ServiceSpec};
+use drover_proto::model::{AllocStatus, Allocation, DesiredState, Resources, ServiceSpec};
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::health::{CheckKind, HealthEvent, HealthStatus};
 use crate::runtime::{ContainerInfo, ContainerRuntime, labels};
@@ -77,8 +79,12 @@ pub struct SupervisorChannels {
     pub statuses: watch::Sender<BTreeMap<String, AllocReport>>,
 }
 
-/// How often container usage is sampled.
+/// How often container usage is sampled (the time from the end of one sampling round to the
+/// start of the next).
 const USAGE_INTERVAL: Duration = Duration::from_secs(5);
+/// Containers whose usage one sampling round reads at once. Docker takes about a second
+/// per sample (it waits for a second reading to compute the CPU share).
+const USAGE_CONCURRENCY: usize = 8;
 /// Grace period for containers whose spec is unknown (adopted, then undesired).
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
@@ -97,7 +103,20 @@ pub struct Supervisor {
     /// Since when the link to the coordinator is down (`None` while connected).
     cut_off_since: Option<Instant>,
     next_usage: Instant,
+    /// The usage sampling round under way, if any: it runs beside the passes, which never
+    /// wait for it (a round over many containers takes seconds).
+    sampling: Option<JoinHandle<()>>,
+    usage_tx: mpsc::Sender<Vec<UsageSample>>,
+    usage_rx: mpsc::Receiver<Vec<UsageSample>>,
     cancel: CancellationToken,
+}
+
+/// The usage of one container, read by a sampling round.
+#[derive(Debug)]
+struct UsageSample {
+    alloc: String,
+    container: String,
+    usage: Resources,
 }
 
 impl Supervisor {
@@ -111,6 +130,7 @@ impl Supervisor {
         cancel: CancellationToken,
     ) -> Supervisor {
         let (health_tx, health_rx) = mpsc::channel(256);
+        let (usage_tx, usage_rx) = mpsc::channel(1);
         Supervisor {
             node,
             advertise,
@@ -123,6 +143,9 @@ impl Supervisor {
             drain: Duration::ZERO,
             cut_off_since: None,
             next_usage: Instant::now(),
+            sampling: None,
+            usage_tx,
+            usage_rx,
             cancel,
         }
     }
@@ -149,11 +172,15 @@ impl Supervisor {
                     if changed.is_err() { break; }
                 }
                 Some(event) = self.health_rx.recv() => self.on_health(event).await,
+                Some(samples) = self.usage_rx.recv() => self.on_usage(samples),
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
         for t in self.tracked.values_mut() {
             t.stop_checks();
+        }
+        if let Some(round) = self.sampling.take() {
+            round.abort();
         }
         info!(node = %self.node, "supervisor stopped; containers keep running");
     }
@@ -188,7 +215,8 @@ impl Supervisor {
             by_alloc.insert(alloc, c);
         }
 
-        let desired = self.channels.desired.borrow().clone();
+        // Seen from here on: one arriving during the pass interrupts its creates (below).
+        let desired = self.channels.desired.borrow_and_update().clone();
         let link = *self.channels.link.borrow();
         // Undesired containers are removed only on the coordinator's word in this session.
         let confirmed = desired
@@ -201,6 +229,9 @@ impl Supervisor {
             (false, since) => Some(since.unwrap_or_else(Instant::now)),
         };
         let cut_off_for = self.cut_off_since.map(|since| since.elapsed());
+        // Stops first: each only starts a background task, and none may wait behind the
+        // creates of the same pass (a rollout stops and creates at once).
+        let mut to_run: Vec<&String> = Vec::new();
         for (id, want) in &wanted {
             let container = by_alloc.get(id);
             // Services that must not run twice stop on their own after this long without the
@@ -218,12 +249,7 @@ impl Supervisor {
                 }
             }
             match want.allocation.desired {
-                DesiredState::Run => {
-                    self.ensure_running(id, want, container).await;
-                    // Creating containers one by one takes a while on a busy node: report
-                    // each as it starts rather than all at the end of the pass.
-                    self.publish();
-                }
+                DesiredState::Run => to_run.push(id),
                 DesiredState::Stop => {
                     self.ensure_stopped(id, container, want.spec.stop_grace_period)
                 }
@@ -252,9 +278,25 @@ impl Supervisor {
                 t.observe(container);
             }
         }
-        if Instant::now() >= self.next_usage {
-            self.sample_usage(&by_alloc).await;
-            self.next_usage = Instant::now() + USAGE_INTERVAL;
+        self.publish();
+        for id in to_run {
+            // A newer set (a delete, the next rollout step) need not wait for every create
+            // of this one: the next pass starts at once and takes it up.
+            if self.channels.desired.has_changed().unwrap_or(false) {
+                info!(node = %self.node, "newer desired set; leaving the rest of this pass to the next");
+                break;
+            }
+            self.ensure_running(id, &wanted[id], by_alloc.get(id)).await;
+            // Creating containers one by one takes a while on a busy node: report each as it
+            // starts rather than all at the end of the pass.
+            self.publish();
+        }
+        let sampling = self
+            .sampling
+            .as_ref()
+            .is_some_and(|round| !round.is_finished());
+        if !sampling && Instant::now() >= self.next_usage {
+            self.sample_usage(&by_alloc);
         }
         self.publish();
     }
@@ -279,7 +321,7 @@ impl Supervisor {
             Some(c) => {
                 t.drive(c, self.runtime.as_ref()).await;
                 if t.is_running() {
-                    t.start_checks(self.advertise, c, &self.runtime, &self.health_tx);
+                    t.start_checks(self.advertise, &self.runtime, &self.health_tx);
                 }
             }
         }
@@ -303,6 +345,11 @@ impl Supervisor {
         let Some(t) = self.tracked.get_mut(&event.alloc_id) else {
             return;
         };
+        // Sent before its checker was replaced or stopped: about another container or port.
+        if t.checked_target() != Some(&event.target) {
+            debug!(alloc = %event.alloc_id, kind = %event.kind, container = %event.target.container_id, "health event of a replaced checker ignored");
+            return;
+        }
         match event.kind {
             CheckKind::Readiness => t.readiness = Some(event.status),
             CheckKind::Liveness if event.status == HealthStatus::Unhealthy => {
@@ -317,19 +364,57 @@ impl Supervisor {
         }
     }
 
-    async fn sample_usage(&mut self, containers: &HashMap<String, ContainerInfo>) {
-        for (id, t) in self.tracked.iter_mut() {
-            let Some(c) = containers.get(id).filter(|c| t.container_is(&c.id)) else {
-                continue;
-            };
-            if !t.is_running() {
-                continue;
-            }
-            match self.runtime.usage(&c.id).await {
-                Ok(usage) => t.status.usage = usage,
-                Err(e) => warn!(alloc = %id, error = %e, "cannot read container usage"),
+    /// Starts a round that reads the usage of every running container, a few at a time, in
+    /// the background; [`Supervisor::on_usage`] takes the results.
+    fn sample_usage(&mut self, containers: &HashMap<String, ContainerInfo>) {
+        let targets: Vec<(String, String)> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.is_running())
+            .filter_map(|(id, t)| {
+                let c = containers.get(id).filter(|c| t.container_is(&c.id))?;
+                Some((id.clone(), c.id.clone()))
+            })
+            .collect();
+        let runtime = self.runtime.clone();
+        let results = self.usage_tx.clone();
+        self.sampling = Some(tokio::spawn(async move {
+            let samples: Vec<UsageSample> = futures_util::stream::iter(targets)
+                .map(|(alloc, container)| {
+                    let runtime = runtime.clone();
+                    async move {
+                        match runtime.usage(&container).await {
+                            Ok(usage) => Some(UsageSample {
+                                alloc,
+                                container,
+                                usage,
+                            }),
+                            Err(e) => {
+                                warn!(alloc = %alloc, container = %container, error = %e, "cannot read container usage");
+                                None
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(USAGE_CONCURRENCY)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+            // Fails only once the supervisor is gone.
+            let _ = results.send(samples).await;
+        }));
+    }
+
+    /// Takes the results of a sampling round, for the containers that still run.
+    fn on_usage(&mut self, samples: Vec<UsageSample>) {
+        for sample in samples {
+            if let Some(t) = self.tracked.get_mut(&sample.alloc) {
+                if t.container_is(&sample.container) && t.is_running() {
+                    t.status.usage = sample.usage;
+                }
             }
         }
+        self.next_usage = Instant::now() + USAGE_INTERVAL;
     }
 
     fn publish(&self) {

@@ -1,26 +1,156 @@
 //! The reconcile loop against the in-memory runtime, on tokio's paused clock: the same cases
 //! the Docker tests cover, fast.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use drover_proto::model::{
-    AllocState, AllocStatus, Allocation, DesiredState, PortSpec, Protocol, ServiceSpec,
+    AllocState, AllocStatus, Allocation, DesiredState, HealthCheck, PortSpec, ProbeAction,
+    Protocol, Resources, ServiceSpec,
 };
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{AllocReport, DesiredAlloc, DesiredUpdate, LinkState, Supervisor, SupervisorChannels};
-use crate::runtime::{ContainerRuntime, ContainerState, FakeRuntime, labels};
+use crate::health::{CheckKind, HealthEvent, HealthStatus, ProbeTarget};
+use crate::runtime::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, FakeOp, FakeRuntime,
+    RuntimeError, labels,
+};
+
+/// The fake engine plus what Docker does that the fake does not: calls that take time
+/// (`stats` takes about a second, `create` and `stop` a moment) and a new host port for
+/// container port 8080 at every start (a port published without a fixed host port).
+#[derive(Debug)]
+struct Engine {
+    fake: Arc<FakeRuntime>,
+    delays: Mutex<BTreeMap<FakeOp, Duration>>,
+    /// Host ports handed out for 8080, one per start; when empty, the fake's own port.
+    start_ports: Mutex<VecDeque<u16>>,
+    /// Host port of 8080 by container id, as handed out at its last start.
+    ports: Mutex<BTreeMap<String, u16>>,
+}
+
+impl Engine {
+    fn new(fake: FakeRuntime) -> Arc<Engine> {
+        Arc::new(Engine {
+            fake: Arc::new(fake),
+            delays: Mutex::new(BTreeMap::new()),
+            start_ports: Mutex::new(VecDeque::new()),
+            ports: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Every call of `op` takes `delay` (on tokio's clock) before it acts.
+    fn set_delay(&self, op: FakeOp, delay: Duration) {
+        lock(&self.delays).insert(op, delay);
+    }
+
+    /// The next starts publish 8080 on these host ports, in turn.
+    fn hand_out_ports(&self, ports: &[u16]) {
+        lock(&self.start_ports).extend(ports);
+    }
+
+    async fn delay(&self, op: FakeOp) {
+        let delay = lock(&self.delays).get(&op).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn rewrite(&self, mut info: ContainerInfo) -> ContainerInfo {
+        if info.state == ContainerState::Running {
+            if let Some(port) = lock(&self.ports).get(&info.id) {
+                info.host_ports.insert(8080, *port);
+            }
+        }
+        info
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for Engine {
+    async fn list(&self, node: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.delay(FakeOp::List).await;
+        let listed = self.fake.list(node).await?;
+        Ok(listed.into_iter().map(|c| self.rewrite(c)).collect())
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.delay(FakeOp::EnsureImage).await;
+        self.fake.ensure_image(image).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.delay(FakeOp::Create).await;
+        self.fake.create(spec).await
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.delay(FakeOp::Start).await;
+        let was_running = self
+            .fake
+            .inspect(id)
+            .await
+            .is_ok_and(|c| c.state == ContainerState::Running);
+        self.fake.start(id).await?;
+        if !was_running {
+            let info = self.fake.inspect(id).await?;
+            if let Some(port) = lock(&self.start_ports).pop_front() {
+                lock(&self.ports).insert(info.id, port);
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.delay(FakeOp::Stop).await;
+        self.fake.stop(id, grace).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.delay(FakeOp::Remove).await;
+        self.fake.remove(id).await
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.delay(FakeOp::Inspect).await;
+        let info = self.fake.inspect(id).await?;
+        Ok(self.rewrite(info))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<i64, RuntimeError> {
+        self.delay(FakeOp::Exec).await;
+        self.fake.exec(id, command, timeout).await
+    }
+
+    async fn usage(&self, id: &str) -> Result<Resources, RuntimeError> {
+        self.delay(FakeOp::Usage).await;
+        self.fake.usage(id).await
+    }
+}
 
 struct Harness {
+    engine: Arc<Engine>,
     runtime: Arc<FakeRuntime>,
     supervisor: Supervisor,
     desired: watch::Sender<Option<DesiredUpdate>>,
     link: watch::Sender<LinkState>,
     statuses: watch::Receiver<BTreeMap<String, AllocReport>>,
+    cancel: CancellationToken,
     version: u64,
 }
 
@@ -51,15 +181,16 @@ fn alloc(id: &str, desired: DesiredState) -> Allocation {
 
 impl Harness {
     fn new(runtime: FakeRuntime) -> Harness {
-        Harness::new_sharing(Arc::new(runtime))
+        Harness::new_sharing(Engine::new(runtime))
     }
 
     /// A supervisor over an engine another harness may also use (an agent restart).
-    fn new_sharing(runtime: Arc<FakeRuntime>) -> Harness {
+    fn new_sharing(engine: Arc<Engine>) -> Harness {
         let (desired, desired_rx) = watch::channel(None);
         let (link, link_rx) = watch::channel(LinkState::default());
         let (status_tx, statuses) = watch::channel(BTreeMap::new());
-        let dyn_runtime: Arc<dyn ContainerRuntime> = runtime.clone();
+        let dyn_runtime: Arc<dyn ContainerRuntime> = engine.clone();
+        let cancel = CancellationToken::new();
         let supervisor = Supervisor::new(
             "n1".into(),
             IpAddr::from([127, 0, 0, 1]),
@@ -70,14 +201,16 @@ impl Harness {
                 statuses: status_tx,
             },
             Duration::from_secs(1),
-            CancellationToken::new(),
+            cancel.clone(),
         );
         Harness {
-            runtime,
+            runtime: engine.fake.clone(),
+            engine,
             supervisor,
             desired,
             link,
             statuses,
+            cancel,
             version: 0,
         }
     }
@@ -123,10 +256,124 @@ impl Harness {
         for _ in 0..n {
             self.supervisor.pass().await;
             tokio::time::advance(step).await;
-            // Let spawned stop/remove tasks run.
+            // Let spawned stop/remove tasks and health checkers run.
             tokio::task::yield_now().await;
+            self.absorb().await;
         }
         self.supervisor.pass().await;
+    }
+
+    /// Hands the supervisor what its background tasks reported, as its run loop does.
+    async fn absorb(&mut self) {
+        while let Ok(event) = self.supervisor.health_rx.try_recv() {
+            self.supervisor.on_health(event).await;
+        }
+        while let Ok(samples) = self.supervisor.usage_rx.try_recv() {
+            self.supervisor.on_usage(samples);
+        }
+    }
+
+    /// Passes one second apart until `id` is in `state`, at most `limit` of them; the
+    /// last status.
+    async fn pass_until(&mut self, id: &str, state: AllocState, limit: usize) -> AllocStatus {
+        for _ in 0..limit {
+            self.passes(1, Duration::from_secs(1)).await;
+            let status = self.status(id);
+            if status.state == state {
+                return status;
+            }
+        }
+        self.status(id)
+    }
+
+    /// Runs the supervisor's own loop in a task; the harness keeps its channels.
+    fn spawn(self) -> Running {
+        let Harness {
+            engine,
+            supervisor,
+            desired,
+            link,
+            statuses,
+            cancel,
+            version,
+            ..
+        } = self;
+        let task = tokio::spawn(supervisor.run());
+        Running {
+            engine,
+            desired,
+            _link: link,
+            statuses,
+            cancel,
+            task,
+            version,
+        }
+    }
+}
+
+/// A supervisor running its own loop ([`Supervisor::run`]).
+struct Running {
+    engine: Arc<Engine>,
+    desired: watch::Sender<Option<DesiredUpdate>>,
+    _link: watch::Sender<LinkState>,
+    statuses: watch::Receiver<BTreeMap<String, AllocReport>>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    version: u64,
+}
+
+impl Running {
+    fn want(&mut self, session: u64, allocs: &[(String, DesiredState, ServiceSpec)]) {
+        self.version += 1;
+        let allocations = allocs
+            .iter()
+            .map(|(id, d, s)| {
+                let desired = DesiredAlloc {
+                    allocation: alloc(id, *d),
+                    spec: s.clone(),
+                };
+                (id.clone(), desired)
+            })
+            .collect();
+        self.desired.send_replace(Some(DesiredUpdate {
+            version: self.version,
+            session,
+            allocations,
+        }));
+    }
+
+    /// Waits (on the paused clock, in steps of 100 ms) until `done` holds, at most `limit`;
+    /// how long it took.
+    async fn wait_for(&self, limit: Duration, mut done: impl FnMut(&Running) -> bool) -> Duration {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(started.elapsed() < limit, "not done after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        started.elapsed()
+    }
+
+    fn count(&self, state: AllocState) -> usize {
+        self.statuses
+            .borrow()
+            .values()
+            .filter(|r| r.status.state == state)
+            .count()
+    }
+
+    /// Containers of `ids` still on the engine.
+    fn containers_of(&self, ids: &[String]) -> usize {
+        self.engine
+            .fake
+            .containers()
+            .iter()
+            .filter(|c| ids.contains(&c.labels[labels::ALLOC]))
+            .count()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("supervisor panicked");
     }
 }
 
@@ -159,8 +406,7 @@ async fn adopts_running_containers_without_restarting_them() {
 
     // A new supervisor over the same engine, as after an agent restart: before any desired
     // set arrives it already lists the container, and it never touches it.
-    let runtime = first.runtime.clone();
-    let mut second = Harness::new_sharing(runtime);
+    let mut second = Harness::new_sharing(first.engine.clone());
     second.passes(2, Duration::from_secs(1)).await;
     assert_eq!(second.status("web.1").container_id, container);
     assert_eq!(second.status("web.1").state, AllocState::Running);
@@ -358,4 +604,306 @@ async fn stop_after_disconnect_stops_replicas_when_cut_off_too_long() {
         .map(|c| c.labels[labels::ALLOC].clone())
         .collect();
     assert_eq!(running, vec!["web.2"]);
+}
+
+/// `web:1` with a readiness check that connects to container port 8080.
+fn checked_spec() -> ServiceSpec {
+    let mut spec = spec("web:1");
+    spec.health = Some(HealthCheck {
+        interval: Duration::from_secs(1),
+        // Far beyond the steps of the paused clock, so that a loopback connect in flight
+        // always finishes before its timeout.
+        timeout: Duration::from_secs(60),
+        success_threshold: 1,
+        failure_threshold: 1,
+        ..HealthCheck::with_defaults(ProbeAction::Tcp { port: 8080 })
+    });
+    spec
+}
+
+/// A listener on a free loopback port, where the checks' connects succeed (through its
+/// backlog), and its port.
+async fn listening() -> (TcpListener, u16) {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    (listener, port)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_on_a_new_host_port_is_checked_on_that_port() {
+    let (first_listener, first_port) = listening().await;
+    let (_second_listener, second_port) = listening().await;
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.engine.hand_out_ports(&[first_port, second_port]);
+    h.connect(1);
+    h.want(1, &[("web.1", DesiredState::Run, checked_spec())]);
+    let status = h.pass_until("web.1", AllocState::Healthy, 10).await;
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert_eq!(status.host_ports[&8080], first_port);
+
+    // The container dies; the agent starts it again and the engine publishes 8080 on
+    // another host port. Nothing listens on the old one any more.
+    drop(first_listener);
+    h.runtime.kill(&status.container_id, 137);
+    let status = h.pass_until("web.1", AllocState::Healthy, 20).await;
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert_eq!(
+        (status.restarts, status.host_ports[&8080]),
+        (1, second_port)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_container_restarted_on_a_new_host_port_turns_healthy() {
+    let (first_listener, first_port) = listening().await;
+    let (_second_listener, second_port) = listening().await;
+    let mut first = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    first.engine.hand_out_ports(&[first_port, second_port]);
+    first.connect(1);
+    first.want(1, &[("web.1", DesiredState::Run, checked_spec())]);
+    let status = first.pass_until("web.1", AllocState::Healthy, 10).await;
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+
+    // The agent and its container die together (SIGKILL, `docker kill`); a new agent adopts
+    // the exited container and starts it again, on another host port.
+    let engine = first.engine.clone();
+    drop(first);
+    drop(first_listener);
+    engine.fake.kill(&status.container_id, 137);
+    let mut second = Harness::new_sharing(engine);
+    second.passes(1, Duration::from_secs(1)).await;
+    second.connect(2);
+    second.want(2, &[("web.1", DesiredState::Run, checked_spec())]);
+    let restarted = second.pass_until("web.1", AllocState::Healthy, 20).await;
+    assert_eq!(restarted.state, AllocState::Healthy, "{restarted:?}");
+    assert_eq!(restarted.container_id, status.container_id);
+    assert_eq!(
+        (restarted.restarts, restarted.host_ports[&8080]),
+        (1, second_port)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_restarted_behind_the_agents_back_gets_a_new_checker() {
+    let (first_listener, first_port) = listening().await;
+    let (_second_listener, second_port) = listening().await;
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.engine.hand_out_ports(&[first_port, second_port]);
+    h.connect(1);
+    h.want(1, &[("web.1", DesiredState::Run, checked_spec())]);
+    let status = h.pass_until("web.1", AllocState::Healthy, 10).await;
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+
+    // `docker restart` between two passes: same container, new host port.
+    drop(first_listener);
+    h.runtime.kill(&status.container_id, 0);
+    h.engine
+        .start(&status.container_id)
+        .await
+        .expect("start again");
+    h.passes(5, Duration::from_secs(1)).await;
+    let status = h.status("web.1");
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert_eq!(
+        (status.restarts, status.host_ports[&8080]),
+        (0, second_port)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_events_of_replaced_checkers_are_ignored() {
+    let (_listener, port) = listening().await;
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.engine.hand_out_ports(&[port]);
+    let mut spec = checked_spec();
+    spec.liveness = spec.health.clone();
+    h.connect(1);
+    h.want(1, &[("web.1", DesiredState::Run, spec)]);
+    let status = h.pass_until("web.1", AllocState::Healthy, 10).await;
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+
+    // Failures the checkers of what the allocation ran before (another container, or this
+    // one on its old host port) sent just before they were replaced.
+    let on_old_port = ProbeTarget {
+        container_id: status.container_id.clone(),
+        host: IpAddr::from([127, 0, 0, 1]),
+        host_ports: BTreeMap::from([(8080, port.wrapping_add(1))]),
+    };
+    let in_old_container = ProbeTarget {
+        container_id: "0".repeat(64),
+        ..on_old_port.clone()
+    };
+    for target in [on_old_port, in_old_container] {
+        for kind in [CheckKind::Readiness, CheckKind::Liveness] {
+            let event = HealthEvent {
+                alloc_id: "web.1".to_owned(),
+                kind,
+                status: HealthStatus::Unhealthy,
+                detail: "connect refused".to_owned(),
+                target: target.clone(),
+            };
+            h.supervisor.on_health(event).await;
+        }
+    }
+    h.passes(1, Duration::from_millis(10)).await;
+    let after = h.status("web.1");
+    assert_eq!(after.state, AllocState::Healthy, "{after:?}");
+    let stops: Vec<String> = h
+        .runtime
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("stop"))
+        .collect();
+    assert!(stops.is_empty(), "{stops:?}");
+}
+
+/// Allocation ids `<prefix>01`, `<prefix>02`, … (sorted as numbered).
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+fn all(ids: &[String], desired: DesiredState) -> Vec<(String, DesiredState, ServiceSpec)> {
+    ids.iter()
+        .map(|id| (id.clone(), desired, spec("web:1")))
+        .collect()
+}
+
+const DRAIN: Duration = Duration::from_secs(3);
+
+#[tokio::test(start_paused = true)]
+async fn twenty_allocations_left_out_of_the_desired_set_stop_together() {
+    let engine = Engine::new(FakeRuntime::with_images(&["web:1"]));
+    // As on Docker: a usage sample takes about a second, and so does a stop.
+    engine.set_delay(FakeOp::Usage, Duration::from_secs(1));
+    engine.set_delay(FakeOp::Stop, Duration::from_secs(1));
+    let mut h = Harness::new_sharing(engine);
+    h.supervisor.set_drain(DRAIN);
+    h.connect(1);
+    let mut running = h.spawn();
+    let ids = numbered("web.", 20);
+    running.want(1, &all(&ids, DesiredState::Run));
+    let limit = Duration::from_secs(120);
+    running
+        .wait_for(limit, |r| r.count(AllocState::Healthy) == 20)
+        .await;
+    // The agent samples usage, as it does much of the time with many containers.
+    running
+        .wait_for(limit, |r| {
+            r.engine.fake.calls().iter().any(|c| c.starts_with("usage"))
+        })
+        .await;
+
+    running.want(1, &[]);
+    let took = running
+        .wait_for(limit, |r| r.containers_of(&ids) == 0)
+        .await;
+    // The drain, then one stop (1 s) for all of them, within a pass's interval.
+    assert!(
+        took <= DRAIN + Duration::from_secs(2),
+        "20 containers removed after {took:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stops_do_not_wait_behind_the_creates_of_the_same_pass() {
+    let engine = Engine::new(FakeRuntime::with_images(&["web:1"]));
+    engine.set_delay(FakeOp::Create, Duration::from_secs(1));
+    let mut h = Harness::new_sharing(engine);
+    h.supervisor.set_drain(DRAIN);
+    h.connect(1);
+    let mut running = h.spawn();
+    let old = numbered("web.b", 10);
+    running.want(1, &all(&old, DesiredState::Run));
+    let limit = Duration::from_secs(120);
+    running
+        .wait_for(limit, |r| r.count(AllocState::Healthy) == 10)
+        .await;
+
+    // A rollout step: the old replicas stop and new ones (first in id order) start.
+    let new = numbered("web.a", 10);
+    let mut step = all(&old, DesiredState::Stop);
+    step.extend(all(&new, DesiredState::Run));
+    running.want(1, &step);
+    let took = running
+        .wait_for(limit, |r| r.containers_of(&old) == 0)
+        .await;
+    assert!(
+        took <= DRAIN + Duration::from_secs(1),
+        "old containers removed after {took:?}"
+    );
+    running
+        .wait_for(limit, |r| r.count(AllocState::Healthy) == 10)
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_desired_set_arriving_during_creates_is_taken_up_after_the_current_one() {
+    let engine = Engine::new(FakeRuntime::with_images(&["web:1"]));
+    engine.set_delay(FakeOp::Create, Duration::from_secs(1));
+    let mut h = Harness::new_sharing(engine);
+    h.supervisor.set_drain(DRAIN);
+    h.connect(1);
+    let mut running = h.spawn();
+    let ids = numbered("web.", 10);
+    running.want(1, &all(&ids, DesiredState::Run));
+    let limit = Duration::from_secs(120);
+    running
+        .wait_for(limit, |r| r.containers_of(&ids) >= 2)
+        .await;
+
+    // Deleted while the agent is still creating its replicas.
+    running.want(1, &all(&ids, DesiredState::Stop));
+    let took = running
+        .wait_for(limit, |r| r.containers_of(&ids) == 0)
+        .await;
+    // The create in flight, then the drain.
+    assert!(
+        took <= DRAIN + Duration::from_secs(2),
+        "containers removed after {took:?}"
+    );
+    let creates = running
+        .engine
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("create"))
+        .count();
+    assert!(
+        creates <= 3,
+        "{creates} containers created after the delete"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_is_reported_without_holding_up_passes() {
+    let engine = Engine::new(FakeRuntime::with_images(&["web:1"]));
+    engine.set_delay(FakeOp::Usage, Duration::from_secs(1));
+    let mut h = Harness::new_sharing(engine);
+    h.connect(1);
+    let mut running = h.spawn();
+    let ids = numbered("web.", 3);
+    running.want(1, &all(&ids, DesiredState::Run));
+    let limit = Duration::from_secs(60);
+    running
+        .wait_for(limit, |r| r.count(AllocState::Healthy) == 3)
+        .await;
+    let used = Resources {
+        cpu_millis: 120,
+        memory_bytes: 7 << 20,
+    };
+    for id in &ids {
+        let name = format!("drover-{id}-n1");
+        assert!(running.engine.fake.set_usage(&name, used));
+    }
+    running
+        .wait_for(limit, |r| {
+            r.statuses.borrow().values().all(|s| s.status.usage == used)
+        })
+        .await;
+    running.stop().await;
 }

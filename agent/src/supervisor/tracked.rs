@@ -35,7 +35,9 @@ pub(super) struct Tracked {
     running_since: Option<Instant>,
     pub readiness: Option<HealthStatus>,
     pub health_detail: String,
-    checks: Option<(String, CancellationToken)>,
+    /// The running checks: what they probe (container and published ports) and how to end
+    /// them.
+    checks: Option<(ProbeTarget, CancellationToken)>,
     /// When the current stop began, if one is in flight.
     stop_started: Option<Instant>,
 }
@@ -326,6 +328,14 @@ impl Tracked {
                     self.status.restarts += 1;
                 }
                 info!(alloc = %self.id, container = %c.id, restarts = self.status.restarts, "container restarted");
+                // The engine publishes the ports afresh at every start (a new host port when
+                // none is fixed): `c`, listed before the start, shows none or the old ones.
+                match runtime.inspect(&c.id).await {
+                    Ok(info) => self.status.host_ports = info.host_ports,
+                    Err(e) => {
+                        warn!(alloc = %self.id, container = %c.id, error = %e, "cannot inspect restarted container; its ports are read on the next pass")
+                    }
+                }
                 self.restart_at = None;
                 self.running_since = Some(Instant::now());
                 self.readiness = None;
@@ -336,27 +346,46 @@ impl Tracked {
         }
     }
 
-    /// Starts the readiness and liveness checks of a running container, once per container.
+    /// Starts the readiness and liveness checks of the running container, against the
+    /// container and published ports last observed (`status`). Checks follow what they
+    /// probe: a new container id or new host ports (a restart publishes them afresh) replace
+    /// the running checks with new ones.
     pub fn start_checks(
         &mut self,
         advertise: IpAddr,
-        c: &ContainerInfo,
         runtime: &Arc<dyn ContainerRuntime>,
         events: &mpsc::Sender<HealthEvent>,
     ) {
-        if self.checks.as_ref().is_some_and(|(id, _)| *id == c.id) {
+        let target = ProbeTarget {
+            container_id: self.status.container_id.clone(),
+            host: advertise,
+            host_ports: self.status.host_ports.clone(),
+        };
+        if self.checked_target() == Some(&target) {
             return;
+        }
+        let has_checks = self
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.health.is_some() || s.liveness.is_some());
+        if let Some((old, _)) = self.checks.as_ref().filter(|_| has_checks) {
+            info!(
+                alloc = %self.id,
+                container = %target.container_id,
+                old_container = %old.container_id,
+                host_ports = ?target.host_ports,
+                old_host_ports = ?old.host_ports,
+                "container or its published ports changed; restarting its health checks"
+            );
+            // What the old checks found was about another container or port.
+            self.readiness = None;
+            self.refresh_health_state();
         }
         self.stop_checks();
         let Some(spec) = &self.spec else {
             return;
         };
         let cancel = CancellationToken::new();
-        let target = ProbeTarget {
-            container_id: c.id.clone(),
-            host: advertise,
-            host_ports: c.host_ports.clone(),
-        };
         for (kind, check) in [
             (CheckKind::Readiness, &spec.health),
             (CheckKind::Liveness, &spec.liveness),
@@ -373,7 +402,12 @@ impl Tracked {
                 );
             }
         }
-        self.checks = Some((c.id.clone(), cancel));
+        self.checks = Some((target, cancel));
+    }
+
+    /// What the running checks probe, if any run.
+    pub fn checked_target(&self) -> Option<&ProbeTarget> {
+        self.checks.as_ref().map(|(target, _)| target)
     }
 
     pub fn stop_checks(&mut self) {
