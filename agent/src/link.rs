@@ -295,6 +295,7 @@ fn desired_update(set: DesiredSet, session: u64) -> DesiredUpdate {
         version: set.version,
         session,
         allocations,
+        store_id: set.store_id,
     }
 }
 

@@ -435,6 +435,7 @@ impl Agent {
             version: self.version,
             session: 1,
             allocations,
+            store_id: "test".into(),
         }));
     }
 

@@ -258,3 +258,38 @@ fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
         assert!(body.starts_with("user-service"), "{ip}: {body}");
     }
 }
+
+#[test]
+fn agents_follow_a_coordinator_whose_state_was_reset() {
+    let (dir, mut coordinator, _agents, _nodes) = nodes_cluster("reset", &["127.0.0.153"]);
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, web_manifest("user-service", 1, "")).expect("write manifest");
+    coordinator.apply(&manifest);
+    drover_tests::wait_for("1 healthy replica", DEADLINE, || {
+        healthy_containers(&coordinator, "web").len() == 1
+    });
+    // A few boots raise the versions the agent has applied.
+    for _ in 0..3 {
+        coordinator.kill_and_restart();
+        drover_tests::wait_for("the agent back", DEADLINE, || {
+            drover_tests::ready_nodes(&coordinator).len() == 1
+        });
+    }
+    // The operator starts the coordinator afresh on purpose: its versions start low again.
+    coordinator.kill();
+    let data = dir.path().join("coordinator");
+    for file in ["coordinator.redb", "coordinator.id"] {
+        std::fs::remove_file(data.join(file)).expect("remove state file");
+    }
+    coordinator.kill_and_restart();
+    drover_tests::wait_for("the agent connected to the new cluster", DEADLINE, || {
+        drover_tests::ready_nodes(&coordinator).len() == 1
+    });
+    std::fs::write(&manifest, web_manifest("user-service", 2, "")).expect("write manifest");
+    coordinator.apply(&manifest);
+    drover_tests::wait_for(
+        "2 healthy replicas from the new coordinator",
+        DEADLINE,
+        || healthy_containers(&coordinator, "web").len() == 2,
+    );
+}

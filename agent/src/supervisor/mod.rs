@@ -45,6 +45,10 @@ pub struct DesiredUpdate {
     pub session: u64,
     /// Allocations by id.
     pub allocations: BTreeMap<String, DesiredAlloc>,
+    /// Identity of the coordinator's store: allocation ids are unique within one store, so
+    /// an id of another store's set names another allocation (the coordinator was reset or
+    /// restored from a backup).
+    pub store_id: String,
 }
 
 /// What the agent reports about one allocation: to the coordinator (status) and to gossip
@@ -222,6 +226,10 @@ impl Supervisor {
         let confirmed = desired
             .as_ref()
             .is_some_and(|d| link.connected && d.session == link.session);
+        let store = desired
+            .as_ref()
+            .map(|d| d.store_id.clone())
+            .unwrap_or_default();
         let wanted = desired.map(|d| d.allocations).unwrap_or_default();
 
         self.cut_off_since = match (link.connected, self.cut_off_since) {
@@ -286,7 +294,8 @@ impl Supervisor {
                 info!(node = %self.node, "newer desired set; leaving the rest of this pass to the next");
                 break;
             }
-            self.ensure_running(id, &wanted[id], by_alloc.get(id)).await;
+            self.ensure_running(id, &wanted[id], by_alloc.get(id), &store)
+                .await;
             // Creating containers one by one takes a while on a busy node: report each as it
             // starts rather than all at the end of the pass.
             self.publish();
@@ -306,11 +315,32 @@ impl Supervisor {
         id: &str,
         want: &DesiredAlloc,
         container: Option<&ContainerInfo>,
+        store: &str,
     ) {
         let t = self
             .tracked
             .entry(id.to_string())
             .or_insert_with(|| Tracked::new(&want.allocation));
+        match t.store.as_deref() {
+            None => t.store = Some(store.to_string()),
+            Some(known) if known != store => {
+                // The same id from another store (the coordinator was reset or restored) is
+                // another allocation: the old one's container goes first, then this one
+                // starts afresh.
+                if container.is_some() {
+                    let grace = t
+                        .spec
+                        .as_ref()
+                        .map_or(DEFAULT_GRACE, |s| s.stop_grace_period);
+                    t.stop(container, self.drain, grace, &self.runtime);
+                    return;
+                }
+                info!(alloc = %id, "allocation id of a new coordinator store: starting it afresh");
+                *t = Tracked::new(&want.allocation);
+                t.store = Some(store.to_string());
+            }
+            Some(_) => {}
+        }
         t.spec = Some(want.spec.clone());
         t.revision = want.allocation.revision;
         match container {

@@ -152,6 +152,8 @@ struct Harness {
     statuses: watch::Receiver<BTreeMap<String, AllocReport>>,
     cancel: CancellationToken,
     version: u64,
+    /// Identity of the coordinator store the desired sets come from.
+    store: String,
 }
 
 fn spec(image: &str) -> ServiceSpec {
@@ -212,6 +214,7 @@ impl Harness {
             statuses,
             cancel,
             version: 0,
+            store: "s1".into(),
         }
     }
 
@@ -240,6 +243,7 @@ impl Harness {
             version: self.version,
             session,
             allocations,
+            store_id: self.store.clone(),
         }));
     }
 
@@ -339,6 +343,7 @@ impl Running {
             version: self.version,
             session,
             allocations,
+            store_id: "s1".into(),
         }));
     }
 
@@ -392,6 +397,31 @@ async fn creates_starts_and_reports_healthy() {
     assert_eq!(containers[0].labels[labels::ALLOC], "web.1");
     assert_eq!(containers[0].labels[labels::SERVICE], "web");
     assert_eq!(containers[0].labels[labels::REVISION], "1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_allocation_id_of_a_new_coordinator_store_starts_afresh() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    // The old container is still draining when the new set names its id.
+    h.supervisor.set_drain(Duration::from_secs(3));
+    h.connect(1);
+    h.want(1, &[("web.1", DesiredState::Run, spec("web:1"))]);
+    h.passes(1, Duration::from_millis(10)).await;
+    let old = h.status("web.1").container_id;
+    assert_eq!(h.status("web.1").state, AllocState::Healthy);
+
+    // The coordinator was reset: its first set is empty, the next names web.1 again — a
+    // new allocation that happens to have the old one's id.
+    h.store = "s2".into();
+    h.connect(2);
+    h.want(2, &[]);
+    h.passes(1, Duration::from_millis(10)).await;
+    h.want(2, &[("web.1", DesiredState::Run, spec("web:1"))]);
+    let status = h.pass_until("web.1", AllocState::Healthy, 20).await;
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert_ne!(status.container_id, old, "a new container");
+    let containers = h.runtime.list("n1").await.expect("list");
+    assert_eq!(containers.len(), 1, "the old container is gone");
 }
 
 #[tokio::test(start_paused = true)]

@@ -40,6 +40,9 @@ pub(super) struct Tracked {
     checks: Option<(ProbeTarget, CancellationToken)>,
     /// When the current stop began, if one is in flight.
     stop_started: Option<Instant>,
+    /// Identity of the coordinator store whose desired set named it; `None` for one adopted
+    /// and not yet named. Allocation ids are unique within one store only.
+    pub store: Option<String>,
 }
 
 impl Tracked {
@@ -62,6 +65,7 @@ impl Tracked {
             health_detail: String::new(),
             checks: None,
             stop_started: None,
+            store: None,
         }
     }
 
