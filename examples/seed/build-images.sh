@@ -101,8 +101,9 @@ printf '%s\n' "$DOCKERFILE" >"$context/Dockerfile"
 for image in $missing; do
     echo "build-images.sh: building $image:latest"
     # The classic builder needs no buildx plugin; its deprecation notice is kept out of
-    # the output unless the build fails.
-    if ! DOCKER_BUILDKIT=0 "$DOCKER" build --quiet --build-arg "SERVICE_NAME=$image" \
+    # the output unless the build fails. No cache: Podman's builder (buildah 1.28) reuses a
+    # layer built with another SERVICE_NAME, so every image would answer as the first one.
+    if ! DOCKER_BUILDKIT=0 "$DOCKER" build --no-cache --quiet --build-arg "SERVICE_NAME=$image" \
         --label "$RECIPE_LABEL=$recipe" --tag "$image:latest" "$context" >"$context/build.log" 2>&1; then
         cat "$context/build.log" >&2
         die "building $image:latest failed"

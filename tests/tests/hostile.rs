@@ -103,7 +103,7 @@ async fn forge_session(
 #[test]
 fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
     let ips = ["127.0.0.151", "127.0.0.152"];
-    let (dir, coordinator, mut agents, nodes) = nodes_cluster("hostile", &ips);
+    let (dir, mut coordinator, mut agents, nodes) = nodes_cluster("hostile", &ips);
     let manifest = dir.path().join("web.yaml");
     std::fs::write(&manifest, web_manifest("user-service", 2, "")).expect("write manifest");
     coordinator.apply(&manifest);
@@ -242,6 +242,7 @@ fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
 
     // Some reconcile passes later: every daemon alive and answering, nothing moved.
     std::thread::sleep(Duration::from_secs(2));
+    assert!(coordinator.alive(), "the coordinator exited");
     for agent in agents.iter_mut() {
         assert!(agent.alive(), "an agent exited");
     }

@@ -45,6 +45,11 @@ const EXEC_POLL: Duration = Duration::from_millis(20);
 /// Bytes of an exec's output kept for the debug log.
 const EXEC_OUTPUT_KEPT: usize = 2048;
 
+/// The label holding the image reference as Drover gave it. Podman reports the reference it
+/// resolved instead ("user-service" becomes "localhost/user-service:latest"), Docker the one
+/// it was given; the label makes both report the latter.
+const IMAGE_LABEL: &str = "drover.image";
+
 /// A container engine reached over the Docker Engine API.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -61,6 +66,13 @@ fn is_exec_failure(message: &str) -> bool {
         || m.contains("executable file not found")
         || m.contains("not found in $path")
         || m.contains("permission denied"))
+}
+
+/// Whether an engine's error (other than a 404) says the container is gone: Podman answers
+/// 500 "container … does not exist in database: no such container" when it is removed while
+/// the request runs (e.g. inspected between a list and its removal).
+fn is_vanished_container(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("no such container")
 }
 
 impl DockerRuntime {
@@ -129,6 +141,11 @@ impl DockerRuntime {
             BollardError::DockerResponseServerError {
                 status_code: 404, ..
             } => RuntimeError::NotFound(target.to_owned()),
+            BollardError::DockerResponseServerError { message, .. }
+                if is_vanished_container(&message) =>
+            {
+                RuntimeError::NotFound(target.to_owned())
+            }
             BollardError::DockerResponseServerError { message, .. } => RuntimeError::Engine {
                 operation,
                 target: target.to_owned(),
@@ -472,6 +489,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             spec.labels
                 .iter()
                 .map(|(key, value)| (key.clone(), value.clone()))
+                .chain([(IMAGE_LABEL.to_owned(), spec.image.clone())])
                 .collect(),
         ),
         exposed_ports: (!exposed.is_empty()).then(|| exposed.into_iter().collect()),
@@ -498,10 +516,15 @@ fn container_info(inspection: ContainerInspectResponse) -> ContainerInfo {
         None => ContainerState::Other("unknown".to_owned()),
     };
     let mut host_ports = BTreeMap::new();
-    let published = inspection
-        .network_settings
-        .and_then(|settings| settings.ports)
-        .unwrap_or_default();
+    // A container that does not run publishes nothing. Docker reports no ports then; Podman
+    // still reports the mapping it will use, which nothing serves.
+    let published = match state {
+        ContainerState::Created | ContainerState::Exited { .. } => Default::default(),
+        _ => inspection
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .unwrap_or_default(),
+    };
     for (key, bindings) in published {
         let Some(container_port) = key
             .strip_suffix("/tcp")
@@ -517,6 +540,13 @@ fn container_info(inspection: ContainerInspectResponse) -> ContainerInfo {
             host_ports.insert(container_port, host_port);
         }
     }
+    let mut labels: BTreeMap<String, String> =
+        config.labels.unwrap_or_default().into_iter().collect();
+    // Containers created before the label existed report the engine's reference.
+    let image = labels
+        .remove(IMAGE_LABEL)
+        .or(config.image)
+        .unwrap_or_default();
     ContainerInfo {
         id: inspection.id.unwrap_or_default(),
         name: inspection
@@ -524,8 +554,8 @@ fn container_info(inspection: ContainerInspectResponse) -> ContainerInfo {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned(),
-        image: config.image.unwrap_or_default(),
-        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        image,
+        labels,
         state,
         // Never started: the engine reports year 1, before the epoch, so `None`.
         started_at: engine_state.started_at.as_deref().and_then(parse_rfc3339),
@@ -670,6 +700,64 @@ mod tests {
     }
 
     #[test]
+    fn a_container_removed_under_podman_is_not_found() {
+        assert!(is_vanished_container(
+            "container 0123abcd does not exist in database: no such container"
+        ));
+        assert!(is_vanished_container("No such container: web.1"));
+        assert!(!is_vanished_container("container name \"web.1\" is in use"));
+    }
+
+    /// A container as Podman 4.3's compatible API reports it: the resolved image
+    /// reference, and the port mapping also while it does not run.
+    fn podman_inspection(status: &str) -> ContainerInspectResponse {
+        let json = serde_json::json!({
+            "Id": "0123abcd",
+            "Name": "/web.1",
+            "State": {
+                "Status": status,
+                "ExitCode": 137,
+                "StartedAt": "2024-02-29T14:34:56.5+02:00",
+            },
+            "Config": {
+                "Image": "localhost/web:latest",
+                "Labels": {"drover.node": "n1", "drover.image": "web"},
+            },
+            "NetworkSettings": {
+                "Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "37199"}]},
+            },
+        });
+        serde_json::from_value(json).expect("a valid inspection")
+    }
+
+    #[test]
+    fn podman_inspections_read_as_dockers() {
+        let exited = container_info(podman_inspection("exited"));
+        assert_eq!(exited.name, "web.1");
+        assert_eq!(exited.state, ContainerState::Exited { code: 137 });
+        assert_eq!(
+            exited.image, "web",
+            "the reference Drover gave, not Podman's"
+        );
+        assert_eq!(
+            exited.labels,
+            BTreeMap::from([(labels::NODE.to_owned(), "n1".to_owned())])
+        );
+        assert!(exited.host_ports.is_empty(), "{:?}", exited.host_ports);
+        assert!(exited.started_at.is_some());
+
+        let running = container_info(podman_inspection("running"));
+        assert_eq!(running.host_ports, BTreeMap::from([(8080, 37199)]));
+
+        // A container created before the label: the engine's reference.
+        let mut old = podman_inspection("running");
+        if let Some(labels) = old.config.as_mut().and_then(|c| c.labels.as_mut()) {
+            labels.remove(IMAGE_LABEL);
+        }
+        assert_eq!(container_info(old).image, "localhost/web:latest");
+    }
+
+    #[test]
     fn parses_docker_and_podman_timestamps() {
         let at = |secs: u64, nanos: u32| Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos));
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), at(0, 0));
@@ -730,6 +818,9 @@ mod tests {
         assert_eq!(body.entrypoint, Some(vec!["/bin/web".to_owned()]));
         assert_eq!(body.cmd, None);
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
+        let labels = body.labels.clone().expect("labels");
+        assert_eq!(labels[labels::NODE], "n1");
+        assert_eq!(labels[IMAGE_LABEL], "web:1.2");
         assert_eq!(
             body.exposed_ports,
             Some(vec!["8080/tcp".to_owned(), "9090/tcp".to_owned()])
