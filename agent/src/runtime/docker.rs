@@ -1,6 +1,7 @@
 //! [`ContainerRuntime`] on Docker, or Podman's Docker-compatible API, through bollard.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bollard::errors::Error as BollardError;
@@ -55,6 +56,38 @@ const IMAGE_LABEL: &str = "drover.image";
 pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
+    /// The last inspection of each running container, with what the list said of it then:
+    /// while the list says the same, the inspection still holds (see [`Fingerprint`]).
+    inspected: Arc<Mutex<HashMap<String, (Fingerprint, ContainerInfo)>>>,
+}
+
+/// What the container list says of a running container that could change its inspection:
+/// its state and published ports. While both stay the same its labels, image and ports are
+/// as inspected, so a pass lists 50 containers with one request, not 51 (the list lacks
+/// start times and exit codes, which only change with the state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    state: String,
+    ports: Vec<(u16, Option<u16>)>,
+}
+
+impl Fingerprint {
+    /// `None` for a container that does not run: its exit code is read afresh every time.
+    fn of(summary: &bollard::models::ContainerSummary) -> Option<Fingerprint> {
+        let state = summary.state.as_ref()?.to_string();
+        if state != "running" {
+            return None;
+        }
+        let mut ports: Vec<(u16, Option<u16>)> = summary
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.private_port, p.public_port))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Some(Fingerprint { state, ports })
+    }
 }
 
 /// Whether an engine's start error says the container's command cannot run (missing or not
@@ -114,7 +147,11 @@ impl DockerRuntime {
             .negotiate_version()
             .await
             .map_err(|err| unreachable(format!("API version negotiation failed: {err}")))?;
-        let runtime = DockerRuntime { docker, endpoint };
+        let runtime = DockerRuntime {
+            docker,
+            endpoint,
+            inspected: Arc::new(Mutex::new(HashMap::new())),
+        };
         debug!(
             endpoint = %runtime.endpoint,
             api_version = %runtime.api_version(),
@@ -229,26 +266,56 @@ impl ContainerRuntime for DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(|err| self.error("list containers", &format!("labelled {selector}"), err))?;
-        // The list lacks start times (API 1.41), so every container is inspected, a few at a
-        // time.
-        let ids: Vec<String> = summaries
-            .into_iter()
-            .filter_map(|summary| summary.id)
-            .collect();
-        let inspections: Vec<Result<ContainerInfo, RuntimeError>> = futures_util::stream::iter(ids)
-            .map(|id: String| async move { self.inspect(&id).await })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .collect()
-            .await;
-        let mut containers = Vec::with_capacity(inspections.len());
-        for inspection in inspections {
+        // The list lacks start times and exit codes (API 1.41): a container is inspected,
+        // a few at a time, unless it runs as it did at its last inspection.
+        let mut containers = Vec::with_capacity(summaries.len());
+        let mut to_inspect = Vec::new();
+        {
+            let cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+            for summary in &summaries {
+                let Some(id) = summary.id.clone() else {
+                    continue;
+                };
+                let fingerprint = Fingerprint::of(summary);
+                match (cache.get(&id), &fingerprint) {
+                    (Some((seen, info)), Some(now)) if seen == now => containers.push(info.clone()),
+                    _ => to_inspect.push((id, fingerprint)),
+                }
+            }
+        }
+        let inspections: Vec<(Option<Fingerprint>, Result<ContainerInfo, RuntimeError>)> =
+            futures_util::stream::iter(to_inspect)
+                .map(
+                    |(id, fingerprint): (String, Option<Fingerprint>)| async move {
+                        (fingerprint, self.inspect(&id).await)
+                    },
+                )
+                .buffer_unordered(LIST_CONCURRENCY)
+                .collect()
+                .await;
+        let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+        for (fingerprint, inspection) in inspections {
             match inspection {
-                Ok(info) => containers.push(info),
+                Ok(info) => {
+                    match fingerprint {
+                        Some(f) if info.state == ContainerState::Running => {
+                            cache.insert(info.id.clone(), (f, info.clone()));
+                        }
+                        _ => {
+                            cache.remove(&info.id);
+                        }
+                    }
+                    containers.push(info);
+                }
                 // Removed between the list and its inspection.
                 Err(RuntimeError::NotFound(_)) => {}
                 Err(err) => return Err(err),
             }
         }
+        // Containers gone from the list are forgotten.
+        let listed: BTreeSet<&str> = summaries.iter().filter_map(|s| s.id.as_deref()).collect();
+        cache.retain(|id, _| listed.contains(id.as_str()));
+        drop(cache);
         containers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(containers)
     }
