@@ -87,8 +87,9 @@ pub struct SupervisorChannels {
 /// start of the next).
 const USAGE_INTERVAL: Duration = Duration::from_secs(5);
 /// Containers whose usage one sampling round reads at once. Docker takes about a second
-/// per sample (it waits for a second reading to compute the CPU share).
-const USAGE_CONCURRENCY: usize = 8;
+/// per sample (it waits for a second reading to compute the CPU share) and works for it:
+/// more at once slowed the engine's creates and starts of a large apply to half speed.
+const USAGE_CONCURRENCY: usize = 2;
 /// Grace period for containers whose spec is unknown (adopted, then undesired).
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
