@@ -84,8 +84,17 @@ impl Limits {
                 "args",
             ));
         }
-        let env: usize = spec.env.iter().map(|(k, v)| k.len() + v.len() + 1).sum::<usize>()
-            + spec.command.iter().chain(&spec.args).map(|a| a.len() + 1).sum::<usize>();
+        let env: usize = spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 1)
+            .sum::<usize>()
+            + spec
+                .command
+                .iter()
+                .chain(&spec.args)
+                .map(|a| a.len() + 1)
+                .sum::<usize>();
         if env > self.env_bytes as usize {
             problems.push(over(
                 "the size in bytes of the environment, command and args".into(),
