@@ -6,26 +6,23 @@
 //! images are built by examples/seed/build-images.sh. Every test labels its containers with
 //! its own node id and removes them when it ends, even by a panic.
 
+mod engine;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use drover_agent::runtime::conformance::{self, CONTAINER_PORT, Fixture};
-use drover_agent::runtime::{
-    ContainerRuntime, ContainerState, DockerRuntime, RuntimeError, labels,
-};
-use drover_agent::supervisor::{
-    AllocReport, DesiredAlloc, DesiredUpdate, LinkState, Supervisor, SupervisorChannels,
-};
+use drover_agent::runtime::{ContainerRuntime, ContainerState, DockerRuntime, RuntimeError};
+use drover_agent::supervisor::AllocReport;
 use drover_proto::model::{
-    AllocState, Allocation, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, ServiceSpec,
+    AllocState, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, ServiceSpec,
 };
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+
+use engine::{Agent, Cleanup, unique_node};
 
 /// The image the checks run: busybox httpd on port 8080 answering "drover-test-busybox <id>".
 const TEST_IMAGE: &str = "drover-test-busybox";
@@ -57,68 +54,17 @@ fn build_images() {
     }
 }
 
-/// A node id no other test (in this or another process) uses.
-fn unique_node() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    format!(
-        "test-{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Removes the test's containers when dropped, also while unwinding from a panic: those
-/// labelled with its node id and those named after it (checks label some with other nodes).
-/// Synchronous, through the docker CLI, so that it works outside the async runtime.
-struct Cleanup {
-    node: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut ids = Vec::new();
-        for filter in [
-            format!("label={}={}", labels::NODE, self.node),
-            format!("name={}", self.node),
-        ] {
-            let listed = Command::new("docker")
-                .args(["ps", "--all", "--quiet", "--no-trunc", "--filter", &filter])
-                .output();
-            match listed {
-                Ok(output) => ids.extend(
-                    String::from_utf8_lossy(&output.stdout)
-                        .split_whitespace()
-                        .map(str::to_owned),
-                ),
-                Err(err) => eprintln!("cleanup of {}: docker ps: {err}", self.node),
-            }
-        }
-        ids.sort();
-        ids.dedup();
-        if ids.is_empty() {
-            return;
-        }
-        let removed = Command::new("docker")
-            .args(["rm", "--force", "--volumes"])
-            .args(&ids)
-            .output();
-        if let Err(err) = removed {
-            eprintln!("cleanup of {}: docker rm: {err}", self.node);
-        }
-    }
-}
-
 /// A connected runtime, a fixture with a fresh node id, and the guard that cleans up after it.
 async fn setup() -> (DockerRuntime, Fixture, Cleanup) {
     build_images();
     let runtime = DockerRuntime::connect(None)
         .await
         .expect("connect to the Docker engine");
-    let node = unique_node();
-    let cleanup = Cleanup { node: node.clone() };
+    let node = unique_node("test");
+    let cleanup = Cleanup {
+        cli: "docker",
+        node: node.clone(),
+    };
     (runtime, Fixture::new(&node, TEST_IMAGE), cleanup)
 }
 
@@ -366,101 +312,6 @@ fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("response {head:?}")));
     }
     Ok(body.to_owned())
-}
-
-/// A supervisor running its loop on the real engine, fed as the link would feed it (one
-/// connected session).
-struct Agent {
-    desired: watch::Sender<Option<DesiredUpdate>>,
-    _link: watch::Sender<LinkState>,
-    statuses: watch::Receiver<BTreeMap<String, AllocReport>>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    version: u64,
-}
-
-impl Agent {
-    fn start(node: &str, runtime: &DockerRuntime, drain: Duration) -> Agent {
-        let (desired, desired_rx) = watch::channel(None);
-        let (link, link_rx) = watch::channel(LinkState {
-            session: 1,
-            connected: true,
-        });
-        let (status_tx, statuses) = watch::channel(BTreeMap::new());
-        let cancel = CancellationToken::new();
-        let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime.clone());
-        let mut supervisor = Supervisor::new(
-            node.to_owned(),
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            runtime,
-            SupervisorChannels {
-                desired: desired_rx,
-                link: link_rx,
-                statuses: status_tx,
-            },
-            Duration::from_secs(1),
-            cancel.clone(),
-        );
-        supervisor.set_drain(drain);
-        Agent {
-            desired,
-            _link: link,
-            statuses,
-            cancel,
-            task: tokio::spawn(supervisor.run()),
-            version: 0,
-        }
-    }
-
-    /// Sends a desired set: these allocations of `spec`, to run or to stop.
-    fn want(&mut self, node: &str, spec: &ServiceSpec, ids: &[String], desired: DesiredState) {
-        self.version += 1;
-        let allocations = ids
-            .iter()
-            .map(|id| {
-                let allocation = Allocation {
-                    id: id.clone(),
-                    service: spec.name.clone(),
-                    revision: 1,
-                    node: node.to_owned(),
-                    resources: Default::default(),
-                    desired,
-                    created_unix_ms: 0,
-                };
-                let spec = spec.clone();
-                (id.clone(), DesiredAlloc { allocation, spec })
-            })
-            .collect();
-        self.desired.send_replace(Some(DesiredUpdate {
-            version: self.version,
-            session: 1,
-            allocations,
-            store_id: "test".into(),
-        }));
-    }
-
-    /// Waits until `done` holds for the reported statuses; panics after `deadline`.
-    async fn wait_for(
-        &self,
-        what: &str,
-        deadline: Duration,
-        mut done: impl FnMut(&BTreeMap<String, AllocReport>) -> bool,
-    ) {
-        let until = Instant::now() + deadline;
-        while !done(&self.statuses.borrow()) {
-            assert!(
-                Instant::now() < until,
-                "{what}: not after {deadline:?}: {:#?}",
-                self.statuses.borrow()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        self.task.await.expect("supervisor panicked");
-    }
 }
 
 /// The test image with an HTTP readiness check on /healthz.
