@@ -524,32 +524,6 @@ mod tests {
     #[test]
     fn an_invalid_desired_set_is_dropped() {
         let (mut link, _routes, desired) = idle_link();
-        let set = |version, image: &str| {
-            let mut spec = ServiceSpec::new("web", "web:1");
-            spec.image = image.into();
-            let allocation = Allocation {
-                id: "web.1".into(),
-                service: "web".into(),
-                revision: 1,
-                node: "n1".into(),
-                resources: Resources::default(),
-                desired: drover_proto::model::DesiredState::Run,
-                created_unix_ms: 0,
-            };
-            pb::CoordinatorMessage {
-                body: Some(pb::coordinator_message::Body::Desired(
-                    (&DesiredSet {
-                        version,
-                        allocations: vec![drover_proto::model::DesiredAllocation {
-                            allocation,
-                            spec,
-                        }],
-                        store_id: "s1".into(),
-                    })
-                        .into(),
-                )),
-            }
-        };
         let applied = |desired: &watch::Receiver<Option<DesiredUpdate>>| {
             desired.borrow().as_ref().map(|d| {
                 (
@@ -559,12 +533,12 @@ mod tests {
                 )
             })
         };
-        link.on_message(set(3, "web:1"), 2);
+        link.on_message(desired_message("s1", 3, "web:1"), 2);
         assert_eq!(applied(&desired), Some((3, 2, Some("web:1".into()))));
         // No image: invalid, dropped.
-        link.on_message(set(4, ""), 2);
+        link.on_message(desired_message("s1", 4, ""), 2);
         assert_eq!(applied(&desired), Some((3, 2, Some("web:1".into()))));
-        link.on_message(set(5, "web:2"), 3);
+        link.on_message(desired_message("s1", 5, "web:2"), 3);
         assert_eq!(applied(&desired), Some((5, 3, Some("web:2".into()))));
     }
 

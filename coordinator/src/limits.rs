@@ -59,14 +59,7 @@ impl Limits {
     /// Problems with one spec, each naming the limit it breaks.
     pub fn check_spec(&self, spec: &ServiceSpec) -> Vec<String> {
         let mut problems = Vec::new();
-        if spec.replicas > self.replicas_per_service {
-            problems.push(over(
-                "replicas".into(),
-                spec.replicas as usize,
-                self.replicas_per_service,
-                "replicas_per_service",
-            ));
-        }
+        problems.extend(self.check_replicas(spec.replicas));
         if spec.image.len() > self.image_length as usize {
             problems.push(over(
                 "the image reference's length".into(),
@@ -112,6 +105,18 @@ impl Limits {
             }
         }
         problems
+    }
+
+    /// The problem with one service asking for `replicas`, if it is over the limit.
+    pub fn check_replicas(&self, replicas: u32) -> Option<String> {
+        (replicas > self.replicas_per_service).then(|| {
+            over(
+                "replicas".into(),
+                replicas as usize,
+                self.replicas_per_service,
+                "replicas_per_service",
+            )
+        })
     }
 
     /// The problem with a cluster of `services` services whose replicas add up to

@@ -486,8 +486,6 @@ pub fn scale(
         return Ok(());
     }
     let limits = &state.settings.limits;
-    let mut spec_check = ServiceSpec::new(name, "-");
-    spec_check.replicas = replicas;
     let others: u64 = state
         .stored
         .services
@@ -496,9 +494,7 @@ pub fn scale(
         .map(|r| u64::from(r.replicas))
         .sum();
     let problem = limits
-        .check_spec(&spec_check)
-        .into_iter()
-        .next()
+        .check_replicas(replicas)
         .or_else(|| limits.check_totals(state.stored.services.len(), others + u64::from(replicas)));
     // Scaling down is always allowed, even over limits lowered since.
     if let Some(problem) = problem.filter(|_| replicas > current.replicas) {
