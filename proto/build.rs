@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["drover/v1/control.proto", "drover/v1/agent.proto"];
+    let files = [
+        "drover/v1/control.proto",
+        "drover/v1/agent.proto",
+        "drover/v1/security.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

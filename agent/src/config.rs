@@ -72,6 +72,17 @@ pub struct Config {
     /// transfers reach it; smaller saves memory per bulk connection, larger saves CPU per
     /// byte (docs/benchmarks.md).
     pub proxy_buffer_size: usize,
+    /// Join token (`DRV1-…`, from `drover-coordinator token create --role agent`), used once
+    /// to get this node's certificate; later starts use the certificate kept in data_dir.
+    #[schemars(example = "DRV1-<CA digest>-<id>.<secret>")]
+    pub token: Option<String>,
+    /// File holding the join token; default: the coordinator's agent.token on this host
+    /// (/var/lib/drover/agent.token), when it exists.
+    #[schemars(example = "/etc/drover/agent.token")]
+    pub token_file: Option<PathBuf>,
+    /// No TLS, no certificate: only an insecure coordinator answers. For tests only; a
+    /// warning says so at start.
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -95,11 +106,16 @@ impl Default for Config {
             proxy_buffer_size: crate::proxy::ProxyConfig::default().buffer_size,
             link_source: None,
             drain_delay: Duration::from_secs(3),
+            token: None,
+            token_file: None,
+            insecure: false,
         }
     }
 }
 
-const ENV_KEYS: [&str; 18] = [
+const ENV_KEYS: [&str; 20] = [
+    "token",
+    "token_file",
     "link_source",
     "proxy_buffer_size",
     "drain_delay",
@@ -127,7 +143,32 @@ pub use drover_daemon::ConfigError;
 #[error("no node_id configured and /etc/machine-id is unreadable: {0}")]
 pub struct NodeIdError(std::io::Error);
 
+/// Where a coordinator installed on this host keeps the join token for its agents.
+pub const LOCAL_AGENT_TOKEN_FILE: &str = "/var/lib/drover/agent.token";
+
 impl Config {
+    /// The join token: `token`, else the one in `token_file`, else the local coordinator's.
+    pub fn join_token(&self) -> Result<Option<drover_security::Token>, String> {
+        let (text, from) = if let Some(token) = &self.token {
+            (token.clone(), "token".to_string())
+        } else {
+            let path = self
+                .token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(LOCAL_AGENT_TOKEN_FILE));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => (text, path.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.token_file.is_none() => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(format!("token_file {}: {e}", path.display())),
+            }
+        };
+        text.parse()
+            .map(Some)
+            .map_err(|e| format!("the join token from {from}: {e}"))
+    }
+
     /// The default config file the package installs at [`DEFAULT_CONFIG_PATH`]: every option
     /// with its doc comment and default, commented out.
     pub fn default_file() -> Result<String, drover_daemon::RenderError> {

@@ -15,6 +15,9 @@ pub enum Error {
     /// Gossip could not start or stopped.
     #[error("gossip: {0}")]
     Gossip(String),
+    /// The node's credentials could not be loaded, obtained or kept.
+    #[error("credentials: {0}")]
+    Credentials(String),
     /// A background task failed unexpectedly.
     #[error("internal: {0}")]
     Internal(String),

@@ -21,6 +21,7 @@ pub async fn join(
     node_id: &str,
     generation: u64,
     capacity: Resources,
+    keyring: Option<drover_membership::KeyringHandle>,
 ) -> Result<Membership, Error> {
     let mut membership = MembershipConfig::new(
         config.cluster_id.clone(),
@@ -31,6 +32,9 @@ pub async fn join(
     membership.advertise = SocketAddr::new(config.advertise, config.gossip_listen.port());
     membership.seeds = config.gossip_seeds.clone();
     membership.gossip_interval = config.gossip_interval;
+    if let Some(keyring) = keyring {
+        membership = membership.with_keyring(keyring);
+    }
     let labels =
         gossip::encode_labels(&config.labels).map_err(|e| Error::Config(format!("labels: {e}")))?;
     let initial = vec![

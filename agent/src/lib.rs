@@ -5,6 +5,7 @@
 //! stream to the coordinator; [`health`] probes replicas; [`server::run`] wires them.
 
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod gossip;
 pub mod health;

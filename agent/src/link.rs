@@ -7,6 +7,7 @@
 //! of every session so a coordinator that reconnected has the current totals at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::model::{DesiredSet, NodeInfo, RevisionTraffic, RoutePolicy};
@@ -16,9 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
+use crate::credentials::NodeCredentials;
 use crate::supervisor::{AllocReport, DesiredAlloc, DesiredUpdate, LinkState};
 
 /// What the link needs and feeds.
@@ -43,6 +44,11 @@ pub struct Link {
     pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
     /// Source address of the connection to the coordinator; `None` lets the kernel choose.
     pub source: Option<std::net::IpAddr>,
+    /// The node's credentials, renewed while the agent runs; `None`: plain gRPC to an
+    /// insecure coordinator (tests only).
+    pub credentials: Option<watch::Receiver<Arc<NodeCredentials>>>,
+    /// The gossip keyring the coordinator sends (base64, the key in use first).
+    pub gossip_keys: watch::Sender<Vec<String>>,
     /// Identity of the coordinator store whose desired set was applied; start with `None`.
     /// A set from another store (the coordinator's state was reset or restored) is applied
     /// whatever its version: versions count within one store.
@@ -90,18 +96,26 @@ impl Link {
     }
 
     async fn session(&mut self, url: &str, session: u64) -> Result<(), String> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("coordinator URL {url:?}: {e}"))?
+        let endpoint = drover_security::transport::endpoint(url)
+            .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(5))
             // A coordinator cut off must show as a dead session in seconds.
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true)
             .local_address(self.source);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect {url}: {}", source_text(&e)))?;
+        // Each session dials with the newest certificate; a renewal leaves open ones be.
+        let connected = match &self.credentials {
+            Some(credentials) => {
+                let tls = credentials
+                    .borrow()
+                    .tls(self.source)
+                    .map_err(|e| e.to_string())?;
+                tls.connect(endpoint).await
+            }
+            None => endpoint.connect().await,
+        };
+        let channel = connected.map_err(|e| format!("connect {url}: {}", source_text(&e)))?;
         let mut client = AgentLinkClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
         let mut sent = self.statuses.borrow_and_update().clone();
@@ -223,6 +237,14 @@ impl Link {
                     }
                     Err(e) => warn!(version, error = %e, "invalid desired set ignored"),
                 }
+            }
+            Some(pb::coordinator_message::Body::GossipKeys(keyring)) => {
+                if keyring.keys.is_empty() {
+                    warn!("an empty gossip keyring ignored");
+                    return;
+                }
+                info!(keys = keyring.keys.len(), "gossip keyring received");
+                self.gossip_keys.send_replace(keyring.keys);
             }
             Some(pb::coordinator_message::Body::Routes(policy)) => {
                 let version = policy.version;
@@ -351,6 +373,15 @@ mod tests {
             });
             Ok(Response::new(ReceiverStream::new(rx)))
         }
+
+        async fn renew_certificate(
+            &self,
+            _request: Request<pb::RenewRequest>,
+        ) -> Result<Response<pb::RenewResponse>, Status> {
+            Err(Status::unimplemented(
+                "the fake coordinator issues no certificates",
+            ))
+        }
     }
 
     fn web(revision: u64, connections: u64, failed: u64) -> RevisionTraffic {
@@ -408,6 +439,8 @@ mod tests {
             traffic,
             source: None,
             desired_store: None,
+            credentials: None,
+            gossip_keys: watch::channel(Vec::new()).0,
         };
         (link, routes_rx, desired_rx)
     }
@@ -581,6 +614,8 @@ mod tests {
             traffic: traffic_rx,
             source: None,
             desired_store: None,
+            credentials: None,
+            gossip_keys: watch::channel(Vec::new()).0,
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(link.run(shutdown.clone()));

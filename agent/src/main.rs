@@ -57,6 +57,14 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     engine: Option<String>,
+    /// Join token (used once, to get this node's certificate).
+    #[arg(long, env = "DROVER_AGENT_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// File holding the join token.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<PathBuf>,
 }
 
 #[tokio::main]

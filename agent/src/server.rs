@@ -9,9 +9,10 @@ use drover_membership::next_generation;
 use drover_proto::model::NodeInfo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::credentials;
 use crate::error::Error;
 use crate::gossip;
 use crate::host;
@@ -32,6 +33,7 @@ pub async fn run(
     runtime: Arc<dyn ContainerRuntime>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    drover_security::install_crypto_provider();
     let node_id = config
         .resolve_node_id()
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -58,13 +60,53 @@ pub async fn run(
     })?;
     info!(node = %node_id, generation, advertise = %config.advertise, cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes, "starting agent");
 
+    // Credentials before anything talks to the cluster: the first start joins with a token.
+    let credentials = if config.insecure {
+        warn!(
+            "insecure = true: plain gRPC, no certificate; only an insecure coordinator answers. For tests only"
+        );
+        None
+    } else {
+        let token = config.join_token().map_err(Error::Config)?;
+        let kept = credentials::obtain(
+            &config.data_dir,
+            &node_id,
+            token.as_ref(),
+            &config.coordinators,
+            &shutdown,
+        )
+        .await?;
+        Some(watch::channel(Arc::new(kept)))
+    };
+
+    let (gossip_keys_tx, mut gossip_keys_rx) = watch::channel(
+        credentials
+            .as_ref()
+            .map(|(_, rx)| rx.borrow().gossip_keys.clone())
+            .unwrap_or_default(),
+    );
     let (desired_tx, desired_rx) = watch::channel(None);
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
     let (routes_tx, routes_rx) = watch::channel(None);
     let (traffic_tx, traffic_rx) = watch::channel(Vec::new());
 
-    let membership = gossip::join(&config, &node_id, generation, capacity).await?;
+    // Gossip seals with the keyring the join gave (kept in the data dir); the coordinator
+    // sends a new one over the link when an operator rotates keys.
+    let keyring = match &credentials {
+        Some(_) => {
+            let keys = gossip_keys_rx.borrow_and_update().clone();
+            let keyring = drover_membership::Keyring::parse(&keys.join("\n")).map_err(|e| {
+                Error::Credentials(format!(
+                    "the gossip keyring kept in {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+            Some(drover_membership::KeyringHandle::new(keyring))
+        }
+        None => None,
+    };
+    let membership = gossip::join(&config, &node_id, generation, capacity, keyring.clone()).await?;
     // The agent's long-lived tasks: one that ends before shutdown stops the agent (non-zero,
     // so systemd restarts it; containers keep running and are adopted).
     let mut tasks = Tasks::new(shutdown.clone());
@@ -77,7 +119,31 @@ pub async fn run(
             ended = terminated => ended.map_err(|e| Error::Gossip(e.to_string())),
         }
     });
-    info!(listen = %config.gossip_listen, seeds = ?config.gossip_seeds, "joined gossip");
+    info!(listen = %config.gossip_listen, seeds = ?config.gossip_seeds, sealed = keyring.is_some(), "joined gossip");
+    if let Some(handle) = keyring {
+        let dir = config.data_dir.clone();
+        let stopping = shutdown.clone();
+        tasks.spawn_infallible("gossip-keys", async move {
+            loop {
+                tokio::select! {
+                    () = stopping.cancelled() => return,
+                    changed = gossip_keys_rx.changed() => if changed.is_err() { return },
+                }
+                let keys = gossip_keys_rx.borrow_and_update().clone();
+                match drover_membership::Keyring::parse(&keys.join("\n")) {
+                    Ok(keyring) => {
+                        if *handle.get() != keyring {
+                            handle.set(keyring);
+                            if let Err(e) = credentials::save_gossip_keys(&dir, &keys) {
+                                warn!(error = %e, "cannot keep the new gossip keyring; using it until restart");
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "an unusable gossip keyring from the coordinator ignored"),
+                }
+            }
+        });
+    }
 
     let mut supervisor = Supervisor::new(
         node_id.clone(),
@@ -111,7 +177,21 @@ pub async fn run(
         traffic: traffic_rx,
         source: config.link_source,
         desired_store: None,
+        credentials: credentials.as_ref().map(|(_, rx)| rx.clone()),
+        gossip_keys: gossip_keys_tx,
     };
+    if let Some((current, _)) = credentials {
+        tasks.spawn_infallible(
+            "certificate-renewal",
+            credentials::renew_forever(
+                config.data_dir.clone(),
+                config.coordinators.clone(),
+                config.link_source,
+                current,
+                shutdown.clone(),
+            ),
+        );
+    }
     tasks.spawn_infallible("link", link.run(shutdown.clone()));
 
     // Every node proxies each service's published port to healthy replicas anywhere:

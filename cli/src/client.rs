@@ -1,26 +1,113 @@
 //! Connecting to the coordinator, with errors that say where and why.
 
-use anyhow::Context;
-use drover_proto::pb::control_client::ControlClient;
-use tonic::transport::{Channel, Endpoint};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-/// Connects to the coordinator's Control API at `target`.
-pub async fn connect(target: &str) -> anyhow::Result<ControlClient<Channel>> {
-    let endpoint = Endpoint::from_shared(target.to_string())
-        .with_context(|| {
-            format!("invalid coordinator address {target:?} (expected e.g. http://127.0.0.1:7400)")
-        })?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        let cause = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| e.to_string());
-        anyhow::anyhow!(
-            "cannot reach the coordinator at {target}: {cause} (is drover-coordinator running? set --coordinator or DROVER_COORDINATOR)"
-        )
+use drover_security::Token;
+use drover_security::client::{self, ConnectError, OperatorAuth};
+
+pub use drover_security::client::Control;
+
+/// Where the CLI found its credentials, decided once in `main`.
+static AUTH: OnceLock<Auth> = OnceLock::new();
+
+/// The operator's credentials for this invocation.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A token, and where it came from (for error messages).
+    Token(Token, String),
+    /// No TLS: only for an insecure (test) coordinator.
+    Insecure,
+    /// None found: every call fails with this explanation.
+    Missing(String),
+}
+
+/// Sets the credentials `connect` uses; the first call wins.
+pub fn set_auth(auth: Auth) {
+    let _ = AUTH.set(auth);
+}
+
+/// The file `drover login` keeps the token in: `~/.config/drover/token`.
+pub fn login_file() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("drover").join("token"))
+}
+
+/// The admin token `drover dev` writes, in its default data dir.
+pub fn dev_token_file() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("drover").join("dev").join("admin.token"))
+}
+
+/// The admin token a coordinator installed from the packages writes.
+pub const PACKAGE_TOKEN_FILE: &str = "/var/lib/drover/admin.token";
+
+/// Finds the token: `--token`/`DROVER_TOKEN`, then `--token-file`/`DROVER_TOKEN_FILE`, then
+/// the file `drover login` wrote, then `drover dev`'s admin token, then the admin token of a
+/// coordinator installed on this host (readable by root).
+pub fn resolve_auth(token: Option<&str>, token_file: Option<&Path>, insecure: bool) -> Auth {
+    if insecure {
+        return Auth::Insecure;
+    }
+    let parse = |text: &str, from: String| match text.parse::<Token>() {
+        Ok(token) => Auth::Token(token, from),
+        Err(e) => Auth::Missing(format!("the token from {from} is unusable: {e}")),
+    };
+    if let Some(text) = token {
+        return parse(text, "--token/DROVER_TOKEN".into());
+    }
+    if let Some(path) = token_file {
+        return match std::fs::read_to_string(path) {
+            Ok(text) => parse(&text, path.display().to_string()),
+            Err(e) => Auth::Missing(format!(
+                "cannot read the token file {}: {e}",
+                path.display()
+            )),
+        };
+    }
+    let candidates = [
+        login_file(),
+        dev_token_file(),
+        Some(PathBuf::from(PACKAGE_TOKEN_FILE)),
+    ];
+    for path in candidates.into_iter().flatten() {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return parse(&text, path.display().to_string());
+        }
+    }
+    Auth::Missing(
+        "no token: pass --token or set DROVER_TOKEN, run `drover login --token ...`, or run as \
+         root on the coordinator's host (it reads /var/lib/drover/admin.token)"
+            .into(),
+    )
+}
+
+/// The token this invocation uses, if any.
+pub fn current_token() -> Option<Token> {
+    match AUTH.get() {
+        Some(Auth::Token(token, _)) => Some(token.clone()),
+        _ => None,
+    }
+}
+
+/// Connects to the coordinator's Control API at `target` with this invocation's credentials.
+pub async fn connect(target: &str) -> anyhow::Result<Control> {
+    let auth = AUTH
+        .get()
+        .cloned()
+        .unwrap_or(Auth::Missing("no credentials set".into()));
+    let (auth, from) = match auth {
+        Auth::Token(token, from) => (OperatorAuth::Token(token), from),
+        Auth::Insecure => (OperatorAuth::Insecure, String::new()),
+        Auth::Missing(why) => anyhow::bail!("{why}"),
+    };
+    let client = client::operator(target, &auth).await.map_err(|e| match e {
+        ConnectError::Unreachable { .. } => anyhow::anyhow!(
+            "{e} (is drover-coordinator running? set --coordinator or DROVER_COORDINATOR)"
+        ),
+        ConnectError::Refused { .. } => anyhow::anyhow!("{e} (token from {from})"),
+        ConnectError::Invalid(_) => anyhow::anyhow!("{e}"),
     })?;
     // A cluster's full status can be large; the coordinator bounds what it sends.
-    Ok(ControlClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    Ok(client.max_decoding_message_size(MAX_RESPONSE_BYTES))
 }
 
 /// Largest answer the CLI reads from the coordinator.
@@ -50,7 +137,7 @@ fn too_large(message: &str) -> Option<(u64, u64)> {
 
 /// One service's status from the coordinator; `what` names the request in errors.
 pub async fn service_status(
-    client: &mut drover_proto::pb::control_client::ControlClient<Channel>,
+    client: &mut Control,
     service: &str,
     what: &str,
 ) -> anyhow::Result<drover_proto::pb::ServiceStatus> {

@@ -327,9 +327,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
 }
 
 /// Names of every service.
-pub async fn service_names(
-    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
-) -> anyhow::Result<Vec<String>> {
+pub async fn service_names(client: &mut crate::client::Control) -> anyhow::Result<Vec<String>> {
     Ok(client
         .list_services(pb::ListServicesRequest {})
         .await
@@ -343,7 +341,7 @@ pub async fn service_names(
 
 /// The first published service port of `service`, if any.
 pub async fn service_port(
-    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+    client: &mut crate::client::Control,
     service: &str,
 ) -> anyhow::Result<Option<u32>> {
     let summary = client
@@ -359,7 +357,7 @@ pub async fn service_port(
 
 /// `address:host_port` of each running replica's first published port.
 pub async fn endpoints(
-    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+    client: &mut crate::client::Control,
     service: &str,
 ) -> anyhow::Result<Vec<String>> {
     let addresses = node_addresses(client).await?;
@@ -395,7 +393,7 @@ pub async fn endpoints(
 }
 
 async fn node_addresses(
-    client: &mut drover_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+    client: &mut crate::client::Control,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     Ok(client
         .list_nodes(pb::ListNodesRequest {})

@@ -72,7 +72,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the coordinator API on {}", args.listen))?;
-    let url = format!("http://{}", args.listen);
+    let url = args.listen.to_string();
 
     let runtime = DockerRuntime::connect(args.engine.as_deref())
         .await
@@ -84,6 +84,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: data_dir.join("agent"),
         gossip_listen: args.agent_gossip,
         gossip_seeds: vec![coordinator_gossip.to_string()],
+        token_file: Some(data_dir.join(drover_coordinator::security::AGENT_TOKEN_FILE)),
         ..drover_agent::Config::default()
     };
 
@@ -93,6 +94,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         listener,
         shutdown.clone(),
     ));
+    // The coordinator writes its tokens at start: the agent joins with one, this process
+    // (and the drover command in another terminal) uses the other.
+    let admin_token = data_dir.join(drover_coordinator::security::ADMIN_TOKEN_FILE);
+    tokio::select! {
+        written = wait_for_tokens(&data_dir) => written?,
+        ended = &mut coordinator => {
+            shutdown.cancel();
+            ended.context("coordinator task")?.context("coordinator")?;
+            anyhow::bail!("the coordinator stopped during start-up");
+        }
+    }
+    crate::client::set_auth(crate::client::resolve_auth(None, Some(&admin_token), false));
     let mut agent = tokio::spawn(drover_agent::run(
         agent_config,
         Arc::new(runtime),
@@ -120,6 +133,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     say!("  export DROVER_COORDINATOR={url}");
+    if Some(&admin_token) != crate::client::dev_token_file().as_ref() {
+        say!("  export DROVER_TOKEN_FILE={}", admin_token.display());
+    }
     if !args.apply.is_empty() {
         commands::apply(&url, &args.apply, false, "", None).await?;
         wait_and_show_endpoints(&url, args.listen.ip()).await?;
@@ -130,6 +146,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let agent = agent.await.context("agent task")?;
     coordinator.context("coordinator")?;
     agent.context("agent")?;
+    Ok(())
+}
+
+/// Waits until the coordinator has written its admin and agent tokens.
+async fn wait_for_tokens(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let files = [
+        drover_coordinator::security::ADMIN_TOKEN_FILE,
+        drover_coordinator::security::AGENT_TOKEN_FILE,
+    ];
+    while !files.iter().all(|f| data_dir.join(f).exists()) {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the coordinator wrote no tokens to {} within 30 s",
+                data_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

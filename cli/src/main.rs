@@ -6,6 +6,7 @@ mod dev;
 mod files;
 mod output;
 mod rollout;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -20,9 +21,19 @@ struct Cli {
         long,
         global = true,
         env = "DROVER_COORDINATOR",
-        default_value = "http://127.0.0.1:7400"
+        default_value = "127.0.0.1:7400"
     )]
     coordinator: String,
+    /// Token to authenticate with (default: the one `drover login` saved, or `drover
+    /// dev`'s, or the coordinator's admin token when run as root on its host).
+    #[arg(long, global = true, env = "DROVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the token.
+    #[arg(long, global = true, env = "DROVER_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// Talk plain gRPC to a coordinator started with `insecure = true` (tests only).
+    #[arg(long, global = true, env = "DROVER_INSECURE")]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,6 +128,22 @@ enum Command {
         #[arg(required = true, value_parser = commands::parse_weight)]
         weights: Vec<(u64, u32)>,
     },
+    /// Check a token against the coordinator and keep it for the next commands
+    /// (~/.config/drover/token, 0600).
+    Login,
+    /// Show the token in use: its name and role.
+    Whoami,
+    /// Make, list and revoke tokens (admin).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The gossip keyring (admin): list, install, use, remove. Rotate without downtime:
+    /// install a new key, use it, then remove the old one.
+    Gossip {
+        #[command(subcommand)]
+        command: GossipCommand,
+    },
     /// Show cluster events.
     Events {
         /// Start from this sequence number.
@@ -128,6 +155,56 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+}
+
+/// `drover gossip …`.
+#[derive(Debug, Subcommand)]
+enum GossipCommand {
+    /// Key ids, the one in use first.
+    Keys,
+    /// Add a key (base64 of 32 bytes; default: make one); every member gets it.
+    Install {
+        /// The key; default: a new random one.
+        key: Option<String>,
+    },
+    /// Seal with this key (by id) from now on.
+    Use {
+        /// Key id.
+        id: String,
+    },
+    /// Remove a key (by id); not the one in use.
+    Remove {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// `drover token …`.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; it is printed once and stored only as a hash.
+    Create {
+        /// A name for it, unique (e.g. ci, alice, edge-agents).
+        name: String,
+        /// admin (everything), operator (apply, scale, weights, rollouts, drain), read, or
+        /// agent (joins nodes).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Lifetime, e.g. 24h or 30d; default: no end.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Every token: id, name, role, expiry (never the secret).
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Revoke a token by id or name; it stops working at once.
+    Revoke {
+        /// Id or name.
+        token: String,
     },
 }
 
@@ -228,6 +305,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let target = cli.coordinator;
+    client::set_auth(client::resolve_auth(
+        cli.token.as_deref(),
+        cli.token_file.as_deref(),
+        cli.insecure,
+    ));
     match cli.command {
         Command::Dev(args) => {
             drover_daemon::init_logs();
@@ -296,5 +378,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             output,
         } => commands::events(&target, since, follow, output).await,
+        Command::Gossip { command } => {
+            use drover_proto::pb::gossip_key_request::Action;
+            let (action, key) = match command {
+                GossipCommand::Keys => (Action::List, String::new()),
+                GossipCommand::Install { key } => (Action::Install, key.unwrap_or_default()),
+                GossipCommand::Use { id } => (Action::Use, id),
+                GossipCommand::Remove { id } => (Action::Remove, id),
+            };
+            tokens::gossip_key(&target, action, key).await
+        }
+        Command::Login => tokens::login(&target).await,
+        Command::Whoami => tokens::whoami(&target).await,
+        Command::Token { command } => match command {
+            TokenCommand::Create { name, role, ttl } => {
+                tokens::create(&target, &name, &role, ttl).await
+            }
+            TokenCommand::List { output } => tokens::list(&target, output).await,
+            TokenCommand::Revoke { token } => tokens::revoke(&target, &token).await,
+        },
     }
 }

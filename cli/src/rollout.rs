@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use drover_proto::pb;
-use drover_proto::pb::control_client::ControlClient;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::client::{connect, refused, service_status};
 use crate::output::{Format, age, now_unix_ms, print_json, print_table, table};
@@ -92,7 +90,7 @@ pub fn line(s: &pb::RolloutStatus) -> String {
 }
 
 async fn get(
-    client: &mut ControlClient<Channel>,
+    client: &mut crate::client::Control,
     service: &str,
 ) -> anyhow::Result<pb::RolloutStatus> {
     Ok(client
@@ -106,7 +104,7 @@ async fn get(
 
 /// Why `revision` of `service` failed, from its revision history.
 async fn failure_of(
-    client: &mut ControlClient<Channel>,
+    client: &mut crate::client::Control,
     service: &str,
     revision: u64,
 ) -> anyhow::Result<String> {
@@ -132,7 +130,7 @@ fn reverted_from(status: &pb::RolloutStatus) -> Option<u64> {
 /// line whenever it changes, until it completes (Ok) or fails (Err naming the cause), or
 /// `timeout` passes.
 pub async fn follow(
-    client: &mut ControlClient<Channel>,
+    client: &mut crate::client::Control,
     service: &str,
     revision: Option<u64>,
     timeout: Option<Duration>,

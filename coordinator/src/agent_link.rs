@@ -11,7 +11,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::coordinator::Coordinator;
+use crate::changes::ChangeSet;
+use crate::coordinator::{Coordinator, now_unix_ms};
+use crate::security::Credentials;
 
 /// Implementation of `drover.v1.AgentLink`.
 #[derive(Debug, Clone)]
@@ -101,6 +103,7 @@ impl AgentLink for AgentLinkService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let credentials = Credentials::of(&request);
         let mut inbound = request.into_inner();
         let first = inbound
             .next()
@@ -131,7 +134,7 @@ impl AgentLink for AgentLinkService {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let serial = self
             .coordinator
-            .agent_connected(info, allocations, tx)
+            .agent_connected(info, credentials.peer.as_ref(), allocations, tx)
             .await?;
 
         let coordinator = self.coordinator.clone();
@@ -183,6 +186,28 @@ impl AgentLink for AgentLinkService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let credentials = Credentials::of(&request);
+        let csr = request.into_inner().csr_pem;
+        let Some(authority) = self.coordinator.authority() else {
+            return Err(Status::failed_precondition(
+                "this coordinator runs insecure: it issues no certificates",
+            ));
+        };
+        let mut inner = self.coordinator.lock().await;
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        let certificate_pem =
+            authority.renew(&inner.state, credentials.peer.as_ref(), &csr, &mut changes)?;
+        self.coordinator.commit(&mut inner, changes).await?;
+        Ok(Response::new(pb::RenewResponse {
+            certificate_pem,
+            ca_bundle_pem: authority.ca().bundle_pem().to_string(),
+        }))
     }
 }
 

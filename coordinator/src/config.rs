@@ -54,6 +54,18 @@ pub struct Config {
     /// (command and args of one service), image_length, request_bytes (the largest gRPC
     /// request; an apply carries all its manifests).
     pub limits: Limits,
+    /// Lifetime of the certificates nodes get when they join; agents renew theirs at a
+    /// random point between 50 % and 80 % of it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub node_cert_ttl: Duration,
+    /// Lifetime of the certificates the drover command gets for an operator token.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub operator_cert_ttl: Duration,
+    /// No TLS, no tokens: anyone who reaches the API may change the cluster. For tests only;
+    /// a warning says so at start.
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -70,6 +82,9 @@ impl Default for Config {
             gossip_interval: Duration::from_millis(250),
             down_node_expiry: Duration::from_secs(600),
             limits: Limits::default(),
+            node_cert_ttl: Duration::from_secs(90 * 24 * 3600),
+            operator_cert_ttl: Duration::from_secs(12 * 3600),
+            insecure: false,
         }
     }
 }

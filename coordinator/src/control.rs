@@ -1,21 +1,23 @@
 //! The operator's `Control` gRPC service.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use drover_proto::model::ServiceSpec;
 use drover_proto::pb;
 use drover_proto::pb::control_server::Control;
+use drover_security::Role;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tracing::info;
 
-use crate::changes::ChangeSet;
+use crate::api::{Command, Outcome};
 use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
-use crate::operations::{self, ApplyChange, NodeAction, RolloutAction};
+use crate::operations::{ApplyChange, NodeAction, RolloutAction};
+use crate::security::{self, Credentials, KeyAction};
+use crate::store::credentials::TokenRecord;
 use crate::views;
 
 /// Implementation of `drover.v1.Control`.
@@ -30,22 +32,75 @@ impl ControlService {
         ControlService { coordinator }
     }
 
-    async fn node_action(&self, node: String, action: NodeAction) -> Result<pb::NodeStatus, Error> {
-        let mut inner = self.coordinator.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        operations::node_action(&inner.state, &node, action, &mut changes)?;
-        self.coordinator.commit(&mut inner, changes).await?;
-        let allocated = inner
-            .state
-            .allocated_by_node()
-            .get(node.as_str())
-            .copied()
-            .unwrap_or_default();
-        let status = views::node_status(&inner.state, &node, allocated);
-        drop(inner);
-        info!(node = %node, ?action, "node flags changed");
-        self.coordinator.wake();
-        Ok(status)
+    async fn node_command(
+        &self,
+        request: Request<pb::NodeRequest>,
+        action: NodeAction,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let credentials = Credentials::of(&request);
+        let node = request.into_inner().node;
+        let status = self
+            .coordinator
+            .execute(
+                &credentials,
+                Command::Node { node, action },
+                |state, outcome| {
+                    let Outcome::Node(node) = outcome else {
+                        return Err(unexpected(outcome));
+                    };
+                    let allocated = state
+                        .allocated_by_node()
+                        .get(node.as_str())
+                        .copied()
+                        .unwrap_or_default();
+                    Ok(views::node_status(state, node, allocated))
+                },
+            )
+            .await?;
+        Ok(Response::new(status))
+    }
+
+    /// Runs a command that changes one service and answers with its summary.
+    async fn service_command(
+        &self,
+        credentials: Credentials,
+        command: Command,
+    ) -> Result<Response<pb::ServiceSummary>, Status> {
+        let summary = self
+            .coordinator
+            .execute(&credentials, command, |state, outcome| {
+                let Outcome::Service(name) = outcome else {
+                    return Err(unexpected(outcome));
+                };
+                views::service_summary(state, name).ok_or(Error::NotFound {
+                    kind: "service",
+                    name: name.clone(),
+                })
+            })
+            .await?;
+        Ok(Response::new(summary))
+    }
+}
+
+fn unexpected(outcome: &Outcome) -> Error {
+    Error::Internal(format!("unexpected outcome {outcome:?}"))
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound {
+        kind: "service",
+        name: name.to_string(),
+    }
+}
+
+fn token_info(record: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        role: record.role.clone(),
+        created_unix_ms: record.created_unix_ms,
+        expires_unix_ms: record.expires_unix_ms,
+        created_by: record.created_by.clone(),
     }
 }
 
@@ -67,6 +122,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let credentials = Credentials::of(&request);
         let request = request.into_inner();
         let specs = request
             .services
@@ -77,27 +133,18 @@ impl Control for ControlService {
                     .map_err(|e| Status::invalid_argument(format!("services[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut inner = self.coordinator.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        let outcomes =
-            operations::apply_services(&inner.state, &specs, &request.cause, &mut changes)?;
-        if !request.dry_run {
-            self.coordinator.commit(&mut inner, changes).await?;
-        }
-        drop(inner);
-        let changed = outcomes
-            .iter()
-            .filter(|o| o.change != ApplyChange::Unchanged)
-            .count();
-        info!(
-            services = outcomes.len(),
-            changed,
-            dry_run = request.dry_run,
-            "apply"
-        );
-        if !request.dry_run && changed > 0 {
-            self.coordinator.wake();
-        }
+        let command = Command::Apply {
+            specs,
+            cause: request.cause,
+            dry_run: request.dry_run,
+        };
+        let outcomes = self
+            .coordinator
+            .execute(&credentials, command, |_, outcome| match outcome {
+                Outcome::Applied(outcomes) => Ok(outcomes.clone()),
+                other => Err(unexpected(other)),
+            })
+            .await?;
         let results = outcomes
             .into_iter()
             .map(|o| pb::ApplyResult {
@@ -118,14 +165,19 @@ impl Control for ControlService {
         &self,
         request: Request<pb::DeleteServiceRequest>,
     ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        let credentials = Credentials::of(&request);
         let name = request.into_inner().name;
-        let mut inner = self.coordinator.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        let stopped = operations::delete_service(&inner.state, &name, &mut changes)?;
-        self.coordinator.commit(&mut inner, changes).await?;
-        drop(inner);
-        info!(service = %name, stopped, "service deleted");
-        self.coordinator.wake();
+        let stopped = self
+            .coordinator
+            .execute(
+                &credentials,
+                Command::DeleteService(name),
+                |_, outcome| match outcome {
+                    Outcome::Deleted(stopped) => Ok(*stopped),
+                    other => Err(unexpected(other)),
+                },
+            )
+            .await?;
         Ok(Response::new(pb::DeleteServiceResponse {
             stopped_allocations: stopped,
         }))
@@ -135,83 +187,86 @@ impl Control for ControlService {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let credentials = Credentials::of(&request);
         let name = request.into_inner().name;
-        let inner = self.coordinator.lock().await;
-        let status = views::service_status(&inner.state, &name).ok_or(Error::NotFound {
-            kind: "service",
-            name,
-        })?;
+        let status = self
+            .coordinator
+            .read(&credentials, |state, _| {
+                views::service_status(state, &name).ok_or_else(|| not_found(&name))
+            })
+            .await?;
         Ok(Response::new(status))
     }
 
     async fn list_services(
         &self,
-        _request: Request<pb::ListServicesRequest>,
+        request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let inner = self.coordinator.lock().await;
-        let services = inner
-            .state
-            .stored
-            .services
-            .keys()
-            .filter_map(|name| views::service_summary(&inner.state, name))
-            .collect();
+        let credentials = Credentials::of(&request);
+        let services = self
+            .coordinator
+            .read(&credentials, |state, _| {
+                Ok(state
+                    .stored
+                    .services
+                    .keys()
+                    .filter_map(|name| views::service_summary(state, name))
+                    .collect())
+            })
+            .await?;
         Ok(Response::new(pb::ListServicesResponse { services }))
     }
 
     async fn list_nodes(
         &self,
-        _request: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let inner = self.coordinator.lock().await;
-        Ok(Response::new(pb::ListNodesResponse {
-            nodes: views::nodes(&inner.state),
-        }))
+        let credentials = Credentials::of(&request);
+        let nodes = self
+            .coordinator
+            .read(&credentials, |state, _| Ok(views::nodes(state)))
+            .await?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
     async fn cordon(
         &self,
         request: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        let node = request.into_inner().node;
-        Ok(Response::new(
-            self.node_action(node, NodeAction::Cordon).await?,
-        ))
+        self.node_command(request, NodeAction::Cordon).await
     }
 
     async fn uncordon(
         &self,
         request: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        let node = request.into_inner().node;
-        Ok(Response::new(
-            self.node_action(node, NodeAction::Uncordon).await?,
-        ))
+        self.node_command(request, NodeAction::Uncordon).await
     }
 
     async fn drain(
         &self,
         request: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        let node = request.into_inner().node;
-        Ok(Response::new(
-            self.node_action(node, NodeAction::Drain).await?,
-        ))
+        self.node_command(request, NodeAction::Drain).await
     }
 
     async fn remove_node(
         &self,
         request: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let credentials = Credentials::of(&request);
         let node = request.into_inner().node;
-        let mut inner = self.coordinator.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        let allocations = operations::remove_node(&inner.state, &node, &mut changes)?;
-        self.coordinator.commit(&mut inner, changes).await?;
-        inner.state.nodes.remove(&node);
-        drop(inner);
-        info!(node = %node, allocations, "node removed");
-        self.coordinator.wake();
+        let allocations = self
+            .coordinator
+            .execute(
+                &credentials,
+                Command::RemoveNode(node.clone()),
+                |_, outcome| match outcome {
+                    Outcome::NodeRemoved(n) => Ok(*n),
+                    other => Err(unexpected(other)),
+                },
+            )
+            .await?;
         Ok(Response::new(pb::RemoveNodeResponse { node, allocations }))
     }
 
@@ -219,54 +274,40 @@ impl Control for ControlService {
         &self,
         request: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ServiceSummary>, Status> {
+        let credentials = Credentials::of(&request);
         let request = request.into_inner();
-        let mut inner = self.coordinator.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        operations::scale(&inner.state, &request.name, request.replicas, &mut changes)?;
-        self.coordinator.commit(&mut inner, changes).await?;
-        let summary =
-            views::service_summary(&inner.state, &request.name).ok_or(Error::NotFound {
-                kind: "service",
-                name: request.name.clone(),
-            })?;
-        drop(inner);
-        info!(service = %request.name, replicas = request.replicas, "service scaled");
-        self.coordinator.wake();
-        Ok(Response::new(summary))
+        let command = Command::Scale {
+            name: request.name,
+            replicas: request.replicas,
+        };
+        self.service_command(credentials, command).await
     }
 
     async fn set_weights(
         &self,
         request: Request<pb::SetWeightsRequest>,
     ) -> Result<Response<pb::ServiceSummary>, Status> {
+        let credentials = Credentials::of(&request);
         let request = request.into_inner();
-        let weights: BTreeMap<u64, u32> = request.revision_weights.into_iter().collect();
-        let mut inner = self.coordinator.lock().await;
-        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
-        operations::set_weights(&inner.state, &request.name, weights, &mut changes)?;
-        self.coordinator.commit(&mut inner, changes).await?;
-        let summary =
-            views::service_summary(&inner.state, &request.name).ok_or(Error::NotFound {
-                kind: "service",
-                name: request.name.clone(),
-            })?;
-        drop(inner);
-        info!(service = %request.name, "traffic weights set");
-        self.coordinator.wake();
-        Ok(Response::new(summary))
+        let command = Command::SetWeights {
+            name: request.name,
+            weights: request.revision_weights.into_iter().collect(),
+        };
+        self.service_command(credentials, command).await
     }
 
     async fn get_rollout(
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let credentials = Credentials::of(&request);
         let name = request.into_inner().name;
-        let inner = self.coordinator.lock().await;
-        let status =
-            views::rollout_status(&inner.state, &name, now_unix_ms()).ok_or(Error::NotFound {
-                kind: "service",
-                name,
-            })?;
+        let status = self
+            .coordinator
+            .read(&credentials, |state, _| {
+                views::rollout_status(state, &name, now_unix_ms()).ok_or_else(|| not_found(&name))
+            })
+            .await?;
         Ok(Response::new(status))
     }
 
@@ -274,6 +315,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let credentials = Credentials::of(&request);
         let request = request.into_inner();
         let action = match pb::RolloutActionKind::try_from(request.action) {
             Ok(pb::RolloutActionKind::Pause) => RolloutAction::Pause,
@@ -291,20 +333,137 @@ impl Control for ControlService {
                 )));
             }
         };
-        let mut inner = self.coordinator.lock().await;
-        let now = now_unix_ms();
-        let mut changes = ChangeSet::new(&inner.state, now);
-        operations::rollout_action(&inner.state, &request.name, action, &mut changes)?;
-        self.coordinator.commit(&mut inner, changes).await?;
-        let status =
-            views::rollout_status(&inner.state, &request.name, now).ok_or(Error::NotFound {
-                kind: "service",
-                name: request.name.clone(),
-            })?;
-        drop(inner);
-        info!(service = %request.name, action = ?action, "rollout action");
-        self.coordinator.wake();
+        let command = Command::Rollout {
+            name: request.name,
+            action,
+        };
+        let status = self
+            .coordinator
+            .execute(&credentials, command, |state, outcome| {
+                let Outcome::Service(name) = outcome else {
+                    return Err(unexpected(outcome));
+                };
+                views::rollout_status(state, name, now_unix_ms()).ok_or_else(|| not_found(name))
+            })
+            .await?;
         Ok(Response::new(status))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let credentials = Credentials::of(&request);
+        let request = request.into_inner();
+        let role: Role = request.role.parse().map_err(|e: String| {
+            Status::invalid_argument(format!("CreateTokenRequest.role: {e}"))
+        })?;
+        let command = Command::CreateToken {
+            name: request.name,
+            role,
+            ttl: (request.ttl_seconds > 0).then(|| Duration::from_secs(request.ttl_seconds)),
+        };
+        let (token, info) = self
+            .coordinator
+            .execute(&credentials, command, |_, outcome| match outcome {
+                Outcome::TokenCreated(token, record) => Ok((token.clone(), token_info(record))),
+                other => Err(unexpected(other)),
+            })
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            info: Some(info),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let credentials = Credentials::of(&request);
+        let tokens = self
+            .coordinator
+            .read(&credentials, |state, caller| {
+                caller.require(Role::Admin, "listing tokens")?;
+                Ok(security::tokens(state).map(token_info).collect())
+            })
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let credentials = Credentials::of(&request);
+        let token = request.into_inner().token;
+        let info = self
+            .coordinator
+            .execute(
+                &credentials,
+                Command::RevokeToken(token),
+                |_, outcome| match outcome {
+                    Outcome::TokenRevoked(record) => Ok(token_info(record)),
+                    other => Err(unexpected(other)),
+                },
+            )
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let credentials = Credentials::of(&request);
+        let info = self
+            .coordinator
+            .read(&credentials, |state, caller| {
+                Ok(security::tokens(state)
+                    .find(|t| t.id == caller.token_id)
+                    .map(token_info)
+                    .unwrap_or_else(|| pb::TokenInfo {
+                        name: caller.name.clone(),
+                        role: caller.role.to_string(),
+                        ..pb::TokenInfo::default()
+                    }))
+            })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn gossip_key(
+        &self,
+        request: Request<pb::GossipKeyRequest>,
+    ) -> Result<Response<pb::GossipKeyring>, Status> {
+        let credentials = Credentials::of(&request);
+        let request = request.into_inner();
+        let action = match pb::gossip_key_request::Action::try_from(request.action) {
+            Ok(pb::gossip_key_request::Action::List) => KeyAction::List,
+            Ok(pb::gossip_key_request::Action::Install) => {
+                KeyAction::Install(Some(request.key).filter(|k| !k.is_empty()))
+            }
+            Ok(pb::gossip_key_request::Action::Use) => KeyAction::Use(request.key),
+            Ok(pb::gossip_key_request::Action::Remove) => KeyAction::Remove(request.key),
+            Ok(pb::gossip_key_request::Action::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "GossipKeyRequest.action: unknown action {}",
+                    request.action
+                )));
+            }
+        };
+        let key_ids = self
+            .coordinator
+            .execute(
+                &credentials,
+                Command::GossipKey(action),
+                |_, outcome| match outcome {
+                    Outcome::Keyring(ids) => Ok(ids.clone()),
+                    other => Err(unexpected(other)),
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::GossipKeyring { key_ids }))
     }
 
     type WatchEventsStream = EventStream;
@@ -313,6 +472,8 @@ impl Control for ControlService {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let credentials = Credentials::of(&request);
+        self.coordinator.read(&credentials, |_, _| Ok(())).await?;
         let request = request.into_inner();
         // Subscribe before reading the backlog so nothing falls between the two.
         let mut live = self.coordinator.subscribe();

@@ -19,6 +19,7 @@ use crate::events;
 use crate::failure;
 use crate::reconcile;
 use crate::rollout;
+use crate::security::Authority;
 use crate::state::{ClusterState, NodeEntry, Settings};
 use crate::store::{EventRecord, RolloutPhase, Store, Write, counters};
 
@@ -34,6 +35,8 @@ struct AgentSession {
     tx: AgentSender,
     /// Last desired set sent, to send only changes.
     sent_desired: Option<Vec<drover_proto::model::DesiredAllocation>>,
+    /// Last gossip keyring sent.
+    sent_gossip_keys: Option<Vec<String>>,
     /// Last route policy sent (its services), to send only changes.
     sent_routes: Option<Vec<drover_proto::model::ServiceRoute>>,
 }
@@ -60,6 +63,10 @@ pub struct Coordinator {
     store: Arc<dyn Store>,
     events: broadcast::Sender<EventRecord>,
     wake: Notify,
+    /// The CA and its policy; `None` only when the coordinator runs insecure (tests).
+    authority: Option<Arc<Authority>>,
+    /// The keyring this coordinator's gossip seals with, kept equal to the stored one.
+    keyring: std::sync::OnceLock<drover_membership::KeyringHandle>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -76,6 +83,7 @@ impl Coordinator {
         store: Arc<dyn Store>,
         cluster_id: &str,
         settings: Settings,
+        authority: Option<Arc<Authority>>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Coordinator>, Error> {
         let loaded = {
@@ -109,6 +117,8 @@ impl Coordinator {
             store,
             events,
             wake: Notify::new(),
+            authority,
+            keyring: std::sync::OnceLock::new(),
         });
         let mut inner = coordinator.inner.lock().await;
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
@@ -125,6 +135,17 @@ impl Coordinator {
         coordinator.commit(&mut inner, changes).await?;
         drop(inner);
         Ok(coordinator)
+    }
+
+    /// The CA and its policy; `None` when the coordinator runs insecure.
+    pub fn authority(&self) -> Option<&Authority> {
+        self.authority.as_deref()
+    }
+
+    /// Sets the keyring of this coordinator's gossip; later commits that change the stored
+    /// keyring change it too.
+    pub fn set_keyring(&self, keyring: drover_membership::KeyringHandle) {
+        let _ = self.keyring.set(keyring);
     }
 
     /// Locks the state.
@@ -191,6 +212,21 @@ impl Coordinator {
             .await
             .map_err(|e| Error::Internal(format!("store commit task: {e}")))??;
         inner.state.apply(&writes);
+        let keys_changed = writes.iter().any(|w| {
+            matches!(
+                w,
+                Write::PutCredential(crate::store::credentials::Credential::GossipKeys { .. })
+            )
+        });
+        if keys_changed && let Some(handle) = self.keyring.get() {
+            match crate::security::keyring(&inner.state) {
+                Ok(Some(keyring)) => handle.set(keyring),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "the stored gossip keyring is unusable; gossip keeps the old one")
+                }
+            }
+        }
         for event in events {
             debug!(seq = event.seq, kind = %event.kind, subject = %event.subject, "event");
             // No subscribers is fine.
@@ -298,8 +334,23 @@ impl Coordinator {
         // Versions count within one store; agents reset theirs when this changes.
         let store_id = inner.state.stored.store_id.clone();
         let routes = route_policy(&inner.state);
+        let gossip_keys = crate::security::gossip_keys(&inner.state);
         let nodes: Vec<String> = inner.agents.keys().cloned().collect();
         for node in nodes {
+            // The keyring first: a key in use must reach every agent before it seals.
+            if let Some(session) = inner.agents.get_mut(&node)
+                && !gossip_keys.is_empty()
+                && session.sent_gossip_keys.as_ref() != Some(&gossip_keys)
+            {
+                let message = pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::GossipKeys(pb::GossipKeys {
+                        keys: gossip_keys.clone(),
+                    })),
+                };
+                if session.tx.try_send(Ok(message)).is_ok() {
+                    session.sent_gossip_keys = Some(gossip_keys.clone());
+                }
+            }
             let desired = desired_set(&inner.state, &node);
             let Some(session) = inner.agents.get(&node) else {
                 continue;
@@ -358,11 +409,16 @@ impl Coordinator {
     pub async fn agent_connected(
         &self,
         info: NodeInfo,
+        peer: Option<&drover_security::PeerCert>,
         running: Vec<(String, AllocStatus)>,
         tx: AgentSender,
     ) -> Result<u64, Error> {
         let mut inner = self.inner.lock().await;
         let node = info.id.clone();
+        // A node is who its certificate says, never what its hello claims.
+        if self.authority.is_some() {
+            crate::security::check_node_certificate(&inner.state, peer, &node, now_unix_ms())?;
+        }
         let generation = info.generation;
         if let Some(live) = inner.agents.get(&node)
             && live.generation > generation
@@ -435,6 +491,7 @@ impl Coordinator {
                 tx,
                 sent_desired: None,
                 sent_routes: None,
+                sent_gossip_keys: None,
             },
         );
         self.commit(&mut inner, changes).await?;

@@ -20,6 +20,13 @@ pub enum Error {
     /// limit reached); nothing was changed.
     #[error("{0}")]
     Refused(String),
+    /// The caller did not prove who it is (no token, an unknown or revoked one, a
+    /// certificate for someone else); nothing was changed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role does not allow the request; nothing was changed.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed; the change was not made.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -34,6 +41,8 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
             Error::NotFound { .. } => tonic::Status::not_found(e.to_string()),
             Error::Refused(_) => tonic::Status::failed_precondition(e.to_string()),
+            Error::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
+            Error::Forbidden(_) => tonic::Status::permission_denied(e.to_string()),
             Error::Store(_) => tonic::Status::unavailable(e.to_string()),
             Error::Internal(_) => tonic::Status::internal(e.to_string()),
         }

@@ -52,3 +52,9 @@ pub const ROLLOUT_REVERTED: &str = "rollout_reverted";
 pub const ROLLOUT_COMPLETED: &str = "rollout_completed";
 /// An operator removed a down node for good.
 pub const NODE_REMOVED: &str = "node_removed";
+/// An operator's request changed something (who, what).
+pub const API_REQUEST: &str = "api_request";
+/// A token was made or revoked.
+pub const TOKEN_CHANGED: &str = "token_changed";
+/// A node joined with a token, or renewed its certificate.
+pub const NODE_CERTIFIED: &str = "node_certified";

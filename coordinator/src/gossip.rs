@@ -15,7 +15,11 @@ use crate::coordinator::Coordinator;
 use crate::error::Error;
 
 /// Joins gossip when configured; `None` when `gossip_listen` is unset.
-pub async fn join(config: &Config, grpc: SocketAddr) -> Result<Option<Membership>, Error> {
+pub async fn join(
+    config: &Config,
+    grpc: SocketAddr,
+    keyring: Option<drover_membership::KeyringHandle>,
+) -> Result<Option<Membership>, Error> {
     let Some(listen) = config.gossip_listen else {
         return Ok(None);
     };
@@ -34,6 +38,9 @@ pub async fn join(config: &Config, grpc: SocketAddr) -> Result<Option<Membership
     membership.advertise = config.gossip_advertise(listen);
     membership.seeds = config.gossip_seeds.clone();
     membership.gossip_interval = config.gossip_interval;
+    if let Some(keyring) = keyring {
+        membership = membership.with_keyring(keyring);
+    }
     let grpc = SocketAddr::new(membership.advertise.ip(), grpc.port());
     let initial = vec![
         (

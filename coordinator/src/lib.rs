@@ -6,6 +6,8 @@
 //! them, and pushes results to agents.
 
 pub mod agent_link;
+pub mod api;
+pub mod bootstrap;
 pub mod changes;
 pub mod config;
 pub mod control;
@@ -19,6 +21,7 @@ pub mod operations;
 pub mod reconcile;
 pub mod rollout;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -41,6 +41,34 @@ struct Args {
     #[arg(long = "gossip-seed")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     gossip_seeds: Vec<String>,
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Tokens, made by the coordinator running on this host with its admin token.
+    Token {
+        #[command(subcommand)]
+        command: TokenSub,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenSub {
+    /// Make a token and print it (once): `--role agent` joins nodes.
+    Create {
+        /// A unique name (default: the role and the time).
+        #[arg(long)]
+        name: Option<String>,
+        /// agent, operator, read or admin.
+        #[arg(long, default_value = "agent")]
+        role: String,
+        /// Lifetime, e.g. 24h; default: no end.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
 }
 
 #[tokio::main]
@@ -52,6 +80,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(args.config.as_deref(), Serialized::globals(&args))?;
+    if let Some(Sub::Token {
+        command: TokenSub::Create { name, role, ttl },
+    }) = args.command
+    {
+        return create_token(&config, name, &role, ttl).await;
+    }
     info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, data_dir = %config.data_dir.display(), "starting coordinator");
 
     std::fs::create_dir_all(&config.data_dir)
@@ -66,5 +100,53 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
     drover_coordinator::run(config, Arc::new(store), listener, shutdown).await?;
+    Ok(())
+}
+
+/// `drover-coordinator token create`: asks the coordinator running with `config` for a
+/// token, authenticated by the admin token in its data dir.
+async fn create_token(
+    config: &Config,
+    name: Option<String>,
+    role: &str,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    drover_security::install_crypto_provider();
+    let path = config
+        .data_dir
+        .join(drover_coordinator::security::ADMIN_TOKEN_FILE);
+    let admin: drover_security::Token = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the admin token {} (run as root or as the drover user, after the coordinator's first start)", path.display()))?
+        .parse()
+        .with_context(|| format!("the admin token in {}", path.display()))?;
+    let ip = if config.listen.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        config.listen.ip()
+    };
+    let address = SocketAddr::new(ip, config.listen.port()).to_string();
+    let mut client = drover_security::client::operator(
+        &address,
+        &drover_security::client::OperatorAuth::Token(admin),
+    )
+    .await?;
+    let name = name.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("{role}-{now}")
+    });
+    let made = client
+        .create_token(drover_proto::pb::CreateTokenRequest {
+            name: name.clone(),
+            role: role.to_string(),
+            ttl_seconds: ttl.map(|t| t.as_secs().max(1)).unwrap_or(0),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("create token {name:?}: {}", s.message()))?
+        .into_inner();
+    println!("{}", made.token);
+    eprintln!("{role} token {name:?} created; it is shown only now");
     Ok(())
 }

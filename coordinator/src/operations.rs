@@ -194,6 +194,21 @@ pub enum RolloutAction {
     Undo(Option<u64>),
 }
 
+impl RolloutAction {
+    /// The action as a word, for the event log.
+    pub fn verb(self) -> String {
+        match self {
+            RolloutAction::Pause => "pause".into(),
+            RolloutAction::Resume => "resume".into(),
+            RolloutAction::Promote => "promote".into(),
+            RolloutAction::Abort => "abort".into(),
+            RolloutAction::Restart => "restart".into(),
+            RolloutAction::Undo(None) => "undo".into(),
+            RolloutAction::Undo(Some(revision)) => format!("undo to revision {revision}"),
+        }
+    }
+}
+
 /// Applies an operator's rollout action to a service.
 pub fn rollout_action(
     state: &ClusterState,
@@ -598,6 +613,17 @@ pub enum NodeAction {
     Uncordon,
     /// Move allocations away, then stay cordoned.
     Drain,
+}
+
+impl NodeAction {
+    /// The action as a word, for the event log.
+    pub fn verb(self) -> &'static str {
+        match self {
+            NodeAction::Cordon => "cordon",
+            NodeAction::Uncordon => "uncordon",
+            NodeAction::Drain => "drain",
+        }
+    }
 }
 
 /// Changes a node's operator flags.

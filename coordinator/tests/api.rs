@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 #[tokio::test]
 async fn apply_place_report_scale_delete() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
 
     let applied = client
         .apply(pb::ApplyRequest {
@@ -53,7 +53,7 @@ async fn apply_place_report_scale_delete() {
         .expect("scale to 0");
     let mut agents = Vec::new();
     for id in ["n1", "n2", "n3"] {
-        agents.push(FakeAgent::connect(&server.url, id, &[("zone", "a")]).await);
+        agents.push(FakeAgent::connect(&server, id, &[("zone", "a")]).await);
     }
     eventually("3 ready nodes", async || {
         let nodes = client
@@ -208,7 +208,7 @@ async fn apply_place_report_scale_delete() {
 #[tokio::test]
 async fn invalid_apply_changes_nothing() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
@@ -291,7 +291,7 @@ async fn invalid_apply_changes_nothing() {
 #[tokio::test]
 async fn revisions_and_weights() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
@@ -386,8 +386,8 @@ async fn revisions_and_weights() {
 #[tokio::test]
 async fn drain_moves_replicas_before_stopping_them() {
     let server = start().await;
-    let mut client = control(&server.url).await;
-    let mut a = FakeAgent::connect(&server.url, "a", &[]).await;
+    let mut client = control(&server).await;
+    let mut a = FakeAgent::connect(&server, "a", &[]).await;
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
@@ -401,7 +401,7 @@ async fn drain_moves_replicas_before_stopping_them() {
     let first = a.running_ids();
     a.report(&first, pb::AllocState::Healthy, 31000).await;
 
-    let mut b = FakeAgent::connect(&server.url, "b", &[]).await;
+    let mut b = FakeAgent::connect(&server, "b", &[]).await;
     let drained = client
         .drain(pb::NodeRequest { node: "a".into() })
         .await

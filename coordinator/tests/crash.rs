@@ -1,13 +1,14 @@
 //! A coordinator killed with SIGKILL in the middle of a stream of applies loses none that it
 //! acknowledged: the real binary, a real store file, real signals.
 
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_proto::model::ServiceSpec;
 use drover_proto::pb;
-use drover_proto::pb::control_client::ControlClient;
-use tonic::transport::Channel;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,21 +33,8 @@ fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
         .expect("spawn drover-coordinator")
 }
 
-async fn connect(port: u16) -> ControlClient<Channel> {
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match ControlClient::connect(url.clone()).await {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "coordinator did not come up on {url}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+async fn connect(port: u16, data_dir: &Path) -> common::Control {
+    common::admin_when_up(&format!("127.0.0.1:{port}"), data_dir).await
 }
 
 fn spec(i: usize) -> pb::ServiceSpec {
@@ -64,7 +52,7 @@ async fn sigkill_loses_no_acknowledged_apply() {
     // Kill at different moments of the apply stream.
     for (round, kill_after) in [150u64, 420, 75, 900].into_iter().enumerate() {
         let mut child = spawn(dir.path(), port);
-        let mut client = connect(port).await;
+        let mut client = connect(port, dir.path()).await;
         let applying = async {
             loop {
                 let name = format!("svc-{next}");
@@ -95,7 +83,7 @@ async fn sigkill_loses_no_acknowledged_apply() {
     }
 
     let mut child = spawn(dir.path(), port);
-    let mut client = connect(port).await;
+    let mut client = connect(port, dir.path()).await;
     let stored: std::collections::BTreeSet<String> = client
         .list_services(pb::ListServicesRequest {})
         .await

@@ -12,9 +12,9 @@ use drover_proto::pb;
 /// Applies `web` with `replicas` over agents `a` and `b`, reports every replica healthy,
 /// and returns the agents with the running allocation ids of each.
 async fn two_nodes_serving(server: &Server, replicas: u32) -> [(FakeAgent, Vec<String>); 2] {
-    let mut client = control(&server.url).await;
-    let mut a = FakeAgent::connect(&server.url, "a", &[]).await;
-    let mut b = FakeAgent::connect(&server.url, "b", &[]).await;
+    let mut client = control(&server).await;
+    let mut a = FakeAgent::connect(&server, "a", &[]).await;
+    let mut b = FakeAgent::connect(&server, "b", &[]).await;
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
@@ -74,14 +74,14 @@ fn failed(ids: &[String]) -> Vec<pb::RunningAllocation> {
 #[tokio::test]
 async fn an_agent_speaks_only_for_its_own_node() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
     let [(_a, on_a), (_b, on_b)] = two_nodes_serving(&server, 4).await;
     let mut before = [on_a.clone(), on_b.clone()].concat();
     before.sort();
 
     // A new node id whose hello and status updates claim the real replicas failed.
     let forged = [on_a.clone(), on_b.clone()].concat();
-    let mut rogue = FakeAgent::hello(&server.url, FakeAgent::node("rogue", &[]), failed(&forged))
+    let mut rogue = FakeAgent::hello(&server, FakeAgent::node("rogue", &[]), failed(&forged))
         .await
         .expect("a new node may join");
     rogue
@@ -123,10 +123,10 @@ async fn an_agent_speaks_only_for_its_own_node() {
 #[tokio::test]
 async fn an_older_generation_does_not_replace_a_live_session() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
     let mut live = FakeAgent::node("a", &[]);
     live.generation = 5;
-    let mut agent = FakeAgent::hello(&server.url, live.clone(), vec![])
+    let mut agent = FakeAgent::hello(&server, live.clone(), vec![])
         .await
         .expect("first session");
     agent.until("the first desired set", |_| true).await;
@@ -134,7 +134,7 @@ async fn an_older_generation_does_not_replace_a_live_session() {
     let mut older = live.clone();
     older.generation = 4;
     older.address = "127.0.0.99".into();
-    let refused = FakeAgent::hello(&server.url, older, vec![])
+    let refused = FakeAgent::hello(&server, older, vec![])
         .await
         .err()
         .expect("an older generation is refused while the newer one is connected");
@@ -169,7 +169,7 @@ async fn an_older_generation_does_not_replace_a_live_session() {
     // A newer generation (the agent restarted) takes over.
     let mut newer = live;
     newer.generation = 6;
-    let mut restarted = FakeAgent::hello(&server.url, newer, vec![])
+    let mut restarted = FakeAgent::hello(&server, newer, vec![])
         .await
         .expect("a newer generation replaces the session");
     restarted
@@ -181,7 +181,7 @@ async fn an_older_generation_does_not_replace_a_live_session() {
 #[tokio::test]
 async fn a_hello_with_an_invalid_node_id_or_address_is_refused() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
     let long = "n".repeat(10_000);
     for (id, address, expected) in [
         ("Node_1", "127.0.0.1", "is not a DNS-1123 label"),
@@ -192,7 +192,7 @@ async fn a_hello_with_an_invalid_node_id_or_address_is_refused() {
     ] {
         let mut node = FakeAgent::node(id, &[]);
         node.address = address.into();
-        let refused = FakeAgent::hello(&server.url, node, vec![])
+        let refused = FakeAgent::hello(&server, node, vec![])
             .await
             .err()
             .unwrap_or_else(|| panic!("node {id:.20} at {address} is refused"));
@@ -216,7 +216,7 @@ async fn a_hello_with_an_invalid_node_id_or_address_is_refused() {
 #[tokio::test]
 async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
     let server = start().await;
-    let mut client = control(&server.url).await;
+    let mut client = control(&server).await;
     let mut huge = web(100_000_000);
     huge.name = "huge".into();
     let refused = client
@@ -306,8 +306,8 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
 #[tokio::test]
 async fn node_rm_refuses_a_node_that_is_connected_or_not_down() {
     let server = start().await;
-    let mut client = control(&server.url).await;
-    let agent = FakeAgent::connect(&server.url, "a", &[]).await;
+    let mut client = control(&server).await;
+    let agent = FakeAgent::connect(&server, "a", &[]).await;
     let rm = async |client: &mut common::Control| {
         client
             .remove_node(pb::NodeRequest { node: "a".into() })

@@ -2,6 +2,8 @@
 //! empty cluster, a changed record stops the start naming it, a corrupted event does not break
 //! the event listing, and the file is private to its owner.
 
+mod common;
+
 use std::io::Read as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -9,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::model::ServiceSpec;
 use drover_proto::pb;
-use drover_proto::pb::control_client::ControlClient;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -89,28 +89,15 @@ fn stop(mut child: Child) {
     }
 }
 
-async fn connect(port: u16) -> ControlClient<Channel> {
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match ControlClient::connect(url.clone()).await {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "coordinator did not come up on {url}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+async fn connect(port: u16, data_dir: &Path) -> common::Control {
+    common::admin_when_up(&format!("127.0.0.1:{port}"), data_dir).await
 }
 
 /// Starts a coordinator on `data_dir`, applies `web` (3 replicas of `nginx:1.25`), stops it.
 async fn cluster_with_web(data_dir: &Path) {
     let port = free_port();
     let child = spawn(data_dir, port);
-    let mut client = connect(port).await;
+    let mut client = connect(port, data_dir).await;
     let mut spec = ServiceSpec::new("web", "nginx:1.25");
     spec.replicas = 3;
     client
@@ -172,7 +159,7 @@ async fn a_lost_store_file_is_refused_until_started_fresh_on_purpose() {
     std::fs::remove_file(&marker).expect("remove the marker");
     let port = free_port();
     let child = spawn(dir.path(), port);
-    let services = connect(port)
+    let services = connect(port, dir.path())
         .await
         .list_services(pb::ListServicesRequest {})
         .await
@@ -212,7 +199,7 @@ async fn events_are_listed_around_a_corrupted_one() {
 
     let port = free_port();
     let child = spawn(dir.path(), port);
-    let mut stream = connect(port)
+    let mut stream = connect(port, dir.path())
         .await
         .watch_events(pb::WatchEventsRequest {
             since: 0,

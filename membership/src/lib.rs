@@ -13,11 +13,19 @@
 //!   silent; route away from it at once ([`MemberFacts::is_leaving`]).
 //! - Every start must use a generation larger than any earlier one of the same node id
 //!   ([`next_generation`]); reusing one makes peers hand back the old keys and drop the new.
-//! - Gossip is plain, unauthenticated UDP (see [`transport`]): anything that reaches the port
-//!   can inject members and keys. Gossip carries facts, never decisions. What would crash or
-//!   corrupt chitchat itself is dropped before it decodes a datagram ([`wire`]): deltas about
-//!   this member, deltas chitchat would panic on, garbage; logged at most every
-//!   [`guard::LOG_EVERY`].
+//! - Gossip is **sealed** when [`MembershipConfig::keyring`] is set ([`seal`]): every datagram
+//!   is encrypted and authenticated with the keyring's primary key (XChaCha20-Poly1305), and
+//!   only datagrams that open with one of its keys, are fresh (±60 s) and are not replays
+//!   reach chitchat. Keys rotate live through the [`KeyringHandle`]: install the new key on
+//!   every member, then make it primary everywhere, then remove the old one. Without a
+//!   keyring gossip is plain, unauthenticated UDP, for tests or an explicit insecure mode:
+//!   anything that reaches the port can inject members and keys (a warning is logged at
+//!   start).
+//! - Either way gossip carries facts, never decisions, and what would crash or corrupt
+//!   chitchat itself is dropped before it decodes a datagram ([`wire`]): deltas about this
+//!   member, deltas chitchat would panic on, garbage; logged at most every
+//!   [`guard::LOG_EVERY`]. [`Membership::counters`] counts datagrams in and out and every
+//!   kind of refusal.
 //! - If [`Membership::termination`] resolves with an error the gossip loop is gone for good:
 //!   exit and let the supervisor restart the process.
 
@@ -28,9 +36,9 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::Transport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
@@ -40,7 +48,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod guard;
+pub mod seal;
 pub mod wire;
+
+pub use guard::{CountersSnapshot, GossipCounters};
+pub use seal::{GossipKey, KeyId, Keyring, KeyringError, KeyringHandle};
 
 /// Name of the file, in the data directory, holding the last gossip generation.
 pub const GENERATION_FILE: &str = "gossip-generation";
@@ -77,6 +89,11 @@ pub struct MembershipConfig {
     pub dead_node_grace: Duration,
     /// How long deleted keys (tombstones) are kept before garbage collection; default 15 min.
     pub marked_for_deletion_grace: Duration,
+    /// The keys gossip is sealed with ([`seal`]); `None` (the default of
+    /// [`MembershipConfig::new`]) means plain, unauthenticated gossip, for tests or an
+    /// explicit insecure mode only. The handle can be changed while the member runs (key
+    /// rotation); members only hear each other when they share a key.
+    pub keyring: Option<KeyringHandle>,
 }
 
 impl MembershipConfig {
@@ -100,7 +117,14 @@ impl MembershipConfig {
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(60 * 60),
             marked_for_deletion_grace: Duration::from_secs(15 * 60),
+            keyring: None,
         }
+    }
+
+    /// The same configuration, gossip sealed with `keyring`.
+    pub fn with_keyring(mut self, keyring: KeyringHandle) -> MembershipConfig {
+        self.keyring = Some(keyring);
+        self
     }
 
     fn validate(&self) -> Result<(), MembershipError> {
@@ -165,15 +189,20 @@ impl MembershipConfig {
     }
 }
 
-/// The gossip transport of the member `config` describes: plain UDP, each datagram checked
-/// before chitchat decodes it ([`guard::GuardedTransport`]). This is the one place to swap in
-/// the AEAD-sealed transport (notes/chitchat.md §4) once it exists; keep the checks in front
-/// of chitchat then too (a key holder can still be buggy or compromised).
-pub fn transport(config: &MembershipConfig) -> impl Transport + use<> {
-    guard::GuardedTransport::new(wire::SelfId {
+/// The gossip transport of the member `config` describes, the one place it is chosen
+/// ([`guard::GuardedTransport`]): sealed with `config.keyring` when there is one ([`seal`]),
+/// plain UDP otherwise; either way each datagram is checked ([`wire`]) before chitchat
+/// decodes it (a key holder can still be buggy or compromised). Its
+/// [`counters`](guard::GuardedTransport::counters) count what the socket does.
+pub fn transport(config: &MembershipConfig) -> guard::GuardedTransport {
+    let me = wire::SelfId {
         node_id: config.node_id.clone(),
         generation: config.generation,
-    })
+    };
+    match &config.keyring {
+        Some(keyring) => guard::GuardedTransport::sealed(me, keyring.clone()),
+        None => guard::GuardedTransport::new(me),
+    }
 }
 
 /// Why membership failed.
@@ -211,6 +240,7 @@ pub enum MembershipError {
 pub struct Membership {
     handle: ChitchatHandle,
     config: MembershipConfig,
+    counters: Arc<GossipCounters>,
     members: watch::Receiver<BTreeMap<String, MemberFacts>>,
     _forwarder: AbortOnDrop,
 }
@@ -222,6 +252,7 @@ impl fmt::Debug for Membership {
             .field("generation", &self.config.generation)
             .field("listen", &self.config.listen)
             .field("advertise", &self.config.advertise)
+            .field("sealed", &self.config.keyring.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -246,7 +277,9 @@ impl Membership {
             initial.push((gossip::STATE.into(), MemberState::Alive.as_str().into()));
         }
 
-        let handle = spawn_chitchat(config.chitchat_config(), initial, &transport(&config))
+        let transport = transport(&config);
+        let counters = transport.counters();
+        let handle = spawn_chitchat(config.chitchat_config(), initial, &transport)
             .await
             .map_err(|e| MembershipError::Start {
                 listen: config.listen,
@@ -255,17 +288,30 @@ impl Membership {
         let live = handle.with_chitchat(|cc| cc.live_nodes_watcher()).await;
         let (tx, members) = watch::channel(BTreeMap::new());
         let forwarder = AbortOnDrop(tokio::spawn(forward_members(live, tx)));
+        let keyring = config.keyring.as_ref().map(KeyringHandle::get);
         tracing::info!(
             node_id = %config.node_id,
             generation = config.generation,
             listen = %config.listen,
             advertise = %config.advertise,
             seeds = ?config.seeds,
+            sealed = keyring.is_some(),
+            primary_key = keyring.as_ref().map(|k| k.primary().id().to_string()),
+            keys = keyring.as_ref().map(|k| k.keys().len()),
             "gossip started"
         );
+        if keyring.is_none() {
+            tracing::warn!(
+                node_id = %config.node_id,
+                listen = %config.listen,
+                "gossip is NOT sealed (no gossip keyring): anyone who can reach this UDP port \
+                 can read gossip and inject members and keys; use a keyring outside tests"
+            );
+        }
         Ok(Membership {
             handle,
             config,
+            counters,
             members,
             _forwarder: forwarder,
         })
@@ -274,6 +320,19 @@ impl Membership {
     /// The configuration it runs with.
     pub fn config(&self) -> &MembershipConfig {
         &self.config
+    }
+
+    /// The gossip socket's counters: datagrams in and out, messages delivered to chitchat,
+    /// and every kind of refusal (wrong key, tampered, replayed, stale, wire checks). Shared:
+    /// read them any time, e.g. for metrics.
+    pub fn counters(&self) -> Arc<GossipCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The keyring gossip is sealed with, `None` for plain gossip. Changes through it apply
+    /// to the running member from its next datagram (rotation, see [`seal`]).
+    pub fn keyring(&self) -> Option<&KeyringHandle> {
+        self.config.keyring.as_ref()
     }
 
     /// Sets one of this member's keys. Refuses keys or values that break the schema: a value

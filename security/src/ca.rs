@@ -25,8 +25,12 @@ pub const CA_CERT_FILE: &str = "ca.crt";
 pub const CA_KEY_FILE: &str = "ca.key";
 /// How long the CA itself is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Certificates start being valid a little before now: clocks of a fleet differ.
-const BACKDATE: Duration = Duration::from_secs(3600);
+/// Certificates start being valid a little before now, as clocks of a fleet differ: an
+/// hour, or a tenth of a short lifetime (so that renewing at half the validity still falls
+/// before the end).
+fn backdate(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(3600))
+}
 
 /// SHA-256 of a CA certificate's DER, as tokens carry it (base32, lower case, 52 chars).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -282,7 +286,7 @@ fn leaf_params(
 
 fn set_validity(params: &mut CertificateParams, ttl: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - backdate(ttl);
     params.not_after = now + ttl;
 }
 

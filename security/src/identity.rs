@@ -44,6 +44,8 @@ pub struct PeerCert {
     pub peer: Peer,
     /// Serial number, hex (lower case), as [`crate::IssuedCert::serial`].
     pub serial: String,
+    /// Start of validity, ms since the Unix epoch.
+    pub not_before_unix_ms: u64,
     /// End of validity, ms since the Unix epoch.
     pub not_after_unix_ms: u64,
 }
@@ -77,11 +79,16 @@ impl PeerCert {
                 ));
             }
         };
-        let not_after = cert.validity().not_after.timestamp();
+        let ms = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp())
+                .unwrap_or(0)
+                .saturating_mul(1000)
+        };
         Ok(PeerCert {
             peer,
             serial: crate::ca::hex(cert.raw_serial()),
-            not_after_unix_ms: u64::try_from(not_after).unwrap_or(0).saturating_mul(1000),
+            not_before_unix_ms: ms(cert.validity().not_before),
+            not_after_unix_ms: ms(cert.validity().not_after),
         })
     }
 

@@ -10,6 +10,7 @@
 //! connection is mutual TLS against the CA bundle.
 
 pub mod ca;
+pub mod client;
 pub mod files;
 pub mod identity;
 pub mod token;

@@ -56,7 +56,10 @@ fn a_ca_reloads_from_its_files_and_refuses_a_lost_key() {
     assert_eq!(ca.digest(), again.digest());
     std::fs::remove_file(dir.path().join("ca.key")).expect("rm");
     let error = ClusterCa::load_or_create(dir.path(), "test").expect_err("no key");
-    assert!(error.to_string().contains("ca.key: is missing but"), "{error}");
+    assert!(
+        error.to_string().contains("ca.key: is missing but"),
+        "{error}"
+    );
 }
 
 /// A TLS server with the coordinator's identity; answers "ok" plus the client's identity.

@@ -53,6 +53,8 @@ pub struct DroverProcess {
     log: PathBuf,
     /// Node id whose containers are removed when the process is dropped.
     cleanup_node: Option<String>,
+    /// Data dir of the coordinator it runs (or is): where its admin and agent tokens are.
+    pub coordinator_dir: PathBuf,
 }
 
 impl DroverProcess {
@@ -67,7 +69,27 @@ impl DroverProcess {
             "--gossip-listen".into(),
             format!("127.0.0.1:{}", free_udp_port()),
         ];
-        DroverProcess::start("drover-coordinator", args, port, data_dir, None)
+        let process = DroverProcess::start("drover-coordinator", args, port, data_dir, None);
+        process.wait_for_tokens();
+        process
+    }
+
+    /// Waits until the coordinator has written its bootstrap tokens.
+    fn wait_for_tokens(&self) {
+        let dir = self.coordinator_dir.clone();
+        wait_for("the coordinator's tokens", Duration::from_secs(30), || {
+            dir.join("admin.token").exists() && dir.join("agent.token").exists()
+        });
+    }
+
+    /// The admin token file of the coordinator.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.coordinator_dir.join("admin.token")
+    }
+
+    /// The agent join token file of the coordinator.
+    pub fn agent_token_file(&self) -> PathBuf {
+        self.coordinator_dir.join("agent.token")
     }
 
     /// Starts `drover dev` for node `node` on free ports with `data_dir`, applying `apply`.
@@ -98,6 +120,7 @@ impl DroverProcess {
             DroverProcess::prepare("drover", args, port, data_dir, Some(node.to_string()));
         process.host = ip.to_string();
         process.spawn();
+        process.wait_for_tokens();
         process
     }
 
@@ -129,19 +152,25 @@ impl DroverProcess {
             format!("{ip}:{}", free_udp_port()),
             "--data-dir".into(),
             data_dir.display().to_string(),
+            "--token-file".into(),
+            coordinator.agent_token_file().display().to_string(),
         ];
         if let Some(seed) = coordinator.gossip_listen() {
             args.push("--gossip-seed".into());
             args.push(seed.to_string());
         }
         // The agent serves no TCP port: `port` is its coordinator's, for the CLI.
-        DroverProcess::start(
+        let mut process = DroverProcess::prepare(
             "drover-agent",
             args,
             coordinator.port,
             data_dir,
             Some(node.to_string()),
-        )
+        );
+        process.host = coordinator.host.clone();
+        process.coordinator_dir = coordinator.coordinator_dir.clone();
+        process.spawn();
+        process
     }
 
     fn start(
@@ -171,6 +200,7 @@ impl DroverProcess {
             port,
             log: data_dir.join(format!("{binary}.log")),
             cleanup_node,
+            coordinator_dir: data_dir.to_path_buf(),
         }
     }
 
@@ -246,6 +276,8 @@ impl DroverProcess {
         Command::new(binary("drover"))
             .args(args)
             .env("DROVER_COORDINATOR", self.url())
+            .env("DROVER_TOKEN_FILE", self.admin_token_file())
+            .env_remove("DROVER_TOKEN")
             .output()
             .expect("run drover")
     }

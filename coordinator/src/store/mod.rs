@@ -3,6 +3,7 @@
 //! The coordinator keeps its working state in memory and writes every change through
 //! [`Store::commit`] before acknowledging it. A commit is one atomic, durable transaction.
 
+pub mod credentials;
 mod identity;
 mod memory;
 mod records;
@@ -55,6 +56,10 @@ pub enum Write {
     PutEvent(EventRecord),
     /// Set a named counter (allocation ids, event sequence, coordinator boots).
     PutCounter(&'static str, u64),
+    /// Create or replace a credential (token, certificate record, gossip keyring).
+    PutCredential(credentials::Credential),
+    /// Remove a credential by key.
+    DeleteCredential(String),
 }
 
 /// Errors of a store.

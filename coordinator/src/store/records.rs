@@ -184,6 +184,8 @@ pub struct StoredState {
     pub node_flags: BTreeMap<String, NodeFlags>,
     /// Named counters.
     pub counters: BTreeMap<String, u64>,
+    /// Tokens, certificate records and the gossip keyring, by key.
+    pub credentials: BTreeMap<String, super::credentials::Credential>,
     /// The store's identity: a random 128-bit id (32 hex digits) given when the store was
     /// created, the same across reopens. A new id (a reset, a restored backup) means the
     /// versions agents applied came from another store and no longer order anything.
@@ -360,6 +362,12 @@ pub fn apply_writes(state: &mut StoredState, writes: &[super::Write]) {
             Write::PutEvent(_) => {}
             Write::PutCounter(name, value) => {
                 state.counters.insert((*name).to_string(), *value);
+            }
+            Write::PutCredential(c) => {
+                state.credentials.insert(c.key(), c.clone());
+            }
+            Write::DeleteCredential(key) => {
+                state.credentials.remove(key);
             }
         }
     }

@@ -14,6 +14,7 @@ use redb::{
 };
 use tracing::{error, info, warn};
 
+use super::credentials::Credential;
 use super::identity::{
     Contents, IdentityPlan, Marker, NewIdentity, OnDisk, OpenPlan, Refusal, StoreMeta, marker_path,
     new_store_id, plan_identity, plan_open, private_file_options, read_marker, write_marker,
@@ -35,6 +36,7 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const COUNTER_SUMS: TableDefinition<&str, u32> = TableDefinition::new("counter_checksums");
 /// The store's identity ([`StoreMeta`]), under [`META_KEY`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
 const META_KEY: &str = "store";
 
 /// The redb-backed store: one file, ACID transactions, durable commits.
@@ -176,6 +178,7 @@ impl RedbStore {
             let events = txn.open_table(EVENTS).map_err(|e| self.db_error(e))?;
             let counters = txn.open_table(COUNTERS).map_err(|e| self.db_error(e))?;
             let mut counter_sums = txn.open_table(COUNTER_SUMS).map_err(|e| self.db_error(e))?;
+            let credentials = txn.open_table(CREDENTIALS).map_err(|e| self.db_error(e))?;
 
             let stored: Option<StoreMeta> =
                 match meta_table.get(META_KEY).map_err(|e| self.db_error(e))? {
@@ -193,6 +196,7 @@ impl RedbStore {
                         node_flags.is_empty(),
                         events.is_empty(),
                         counters.is_empty(),
+                        credentials.is_empty(),
                     ] {
                         blank &= empty.map_err(|e| self.db_error(e))?;
                     }
@@ -376,6 +380,15 @@ impl RedbStore {
             }
             state.counters.insert(name.to_string(), value);
         }
+        let table = txn.open_table(CREDENTIALS).map_err(|e| self.db_error(e))?;
+        for entry in table.iter().map_err(|e| self.db_error(e))? {
+            let (k, v) = entry.map_err(|e| self.db_error(e))?;
+            let record: Credential = self.decode("credentials", k.value(), v.value())?;
+            if record.key() != k.value() {
+                return Err(self.misplaced("credentials", k.value(), &record.key()));
+            }
+            state.credentials.insert(k.value().to_string(), record);
+        }
         Ok(state)
     }
 
@@ -389,6 +402,7 @@ impl RedbStore {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.db_error(e))?;
             let mut counters = txn.open_table(COUNTERS).map_err(|e| self.db_error(e))?;
             let mut counter_sums = txn.open_table(COUNTER_SUMS).map_err(|e| self.db_error(e))?;
+            let mut credentials = txn.open_table(CREDENTIALS).map_err(|e| self.db_error(e))?;
             for write in writes {
                 match write {
                     Write::PutService(s) => {
@@ -462,6 +476,18 @@ impl RedbStore {
                             .map_err(|e| self.db_error(e))?;
                         counter_sums
                             .insert(*name, counter_checksum(name, *value))
+                            .map_err(|e| self.db_error(e))?;
+                    }
+                    Write::PutCredential(c) => {
+                        let key = c.key();
+                        let bytes = encode("credentials", &key, c)?;
+                        credentials
+                            .insert(key.as_str(), bytes.as_slice())
+                            .map_err(|e| self.db_error(e))?;
+                    }
+                    Write::DeleteCredential(key) => {
+                        credentials
+                            .remove(key.as_str())
                             .map_err(|e| self.db_error(e))?;
                     }
                 }

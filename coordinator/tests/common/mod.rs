@@ -11,14 +11,16 @@ use drover_coordinator::store::RedbStore;
 use drover_proto::model::{PortSpec, Protocol, Resources, ServiceSpec};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
-use drover_proto::pb::control_client::ControlClient;
+use drover_security::Token;
+use drover_security::client::{self, ConnectError, OperatorAuth};
+use drover_security::transport::{ClientTls, Trust};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub struct Server {
+    /// host:port of the API.
     pub url: String,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), drover_coordinator::Error>>,
@@ -31,7 +33,7 @@ pub async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = listener.local_addr().expect("addr").to_string();
     let config = Config {
         reconcile_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_millis(500),
@@ -46,21 +48,93 @@ pub async fn start() -> Server {
         listener,
         shutdown.clone(),
     ));
-    Server {
+    let server = Server {
         url,
         shutdown,
         task,
         _dir: dir,
+    };
+    eventually_sync("the bootstrap tokens", || {
+        server.dir().join("agent.token").exists() && server.dir().join("admin.token").exists()
+    })
+    .await;
+    server
+}
+
+impl Server {
+    /// The coordinator's data dir.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The admin token the coordinator wrote at first start.
+    pub fn admin_token(&self) -> Token {
+        read_token(&self.dir().join("admin.token"))
+    }
+
+    /// The agent join token the coordinator wrote at first start.
+    pub fn agent_token(&self) -> Token {
+        read_token(&self.dir().join("agent.token"))
+    }
+}
+
+pub fn read_token(path: &std::path::Path) -> Token {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .parse()
+        .expect("a token")
+}
+
+async fn eventually_sync(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A Control client.
-pub type Control = ControlClient<Channel>;
+pub type Control = client::Control;
 
-pub async fn control(url: &str) -> Control {
-    ControlClient::connect(url.to_string())
+/// An admin's Control client.
+pub async fn control(server: &Server) -> Control {
+    operator(&server.url, &server.admin_token()).await
+}
+
+/// A Control client with `token`.
+pub async fn operator(address: &str, token: &Token) -> Control {
+    client::operator(address, &OperatorAuth::Token(token.clone()))
         .await
         .expect("connect control")
+}
+
+/// Waits for a coordinator started on `data_dir` to answer at `address`, as its admin.
+pub async fn admin_when_up(address: &str, data_dir: &std::path::Path) -> Control {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .ok()
+            .and_then(|t| t.parse::<Token>().ok());
+        let attempt = match &token {
+            Some(token) => client::operator(address, &OperatorAuth::Token(token.clone()))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("no admin token yet".to_string()),
+        };
+        match attempt {
+            Ok(client) => return client,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "coordinator did not come up on {address}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// An agent played by the test: its outbound queue and the coordinator's messages.
@@ -90,21 +164,42 @@ impl FakeAgent {
         }
     }
 
-    pub async fn connect(url: &str, id: &str, labels: &[(&str, &str)]) -> FakeAgent {
-        FakeAgent::hello(url, FakeAgent::node(id, labels), vec![])
+    pub async fn connect(server: &Server, id: &str, labels: &[(&str, &str)]) -> FakeAgent {
+        FakeAgent::hello(server, FakeAgent::node(id, labels), vec![])
             .await
             .expect("session")
     }
 
-    /// Opens a session with this hello; the coordinator's refusal when it refuses.
+    /// Joins as `node.id` with the server's agent token, then opens a session with this
+    /// hello; the coordinator's refusal when it refuses either.
     pub async fn hello(
-        url: &str,
+        server: &Server,
         node: pb::NodeInfo,
         allocations: Vec<pb::RunningAllocation>,
     ) -> Result<FakeAgent, tonic::Status> {
-        let mut client = AgentLinkClient::connect(url.to_string())
-            .await
-            .expect("connect agent link");
+        let certified = node.id.clone();
+        FakeAgent::hello_as(server, &certified, node, allocations).await
+    }
+
+    /// Joins as node `certified`, then opens a session whose hello says `node`.
+    pub async fn hello_as(
+        server: &Server,
+        certified: &str,
+        node: pb::NodeInfo,
+        allocations: Vec<pb::RunningAllocation>,
+    ) -> Result<FakeAgent, tonic::Status> {
+        let joined = match client::join(&server.url, &server.agent_token(), Some(certified)).await {
+            Ok(joined) => joined,
+            Err(ConnectError::Refused { message, code, .. }) => {
+                return Err(tonic::Status::new(code, message));
+            }
+            Err(e) => panic!("join as {certified}: {e}"),
+        };
+        let tls = ClientTls::new(&Trust::Bundle(joined.ca_bundle_pem), Some(&joined.identity))
+            .expect("client tls");
+        let endpoint = drover_security::transport::endpoint(&server.url).expect("endpoint");
+        let channel = tls.connect(endpoint).await.expect("connect agent link");
+        let mut client = AgentLinkClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::AgentMessage {
             body: Some(pb::agent_message::Body::Hello(pb::Hello {
@@ -141,7 +236,7 @@ impl FakeAgent {
                     self.desired = set.allocations;
                 }
                 Some(pb::coordinator_message::Body::Routes(r)) => self.routes = r.services,
-                None => {}
+                Some(pb::coordinator_message::Body::GossipKeys(_)) | None => {}
             }
         }
     }

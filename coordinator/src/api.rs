@@ -1,0 +1,268 @@
+//! The one door into the coordinator's state for operators' requests: authenticate the
+//! caller, check its role, decide (pure, over the state), commit, record who did it, wake
+//! the reconcile loop. The gRPC handlers in `control.rs` only translate to and from it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use drover_proto::model::ServiceSpec;
+use drover_security::Role;
+use tracing::info;
+
+use crate::changes::ChangeSet;
+use crate::coordinator::{Coordinator, now_unix_ms};
+use crate::error::Error;
+use crate::events;
+use crate::operations::{self, ApplyChange, ApplyOutcome, NodeAction, RolloutAction};
+use crate::security::{self, Caller, Credentials};
+use crate::state::ClusterState;
+use crate::store::credentials::TokenRecord;
+
+/// A request that changes the cluster.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Create or update services; with `dry_run`, only validate.
+    Apply {
+        /// The services.
+        specs: Vec<ServiceSpec>,
+        /// Why, for the rollout history.
+        cause: String,
+        /// Validate without storing.
+        dry_run: bool,
+    },
+    /// Delete a service.
+    DeleteService(String),
+    /// Set a service's replica count.
+    Scale {
+        /// Service.
+        name: String,
+        /// Replicas.
+        replicas: u32,
+    },
+    /// Set a service's per-revision weights.
+    SetWeights {
+        /// Service.
+        name: String,
+        /// Weight per revision.
+        weights: BTreeMap<u64, u32>,
+    },
+    /// Cordon, uncordon or drain a node.
+    Node {
+        /// Node id.
+        node: String,
+        /// What to do.
+        action: NodeAction,
+    },
+    /// Forget a down node.
+    RemoveNode(String),
+    /// Act on a service's rollout.
+    Rollout {
+        /// Service.
+        name: String,
+        /// What to do.
+        action: RolloutAction,
+    },
+    /// Make a token.
+    CreateToken {
+        /// Its name.
+        name: String,
+        /// Its role.
+        role: Role,
+        /// Its lifetime; `None`: no end.
+        ttl: Option<Duration>,
+    },
+    /// Revoke a token by id or name.
+    RevokeToken(String),
+    /// List or change the gossip keyring.
+    GossipKey(security::KeyAction),
+}
+
+impl Command {
+    /// The role the command needs.
+    pub fn role(&self) -> Role {
+        match self {
+            Command::CreateToken { .. } | Command::RevokeToken(_) | Command::GossipKey(_) => {
+                Role::Admin
+            }
+            _ => Role::Operator,
+        }
+    }
+
+    /// What the command does, for errors and the event log; never a secret.
+    pub fn describe(&self) -> String {
+        match self {
+            Command::Apply { specs, dry_run, .. } => {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).take(5).collect();
+                let more = specs.len().saturating_sub(names.len());
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                let verb = if *dry_run { "dry-run apply" } else { "apply" };
+                format!("{verb} {}{more}", names.join(", "))
+            }
+            Command::DeleteService(name) => format!("delete service {name}"),
+            Command::Scale { name, replicas } => format!("scale {name} to {replicas}"),
+            Command::SetWeights { name, weights } => {
+                let split: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
+                format!("weights of {name}: {}", split.join(" "))
+            }
+            Command::Node { node, action } => format!("{} node {node}", action.verb()),
+            Command::RemoveNode(node) => format!("remove node {node}"),
+            Command::Rollout { name, action } => format!("rollout {} of {name}", action.verb()),
+            Command::CreateToken { name, role, .. } => format!("create {role} token {name}"),
+            Command::RevokeToken(token) => format!("revoke token {token}"),
+            Command::GossipKey(action) => match action {
+                security::KeyAction::List => "list gossip keys".into(),
+                security::KeyAction::Install(_) => "install a gossip key".into(),
+                security::KeyAction::Use(id) => format!("use gossip key {id}"),
+                security::KeyAction::Remove(id) => format!("remove gossip key {id}"),
+            },
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Services applied.
+    Applied(Vec<ApplyOutcome>),
+    /// A service deleted: how many allocations stop.
+    Deleted(u32),
+    /// A service changed (scale, weights, rollout action).
+    Service(String),
+    /// A node's flags changed.
+    Node(String),
+    /// A node removed: how many allocation records went with it.
+    NodeRemoved(u32),
+    /// A token was made: the token (shown once) and its record.
+    TokenCreated(String, TokenRecord),
+    /// A token was revoked.
+    TokenRevoked(TokenRecord),
+    /// The gossip keyring's ids, the one in use first.
+    Keyring(Vec<String>),
+}
+
+impl Coordinator {
+    /// Authenticates the caller against the current state (a revoked token fails at once).
+    pub fn caller(&self, state: &ClusterState, credentials: &Credentials) -> Result<Caller, Error> {
+        match self.authority() {
+            None => Ok(Caller::insecure()),
+            Some(_) => security::authenticate(state, credentials, now_unix_ms()),
+        }
+    }
+
+    /// Reads the state as an authenticated caller with at least the read role.
+    pub async fn read<T>(
+        &self,
+        credentials: &Credentials,
+        read: impl FnOnce(&ClusterState, &Caller) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let inner = self.lock().await;
+        let caller = self.caller(&inner.state, credentials)?;
+        caller.require(Role::Read, "reading the cluster")?;
+        read(&inner.state, &caller)
+    }
+
+    /// Executes `command` for the caller `credentials` prove; then `view` reads the result
+    /// under the same lock. Refused requests change nothing.
+    pub async fn execute<T>(
+        &self,
+        credentials: &Credentials,
+        command: Command,
+        view: impl FnOnce(&ClusterState, &Outcome) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut inner = self.lock().await;
+        let caller = self.caller(&inner.state, credentials)?;
+        let what = command.describe();
+        caller.require(command.role(), &what)?;
+        let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
+        let state = &inner.state;
+        let (outcome, commit) = match &command {
+            Command::Apply {
+                specs,
+                cause,
+                dry_run,
+            } => {
+                let outcomes = operations::apply_services(state, specs, cause, &mut changes)?;
+                let changed = outcomes.iter().any(|o| o.change != ApplyChange::Unchanged);
+                (Outcome::Applied(outcomes), !dry_run && changed)
+            }
+            Command::DeleteService(name) => (
+                Outcome::Deleted(operations::delete_service(state, name, &mut changes)?),
+                true,
+            ),
+            Command::Scale { name, replicas } => {
+                operations::scale(state, name, *replicas, &mut changes)?;
+                (Outcome::Service(name.clone()), true)
+            }
+            Command::SetWeights { name, weights } => {
+                operations::set_weights(state, name, weights.clone(), &mut changes)?;
+                (Outcome::Service(name.clone()), true)
+            }
+            Command::Node { node, action } => {
+                operations::node_action(state, node, *action, &mut changes)?;
+                (Outcome::Node(node.clone()), true)
+            }
+            Command::RemoveNode(node) => {
+                let removed = operations::remove_node(state, node, &mut changes)?;
+                security::revoke_node_certificates(state, node, &mut changes);
+                (Outcome::NodeRemoved(removed), true)
+            }
+            Command::Rollout { name, action } => {
+                operations::rollout_action(state, name, *action, &mut changes)?;
+                (Outcome::Service(name.clone()), true)
+            }
+            Command::CreateToken { name, role, ttl } => {
+                let digest = self
+                    .authority()
+                    .ok_or_else(|| {
+                        Error::Refused(
+                            "this coordinator runs insecure: it has no CA and makes no tokens"
+                                .into(),
+                        )
+                    })?
+                    .ca()
+                    .digest();
+                let (token, record) = security::new_token(
+                    state,
+                    digest,
+                    name,
+                    *role,
+                    *ttl,
+                    &caller.name,
+                    &mut changes,
+                )?;
+                (Outcome::TokenCreated(token.reveal(), record), true)
+            }
+            Command::RevokeToken(token) => {
+                let record = security::revoke_token(state, token, &caller.name, &mut changes)?;
+                (Outcome::TokenRevoked(record), true)
+            }
+            Command::GossipKey(action) => {
+                let ids = security::gossip_key_action(state, action, &mut changes)?;
+                let changed = !matches!(action, security::KeyAction::List);
+                (Outcome::Keyring(ids), changed)
+            }
+        };
+        if commit {
+            changes.event(
+                events::API_REQUEST,
+                &caller.name,
+                format!("{what} (token {:?})", caller.name),
+            );
+            self.commit(&mut inner, changes).await?;
+        }
+        if let Command::RemoveNode(node) = &command {
+            inner.state.nodes.remove(node);
+        }
+        let result = view(&inner.state, &outcome);
+        drop(inner);
+        if commit {
+            info!(token = %caller.name, request = %what, "request done");
+            self.wake();
+        }
+        result
+    }
+}

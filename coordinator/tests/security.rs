@@ -1,0 +1,179 @@
+//! Who may talk to the coordinator: real TLS on a loopback port, certificates from real
+//! joins, tokens from the coordinator's own files.
+
+mod common;
+
+use common::{FakeAgent, control, operator, start};
+use drover_proto::pb;
+use drover_security::client::{self, ConnectError, OperatorAuth};
+use drover_security::transport::{ClientTls, Trust};
+use drover_security::{ClusterCa, Token};
+
+#[tokio::test]
+async fn an_agent_without_a_certificate_or_with_another_nodes_is_refused() {
+    let server = start().await;
+
+    // TLS to the right coordinator, but no client certificate.
+    let tls = ClientTls::new(&Trust::Pinned(server.agent_token().digest), None).expect("tls");
+    let endpoint = drover_security::transport::endpoint(&server.url).expect("endpoint");
+    let channel = tls.connect(endpoint).await.expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            node: Some(FakeAgent::node("a", &[])),
+            allocations: vec![],
+            desired_version: 0,
+            cluster_id: "drover".into(),
+        })),
+    })
+    .await
+    .expect("queue");
+    let refused = pb::agent_link_client::AgentLinkClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("no certificate");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("without a certificate"),
+        "{refused:?}"
+    );
+
+    // A certificate for node a, a hello for node b.
+    let refused = FakeAgent::hello_as(&server, "a", FakeAgent::node("b", &[]), vec![])
+        .await
+        .err()
+        .expect("another node's certificate");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused
+            .message()
+            .contains("presented a certificate for node a"),
+        "{refused:?}"
+    );
+
+    // Its own certificate works.
+    FakeAgent::hello(&server, FakeAgent::node("b", &[]), vec![])
+        .await
+        .expect("own certificate");
+}
+
+#[tokio::test]
+async fn a_token_for_another_cluster_or_an_unknown_one_gets_nothing() {
+    let server = start().await;
+    let other = ClusterCa::generate("other").expect("ca");
+    let foreign = Token::generate(other.digest());
+    match client::join(&server.url, &foreign, Some("n1")).await {
+        Err(ConnectError::Unreachable { cause, .. }) => {
+            assert!(
+                cause.contains("not the cluster the token was made for"),
+                "{cause}"
+            );
+        }
+        other => panic!("expected a pinning failure, got {other:?}"),
+    }
+    // The right CA, a made-up secret.
+    let made_up = Token::generate(server.agent_token().digest);
+    match client::join(&server.url, &made_up, Some("n1")).await {
+        Err(ConnectError::Refused { code, message, .. }) => {
+            assert_eq!(code, tonic::Code::Unauthenticated);
+            assert!(message.contains("unknown or revoked"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // An agent token is no operator token.
+    match client::operator(&server.url, &OperatorAuth::Token(server.agent_token())).await {
+        Err(ConnectError::Refused { message, .. }) => {
+            assert!(message.contains("agent join token"), "{message}");
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("an agent token opened an operator session"),
+    }
+}
+
+#[tokio::test]
+async fn roles_are_enforced_and_a_revoked_token_stops_at_once() {
+    let server = start().await;
+    let mut admin = control(&server).await;
+    let made = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "viewer".into(),
+            role: "read".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let viewer: Token = made.token.parse().expect("token");
+    let mut reader = operator(&server.url, &viewer).await;
+    reader
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("a reader reads");
+    let refused = reader
+        .scale(pb::ScaleRequest {
+            name: "web".into(),
+            replicas: 3,
+        })
+        .await
+        .expect_err("a reader cannot scale");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused
+            .message()
+            .contains("scale web to 3 needs the operator role; token \"viewer\" has the read role"),
+        "{refused:?}"
+    );
+
+    // Revoked: the very next call on the open connection fails.
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token: "viewer".into(),
+        })
+        .await
+        .expect("revoke");
+    let refused = reader
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // No token at all: plain gRPC does not even reach the API.
+    let plain = client::operator(&server.url, &OperatorAuth::Insecure).await;
+    if let Ok(mut plain) = plain {
+        plain
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .expect_err("plain gRPC to a TLS server");
+    }
+
+    // Every change names its token in the event log.
+    let events: Vec<pb::Event> = {
+        use tokio_stream::StreamExt as _;
+        admin
+            .watch_events(pb::WatchEventsRequest {
+                since: 0,
+                follow: false,
+            })
+            .await
+            .expect("events")
+            .into_inner()
+            .filter_map(Result::ok)
+            .collect()
+            .await
+    };
+    assert!(
+        events.iter().any(|e| e.kind == "token_changed"
+            && e.message.contains("token \"viewer\"")
+            && e.message.contains("revoked by \"bootstrap-admin\"")),
+        "{events:?}"
+    );
+    let tokens = admin
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .tokens;
+    let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"bootstrap-admin") && names.contains(&"bootstrap-agent"));
+}
