@@ -158,9 +158,9 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(LOCAL_AGENT_TOKEN_FILE));
             match std::fs::read_to_string(&path) {
                 Ok(text) => (text, path.display().to_string()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.token_file.is_none() => {
-                    return Ok(None);
-                }
+                // The local coordinator's file is only a convenience: absent or not ours to
+                // read (it belongs to the coordinator's user) means no token from there.
+                Err(_) if self.token_file.is_none() => return Ok(None),
                 Err(e) => return Err(format!("token_file {}: {e}", path.display())),
             }
         };
@@ -229,6 +229,8 @@ mod tests {
         assert!(loaded.engine.take().is_some());
         assert!(loaded.link_source.take().is_some());
         assert!(loaded.proxy_bind.take().is_some());
+        assert!(loaded.token.take().is_some());
+        assert!(loaded.token_file.take().is_some());
         assert_eq!(loaded, Config::default());
     }
 }

@@ -262,3 +262,54 @@ async fn renew(
         gossip_keys: credentials.gossip_keys.clone(),
     })
 }
+
+/// Joins again with the token when the coordinator refuses the node's certificate as
+/// unknown (its state was reset or restored from before the node joined).
+#[derive(Debug)]
+pub struct Rejoin {
+    /// The agent's data dir.
+    pub dir: PathBuf,
+    /// This node.
+    pub node_id: String,
+    /// Where the join token comes from (read again on every attempt: a coordinator whose
+    /// state was reset made new tokens, and its file on this host has the new one).
+    pub config: crate::config::Config,
+    /// Where new credentials go (the link dials with the newest).
+    pub current: watch::Sender<Arc<NodeCredentials>>,
+}
+
+impl Rejoin {
+    /// One attempt at `address`; failures are logged, the link retries later.
+    pub async fn run(&self, address: &str) {
+        let token = match self.config.join_token() {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                warn!(node = %self.node_id, "the coordinator does not know this node's certificate and no join token is configured: give the agent a new token");
+                return;
+            }
+            Err(e) => {
+                warn!(node = %self.node_id, error = %e, "cannot read the join token");
+                return;
+            }
+        };
+        match client::join(address, &token, Some(&self.node_id)).await {
+            Ok(joined) => match PeerCert::from_pem(&joined.identity.cert_pem) {
+                Ok(cert) => {
+                    let credentials = NodeCredentials {
+                        identity: joined.identity,
+                        ca_bundle_pem: joined.ca_bundle_pem,
+                        cert,
+                        gossip_keys: joined.gossip_keys,
+                    };
+                    if let Err(e) = save(&self.dir, &credentials) {
+                        warn!(error = %e, "cannot keep the new certificate; using it until restart");
+                    }
+                    info!(node = %self.node_id, coordinator = %address, "the coordinator did not know this node's certificate: joined again with the token");
+                    self.current.send_replace(Arc::new(credentials));
+                }
+                Err(e) => warn!(error = %e, "the coordinator sent an unreadable certificate"),
+            },
+            Err(e) => warn!(node = %self.node_id, error = %e, "joining again failed"),
+        }
+    }
+}

@@ -49,6 +49,11 @@ pub struct Link {
     pub credentials: Option<watch::Receiver<Arc<NodeCredentials>>>,
     /// The gossip keyring the coordinator sends (base64, the key in use first).
     pub gossip_keys: watch::Sender<Vec<String>>,
+    /// How to join again when the coordinator no longer knows the node's certificate (its
+    /// state was reset or restored): `None` without a join token.
+    pub rejoin: Option<crate::credentials::Rejoin>,
+    /// The last session was refused for the node's certificate; start with `false`.
+    pub refused_identity: bool,
     /// Identity of the coordinator store whose desired set was applied; start with `None`.
     /// A set from another store (the coordinator's state was reset or restored) is applied
     /// whatever its version: versions count within one store.
@@ -83,6 +88,11 @@ impl Link {
                 Err(e) => {
                     warn!(coordinator = %url, error = %e, retry_in = ?backoff, "coordinator unreachable");
                     target += 1;
+                    if std::mem::take(&mut self.refused_identity)
+                        && let Some(rejoin) = &self.rejoin
+                    {
+                        rejoin.run(&url).await;
+                    }
                 }
             }
             // Jitter spreads reconnects of a whole fleet after a coordinator restart.
@@ -139,7 +149,12 @@ impl Link {
         let mut inbound = client
             .session(ReceiverStream::new(rx))
             .await
-            .map_err(|s| format!("open session on {url}: {}", s.message()))?
+            .map_err(|s| {
+                if s.code() == tonic::Code::Unauthenticated {
+                    self.refused_identity = true;
+                }
+                format!("open session on {url}: {}", s.message())
+            })?
             .into_inner();
         info!(coordinator = %url, session, "connected to coordinator");
         self.link.send_replace(LinkState {
@@ -441,6 +456,8 @@ mod tests {
             desired_store: None,
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
+            rejoin: None,
+            refused_identity: false,
         };
         (link, routes_rx, desired_rx)
     }
@@ -616,6 +633,8 @@ mod tests {
             desired_store: None,
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
+            rejoin: None,
+            refused_identity: false,
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(link.run(shutdown.clone()));

@@ -164,7 +164,7 @@ pub async fn run(
         coordinators: config.coordinators.clone(),
         cluster_id: config.cluster_id.clone(),
         node: NodeInfo {
-            id: node_id,
+            id: node_id.clone(),
             generation,
             address: config.advertise.to_string(),
             capacity,
@@ -179,6 +179,15 @@ pub async fn run(
         desired_store: None,
         credentials: credentials.as_ref().map(|(_, rx)| rx.clone()),
         gossip_keys: gossip_keys_tx,
+        rejoin: credentials
+            .as_ref()
+            .map(|(current, _)| credentials::Rejoin {
+                dir: config.data_dir.clone(),
+                node_id: node_id.clone(),
+                config: config.clone(),
+                current: current.clone(),
+            }),
+        refused_identity: false,
     };
     if let Some((current, _)) = credentials {
         tasks.spawn_infallible(

@@ -204,7 +204,8 @@ enum TokenCommand {
     /// Revoke a token by id or name; it stops working at once.
     Revoke {
         /// Id or name.
-        token: String,
+        #[arg(value_name = "ID|NAME")]
+        which: String,
     },
 }
 
@@ -305,11 +306,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let target = cli.coordinator;
-    client::set_auth(client::resolve_auth(
-        cli.token.as_deref(),
-        cli.token_file.as_deref(),
-        cli.insecure,
-    ));
+    // `drover dev` talks to its own coordinator with the admin token it writes.
+    if !matches!(cli.command, Command::Dev(_)) {
+        client::set_auth(client::resolve_auth(
+            cli.token.as_deref(),
+            cli.token_file.as_deref(),
+            cli.insecure,
+        ));
+    }
     match cli.command {
         Command::Dev(args) => {
             drover_daemon::init_logs();
@@ -395,7 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokens::create(&target, &name, &role, ttl).await
             }
             TokenCommand::List { output } => tokens::list(&target, output).await,
-            TokenCommand::Revoke { token } => tokens::revoke(&target, &token).await,
+            TokenCommand::Revoke { which } => tokens::revoke(&target, &which).await,
         },
     }
 }

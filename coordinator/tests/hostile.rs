@@ -12,9 +12,9 @@ use drover_proto::pb;
 /// Applies `web` with `replicas` over agents `a` and `b`, reports every replica healthy,
 /// and returns the agents with the running allocation ids of each.
 async fn two_nodes_serving(server: &Server, replicas: u32) -> [(FakeAgent, Vec<String>); 2] {
-    let mut client = control(&server).await;
-    let mut a = FakeAgent::connect(&server, "a", &[]).await;
-    let mut b = FakeAgent::connect(&server, "b", &[]).await;
+    let mut client = control(server).await;
+    let mut a = FakeAgent::connect(server, "a", &[]).await;
+    let mut b = FakeAgent::connect(server, "b", &[]).await;
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),

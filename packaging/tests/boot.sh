@@ -89,13 +89,24 @@ echo "drover-coordinator: $(in_ct 'systemctl is-active drover-coordinator') (sta
 
 # Join the agent as README.md says (the agent's gossip is on 7403 by default, the
 # coordinator's on 7402, so both fit on one host).
-in_ct 'cat >>/etc/drover/agent.toml <<EOF
+# The coordinator came up secure with no step of ours: a CA, an admin token the root shell's
+# drover reads, and mTLS on its API. The agent joins with one token in agent.toml.
+wait_for 30 'test -s /var/lib/drover/admin.token' || fail "the coordinator wrote no admin token"
+TOKEN=$(in_ct 'drover-coordinator token create --role agent --name boot-test 2>/dev/null') ||
+  fail "drover-coordinator token create failed: $(in_ct 'drover-coordinator token create --role agent --name boot-test2' 2>&1)"
+case $TOKEN in DRV1-*) ;; *) fail "not a join token: $TOKEN" ;; esac
+in_ct "cat >>/etc/drover/agent.toml <<EOF
 
 # Joined by packaging/tests/boot.sh.
-coordinators = ["http://127.0.0.1:7400"]
-gossip_seeds = ["127.0.0.1:7402"]
+coordinators = [\"127.0.0.1:7400\"]
+gossip_seeds = [\"127.0.0.1:7402\"]
+token = \"$TOKEN\"
 EOF
-systemctl restart drover-agent'
+systemctl restart drover-agent"
+# Without the admin token nothing is answered.
+if in_ct 'DROVER_TOKEN_FILE=/dev/null drover nodes' >/dev/null 2>&1; then
+  fail "drover nodes answered without a token"
+fi
 NODE=$(in_ct 'cat /etc/machine-id')
 wait_for 60 'systemctl is-active -q drover-agent' || fail "drover-agent is not active"
 # Joined: the coordinator lists the node as ready (over its AgentLink) and alive in gossip.

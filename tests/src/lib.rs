@@ -60,9 +60,18 @@ pub struct DroverProcess {
 impl DroverProcess {
     /// Starts `drover-coordinator` on free ports with `data_dir`.
     pub fn coordinator(data_dir: &Path) -> DroverProcess {
+        DroverProcess::coordinator_with(data_dir, "")
+    }
+
+    /// [`DroverProcess::coordinator`] with `config` (TOML) as its configuration file.
+    pub fn coordinator_with(data_dir: &Path, config: &str) -> DroverProcess {
         let port = free_port();
+        let file = data_dir.join("coordinator.toml");
+        std::fs::write(&file, config).expect("write the coordinator's config");
         let args = vec![
-            "--data-dir".to_string(),
+            "--config".to_string(),
+            file.display().to_string(),
+            "--data-dir".into(),
             data_dir.display().to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),

@@ -122,6 +122,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let mut events = Command::new(drover_tests::binary("drover"))
         .args(["events", "--follow"])
         .env("DROVER_COORDINATOR", coordinator.url())
+        .env("DROVER_TOKEN_FILE", coordinator.admin_token_file())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,7 +1,8 @@
 //! Hostile input against a live cluster of real processes (a coordinator and two agents
-//! running a real service on Docker): forged agent sessions, forged and malformed gossip
-//! datagrams, oversized and out-of-range API requests. At the end every daemon is alive and
-//! answering, and no real replica was moved.
+//! running a real service on Docker): agent sessions without a certificate or with another
+//! node's, forged gossip members (plain, sealed with a wrong key, sealed with a key removed
+//! by a live rotation), malformed datagrams, oversized and out-of-range API requests. At the
+//! end every daemon is alive and answering, and no real replica was moved.
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use drover_proto::model::AllocState;
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use drover_tests::{
-    DroverProcess, allocations, failure, healthy_containers, http_get, nodes_cluster, web_manifest,
+    DroverProcess, LoopingClient, allocations, failure, healthy_containers, http_get,
+    nodes_cluster, success, web_manifest,
 };
 use tokio_stream::StreamExt;
 
@@ -70,16 +72,24 @@ fn failed_statuses(ids: &[String]) -> pb::AgentMessage {
     }
 }
 
-/// Opens an AgentLink session with `first` and then `rest`; the coordinator's answer to the
-/// hello (its first message, or its refusal).
+/// Opens an AgentLink session with `first` and then `rest`, over TLS to the cluster's CA
+/// (`digest`) and with `identity` as the client certificate, if any; the coordinator's
+/// answer to the hello (its first message, or its refusal).
 async fn forge_session(
     url: &str,
+    digest: drover_security::CaDigest,
+    identity: Option<&drover_security::ClientIdentity>,
     first: pb::AgentMessage,
     rest: Vec<pb::AgentMessage>,
 ) -> Result<Option<pb::CoordinatorMessage>, tonic::Status> {
-    let mut client = AgentLinkClient::connect(url.to_string())
+    let tls = drover_security::ClientTls::new(&drover_security::Trust::Pinned(digest), identity)
+        .expect("client tls");
+    let endpoint = drover_security::transport::endpoint(url).expect("endpoint");
+    let channel = tls
+        .connect(endpoint)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = AgentLinkClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tx.send(first).await.expect("queue hello");
     for message in rest {
@@ -100,6 +110,44 @@ async fn forge_session(
     Ok(first)
 }
 
+/// A gossip member on 127.0.0.159 saying every allocation of `before` is healthy at
+/// `endpoint`; sealed with `keys` (base64, one per line) or plain.
+fn forged_member(
+    runtime: &tokio::runtime::Runtime,
+    id: &str,
+    seed: &str,
+    keys: Option<&str>,
+    before: &[(String, String, String)],
+    endpoint: std::net::SocketAddr,
+) -> drover_membership::Membership {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 159], drover_tests::free_udp_port()));
+    let mut config = drover_membership::MembershipConfig::new("drover", id, u64::MAX / 2, listen);
+    config.seeds = vec![seed.to_string()];
+    if let Some(keys) = keys {
+        let ring = drover_membership::Keyring::parse(keys).expect("keyring");
+        config = config.with_keyring(drover_membership::KeyringHandle::new(ring));
+    }
+    let mut facts = vec![(
+        gossip::ROLE.to_string(),
+        gossip::Role::Agent.as_str().to_string(),
+    )];
+    for (alloc, _, _) in before {
+        let fact = gossip::AllocFact {
+            service: "web".into(),
+            revision: 1,
+            endpoint: Some(endpoint),
+            health: AllocState::Healthy,
+        };
+        facts.push((
+            gossip::alloc_key(alloc).expect("key"),
+            fact.encode().expect("fact"),
+        ));
+    }
+    runtime
+        .block_on(drover_membership::Membership::start(config, facts))
+        .expect("forged member starts")
+}
+
 #[test]
 fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
     let ips = ["127.0.0.151", "127.0.0.152"];
@@ -115,37 +163,72 @@ fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let url = coordinator.url();
 
-    // A new node id whose session reports the real replicas as failed.
-    let answered = runtime
-        .block_on(forge_session(
-            &url,
-            hello("rogue", 1, "127.0.0.159"),
-            vec![failed_statuses(&ids)],
-        ))
-        .expect("a new node may open a session");
-    assert!(answered.is_some(), "the rogue got its (empty) desired set");
+    let token: drover_security::Token = std::fs::read_to_string(coordinator.agent_token_file())
+        .expect("agent token")
+        .parse()
+        .expect("token");
+    let digest = token.digest;
 
-    // The real node's id with an older generation: refused while the real one is connected.
+    // No certificate: a hello under a real node's id (which used to get its desired set and
+    // secrets), and a new node reporting the real replicas as failed.
+    for (node, rest) in [
+        (nodes[0].as_str(), Vec::new()),
+        ("rogue", vec![failed_statuses(&ids)]),
+    ] {
+        let refused = runtime
+            .block_on(forge_session(
+                &url,
+                digest,
+                None,
+                hello(node, u64::MAX / 2, "127.0.0.159"),
+                rest,
+            ))
+            .expect_err("no certificate");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{node}: {refused:?}"
+        );
+    }
+
+    // A holder of the join token joins as "rogue", then claims to be a real node.
+    let rogue = runtime
+        .block_on(drover_security::client::join(&url, &token, Some("rogue")))
+        .expect("a token holder joins");
     let refused = runtime
         .block_on(forge_session(
             &url,
-            hello(&nodes[0], 1, "127.0.0.159"),
+            digest,
+            Some(&rogue.identity),
+            hello(&nodes[0], u64::MAX / 2, "127.0.0.159"),
             vec![failed_statuses(&ids)],
         ))
-        .expect_err("an older generation of a live node is refused");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
+        .expect_err("another node's certificate");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("certificate for node rogue"),
         "{refused:?}"
     );
+    // As itself it speaks only for itself: the real replicas' statuses are not taken.
+    runtime
+        .block_on(forge_session(
+            &url,
+            digest,
+            Some(&rogue.identity),
+            hello("rogue", 1, "127.0.0.159"),
+            vec![failed_statuses(&ids)],
+        ))
+        .expect("its own session");
 
-    // Ids and addresses that are not ones.
-    for (id, address) in [("Not_A_Label", "127.0.0.159"), ("ok", "not-an-ip")] {
-        let refused = runtime
-            .block_on(forge_session(&url, hello(id, 1, address), Vec::new()))
-            .expect_err("refused");
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    }
+    // Ids that are not DNS labels get no certificate.
+    let refused = runtime
+        .block_on(drover_security::client::join(
+            &url,
+            &token,
+            Some("Not_A_Label"),
+        ))
+        .expect_err("not a label");
+    assert!(refused.to_string().contains("DNS-1123"), "{refused}");
 
     // Malformed gossip datagrams to every member.
     let socket = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
@@ -166,8 +249,9 @@ fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
         }
     }
 
-    // Forged gossip members: one new, one impersonating a real node with a newer
-    // generation, both saying the real replicas are healthy at the forger's own server.
+    // Forged gossip members saying the real replicas are healthy at the forger's own
+    // server: a plain one, one impersonating a real node sealed with a key of its own, and
+    // one sealed with the cluster's key as it was before a live rotation removed it.
     let forger = std::net::TcpListener::bind("127.0.0.159:0").expect("forger's server");
     forger.set_nonblocking(true).expect("nonblocking");
     let forged_endpoint = forger.local_addr().expect("address");
@@ -175,35 +259,77 @@ fn a_live_cluster_survives_forged_sessions_datagrams_and_oversized_requests() {
         .gossip_listen()
         .expect("coordinator gossip")
         .to_string();
-    let forgers: Vec<drover_membership::Membership> = ["forger", nodes[0].as_str()]
-        .into_iter()
-        .map(|id| {
-            let listen =
-                std::net::SocketAddr::from(([127, 0, 0, 159], drover_tests::free_udp_port()));
-            let mut config =
-                drover_membership::MembershipConfig::new("drover", id, u64::MAX / 2, listen);
-            config.seeds = vec![seed.clone()];
-            let mut keys = vec![(
-                gossip::ROLE.to_string(),
-                gossip::Role::Agent.as_str().to_string(),
-            )];
-            for (alloc, _, _) in &before {
-                let fact = gossip::AllocFact {
-                    service: "web".into(),
-                    revision: 1,
-                    endpoint: Some(forged_endpoint),
-                    health: AllocState::Healthy,
-                };
-                keys.push((
-                    gossip::alloc_key(alloc).expect("key"),
-                    fact.encode().expect("fact"),
-                ));
-            }
-            runtime
-                .block_on(drover_membership::Membership::start(config, keys))
-                .expect("forged member joins")
-        })
+    let stolen = std::fs::read_to_string(dir.path().join("agent0").join("gossip.keys"))
+        .expect("the agent's gossip keyring");
+    let own_key = drover_membership::GossipKey::generate()
+        .expect("key")
+        .to_base64();
+
+    // Rotate while clients go through both proxies: install, use, remove.
+    let clients: Vec<LoopingClient> = ips
+        .iter()
+        .map(|ip| LoopingClient::start(format!("{ip}:80"), |body| body.starts_with("user-service")))
         .collect();
+    let installed = success(&coordinator.cli(&["gossip", "install"]), "gossip install");
+    let new_id = installed
+        .lines()
+        .find(|l| !l.contains("in use"))
+        .expect("the new key listed")
+        .trim()
+        .to_string();
+    let old_id = installed
+        .lines()
+        .find(|l| l.contains("in use"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the old key")
+        .to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    success(&coordinator.cli(&["gossip", "use", &new_id]), "gossip use");
+    std::thread::sleep(Duration::from_secs(2));
+    success(
+        &coordinator.cli(&["gossip", "remove", &old_id]),
+        "gossip remove",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for client in clients {
+        let (ok, failed, _) = client.finish();
+        assert!(
+            ok > 0 && failed == 0,
+            "{failed} of {} requests failed during the key rotation",
+            ok + failed
+        );
+    }
+    let keys = success(&coordinator.cli(&["gossip", "keys"]), "gossip keys");
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    assert!(keys.contains(&new_id), "{keys}");
+    let events = success(&coordinator.cli(&["events"]), "events");
+    let real_down = events
+        .lines()
+        .any(|l| l.contains("node_down") && nodes.iter().any(|n| l.contains(n.as_str())));
+    assert!(
+        !real_down,
+        "a real member was declared dead during the rotation: {events}"
+    );
+
+    let forgers = [
+        forged_member(&runtime, "forger", &seed, None, &before, forged_endpoint),
+        forged_member(
+            &runtime,
+            &nodes[0],
+            &seed,
+            Some(&own_key),
+            &before,
+            forged_endpoint,
+        ),
+        forged_member(
+            &runtime,
+            "stolen",
+            &seed,
+            Some(&stolen),
+            &before,
+            forged_endpoint,
+        ),
+    ];
     // Gossip spreads in a few rounds of 250 ms.
     std::thread::sleep(Duration::from_secs(3));
     for ip in ips {

@@ -63,10 +63,11 @@ impl Watch {
         let sampler = {
             let stop = Arc::clone(&stop);
             let url = coordinator.url();
+            let token = coordinator.admin_token_file();
             std::thread::spawn(move || {
                 let (mut fewest_ready, mut most_placed) = (usize::MAX, 0);
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some((ready, placed)) = sample(&url, service) {
+                    if let Some((ready, placed)) = sample(&url, &token, service) {
                         fewest_ready = fewest_ready.min(ready);
                         most_placed = most_placed.max(placed);
                     }
@@ -115,10 +116,11 @@ fn now_text() -> String {
 
 /// (ready, placed) replicas of `service` in the coordinator's view; placed ones are those
 /// that should run and have not failed.
-fn sample(url: &str, service: &str) -> Option<(usize, usize)> {
+fn sample(url: &str, token: &std::path::Path, service: &str) -> Option<(usize, usize)> {
     let out = std::process::Command::new(drover_tests::binary("drover"))
         .args(["status", service, "-o", "json"])
         .env("DROVER_COORDINATOR", url)
+        .env("DROVER_TOKEN_FILE", token)
         .output()
         .ok()?;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;

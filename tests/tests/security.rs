@@ -1,0 +1,140 @@
+//! Security with real processes: the CLI's tokens and roles, and a node certificate renewed
+//! under load with no request lost (lifetimes shortened).
+
+use std::time::Duration;
+
+use drover_tests::{
+    DroverProcess, LoopingClient, build_images, failure, healthy_containers, success, unique_node,
+    web_manifest,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `drover` with `token` as DROVER_TOKEN (and no token file).
+fn cli_with(
+    coordinator: &DroverProcess,
+    token: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = std::process::Command::new(drover_tests::binary("drover"));
+    command
+        .args(args)
+        .env("DROVER_COORDINATOR", coordinator.url())
+        .env_remove("DROVER_TOKEN_FILE")
+        .env("HOME", "/nonexistent")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME");
+    match token {
+        Some(token) => command.env("DROVER_TOKEN", token),
+        None => command.env_remove("DROVER_TOKEN"),
+    };
+    command.output().expect("run drover")
+}
+
+#[test]
+fn the_cli_needs_a_token_and_the_role_for_what_it_asks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator = DroverProcess::coordinator(dir.path());
+
+    // No token anywhere: refused before anything is sent, saying where tokens come from
+    // (unless this host runs a packaged coordinator whose admin token root may read).
+    if !std::path::Path::new("/var/lib/drover/admin.token").exists() {
+        let out = cli_with(&coordinator, None, &["nodes"]);
+        let err = failure(&out, "drover nodes without a token");
+        assert!(
+            err.contains("no token: pass --token or set DROVER_TOKEN"),
+            "{err}"
+        );
+    }
+
+    // A read-only token reads, and a write names the role it needs.
+    let viewer = success(
+        &coordinator.cli(&["token", "create", "viewer", "--role", "read"]),
+        "token create",
+    );
+    let viewer = viewer.trim();
+    assert!(viewer.starts_with("DRV1-"), "{viewer}");
+    success(
+        &cli_with(&coordinator, Some(viewer), &["get", "services"]),
+        "read with read",
+    );
+    let err = failure(
+        &cli_with(&coordinator, Some(viewer), &["scale", "web", "3"]),
+        "scale with a read token",
+    );
+    assert!(
+        err.contains("needs the operator role") && err.contains("has the read role"),
+        "{err}"
+    );
+    let who = success(&cli_with(&coordinator, Some(viewer), &["whoami"]), "whoami");
+    assert!(who.contains("viewer (read role"), "{who}");
+
+    // Revoked: the next call fails.
+    success(
+        &coordinator.cli(&["token", "revoke", "viewer"]),
+        "token revoke",
+    );
+    let err = failure(
+        &cli_with(&coordinator, Some(viewer), &["get", "services"]),
+        "a revoked token",
+    );
+    assert!(err.contains("unknown or revoked"), "{err}");
+    let list = success(&coordinator.cli(&["token", "list"]), "token list");
+    assert!(!list.contains("viewer"), "{list}");
+    assert!(list.contains("bootstrap-admin"), "{list}");
+
+    // Every change is in the event log with the token that made it.
+    let events = success(&coordinator.cli(&["events"]), "events");
+    assert!(
+        events.contains("revoked by \"bootstrap-admin\""),
+        "{events}"
+    );
+}
+
+#[test]
+fn a_certificate_renewal_interrupts_no_request() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("dir");
+    // 20 s certificates: agents renew at 10–16 s of their life.
+    let coordinator =
+        DroverProcess::coordinator_with(&coordinator_dir, "node_cert_ttl = \"20s\"\n");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("dir");
+    let ip = "127.0.0.161";
+    let node = unique_node("renew");
+    let _agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, web_manifest("user-service", 1, "")).expect("write manifest");
+    coordinator.apply(&manifest);
+    drover_tests::wait_for("1 healthy replica", DEADLINE, || {
+        healthy_containers(&coordinator, "web").len() == 1
+    });
+    // The proxy routes once gossip has the replica healthy too.
+    drover_tests::wait_for("the proxy answers", DEADLINE, || {
+        drover_tests::try_http_get(&format!("{ip}:80")).is_ok_and(|b| b.starts_with("user-service"))
+    });
+    let first = std::fs::read_to_string(agent_dir.join("node.crt")).expect("node.crt");
+
+    let client = LoopingClient::start(format!("{ip}:80"), |body| body.starts_with("user-service"));
+    let log = agent_dir.join("drover-agent.log");
+    drover_tests::wait_for("two renewals", Duration::from_secs(45), || {
+        std::fs::read_to_string(&log)
+            .map(|l| l.matches("node certificate renewed").count() >= 2)
+            .unwrap_or(false)
+    });
+    let (ok, failed, errors) = client.finish();
+    assert!(ok > 0, "no request went through");
+    assert_eq!(failed, 0, "requests failed across renewals: {errors:?}");
+    let now = std::fs::read_to_string(agent_dir.join("node.crt")).expect("node.crt");
+    assert_ne!(first, now, "the kept certificate is the renewed one");
+    // The node stayed connected, ready, and its replica was never moved.
+    assert_eq!(drover_tests::ready_nodes(&coordinator), vec![node.clone()]);
+    let events = success(&coordinator.cli(&["events"]), "events");
+    assert!(
+        !events.contains("node_disconnected") && !events.contains("node_down"),
+        "{events}"
+    );
+    assert_eq!(healthy_containers(&coordinator, "web").len(), 1);
+}
