@@ -158,6 +158,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_token_comes_from_the_flag_then_the_file_and_bad_ones_say_why() {
+        let digest = drover_security::CaDigest::of(b"ca");
+        let flag = Token::generate(digest);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        let in_file = Token::generate(digest);
+        std::fs::write(&file, format!("{}\n", in_file.reveal())).expect("write");
+
+        let from_flag = resolve_auth(Some(&flag.reveal()), Some(&file), false);
+        assert!(matches!(from_flag, Auth::Token(t, _) if t == flag));
+        let from_file = resolve_auth(None, Some(&file), false);
+        assert!(matches!(from_file, Auth::Token(t, _) if t == in_file));
+        assert!(matches!(
+            resolve_auth(Some("x"), None, true),
+            Auth::Insecure
+        ));
+        let Auth::Missing(why) = resolve_auth(Some("K10abc::secret"), None, false) else {
+            panic!("a malformed token is no token");
+        };
+        assert!(
+            why.contains("--token/DROVER_TOKEN") && why.contains("malformed"),
+            "{why}"
+        );
+        let Auth::Missing(why) = resolve_auth(None, Some(&dir.path().join("none")), false) else {
+            panic!("a missing file is no token");
+        };
+        assert!(why.contains("cannot read the token file"), "{why}");
+    }
+
+    #[test]
     fn a_request_over_the_size_limit_says_what_and_how_to_raise_it() {
         let status = tonic::Status::out_of_range(
             "Error, decoded message length too large: found 20971529 bytes, the limit is: 16777216 bytes",

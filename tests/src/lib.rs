@@ -63,8 +63,19 @@ impl DroverProcess {
         DroverProcess::coordinator_with(data_dir, "")
     }
 
+    /// A coordinator with `insecure = true`: plain gRPC, no tokens (benchmark anchors only).
+    pub fn coordinator_insecure(data_dir: &Path) -> DroverProcess {
+        DroverProcess::start_coordinator(data_dir, "insecure = true\n")
+    }
+
     /// [`DroverProcess::coordinator`] with `config` (TOML) as its configuration file.
     pub fn coordinator_with(data_dir: &Path, config: &str) -> DroverProcess {
+        let process = DroverProcess::start_coordinator(data_dir, config);
+        process.wait_for_tokens();
+        process
+    }
+
+    fn start_coordinator(data_dir: &Path, config: &str) -> DroverProcess {
         let port = free_port();
         let file = data_dir.join("coordinator.toml");
         std::fs::write(&file, config).expect("write the coordinator's config");
@@ -78,9 +89,7 @@ impl DroverProcess {
             "--gossip-listen".into(),
             format!("127.0.0.1:{}", free_udp_port()),
         ];
-        let process = DroverProcess::start("drover-coordinator", args, port, data_dir, None);
-        process.wait_for_tokens();
-        process
+        DroverProcess::start("drover-coordinator", args, port, data_dir, None)
     }
 
     /// Waits until the coordinator has written its bootstrap tokens.
