@@ -113,7 +113,8 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 20] = [
+const ENV_KEYS: [&str; 21] = [
+    "insecure",
     "token",
     "token_file",
     "link_source",

@@ -90,7 +90,8 @@ impl Default for Config {
 }
 
 /// Keys that `DROVER_<KEY>` environment variables may set.
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
+    "insecure",
     "listen",
     "data_dir",
     "cluster_id",

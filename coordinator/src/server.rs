@@ -8,6 +8,7 @@ use drover_proto::pb::agent_link_server::AgentLinkServer;
 use drover_proto::pb::bootstrap_server::BootstrapServer;
 use drover_proto::pb::control_server::ControlServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -114,6 +115,13 @@ pub async fn run(
     let request_bytes = usize::try_from(config.limits.request_bytes).unwrap_or(usize::MAX);
     let closing = coordinator.clone();
     let signal = shutdown.clone();
+    // No Nagle: a TLS handshake's small writes would each wait for a delayed ACK (40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -133,7 +141,7 @@ pub async fn run(
                 .max_decoding_message_size(request_bytes),
         )
         .add_service(BootstrapServer::new(BootstrapService::new(coordinator)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             signal.cancelled().await;
             closing.close_sessions().await;
         });

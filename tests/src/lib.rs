@@ -23,6 +23,12 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Whether this run's processes are all insecure (`DROVER_INSECURE=true`, which the
+/// coordinator, the agents and the CLI all read): benchmarks use it for their anchor.
+pub fn insecure_run() -> bool {
+    std::env::var("DROVER_INSECURE").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -92,8 +98,12 @@ impl DroverProcess {
         DroverProcess::start("drover-coordinator", args, port, data_dir, None)
     }
 
-    /// Waits until the coordinator has written its bootstrap tokens.
+    /// Waits until the coordinator has written its bootstrap tokens; with `DROVER_INSECURE`
+    /// set (a benchmark's insecure anchor: every process inherits it) there are none.
     fn wait_for_tokens(&self) {
+        if insecure_run() {
+            return;
+        }
         let dir = self.coordinator_dir.clone();
         wait_for("the coordinator's tokens", Duration::from_secs(30), || {
             dir.join("admin.token").exists() && dir.join("agent.token").exists()
