@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_membership::seal::unix_ms_now as now_unix_ms;
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use drover_security::client::{self, ConnectError};
@@ -178,11 +179,31 @@ pub async fn obtain(
     }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// Keeps the gossip keyring equal to what the coordinator last sent, and kept in `dir` so
+/// a restart without the coordinator still gossips, until `shutdown`.
+pub async fn follow_gossip_keys(
+    handle: drover_membership::KeyringHandle,
+    mut sent: watch::Receiver<Vec<String>>,
+    dir: PathBuf,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = sent.changed() => if changed.is_err() { return },
+        }
+        let keys = sent.borrow_and_update().clone();
+        match drover_membership::Keyring::from_base64(&keys) {
+            Ok(keyring) if *handle.get() != keyring => {
+                handle.set(keyring);
+                if let Err(e) = save_gossip_keys(&dir, &keys) {
+                    warn!(error = %e, "cannot keep the new gossip keyring; using it until restart");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "an unusable gossip keyring from the coordinator ignored"),
+        }
+    }
 }
 
 /// Renews the certificate before it ends, for as long as the agent runs; each new one is

@@ -96,7 +96,7 @@ pub async fn run(
     let keyring = match &credentials {
         Some(_) => {
             let keys = gossip_keys_rx.borrow_and_update().clone();
-            let keyring = drover_membership::Keyring::parse(&keys.join("\n")).map_err(|e| {
+            let keyring = drover_membership::Keyring::from_base64(&keys).map_err(|e| {
                 Error::Credentials(format!(
                     "the gossip keyring kept in {}: {e}",
                     config.data_dir.display()
@@ -121,28 +121,15 @@ pub async fn run(
     });
     info!(listen = %config.gossip_listen, seeds = ?config.gossip_seeds, sealed = keyring.is_some(), "joined gossip");
     if let Some(handle) = keyring {
-        let dir = config.data_dir.clone();
-        let stopping = shutdown.clone();
-        tasks.spawn_infallible("gossip-keys", async move {
-            loop {
-                tokio::select! {
-                    () = stopping.cancelled() => return,
-                    changed = gossip_keys_rx.changed() => if changed.is_err() { return },
-                }
-                let keys = gossip_keys_rx.borrow_and_update().clone();
-                match drover_membership::Keyring::parse(&keys.join("\n")) {
-                    Ok(keyring) => {
-                        if *handle.get() != keyring {
-                            handle.set(keyring);
-                            if let Err(e) = credentials::save_gossip_keys(&dir, &keys) {
-                                warn!(error = %e, "cannot keep the new gossip keyring; using it until restart");
-                            }
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "an unusable gossip keyring from the coordinator ignored"),
-                }
-            }
-        });
+        tasks.spawn_infallible(
+            "gossip-keys",
+            credentials::follow_gossip_keys(
+                handle,
+                gossip_keys_rx,
+                config.data_dir.clone(),
+                shutdown.clone(),
+            ),
+        );
     }
 
     let mut supervisor = Supervisor::new(

@@ -88,8 +88,20 @@ pub fn current_token() -> Option<Token> {
     }
 }
 
+/// This invocation's session, per coordinator address: one join for a client certificate
+/// per run, however many calls (or polling loops) the command makes.
+static SESSION: std::sync::Mutex<Option<(String, Control)>> = std::sync::Mutex::new(None);
+
 /// Connects to the coordinator's Control API at `target` with this invocation's credentials.
 pub async fn connect(target: &str) -> anyhow::Result<Control> {
+    let cached = SESSION.lock().ok().and_then(|s| {
+        s.as_ref()
+            .filter(|(t, _)| t == target)
+            .map(|(_, c)| c.clone())
+    });
+    if let Some(client) = cached {
+        return Ok(client);
+    }
     let auth = AUTH
         .get()
         .cloned()
@@ -107,7 +119,11 @@ pub async fn connect(target: &str) -> anyhow::Result<Control> {
         ConnectError::Invalid(_) => anyhow::anyhow!("{e}"),
     })?;
     // A cluster's full status can be large; the coordinator bounds what it sends.
-    Ok(client.max_decoding_message_size(MAX_RESPONSE_BYTES))
+    let client = client.max_decoding_message_size(MAX_RESPONSE_BYTES);
+    if let Ok(mut session) = SESSION.lock() {
+        *session = Some((target.to_string(), client.clone()));
+    }
+    Ok(client)
 }
 
 /// Largest answer the CLI reads from the coordinator.

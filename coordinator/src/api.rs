@@ -13,7 +13,7 @@ use crate::changes::ChangeSet;
 use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
 use crate::events;
-use crate::operations::{self, ApplyChange, ApplyOutcome, NodeAction, RolloutAction};
+use crate::operations::{self, ApplyOutcome, NodeAction, RolloutAction};
 use crate::security::{self, Caller, Credentials};
 use crate::state::ClusterState;
 use crate::store::credentials::TokenRecord;
@@ -179,73 +179,70 @@ impl Coordinator {
         caller.require(command.role(), &what)?;
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
         let state = &inner.state;
-        let (outcome, commit) = match &command {
-            Command::Apply {
-                specs,
-                cause,
-                dry_run,
-            } => {
-                let outcomes = operations::apply_services(state, specs, cause, &mut changes)?;
-                let changed = outcomes.iter().any(|o| o.change != ApplyChange::Unchanged);
-                (Outcome::Applied(outcomes), !dry_run && changed)
-            }
-            Command::DeleteService(name) => (
-                Outcome::Deleted(operations::delete_service(state, name, &mut changes)?),
-                true,
-            ),
-            Command::Scale { name, replicas } => {
-                operations::scale(state, name, *replicas, &mut changes)?;
-                (Outcome::Service(name.clone()), true)
-            }
-            Command::SetWeights { name, weights } => {
-                operations::set_weights(state, name, weights.clone(), &mut changes)?;
-                (Outcome::Service(name.clone()), true)
-            }
-            Command::Node { node, action } => {
-                operations::node_action(state, node, *action, &mut changes)?;
-                (Outcome::Node(node.clone()), true)
-            }
-            Command::RemoveNode(node) => {
-                let removed = operations::remove_node(state, node, &mut changes)?;
-                security::revoke_node_certificates(state, node, &mut changes);
-                (Outcome::NodeRemoved(removed), true)
-            }
-            Command::Rollout { name, action } => {
-                operations::rollout_action(state, name, *action, &mut changes)?;
-                (Outcome::Service(name.clone()), true)
-            }
-            Command::CreateToken { name, role, ttl } => {
-                let digest = self
-                    .authority()
-                    .ok_or_else(|| {
-                        Error::Refused(
-                            "this coordinator runs insecure: it has no CA and makes no tokens"
-                                .into(),
-                        )
-                    })?
-                    .ca()
-                    .digest();
-                let (token, record) = security::new_token(
+        let outcome =
+            match &command {
+                Command::Apply { specs, cause, .. } => Outcome::Applied(
+                    operations::apply_services(state, specs, cause, &mut changes)?,
+                ),
+                Command::DeleteService(name) => {
+                    Outcome::Deleted(operations::delete_service(state, name, &mut changes)?)
+                }
+                Command::Scale { name, replicas } => {
+                    operations::scale(state, name, *replicas, &mut changes)?;
+                    Outcome::Service(name.clone())
+                }
+                Command::SetWeights { name, weights } => {
+                    operations::set_weights(state, name, weights.clone(), &mut changes)?;
+                    Outcome::Service(name.clone())
+                }
+                Command::Node { node, action } => {
+                    operations::node_action(state, node, *action, &mut changes)?;
+                    Outcome::Node(node.clone())
+                }
+                Command::RemoveNode(node) => {
+                    let removed = operations::remove_node(state, node, &mut changes)?;
+                    security::revoke_node_certificates(state, node, &mut changes);
+                    Outcome::NodeRemoved(removed)
+                }
+                Command::Rollout { name, action } => {
+                    operations::rollout_action(state, name, *action, &mut changes)?;
+                    Outcome::Service(name.clone())
+                }
+                Command::CreateToken { name, role, ttl } => {
+                    let digest = self
+                        .authority()
+                        .ok_or_else(|| {
+                            Error::Refused(
+                                "this coordinator runs insecure: it has no CA and makes no tokens"
+                                    .into(),
+                            )
+                        })?
+                        .ca()
+                        .digest();
+                    let (token, record) = security::new_token(
+                        state,
+                        digest,
+                        name,
+                        *role,
+                        *ttl,
+                        &caller.name,
+                        &mut changes,
+                    )?;
+                    Outcome::TokenCreated(token.reveal(), record)
+                }
+                Command::RevokeToken(token) => Outcome::TokenRevoked(security::revoke_token(
                     state,
-                    digest,
-                    name,
-                    *role,
-                    *ttl,
+                    token,
                     &caller.name,
                     &mut changes,
-                )?;
-                (Outcome::TokenCreated(token.reveal(), record), true)
-            }
-            Command::RevokeToken(token) => {
-                let record = security::revoke_token(state, token, &caller.name, &mut changes)?;
-                (Outcome::TokenRevoked(record), true)
-            }
-            Command::GossipKey(action) => {
-                let ids = security::gossip_key_action(state, action, &mut changes)?;
-                let changed = !matches!(action, security::KeyAction::List);
-                (Outcome::Keyring(ids), changed)
-            }
-        };
+                )?),
+                Command::GossipKey(action) => {
+                    Outcome::Keyring(security::gossip_key_action(state, action, &mut changes)?)
+                }
+            };
+        // What changed nothing (an unchanged apply, listing keys) is not committed or logged.
+        let dry_run = matches!(command, Command::Apply { dry_run: true, .. });
+        let commit = !dry_run && !changes.is_empty();
         if commit {
             changes.event(
                 events::API_REQUEST,

@@ -543,14 +543,14 @@ pub fn keyring(state: &ClusterState) -> Result<Option<drover_membership::Keyring
     if keys.is_empty() {
         return Ok(None);
     }
-    drover_membership::Keyring::parse(&keys.join("\n"))
+    drover_membership::Keyring::from_base64(&keys)
         .map(Some)
         .map_err(|e| Error::Internal(format!("the stored gossip keyring: {e}")))
 }
 
 fn store_keyring(keyring: &drover_membership::Keyring, changes: &mut ChangeSet) {
     changes.push(Write::PutCredential(Credential::GossipKeys {
-        keys: keyring.keys().iter().map(|k| k.to_base64()).collect(),
+        keys: keyring.to_base64(),
     }));
 }
 

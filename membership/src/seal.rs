@@ -326,6 +326,16 @@ impl Keyring {
         Keyring::from_keys(keys)
     }
 
+    /// A keyring from base64 keys, the first one primary (as stored and sent over links).
+    pub fn from_base64(keys: &[String]) -> Result<Keyring, KeyringError> {
+        Keyring::parse(&keys.join("\n"))
+    }
+
+    /// The keys as base64, the primary first: what [`Keyring::from_base64`] reads.
+    pub fn to_base64(&self) -> Vec<String> {
+        self.keys.iter().map(GossipKey::to_base64).collect()
+    }
+
     /// The key that seals.
     pub fn primary(&self) -> &GossipKey {
         // Never empty (every constructor and change keeps a key).
