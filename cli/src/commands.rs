@@ -214,6 +214,8 @@ struct StatusView {
     #[serde(flatten)]
     summary: ServiceRow,
     revisions: Vec<u64>,
+    /// Names of the secret environment variables; their values are never printed.
+    secret_env: Vec<String>,
     allocations: Vec<AllocationRow>,
     rollout: Option<crate::rollout::RolloutView>,
 }
@@ -239,6 +241,16 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
     let view = StatusView {
         summary: service_row(summary),
         revisions: response.revisions.iter().map(|r| r.revision).collect(),
+        secret_env: response
+            .spec
+            .as_ref()
+            .map(|spec| {
+                let mut names: Vec<String> = spec.secret_env.keys().cloned().collect();
+                names.extend(spec.withheld_secrets.iter().cloned());
+                names.sort();
+                names
+            })
+            .unwrap_or_default(),
         allocations,
         rollout: response.rollout.as_ref().map(crate::rollout::view),
     };
@@ -282,6 +294,12 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .join(" ")
     };
     say!("Traffic:   {} ({weights})", s.strategy);
+    if !view.secret_env.is_empty() {
+        say!(
+            "Secrets:   {} (values not shown)",
+            view.secret_env.join(", ")
+        );
+    }
     if let Some(rollout) = &response.rollout {
         say!("Rollout:   {}", crate::rollout::line(rollout));
     }

@@ -150,6 +150,11 @@ impl Config {
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("coordinator.redb")
     }
+
+    /// Path of the key that seals secret values in the store (back it up apart from it).
+    pub fn secrets_key_path(&self) -> PathBuf {
+        self.data_dir.join("secrets.key")
+    }
 }
 
 #[cfg(test)]

@@ -191,8 +191,8 @@ impl Control for ControlService {
         let name = request.into_inner().name;
         let status = self
             .coordinator
-            .read(&credentials, |state, _| {
-                views::service_status(state, &name).ok_or_else(|| not_found(&name))
+            .read(&credentials, |state, caller| {
+                views::service_status(state, &name, caller).ok_or_else(|| not_found(&name))
             })
             .await?;
         Ok(Response::new(status))

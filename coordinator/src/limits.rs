@@ -77,11 +77,11 @@ impl Limits {
                 "args",
             ));
         }
-        let env: usize = spec
-            .env
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 1)
-            .sum::<usize>()
+        let entries = || {
+            let plain = spec.env.iter().map(|(k, v)| (k, v.len()));
+            plain.chain(spec.secret_env.iter().map(|(k, v)| (k, v.len())))
+        };
+        let env: usize = entries().map(|(k, v)| k.len() + v + 1).sum::<usize>()
             + spec
                 .command
                 .iter()
@@ -96,8 +96,8 @@ impl Limits {
                 "env_bytes",
             ));
         }
-        for (name, value) in &spec.env {
-            let entry = name.len() + value.len() + 1;
+        for (name, value) in entries() {
+            let entry = name.len() + value + 1;
             if entry > MAX_ENV_ENTRY_BYTES {
                 problems.push(format!(
                     "env {name} is {entry} bytes; Linux passes at most {MAX_ENV_ENTRY_BYTES} bytes per variable to a program, so the container could not start"

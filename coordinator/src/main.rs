@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use drover_coordinator::Config;
-use drover_coordinator::store::RedbStore;
+use drover_coordinator::store::{RedbStore, SealedStore, SecretsKey};
 use figment::providers::Serialized;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let store = RedbStore::open(&config.store_path())
         .with_context(|| format!("opening store {}", config.store_path().display()))?;
+    let store = SealedStore::new(
+        store,
+        SecretsKey::load_or_create(&config.secrets_key_path())?,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding gRPC listener on {}", config.listen))?;

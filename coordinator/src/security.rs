@@ -45,6 +45,12 @@ impl Caller {
         }
     }
 
+    /// Whether the caller sees secret values in specs (the admin role); others see their
+    /// names only.
+    pub fn sees_secrets(&self) -> bool {
+        self.role.allows(Role::Admin)
+    }
+
     /// Refuses unless the caller's role allows `needed`; the message names both.
     pub fn require(&self, needed: Role, what: &str) -> Result<(), Error> {
         if self.role.allows(needed) {

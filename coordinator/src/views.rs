@@ -1,12 +1,13 @@
 //! Read models for the Control API, built from the state.
 
 use drover_proto::convert::{node_health_to_pb, strategy_to_pb};
-use drover_proto::model::{AllocState, DesiredState, Resources};
+use drover_proto::model::{AllocState, DesiredState, Resources, ServiceSpec};
 use drover_proto::pb;
 
 use crate::coordinator::now_unix_ms;
 use crate::reconcile;
 use crate::rollout;
+use crate::security::Caller;
 use crate::state::ClusterState;
 use crate::store::RolloutPhase;
 
@@ -50,8 +51,21 @@ pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSu
     })
 }
 
-/// Everything about one service.
-pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceStatus> {
+/// A spec as `caller` may see it: secret values withheld without the admin role.
+fn spec_for(spec: &ServiceSpec, caller: &Caller) -> pb::ServiceSpec {
+    let mut spec = pb::ServiceSpec::from(spec);
+    if !caller.sees_secrets() {
+        spec.withhold_secrets();
+    }
+    spec
+}
+
+/// Everything about one service, as `caller` may see it.
+pub fn service_status(
+    state: &ClusterState,
+    name: &str,
+    caller: &Caller,
+) -> Option<pb::ServiceStatus> {
     let summary = service_summary(state, name)?;
     let (record, spec) = state.service(name)?;
     let revisions = state
@@ -60,7 +74,7 @@ pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceSta
         .range((name.to_string(), 0)..=(name.to_string(), u64::MAX))
         .map(|(_, r)| pb::Revision {
             revision: r.revision,
-            spec: Some((&r.spec).into()),
+            spec: Some(spec_for(&r.spec, caller)),
             created_unix_ms: r.created_unix_ms,
             cause: r.cause.clone(),
             failure: record
@@ -82,7 +96,7 @@ pub fn service_status(state: &ClusterState, name: &str) -> Option<pb::ServiceSta
         .collect();
     Some(pb::ServiceStatus {
         summary: Some(summary),
-        spec: Some((&spec).into()),
+        spec: Some(spec_for(&spec, caller)),
         revisions,
         allocations,
         rollout: rollout_status(state, name, now_unix_ms()),

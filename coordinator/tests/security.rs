@@ -177,3 +177,97 @@ async fn roles_are_enforced_and_a_revoked_token_stops_at_once() {
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&"bootstrap-admin") && names.contains(&"bootstrap-agent"));
 }
+
+#[tokio::test]
+async fn a_secret_reaches_only_the_node_that_runs_it_and_only_admins_see_its_value() {
+    let server = start().await;
+    let mut admin = control(&server).await;
+    let mut db_node = FakeAgent::connect(&server, "n1", &[("role", "db")]).await;
+    let mut other = FakeAgent::connect(&server, "n2", &[]).await;
+
+    let mut spec = common::web(1);
+    spec.secret_env
+        .insert("DB_PASSWORD".into(), "hunter2".into());
+    spec.placement = Some(pb::Placement {
+        constraints: vec![pb::LabelConstraint {
+            key: "role".into(),
+            op: pb::ConstraintOp::Eq.into(),
+            values: vec!["db".into()],
+        }],
+        ..Default::default()
+    });
+    admin
+        .apply(pb::ApplyRequest {
+            services: vec![spec],
+            dry_run: false,
+            cause: String::new(),
+        })
+        .await
+        .expect("apply");
+
+    db_node
+        .until("the replica with its secret", |a| !a.desired.is_empty())
+        .await;
+    let given = db_node.desired[0].spec.as_ref().expect("spec");
+    assert_eq!(
+        given.secret_env.get("DB_PASSWORD").map(String::as_str),
+        Some("hunter2")
+    );
+    other
+        .until("the route to web", |a| {
+            a.routes.iter().any(|r| r.service == "web")
+        })
+        .await;
+    assert!(
+        other.desired.is_empty(),
+        "n2 runs nothing: {:?}",
+        other.desired
+    );
+
+    let made = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "ops".into(),
+            role: "operator".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let mut ops = operator(&server.url, &made.token.parse().expect("token")).await;
+    let seen = ops
+        .get_service(pb::GetServiceRequest { name: "web".into() })
+        .await
+        .expect("an operator reads the service")
+        .into_inner();
+    let specs = std::iter::once(seen.spec.as_ref().expect("spec"))
+        .chain(seen.revisions.iter().filter_map(|r| r.spec.as_ref()));
+    for spec in specs {
+        assert!(spec.secret_env.is_empty(), "{:?}", spec.secret_env);
+        assert_eq!(spec.withheld_secrets, ["DB_PASSWORD"]);
+    }
+    let seen = admin
+        .get_service(pb::GetServiceRequest { name: "web".into() })
+        .await
+        .expect("the admin reads the service")
+        .into_inner()
+        .spec
+        .expect("spec");
+    assert_eq!(
+        seen.secret_env.get("DB_PASSWORD").map(String::as_str),
+        Some("hunter2")
+    );
+    assert!(seen.withheld_secrets.is_empty());
+
+    // A withheld copy cannot be applied back as if it were the spec.
+    let mut withheld = seen.clone();
+    withheld.withhold_secrets();
+    let refused = ops
+        .apply(pb::ApplyRequest {
+            services: vec![withheld],
+            dry_run: false,
+            cause: String::new(),
+        })
+        .await
+        .expect_err("withheld values");
+    assert!(refused.message().contains("were withheld"), "{refused:?}");
+}

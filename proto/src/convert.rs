@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::model::{
     AllocState, AllocStatus, Allocation, CanaryAnalysis, CanaryStep, ConstraintOp, DesiredState,
     HealthCheck, LabelConstraint, NodeHealth, NodeInfo, Placement, PortSpec, ProbeAction, Protocol,
-    ReplicaCount, Resources, RestartMode, RestartPolicy, ServiceSpec, SpreadMode, Strategy,
+    ReplicaCount, Resources, RestartMode, RestartPolicy, Secret, ServiceSpec, SpreadMode, Strategy,
     Traffic, UpdateKind, UpdateStrategy,
 };
 use crate::pb;
@@ -397,6 +397,12 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
             command: s.command.clone(),
             args: s.args.clone(),
             env: s.env.clone().into_iter().collect(),
+            secret_env: s
+                .secret_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect(),
+            withheld_secrets: Vec::new(),
             replicas: s.replicas,
             resources: Some(s.resources.into()),
             ports: s.ports.iter().map(Into::into).collect(),
@@ -432,6 +438,16 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
     }
 }
 
+impl pb::ServiceSpec {
+    /// Withholds the values of the secret environment variables, listing their names in
+    /// `withheld_secrets`: the spec as a caller without the admin role sees it.
+    pub fn withhold_secrets(&mut self) {
+        let names = std::mem::take(&mut self.secret_env).into_keys();
+        self.withheld_secrets.extend(names);
+        self.withheld_secrets.sort();
+    }
+}
+
 impl TryFrom<pb::ServiceSpec> for ServiceSpec {
     type Error = ConvertError;
 
@@ -442,6 +458,24 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
         }
         if s.image.is_empty() {
             return Err(ConvertError::missing(M, "image"));
+        }
+        if !s.withheld_secrets.is_empty() {
+            return Err(ConvertError::new(
+                M,
+                "withheld_secrets",
+                format!(
+                    "the values of secret env {} were withheld from this copy of the spec; \
+                     apply the manifest that holds them",
+                    s.withheld_secrets.join(", ")
+                ),
+            ));
+        }
+        if let Some(name) = s.secret_env.keys().find(|k| s.env.contains_key(*k)) {
+            return Err(ConvertError::new(
+                M,
+                "secret_env",
+                format!("{name} is set both as a plain and as a secret environment variable"),
+            ));
         }
         let ports = s
             .ports
@@ -503,6 +537,11 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
             command: s.command,
             args: s.args,
             env: s.env.into_iter().collect(),
+            secret_env: s
+                .secret_env
+                .into_iter()
+                .map(|(k, v)| (k, Secret::new(v)))
+                .collect(),
             replicas: s.replicas,
             resources: resources(s.resources),
             ports,
@@ -750,7 +789,29 @@ mod tests {
         spec.traffic.revision_weights.insert(1, 90);
         spec.stop_after_disconnect = Some(Duration::from_secs(30));
         spec.labels.insert("tier".into(), "front".into());
+        spec.secret_env
+            .insert("TOKEN".into(), Secret::new("s3cret"));
         spec
+    }
+
+    #[test]
+    fn withheld_secrets_show_names_only_and_are_refused_as_input() {
+        let mut wire = pb::ServiceSpec::from(&full_spec());
+        assert_eq!(
+            wire.secret_env.get("TOKEN").map(String::as_str),
+            Some("s3cret")
+        );
+        wire.withhold_secrets();
+        assert!(wire.secret_env.is_empty());
+        assert_eq!(wire.withheld_secrets, ["TOKEN"]);
+        let err = ServiceSpec::try_from(wire).expect_err("a withheld copy is not a spec");
+        assert_eq!(err.field, "withheld_secrets");
+        assert!(err.to_string().contains("TOKEN"), "{err}");
+
+        let mut wire = pb::ServiceSpec::from(&full_spec());
+        wire.env.insert("TOKEN".into(), "plain".into());
+        let err = ServiceSpec::try_from(wire).expect_err("one name, two values");
+        assert!(err.to_string().contains("TOKEN is set both"), "{err}");
     }
 
     #[test]

@@ -435,6 +435,41 @@ pub struct Traffic {
     pub revision_weights: BTreeMap<u64, u32>,
 }
 
+/// A secret value (a password, an API key). Its `Debug` shows no value, so a spec can be
+/// logged; the value is read only through [`Secret::expose`], where it is used.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that needs it (the container's environment, the store's
+    /// sealing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Length of the value in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<withheld>)")
+    }
+}
+
 /// Everything an operator declares about a service. Parsed from manifests, validated, stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -448,6 +483,11 @@ pub struct ServiceSpec {
     pub args: Vec<String>,
     /// Environment variables.
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secrets: sealed at rest in the coordinator's
+    /// store, withheld from views without the admin role, sent only to the node that runs
+    /// the replica. A name is never in both maps.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, Secret>,
     /// Desired number of replicas.
     pub replicas: u32,
     /// Resources reserved per replica (and enforced as limits).
@@ -475,6 +515,17 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Every environment variable a container of this spec gets, secrets included.
+    pub fn container_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.extend(
+            self.secret_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        );
+        env
+    }
+
     /// A spec with defaults for everything but the name and image.
     pub fn new(name: impl Into<String>, image: impl Into<String>) -> ServiceSpec {
         ServiceSpec {
@@ -483,6 +534,7 @@ impl ServiceSpec {
             command: Vec::new(),
             args: Vec::new(),
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
             replicas: 1,
             resources: Resources::default(),
             ports: Vec::new(),

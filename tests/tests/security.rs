@@ -1,5 +1,6 @@
-//! Security with real processes: the CLI's tokens and roles, and a node certificate renewed
-//! under load with no request lost (lifetimes shortened).
+//! Security with real processes: the CLI's tokens and roles, a node certificate renewed
+//! under load with no request lost (lifetimes shortened), and secret env values sealed at
+//! rest and withheld from every view.
 
 use std::time::Duration;
 
@@ -137,4 +138,84 @@ fn a_certificate_renewal_interrupts_no_request() {
         "{events}"
     );
     assert_eq!(healthy_containers(&coordinator, "web").len(), 1);
+}
+
+#[test]
+fn a_secret_is_sealed_at_rest_shown_nowhere_and_given_to_its_container() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("dir");
+    let mut coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("dir");
+    let node = unique_node("secret");
+    let _agent = DroverProcess::agent_on(&agent_dir, "127.0.0.162", &node, &coordinator);
+    let secret = "hunter2-e2e-7f3a";
+    let manifest = dir.path().join("web.yaml");
+    let env = format!("  env: {{MODE: test, DB_PASSWORD: {{secret: {secret}}}}}\n");
+    std::fs::write(&manifest, web_manifest("user-service", 1, &env)).expect("write manifest");
+    coordinator.apply(&manifest);
+    drover_tests::wait_for("1 healthy replica", DEADLINE, || {
+        healthy_containers(&coordinator, "web").len() == 1
+    });
+
+    // The container has it, as a plain variable.
+    let container = healthy_containers(&coordinator, "web").remove(0);
+    let env = success(
+        &std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{json .Config.Env}}", &container])
+            .output()
+            .expect("docker inspect"),
+        "docker inspect",
+    );
+    assert!(env.contains(&format!("DB_PASSWORD={secret}")), "{env}");
+    assert!(env.contains("MODE=test"), "{env}");
+
+    // No view shows it, whatever the role: names only.
+    let viewer = success(
+        &coordinator.cli(&["token", "create", "viewer", "--role", "read"]),
+        "token create",
+    );
+    for token in [None, Some(viewer.trim())] {
+        let text = match token {
+            Some(token) => success(
+                &cli_with(&coordinator, Some(token), &["status", "web"]),
+                "status",
+            ),
+            None => success(&coordinator.cli(&["status", "web"]), "status"),
+        };
+        assert!(
+            text.contains("Secrets:   DB_PASSWORD (values not shown)"),
+            "{text}"
+        );
+        assert!(!text.contains(secret), "{text}");
+    }
+    let json = coordinator.cli_json(&["status", "web"]);
+    assert_eq!(json["secret_env"], serde_json::json!(["DB_PASSWORD"]));
+    assert!(!json.to_string().contains(secret), "{json}");
+
+    // Not in the store file, nor in any log.
+    let needle = secret.as_bytes();
+    let store = std::fs::read(coordinator_dir.join("coordinator.redb")).expect("store file");
+    assert!(
+        !store.windows(needle.len()).any(|w| w == needle),
+        "the store file holds the secret in the clear"
+    );
+    for log in [
+        coordinator_dir.join("drover-coordinator.log"),
+        agent_dir.join("drover-agent.log"),
+    ] {
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(!text.contains(secret), "{} shows the secret", log.display());
+    }
+
+    // After a restart the coordinator opens it again: the same manifest changes nothing,
+    // and the replica is left alone.
+    coordinator.kill_and_restart();
+    let out = coordinator.apply(&manifest);
+    assert!(out.contains("unchanged"), "{out}");
+    drover_tests::wait_for("the replica still healthy", DEADLINE, || {
+        healthy_containers(&coordinator, "web") == vec![container.clone()]
+    });
 }

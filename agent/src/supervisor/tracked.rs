@@ -509,7 +509,7 @@ fn container_spec(
         image: spec.image.clone(),
         command: spec.command.clone(),
         args: spec.args.clone(),
-        env: spec.env.clone(),
+        env: spec.container_env(),
         labels,
         cpu_millis: spec.resources.cpu_millis,
         memory_bytes: spec.resources.memory_bytes,

@@ -8,6 +8,7 @@ mod identity;
 mod memory;
 mod records;
 mod redb_store;
+mod sealed;
 #[cfg(test)]
 mod suite;
 
@@ -17,6 +18,7 @@ pub use records::{
     TrafficBaseline, apply_writes,
 };
 pub use redb_store::RedbStore;
+pub use sealed::{SealedStore, SecretsKey};
 
 use drover_proto::model::{Allocation, NodeFlags};
 
@@ -141,6 +143,14 @@ pub enum StoreError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The key that seals secrets at rest could not be read or made.
+    #[error("secrets key {path}: {reason}")]
+    SecretsKey {
+        /// The key file.
+        path: String,
+        /// What failed.
+        reason: String,
     },
     /// A record could not be encoded or decoded.
     #[error("store record {table}/{key}: {reason}")]

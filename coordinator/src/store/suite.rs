@@ -1,12 +1,14 @@
 //! One test suite run against every `Store` implementation.
 
-use drover_proto::model::{Allocation, DesiredState, NodeFlags, Resources, ServiceSpec, Traffic};
+use drover_proto::model::{
+    Allocation, DesiredState, NodeFlags, Resources, Secret, ServiceSpec, Traffic,
+};
 
 use std::path::{Path, PathBuf};
 
 use super::{
     CORRUPTED_EVENT, EventRecord, MemoryStore, RedbStore, RevisionRecord, Rollout, RolloutPhase,
-    ServiceRecord, Store, StoreError, TrafficBaseline, Write, counters,
+    SealedStore, SecretsKey, ServiceRecord, Store, StoreError, TrafficBaseline, Write, counters,
 };
 
 fn service(name: &str, revision: u64) -> ServiceRecord {
@@ -19,7 +21,12 @@ fn revision(name: &str, revision: u64) -> RevisionRecord {
     RevisionRecord {
         service: name.into(),
         revision,
-        spec: ServiceSpec::new(name, format!("{name}:{revision}")),
+        spec: {
+            let mut spec = ServiceSpec::new(name, format!("{name}:{revision}"));
+            let secret = Secret::new(format!("hunter2-{name}-{revision}"));
+            spec.secret_env.insert("DB_PASSWORD".into(), secret);
+            spec
+        },
         created_unix_ms: 3,
         cause: "apply".into(),
     }
@@ -172,6 +179,119 @@ fn memory_store_events() {
 fn redb_store_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
     round_trip(&RedbStore::open(&dir.path().join("state.redb")).expect("open"));
+}
+
+#[test]
+fn sealed_stores_round_trip() {
+    round_trip(&SealedStore::new(
+        MemoryStore::new(),
+        SecretsKey::ephemeral(),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redb = RedbStore::open(&dir.path().join("state.redb")).expect("open");
+    round_trip(&SealedStore::new(redb, SecretsKey::ephemeral()));
+}
+
+fn sealed_at(dir: &Path) -> SealedStore<RedbStore> {
+    let store = RedbStore::open(&dir.join("state.redb")).expect("open");
+    let key = SecretsKey::load_or_create(&dir.join("secrets.key")).expect("key");
+    SealedStore::new(store, key)
+}
+
+#[test]
+fn secret_values_are_sealed_in_the_store_file_and_open_on_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = sealed_at(dir.path());
+        store
+            .commit(&[Write::PutRevision(revision("web", 1))])
+            .expect("commit");
+        let raw = store.inner().load().expect("raw load");
+        let sealed = raw.revisions[&("web".into(), 1)].spec.secret_env["DB_PASSWORD"].expose();
+        assert!(sealed.starts_with("sealed:1:"), "{sealed}");
+    }
+    let bytes = std::fs::read(dir.path().join("state.redb")).expect("read the file");
+    let needle = b"hunter2-web-1";
+    assert!(
+        !bytes.windows(needle.len()).any(|w| w == needle),
+        "the store file holds the secret in the clear"
+    );
+    let state = sealed_at(dir.path()).load().expect("load");
+    assert_eq!(state.revisions[&("web".into(), 1)], revision("web", 1));
+}
+
+#[test]
+fn another_key_does_not_open_the_secrets_and_the_error_says_which_key_is_needed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    sealed_at(dir.path())
+        .commit(&[Write::PutRevision(revision("web", 1))])
+        .expect("commit");
+    let key_file = dir.path().join("secrets.key");
+    std::fs::remove_file(&key_file).expect("lose the key");
+    let err = sealed_at(dir.path())
+        .load()
+        .expect_err("a new key cannot open them");
+    let text = err.to_string();
+    assert!(text.contains("revisions/web/1"), "{text}");
+    assert!(
+        text.contains("secret env DB_PASSWORD cannot be opened"),
+        "{text}"
+    );
+    assert!(text.contains("it was sealed with key"), "{text}");
+    assert!(text.contains(&key_file.display().to_string()), "{text}");
+}
+
+#[test]
+fn a_sealed_value_moved_into_another_record_does_not_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = sealed_at(dir.path());
+    store
+        .commit(&[Write::PutRevision(revision("web", 1))])
+        .expect("commit");
+    let raw = store.inner().load().expect("raw load");
+    let mut moved = raw.revisions[&("web".into(), 1)].clone();
+    moved.revision = 2;
+    store
+        .inner()
+        .commit(&[Write::PutRevision(moved)])
+        .expect("write around the sealing");
+    let err = store.load().expect_err("bound to web/1");
+    assert!(err.to_string().contains("revisions/web/2"), "{err}");
+    assert!(err.to_string().contains("changed or moved"), "{err}");
+
+    let mut clear = revision("web", 3);
+    clear
+        .spec
+        .secret_env
+        .insert("DB_PASSWORD".into(), Secret::new("plain"));
+    store
+        .inner()
+        .commit(&[
+            Write::DeleteRevision("web".into(), 2),
+            Write::PutRevision(clear),
+        ])
+        .expect("write");
+    let err = store.load().expect_err("a secret in the clear is refused");
+    assert!(err.to_string().contains("not sealed"), "{err}");
+}
+
+#[test]
+fn the_secrets_key_is_made_once_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("secrets.key");
+    let first = format!("{:?}", SecretsKey::load_or_create(&path).expect("make"));
+    let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = format!("{:?}", SecretsKey::load_or_create(&path).expect("read"));
+    assert_eq!(first, again, "the same key is read back");
+    std::fs::write(&path, "not a key\n").expect("write");
+    let err = SecretsKey::load_or_create(&path).expect_err("garbage");
+    assert!(err.to_string().contains("not a key"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]

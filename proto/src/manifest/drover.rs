@@ -9,12 +9,13 @@ use serde::de::IgnoredAny;
 use super::constraint::parse_constraint;
 use super::error::{Errors, FieldError, at};
 use super::input::{
-    CountOrPercent, Cpu, Dur, Memory, Proto, Text, count_at_least, port_number, replica_count,
+    CountOrPercent, Cpu, Dur, EnvValue, Memory, Proto, Text, count_at_least, port_number,
+    replica_count,
 };
 use super::validate;
 use crate::model::{
     CanaryStep, ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol,
-    ReplicaCount, Resources, RestartMode, ServiceSpec, SpreadMode, Strategy, UpdateKind,
+    ReplicaCount, Resources, RestartMode, Secret, ServiceSpec, SpreadMode, Strategy, UpdateKind,
     UpdateStrategy,
 };
 
@@ -49,7 +50,7 @@ struct Spec {
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
-    env: BTreeMap<String, Text>,
+    env: BTreeMap<String, EnvValue>,
     replicas: Option<i64>,
     #[serde(default)]
     resources: ResourcesInput,
@@ -198,7 +199,15 @@ impl Document {
         spec.labels = self.metadata.labels;
         spec.command = input.command;
         spec.args = input.args;
-        spec.env = input.env.into_iter().map(|(k, v)| (k, v.0)).collect();
+        for (name, value) in input.env {
+            match value {
+                EnvValue::Plain(value) => spec.env.insert(name, value),
+                EnvValue::Secret(value) => {
+                    spec.secret_env.insert(name, Secret::new(value));
+                    None
+                }
+            };
+        }
         if let Some(replicas) = input.replicas {
             spec.replicas = errors
                 .check("spec.replicas", count_at_least(replicas, 0))

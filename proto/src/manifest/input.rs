@@ -40,6 +40,53 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
+/// An environment variable's value in Drover's manifest: a scalar (`PORT: 8080`), or
+/// `{secret: …}` for a value kept secret (sealed at rest, withheld from views).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EnvValue {
+    /// A plain value.
+    Plain(String),
+    /// A secret value.
+    Secret(String),
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvVisitor;
+        impl<'de> Visitor<'de> for EnvVisitor {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean, or {secret: <value>}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<EnvValue, A::Error> {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct SecretInput {
+                    secret: Text,
+                }
+                let input = SecretInput::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EnvValue::Secret(input.secret.0))
+            }
+        }
+        deserializer.deserialize_any(EnvVisitor)
+    }
+}
+
 /// A duration written with units: `"10s"`, `"1m30s"`, `"500ms"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dur(pub(crate) Duration);

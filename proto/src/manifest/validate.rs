@@ -15,8 +15,14 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
     errors.check("metadata.name", dns_label(&spec.name));
     errors.check("spec.image", image(&spec.image));
     check_ports(&mut errors, spec);
-    for key in spec.env.keys() {
+    for key in spec.env.keys().chain(spec.secret_env.keys()) {
         errors.check(format!("spec.env.{key}"), env_name(key));
+    }
+    for key in spec.secret_env.keys().filter(|k| spec.env.contains_key(*k)) {
+        errors.push(
+            format!("spec.env.{key}"),
+            format!("environment variable {key} is set both plain and as a secret"),
+        );
     }
     if let Some(check) = &spec.health {
         check_probe(&mut errors, "spec.health", check);

@@ -1,7 +1,7 @@
 //! Tests of Drover's own format.
 
 use super::*;
-use crate::model::{CanaryAnalysis, CanaryStep, ReplicaCount, UpdateKind, UpdateStrategy};
+use crate::model::{CanaryAnalysis, CanaryStep, ReplicaCount, Secret, UpdateKind, UpdateStrategy};
 
 #[test]
 fn drover_example_parses_every_field() {
@@ -15,6 +15,7 @@ fn drover_example_parses_every_field() {
     expected.command = vec!["/bin/web".into()];
     expected.args = vec!["--port".into(), "8080".into()];
     expected.env = BTreeMap::from([("RUST_LOG".into(), "info".into())]);
+    expected.secret_env = BTreeMap::from([("API_KEY".into(), Secret::new("change-me"))]);
     expected.replicas = 3;
     expected.resources = Resources {
         cpu_millis: 500,
@@ -102,6 +103,32 @@ spec:
 }
 
 #[test]
+fn env_values_marked_secret_are_kept_apart_and_never_debug_printed() {
+    let spec = one("
+apiVersion: drover.dev/v1
+kind: Service
+metadata: {name: api}
+spec:
+  image: api
+  env: {MODE: prod, DB_PASSWORD: {secret: hunter2}, PIN: {secret: 1234}}
+");
+    assert_eq!(spec.env.keys().collect::<Vec<_>>(), ["MODE"]);
+    let secrets: Vec<(&str, &str)> = spec
+        .secret_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.expose()))
+        .collect();
+    assert_eq!(secrets, [("DB_PASSWORD", "hunter2"), ("PIN", "1234")]);
+    assert_eq!(
+        spec.container_env().get("DB_PASSWORD").map(String::as_str),
+        Some("hunter2")
+    );
+    let printed = format!("{spec:?}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("DB_PASSWORD"), "{printed}");
+}
+
+#[test]
 fn drover_format_errors() {
     let base = "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: w}\nspec:\n  image: w\n";
     let cases = [
@@ -156,6 +183,22 @@ fn drover_format_errors() {
         (
             "  update: {maxSurge: 0, maxUnavailable: 0%}\n",
             "spec.update: maxSurge and maxUnavailable are both 0",
+        ),
+        (
+            "  env: {TOKEN: {secrets: x}}\n",
+            "spec.env.TOKEN.secrets: field not supported by Drover (supported here: secret)",
+        ),
+        (
+            "  env: {TOKEN: {}}\n",
+            "spec.env.TOKEN.secret: required field is missing",
+        ),
+        (
+            "  env: {TOKEN: [a]}\n",
+            "spec.env.TOKEN: invalid type: sequence, expected a string, number or boolean, or {secret: <value>}",
+        ),
+        (
+            "  env: {'A=B': {secret: x}}\n",
+            "spec.env.A=B: environment variable name \"A=B\" contains '='",
         ),
         (
             "  env: {'A=B': x}\n",
