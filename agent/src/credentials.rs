@@ -207,21 +207,46 @@ pub async fn follow_gossip_keys(
 }
 
 /// Renews the certificate before it ends, for as long as the agent runs; each new one is
-/// kept and published on `current` (new sessions use it; open ones go on).
+/// kept and published on `current` (new sessions use it; open ones go on). A CA bundle
+/// from the coordinator that differs from the kept one (a CA rotation's step) makes it
+/// renew at once, so that its certificate is signed by the CA in force.
 pub async fn renew_forever(
     dir: PathBuf,
     coordinators: Vec<String>,
     source: Option<std::net::IpAddr>,
     current: watch::Sender<Arc<NodeCredentials>>,
+    bundles: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) {
     let mut attempt = 0usize;
+    let mut bundles = Some(bundles);
     loop {
         let credentials = current.borrow().clone();
-        let wait = credentials.renew_at_unix_ms().saturating_sub(now_unix_ms());
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        let changed_ca = bundles
+            .as_ref()
+            .and_then(|b| b.borrow().clone())
+            .is_some_and(|bundle| bundle != credentials.ca_bundle_pem);
+        if changed_ca {
+            info!("the cluster's CA changed: renewing the node certificate now");
+        } else {
+            let wait = credentials.renew_at_unix_ms().saturating_sub(now_unix_ms());
+            let bundle_changed = async {
+                match bundles.as_mut() {
+                    Some(b) => b.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                open = bundle_changed => {
+                    if !open {
+                        // The link is gone (shutting down): renew on time only.
+                        bundles = None;
+                    }
+                    continue;
+                }
+            }
         }
         let address = &coordinators[attempt % coordinators.len()];
         attempt += 1;

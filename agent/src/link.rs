@@ -49,6 +49,8 @@ pub struct Link {
     pub credentials: Option<watch::Receiver<Arc<NodeCredentials>>>,
     /// The gossip keyring the coordinator sends (base64, the key in use first).
     pub gossip_keys: watch::Sender<Vec<String>>,
+    /// The CA bundle the coordinator sends (certificate renewal follows it).
+    pub ca_bundle: watch::Sender<Option<String>>,
     /// How to join again when the coordinator no longer knows the node's certificate (its
     /// state was reset or restored): `None` without a join token.
     pub rejoin: Option<crate::credentials::Rejoin>,
@@ -261,6 +263,13 @@ impl Link {
                 info!(keys = keyring.keys.len(), "gossip keyring received");
                 self.gossip_keys.send_replace(keyring.keys);
             }
+            Some(pb::coordinator_message::Body::CaBundle(bundle)) => {
+                if bundle.bundle_pem.is_empty() {
+                    warn!("an empty CA bundle ignored");
+                    return;
+                }
+                self.ca_bundle.send_replace(Some(bundle.bundle_pem));
+            }
             Some(pb::coordinator_message::Body::Routes(policy)) => {
                 let version = policy.version;
                 let current = self
@@ -456,6 +465,7 @@ mod tests {
             desired_store: None,
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
+            ca_bundle: watch::channel(None).0,
             rejoin: None,
             refused_identity: false,
         };
@@ -633,6 +643,7 @@ mod tests {
             desired_store: None,
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
+            ca_bundle: watch::channel(None).0,
             rejoin: None,
             refused_identity: false,
         };

@@ -90,6 +90,7 @@ pub async fn run(
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
     let (routes_tx, routes_rx) = watch::channel(None);
     let (traffic_tx, traffic_rx) = watch::channel(Vec::new());
+    let (ca_bundle_tx, ca_bundle_rx) = watch::channel(None);
 
     // Gossip seals with the keyring the join gave (kept in the data dir); the coordinator
     // sends a new one over the link when an operator rotates keys.
@@ -166,6 +167,7 @@ pub async fn run(
         desired_store: None,
         credentials: credentials.as_ref().map(|(_, rx)| rx.clone()),
         gossip_keys: gossip_keys_tx,
+        ca_bundle: ca_bundle_tx,
         rejoin: credentials
             .as_ref()
             .map(|(current, _)| credentials::Rejoin {
@@ -184,6 +186,7 @@ pub async fn run(
                 config.coordinators.clone(),
                 config.link_source,
                 current,
+                ca_bundle_rx,
                 shutdown.clone(),
             ),
         );

@@ -144,6 +144,13 @@ enum Command {
         #[command(subcommand)]
         command: GossipCommand,
     },
+    /// The cluster CA (admin to change): status, rotate, finish. Rotate without downtime:
+    /// `rotate` makes a new CA that signs from then on (nodes renew within seconds), and
+    /// `finish` drops the old one once `status` shows no node waiting.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Show cluster events.
     Events {
         /// Start from this sequence number.
@@ -177,6 +184,22 @@ enum GossipCommand {
     Remove {
         /// Key id.
         id: String,
+    },
+}
+
+/// `drover ca …`.
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// The signing CA, the CAs trusted, and which nodes hold a certificate of which.
+    Status,
+    /// Start a rotation: a new CA signs from now on; both are trusted until `finish`.
+    Rotate,
+    /// Trust only the new CA from now on.
+    Finish {
+        /// Even though some nodes have no certificate of the new CA yet (they must then
+        /// join again with a token).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -391,6 +414,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 GossipCommand::Remove { id } => (Action::Remove, id),
             };
             tokens::gossip_key(&target, action, key).await
+        }
+        Command::Ca { command } => {
+            use drover_proto::pb::ca_request::Action;
+            let (action, force) = match command {
+                CaCommand::Status => (Action::Status, false),
+                CaCommand::Rotate => (Action::Rotate, false),
+                CaCommand::Finish { force } => (Action::Finish, force),
+            };
+            tokens::ca(&target, action, force).await
         }
         Command::Login => tokens::login(&target).await,
         Command::Whoami => tokens::whoami(&target).await,

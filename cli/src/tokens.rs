@@ -1,4 +1,4 @@
-//! `drover login`, `drover whoami` and `drover token …`.
+//! `drover login`, `drover whoami`, `drover token …`, `drover gossip …` and `drover ca …`.
 
 use drover_proto::pb;
 use serde::Serialize;
@@ -157,6 +157,46 @@ pub async fn gossip_key(
         .into_inner();
     for (i, id) in ring.key_ids.iter().enumerate() {
         say!("{id}{}", if i == 0 { "  (in use)" } else { "" });
+    }
+    Ok(())
+}
+
+/// `drover ca status|rotate|finish`.
+pub async fn ca(target: &str, action: pb::ca_request::Action, force: bool) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let status = client
+        .certificate_authority(pb::CaRequest {
+            action: action as i32,
+            force,
+        })
+        .await
+        .map_err(|s| refused("the cluster CA", s))?
+        .into_inner();
+    let others: Vec<&str> = status
+        .trusted
+        .iter()
+        .map(String::as_str)
+        .filter(|d| *d != status.digest)
+        .collect();
+    say!("Signing CA:  {}", status.digest);
+    if !others.is_empty() {
+        say!("Also trusted: {}", others.join(", "));
+    }
+    let list = |nodes: &[String]| {
+        if nodes.is_empty() {
+            "none".to_string()
+        } else {
+            nodes.join(", ")
+        }
+    };
+    say!("Nodes on it: {}", list(&status.nodes_current));
+    if status.rotating {
+        say!("Waiting:     {}", list(&status.nodes_waiting));
+        say!();
+        say!("A rotation is in progress: connected nodes renew their certificates within");
+        say!("seconds; run `drover ca finish` once no node is waiting. Tokens made before the");
+        say!("rotation keep working until then; after it, their middle part must be the new");
+        say!("digest above (the coordinator's admin.token and agent.token files already are).");
     }
     Ok(())
 }

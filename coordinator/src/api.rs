@@ -14,7 +14,7 @@ use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
 use crate::events;
 use crate::operations::{self, ApplyOutcome, NodeAction, RolloutAction};
-use crate::security::{self, Caller, Credentials};
+use crate::security::{self, CaAction, Caller, Credentials};
 use crate::state::ClusterState;
 use crate::store::credentials::TokenRecord;
 
@@ -75,15 +75,19 @@ pub enum Command {
     RevokeToken(String),
     /// List or change the gossip keyring.
     GossipKey(security::KeyAction),
+    /// Show the cluster CA, or start or finish its rotation.
+    Ca(CaAction),
 }
 
 impl Command {
     /// The role the command needs.
     pub fn role(&self) -> Role {
         match self {
-            Command::CreateToken { .. } | Command::RevokeToken(_) | Command::GossipKey(_) => {
-                Role::Admin
-            }
+            Command::Ca(CaAction::Status) => Role::Read,
+            Command::CreateToken { .. }
+            | Command::RevokeToken(_)
+            | Command::GossipKey(_)
+            | Command::Ca(_) => Role::Admin,
             _ => Role::Operator,
         }
     }
@@ -119,8 +123,19 @@ impl Command {
                 security::KeyAction::Use(id) => format!("use gossip key {id}"),
                 security::KeyAction::Remove(id) => format!("remove gossip key {id}"),
             },
+            Command::Ca(CaAction::Status) => "show the cluster CA".into(),
+            Command::Ca(CaAction::Rotate) => "start a CA rotation".into(),
+            Command::Ca(CaAction::Finish { force: false }) => "finish the CA rotation".into(),
+            Command::Ca(CaAction::Finish { force: true }) => {
+                "finish the CA rotation (forced)".into()
+            }
         }
     }
+}
+
+/// The refusal of what needs the CA on a coordinator that runs without one.
+fn insecure() -> Error {
+    Error::Refused("this coordinator runs insecure: it has no CA and makes no tokens".into())
 }
 
 /// What a command did.
@@ -142,6 +157,8 @@ pub enum Outcome {
     TokenRevoked(TokenRecord),
     /// The gossip keyring's ids, the one in use first.
     Keyring(Vec<String>),
+    /// The cluster CA as it stands after the command.
+    Ca(drover_proto::pb::CaStatus),
 }
 
 impl Coordinator {
@@ -179,67 +196,65 @@ impl Coordinator {
         caller.require(command.role(), &what)?;
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
         let state = &inner.state;
-        let outcome =
-            match &command {
-                Command::Apply { specs, cause, .. } => Outcome::Applied(
-                    operations::apply_services(state, specs, cause, &mut changes)?,
-                ),
-                Command::DeleteService(name) => {
-                    Outcome::Deleted(operations::delete_service(state, name, &mut changes)?)
-                }
-                Command::Scale { name, replicas } => {
-                    operations::scale(state, name, *replicas, &mut changes)?;
-                    Outcome::Service(name.clone())
-                }
-                Command::SetWeights { name, weights } => {
-                    operations::set_weights(state, name, weights.clone(), &mut changes)?;
-                    Outcome::Service(name.clone())
-                }
-                Command::Node { node, action } => {
-                    operations::node_action(state, node, *action, &mut changes)?;
-                    Outcome::Node(node.clone())
-                }
-                Command::RemoveNode(node) => {
-                    let removed = operations::remove_node(state, node, &mut changes)?;
-                    security::revoke_node_certificates(state, node, &mut changes);
-                    Outcome::NodeRemoved(removed)
-                }
-                Command::Rollout { name, action } => {
-                    operations::rollout_action(state, name, *action, &mut changes)?;
-                    Outcome::Service(name.clone())
-                }
-                Command::CreateToken { name, role, ttl } => {
-                    let digest = self
-                        .authority()
-                        .ok_or_else(|| {
-                            Error::Refused(
-                                "this coordinator runs insecure: it has no CA and makes no tokens"
-                                    .into(),
-                            )
-                        })?
-                        .ca()
-                        .digest();
-                    let (token, record) = security::new_token(
-                        state,
-                        digest,
-                        name,
-                        *role,
-                        *ttl,
-                        &caller.name,
-                        &mut changes,
-                    )?;
-                    Outcome::TokenCreated(token.reveal(), record)
-                }
-                Command::RevokeToken(token) => Outcome::TokenRevoked(security::revoke_token(
+        let outcome = match &command {
+            Command::Apply { specs, cause, .. } => Outcome::Applied(operations::apply_services(
+                state,
+                specs,
+                cause,
+                &mut changes,
+            )?),
+            Command::DeleteService(name) => {
+                Outcome::Deleted(operations::delete_service(state, name, &mut changes)?)
+            }
+            Command::Scale { name, replicas } => {
+                operations::scale(state, name, *replicas, &mut changes)?;
+                Outcome::Service(name.clone())
+            }
+            Command::SetWeights { name, weights } => {
+                operations::set_weights(state, name, weights.clone(), &mut changes)?;
+                Outcome::Service(name.clone())
+            }
+            Command::Node { node, action } => {
+                operations::node_action(state, node, *action, &mut changes)?;
+                Outcome::Node(node.clone())
+            }
+            Command::RemoveNode(node) => {
+                let removed = operations::remove_node(state, node, &mut changes)?;
+                security::revoke_node_certificates(state, node, &mut changes);
+                Outcome::NodeRemoved(removed)
+            }
+            Command::Rollout { name, action } => {
+                operations::rollout_action(state, name, *action, &mut changes)?;
+                Outcome::Service(name.clone())
+            }
+            Command::CreateToken { name, role, ttl } => {
+                let digest = self.authority().ok_or_else(insecure)?.ca().digest();
+                let (token, record) = security::new_token(
                     state,
-                    token,
+                    digest,
+                    name,
+                    *role,
+                    *ttl,
                     &caller.name,
                     &mut changes,
-                )?),
-                Command::GossipKey(action) => {
-                    Outcome::Keyring(security::gossip_key_action(state, action, &mut changes)?)
-                }
-            };
+                )?;
+                Outcome::TokenCreated(token.reveal(), record)
+            }
+            Command::RevokeToken(token) => Outcome::TokenRevoked(security::revoke_token(
+                state,
+                token,
+                &caller.name,
+                &mut changes,
+            )?),
+            Command::GossipKey(action) => {
+                Outcome::Keyring(security::gossip_key_action(state, action, &mut changes)?)
+            }
+            Command::Ca(action) => Outcome::Ca(self.authority().ok_or_else(insecure)?.ca_action(
+                state,
+                *action,
+                &mut changes,
+            )?),
+        };
         // What changed nothing (an unchanged apply, listing keys) is not committed or logged.
         let dry_run = matches!(command, Command::Apply { dry_run: true, .. });
         let commit = !dry_run && !changes.is_empty();

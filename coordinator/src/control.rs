@@ -16,7 +16,7 @@ use crate::api::{Command, Outcome};
 use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
 use crate::operations::{ApplyChange, NodeAction, RolloutAction};
-use crate::security::{self, Credentials, KeyAction};
+use crate::security::{self, CaAction, Credentials, KeyAction};
 use crate::store::credentials::TokenRecord;
 use crate::views;
 
@@ -430,6 +430,39 @@ impl Control for ControlService {
             })
             .await?;
         Ok(Response::new(info))
+    }
+
+    async fn certificate_authority(
+        &self,
+        request: Request<pb::CaRequest>,
+    ) -> Result<Response<pb::CaStatus>, Status> {
+        let credentials = Credentials::of(&request);
+        let request = request.into_inner();
+        let action = match pb::ca_request::Action::try_from(request.action) {
+            Ok(pb::ca_request::Action::Status) => CaAction::Status,
+            Ok(pb::ca_request::Action::Rotate) => CaAction::Rotate,
+            Ok(pb::ca_request::Action::Finish) => CaAction::Finish {
+                force: request.force,
+            },
+            Ok(pb::ca_request::Action::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "CaRequest.action: unknown action {}",
+                    request.action
+                )));
+            }
+        };
+        let status = self
+            .coordinator
+            .execute(
+                &credentials,
+                Command::Ca(action),
+                |_, outcome| match outcome {
+                    Outcome::Ca(status) => Ok(status.clone()),
+                    other => Err(unexpected(other)),
+                },
+            )
+            .await?;
+        Ok(Response::new(status))
     }
 
     async fn gossip_key(

@@ -37,6 +37,8 @@ struct AgentSession {
     sent_desired: Option<Vec<drover_proto::model::DesiredAllocation>>,
     /// Last gossip keyring sent.
     sent_gossip_keys: Option<Vec<String>>,
+    /// Last CA bundle sent.
+    sent_ca_bundle: Option<String>,
     /// Last route policy sent (its services), to send only changes.
     sent_routes: Option<Vec<drover_proto::model::ServiceRoute>>,
 }
@@ -335,8 +337,23 @@ impl Coordinator {
         let store_id = inner.state.stored.store_id.clone();
         let routes = route_policy(&inner.state);
         let gossip_keys = crate::security::gossip_keys(&inner.state);
+        let ca_bundle = self.authority().map(|a| a.ca().bundle_pem().to_string());
         let nodes: Vec<String> = inner.agents.keys().cloned().collect();
         for node in nodes {
+            // The CAs trusted, so that an agent renews at once after a rotation's step.
+            if let Some(session) = inner.agents.get_mut(&node)
+                && let Some(bundle) = &ca_bundle
+                && session.sent_ca_bundle.as_ref() != Some(bundle)
+            {
+                let message = pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::CaBundle(pb::CaBundle {
+                        bundle_pem: bundle.clone(),
+                    })),
+                };
+                if session.tx.try_send(Ok(message)).is_ok() {
+                    session.sent_ca_bundle = Some(bundle.clone());
+                }
+            }
             // The keyring first: a key in use must reach every agent before it seals.
             if let Some(session) = inner.agents.get_mut(&node)
                 && !gossip_keys.is_empty()
@@ -492,6 +509,7 @@ impl Coordinator {
                 sent_desired: None,
                 sent_routes: None,
                 sent_gossip_keys: None,
+                sent_ca_bundle: None,
             },
         );
         self.commit(&mut inner, changes).await?;

@@ -58,3 +58,5 @@ pub const API_REQUEST: &str = "api_request";
 pub const TOKEN_CHANGED: &str = "token_changed";
 /// A node joined with a token, or renewed its certificate.
 pub const NODE_CERTIFIED: &str = "node_certified";
+/// A CA rotation started or finished.
+pub const CA_ROTATED: &str = "ca_rotated";

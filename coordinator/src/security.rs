@@ -4,9 +4,12 @@
 //! Decisions here are pure over the state (tokens and certificate records live in the store,
 //! [`crate::store::credentials`]); [`Authority`] holds the CA that signs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use drover_proto::pb;
+use drover_security::transport::ServerTls;
 use drover_security::{ClusterCa, Peer, PeerCert, Role, Token};
 use tracing::info;
 
@@ -324,13 +327,25 @@ pub fn revoke_node_certificates(state: &ClusterState, node: &str, changes: &mut 
 }
 
 /// The coordinator's signing side: the CA and the lifetimes it gives.
-#[derive(Debug)]
 pub struct Authority {
-    ca: ClusterCa,
+    /// The CA in force: replaced whole by a rotation's steps.
+    ca: std::sync::RwLock<Arc<ClusterCa>>,
+    /// The server TLS the gRPC listener accepts with; follows the CA.
+    tls: ServerTls,
+    data_dir: PathBuf,
+    cluster_id: String,
     /// Lifetime of node certificates.
     pub node_cert_ttl: Duration,
     /// Lifetime of operator certificates.
     pub operator_cert_ttl: Duration,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("ca", &self.ca())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a join gives the joiner.
@@ -344,9 +359,23 @@ pub struct Joined {
     pub token_id: String,
 }
 
+/// A step of a CA rotation, or a look at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaAction {
+    /// Shows the CA.
+    Status,
+    /// A new CA signs; both are trusted.
+    Rotate,
+    /// Only the new CA is trusted; `force`: even with nodes not renewed yet.
+    Finish {
+        /// Finish though some nodes have no certificate of the new CA.
+        force: bool,
+    },
+}
+
 impl Authority {
-    /// Loads the CA under `data_dir`, creating it on first start. The flag says whether
-    /// it was created.
+    /// Loads the CA under `data_dir`, creating it on first start, and the server TLS the
+    /// coordinator serves with. The flag says whether the CA was created.
     pub fn load_or_create(
         data_dir: &Path,
         cluster_id: &str,
@@ -355,9 +384,15 @@ impl Authority {
     ) -> Result<(Authority, bool), Error> {
         let (ca, created) = ClusterCa::load_or_create(data_dir, cluster_id)
             .map_err(|e| Error::Internal(format!("the cluster CA: {e}")))?;
+        let (chain, key) = server_identity(&ca)?;
+        let tls = ServerTls::new(&chain, &key, ca.bundle_pem())
+            .map_err(|e| Error::Internal(format!("the server TLS: {e}")))?;
         Ok((
             Authority {
-                ca,
+                ca: std::sync::RwLock::new(Arc::new(ca)),
+                tls,
+                data_dir: data_dir.to_path_buf(),
+                cluster_id: cluster_id.to_string(),
                 node_cert_ttl,
                 operator_cert_ttl,
             },
@@ -365,17 +400,74 @@ impl Authority {
         ))
     }
 
-    /// The CA.
-    pub fn ca(&self) -> &ClusterCa {
-        &self.ca
+    /// The CA in force.
+    pub fn ca(&self) -> Arc<ClusterCa> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A server certificate for this coordinator (chain and key, PEM).
-    pub fn server_identity(&self) -> Result<(String, String), Error> {
-        // Renewed on every start; a coordinator that runs for a year restarts before then.
-        self.ca
-            .server_identity(Duration::from_secs(400 * 24 * 3600))
-            .map_err(|e| Error::Internal(format!("the coordinator certificate: {e}")))
+    /// The server TLS to accept connections with.
+    pub fn server_tls(&self) -> &ServerTls {
+        &self.tls
+    }
+
+    /// Puts `ca` in force: signing, the server's chain, the bootstrap token files' digest.
+    fn install(&self, ca: ClusterCa) -> Result<(), Error> {
+        let (chain, key) = server_identity(&ca)?;
+        self.tls
+            .replace(&chain, &key, ca.bundle_pem())
+            .map_err(|e| Error::Internal(format!("the server TLS: {e}")))?;
+        refresh_token_files(&self.data_dir, ca.digest())?;
+        *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ca);
+        Ok(())
+    }
+
+    /// Shows the CA, or takes a step of its rotation (files first, then what is served).
+    pub fn ca_action(
+        &self,
+        state: &ClusterState,
+        action: CaAction,
+        changes: &mut ChangeSet,
+    ) -> Result<pb::CaStatus, Error> {
+        let ca = self.ca();
+        let refused = |e: drover_security::SecurityError| Error::Refused(e.to_string());
+        match action {
+            CaAction::Status => {}
+            CaAction::Rotate => {
+                let new = ca
+                    .rotate(&self.data_dir, &self.cluster_id)
+                    .map_err(refused)?;
+                let message = format!(
+                    "CA rotation started: CA {} signs from now on, {} stays trusted until \
+                     `drover ca finish`",
+                    new.digest(),
+                    ca.digest()
+                );
+                self.install(new)?;
+                changes.event(events::CA_ROTATED, "ca", message.clone());
+                info!(%message);
+            }
+            CaAction::Finish { force } => {
+                let status = ca_status(state, &ca, changes.now_unix_ms());
+                if ca.rotating() && !force && !status.nodes_waiting.is_empty() {
+                    return Err(Error::Refused(format!(
+                        "nodes {} have no certificate of the new CA yet (connected ones renew \
+                         within seconds; the others when they reconnect); finishing now \
+                         locks them out until they join again with a token: wait, or pass \
+                         --force",
+                        status.nodes_waiting.join(", ")
+                    )));
+                }
+                let done = ca.finish_rotation(&self.data_dir).map_err(refused)?;
+                let message = format!(
+                    "CA rotation finished: only CA {} is trusted from now on",
+                    done.digest()
+                );
+                self.install(done)?;
+                changes.event(events::CA_ROTATED, "ca", message.clone());
+                info!(%message);
+            }
+        }
+        Ok(ca_status(state, &self.ca(), changes.now_unix_ms()))
     }
 
     /// Exchanges a token and CSR for a certificate: an agent token certifies `node_id`,
@@ -463,8 +555,8 @@ impl Authority {
         ttl: Duration,
         changes: &mut ChangeSet,
     ) -> Result<String, Error> {
-        let issued = self
-            .ca
+        let ca = self.ca();
+        let issued = ca
             .sign(csr_pem, peer, ttl)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if let Peer::Node(node) = peer {
@@ -473,6 +565,7 @@ impl Authority {
                 node: node.clone(),
                 not_after_unix_ms: issued.not_after_unix_ms,
                 revoked: false,
+                ca: ca.digest().to_string(),
             })));
             // The node's expired records go: the table does not grow with every renewal.
             let now = changes.now_unix_ms();
@@ -487,6 +580,71 @@ impl Authority {
         }
         Ok(issued.pem)
     }
+}
+
+/// A server certificate for this coordinator from `ca` (chain and key, PEM).
+fn server_identity(ca: &ClusterCa) -> Result<(String, String), Error> {
+    // Renewed on every start and every CA change; a coordinator that runs for a year
+    // restarts before then.
+    ca.server_identity(Duration::from_secs(400 * 24 * 3600))
+        .map_err(|e| Error::Internal(format!("the coordinator certificate: {e}")))
+}
+
+/// The CA and which nodes hold a valid certificate of it (and which only of another CA).
+pub fn ca_status(state: &ClusterState, ca: &ClusterCa, now_unix_ms: u64) -> pb::CaStatus {
+    let signing = ca.digest().to_string();
+    let mut current = std::collections::BTreeSet::new();
+    let mut others = std::collections::BTreeSet::new();
+    for credential in state.stored.credentials.values() {
+        if let Credential::Certificate(c) = credential
+            && !c.revoked
+            && c.not_after_unix_ms > now_unix_ms
+        {
+            // Records from before CA rotation existed name no CA: the first one issued them.
+            if c.ca == signing {
+                current.insert(c.node.clone());
+            } else {
+                others.insert(c.node.clone());
+            }
+        }
+    }
+    let waiting = others.difference(&current).cloned().collect();
+    pb::CaStatus {
+        digest: signing,
+        trusted: ca
+            .trusted_digests()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        rotating: ca.rotating(),
+        nodes_current: current.into_iter().collect(),
+        nodes_waiting: waiting,
+    }
+}
+
+/// Rewrites the bootstrap token files whose token names another CA digest with `digest`
+/// (the same token: its id and secret do not change), so that what the files hold pins
+/// the CA in force.
+fn refresh_token_files(data_dir: &Path, digest: drover_security::CaDigest) -> Result<(), Error> {
+    for which in [BootstrapToken::Admin, BootstrapToken::Agent] {
+        let (file, _, _) = which.parts();
+        let path = data_dir.join(file);
+        let text = drover_security::files::read_optional(&path)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let Some(token) = text.and_then(|t| t.trim().parse::<Token>().ok()) else {
+            continue;
+        };
+        if token.digest != digest {
+            let token = token.with_digest(digest);
+            drover_security::files::write_atomic(
+                &path,
+                format!("{}\n", token.reveal()).as_bytes(),
+                true,
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A bootstrap token the coordinator keeps in a file under its data dir.
@@ -521,8 +679,7 @@ pub fn bootstrap_token(
     let (_, name, role) = which.parts();
     let now = changes.now_unix_ms();
     let working = in_file
-        .and_then(|text| text.parse::<Token>().ok())
-        .filter(|t| t.digest == digest)
+        .and_then(|text| text.trim().parse::<Token>().ok())
         .and_then(|t| token_record(state, &t, now).ok().map(|r| r.name == name))
         .unwrap_or(false);
     if working {
@@ -654,7 +811,39 @@ mod tests {
             node: node.into(),
             not_after_unix_ms: 10_000,
             revoked,
+            ca: String::new(),
         }
+    }
+
+    #[test]
+    fn ca_status_names_the_nodes_not_renewed_by_the_signing_ca_yet() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let on = |serial: &str, node: &str, ca: &str| CertRecord {
+            ca: ca.into(),
+            ..record(serial, node, false)
+        };
+        let signing = ca.digest().to_string();
+        let state = state_with(&[
+            // n1: renewed (an old certificate too, still valid).
+            on("a1", "n1", ""),
+            on("a2", "n1", &signing),
+            // n2: only the old CA's.
+            on("b1", "n2", "old"),
+            // n3: the new CA's, but revoked; n4: expired.
+            CertRecord {
+                revoked: true,
+                ..on("c1", "n3", &signing)
+            },
+            CertRecord {
+                not_after_unix_ms: 5,
+                ..on("d1", "n4", "old")
+            },
+        ]);
+        let status = ca_status(&state, &ca, 100);
+        assert_eq!(status.digest, signing);
+        assert_eq!(status.nodes_current, ["n1"]);
+        assert_eq!(status.nodes_waiting, ["n2"]);
+        assert!(!status.rotating);
     }
 
     fn presented(serial: &str, node: &str, not_after_unix_ms: u64) -> PeerCert {

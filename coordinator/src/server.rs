@@ -63,12 +63,7 @@ pub async fn run(
     let tls = match &authority {
         Some(authority) => {
             write_bootstrap_tokens(&coordinator, authority, &config.data_dir).await?;
-            let (chain, key) = authority.server_identity()?;
-            Some(drover_security::transport::server_tls(
-                &chain,
-                &key,
-                authority.ca().bundle_pem(),
-            ))
+            Some(authority.server_tls().clone())
         }
         None => None,
     };
@@ -115,20 +110,7 @@ pub async fn run(
     let request_bytes = usize::try_from(config.limits.request_bytes).unwrap_or(usize::MAX);
     let closing = coordinator.clone();
     let signal = shutdown.clone();
-    // No Nagle: a TLS handshake's small writes would each wait for a delayed ACK (40 ms).
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted {
-            let _ = stream.set_nodelay(true);
-        }
-        accepted
-    });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Internal(format!("server TLS: {e}")))?;
-    }
-    let server = builder
+    let router = tonic::transport::Server::builder()
         // A partitioned agent's stream must end in seconds, not at the TCP timeout.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
@@ -140,11 +122,27 @@ pub async fn run(
             AgentLinkServer::new(AgentLinkService::new(coordinator.clone()))
                 .max_decoding_message_size(request_bytes),
         )
-        .add_service(BootstrapServer::new(BootstrapService::new(coordinator)))
-        .serve_with_incoming_shutdown(incoming, async move {
-            signal.cancelled().await;
-            closing.close_sessions().await;
-        });
+        .add_service(BootstrapServer::new(BootstrapService::new(coordinator)));
+    let stopped = async move {
+        signal.cancelled().await;
+        closing.close_sessions().await;
+    };
+    // TLS through the authority's acceptor, whose certificate a CA rotation replaces.
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped)),
+        None => {
+            // No Nagle, as the TLS acceptor does.
+            let incoming = TcpListenerStream::new(listener).map(|accepted| {
+                if let Ok(stream) = &accepted {
+                    let _ = stream.set_nodelay(true);
+                }
+                accepted
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     tasks.spawn("grpc-server", async move {
         server
             .await

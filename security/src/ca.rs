@@ -23,6 +23,12 @@ use crate::{COORDINATOR_NAME, SecurityError, files};
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// File name of the CA's private key under the data dir.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// While a rotation is in progress: the signing CA cross-signed by the previous one, so that
+/// members that trust only the previous CA (or pin it by a token's digest) still verify
+/// what the new one signs.
+pub const CA_CROSS_FILE: &str = "ca-cross.crt";
+/// A CA bundle being put in place; see [`ClusterCa::rotate`] for the order of writes.
+const CA_NEXT_FILE: &str = "ca.next.crt";
 /// How long the CA itself is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates start being valid a little before now, as clocks of a fleet differ: an
@@ -87,6 +93,8 @@ pub struct ClusterCa {
     bundle_pem: String,
     cert_der: CertificateDer<'static>,
     key: KeyPair,
+    /// During a rotation: the signing CA cross-signed by the previous one, PEM.
+    cross_pem: Option<String>,
 }
 
 impl fmt::Debug for ClusterCa {
@@ -101,28 +109,93 @@ impl ClusterCa {
     /// A new CA for `cluster_id`.
     pub fn generate(cluster_id: &str) -> Result<ClusterCa, SecurityError> {
         let key = KeyPair::generate().map_err(|e| SecurityError::cert("the CA key", e))?;
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| SecurityError::cert("the CA", e))?;
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("Drover cluster CA ({cluster_id})"),
-        );
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        set_validity(&mut params, CA_VALIDITY);
-        params.serial_number = Some(random_serial());
-        let cert = params
+        let cert = ca_params(&format!("Drover cluster CA ({cluster_id})"))?
             .self_signed(&key)
             .map_err(|e| SecurityError::cert("the CA", e))?;
         Ok(ClusterCa {
             bundle_pem: cert.pem(),
             cert_der: cert.der().clone(),
             key,
+            cross_pem: None,
         })
+    }
+
+    /// Starts a rotation: a new CA signs from now on, cross-signed by this one, and both
+    /// are trusted until [`ClusterCa::finish_rotation`]. Written to `dir` so that a crash at
+    /// any point leaves the old CA or the new one, never a certificate without its key:
+    /// the cross-signed certificate and the new bundle (`ca.next.crt`) first, then the new
+    /// key over `ca.key`, then the bundle renamed over `ca.crt`; a start that finds
+    /// `ca.next.crt` completes or undoes it by which key `ca.key` holds.
+    pub fn rotate(&self, dir: &Path, cluster_id: &str) -> Result<ClusterCa, SecurityError> {
+        if self.rotating() {
+            return Err(SecurityError::cert(
+                "the CA rotation",
+                "a rotation is already in progress: finish it first (drover ca finish)",
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let name = format!(
+            "Drover cluster CA ({cluster_id}, from {}-{:02}-{:02} {:02}:{:02}:{:02} UTC)",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        );
+        let key = KeyPair::generate().map_err(|e| SecurityError::cert("the new CA key", e))?;
+        let params = ca_params(&name)?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| SecurityError::cert("the new CA", e))?;
+        // The same name and key, issued by the old CA: a path from the new CA's leaves to it.
+        let cross = ca_params(&name)?
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| SecurityError::cert("the cross-signed CA", e))?;
+        let bundle_pem = format!("{}{}", cert.pem(), crate::identity::pem_of(&self.cert_der));
+        files::write_atomic(&dir.join(CA_CROSS_FILE), cross.pem().as_bytes(), false)?;
+        files::write_atomic(&dir.join(CA_NEXT_FILE), bundle_pem.as_bytes(), false)?;
+        files::write_atomic(&dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes(), true)?;
+        rename(&dir.join(CA_NEXT_FILE), &dir.join(CA_CERT_FILE))?;
+        Ok(ClusterCa {
+            bundle_pem,
+            cert_der: cert.der().clone(),
+            key,
+            cross_pem: Some(cross.pem()),
+        })
+    }
+
+    /// Ends a rotation: only the signing CA is trusted from now on.
+    pub fn finish_rotation(&self, dir: &Path) -> Result<ClusterCa, SecurityError> {
+        if !self.rotating() {
+            return Err(SecurityError::cert(
+                "the CA rotation",
+                "no rotation is in progress (drover ca rotate starts one)",
+            ));
+        }
+        let bundle_pem = crate::identity::pem_of(&self.cert_der);
+        files::write_atomic(&dir.join(CA_NEXT_FILE), bundle_pem.as_bytes(), false)?;
+        rename(&dir.join(CA_NEXT_FILE), &dir.join(CA_CERT_FILE))?;
+        remove(&dir.join(CA_CROSS_FILE))?;
+        Ok(ClusterCa {
+            bundle_pem,
+            cert_der: self.cert_der.clone(),
+            key: KeyPair::from_pem(&self.key.serialize_pem())
+                .map_err(|e| SecurityError::cert("the CA key", e))?,
+            cross_pem: None,
+        })
+    }
+
+    /// Whether a rotation is in progress (more than one CA is trusted).
+    pub fn rotating(&self) -> bool {
+        self.trusted_digests().len() > 1
+    }
+
+    /// Digests of every CA trusted, the signing one first.
+    pub fn trusted_digests(&self) -> Vec<CaDigest> {
+        crate::identity::certs_from_pem(&self.bundle_pem, "the CA bundle")
+            .map(|certs| certs.iter().map(|c| CaDigest::of(c)).collect())
+            .unwrap_or_default()
     }
 
     /// Loads the CA kept in `dir`, or creates it there. The flag says whether it was created.
@@ -132,11 +205,21 @@ impl ClusterCa {
     ) -> Result<(ClusterCa, bool), SecurityError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
+        settle_rotation(dir)?;
         match (
             files::read_optional(&cert_path)?,
             files::read_optional(&key_path)?,
         ) {
-            (Some(bundle), Some(key)) => Ok((ClusterCa::from_pem(&bundle, &key)?, false)),
+            (Some(bundle), Some(key)) => {
+                let mut ca = ClusterCa::from_pem(&bundle, &key)?;
+                let cross_path = dir.join(CA_CROSS_FILE);
+                if ca.rotating() {
+                    ca.cross_pem = files::read_optional(&cross_path)?;
+                } else {
+                    remove(&cross_path)?;
+                }
+                Ok((ca, false))
+            }
             (None, None) => {
                 let ca = ClusterCa::generate(cluster_id)?;
                 // The key first: a certificate without its key would be refused next start.
@@ -171,9 +254,7 @@ impl ClusterCa {
             .next()
             .ok_or_else(|| SecurityError::cert("the CA bundle", "holds no certificate"))?;
         // The key must be the first certificate's: a mismatch would issue unverifiable certs.
-        let (_, parsed) = x509_parser::parse_x509_certificate(&first)
-            .map_err(|e| SecurityError::cert("the CA certificate", e))?;
-        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        if !key_matches(&first, &key)? {
             return Err(SecurityError::cert(
                 "the CA key",
                 "does not belong to the first certificate of the CA bundle",
@@ -183,6 +264,7 @@ impl ClusterCa {
             bundle_pem: bundle_pem.to_string(),
             cert_der: first,
             key,
+            cross_pem: None,
         })
     }
 
@@ -248,13 +330,94 @@ impl ClusterCa {
         let cert = params
             .signed_by(&key, &self.issuer()?)
             .map_err(|e| SecurityError::cert("the coordinator certificate", e))?;
-        let ca_pem = crate::identity::pem_of(&self.cert_der);
-        Ok((format!("{}{ca_pem}", cert.pem()), key.serialize_pem()))
+        // Leaf, then the cross-signed CA and the previous CAs during a rotation (a member
+        // that trusts or pins only the previous CA builds its path through them), then the
+        // signing CA (a newcomer pins it by its digest).
+        let mut chain = cert.pem();
+        if let Some(cross) = &self.cross_pem {
+            chain.push_str(cross);
+        }
+        for previous in crate::identity::certs_from_pem(&self.bundle_pem, "the CA bundle")?
+            .iter()
+            .skip(1)
+        {
+            chain.push_str(&crate::identity::pem_of(previous));
+        }
+        chain.push_str(&crate::identity::pem_of(&self.cert_der));
+        Ok((chain, key.serialize_pem()))
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, SecurityError> {
         Issuer::from_ca_cert_der(&self.cert_der, &self.key)
             .map_err(|e| SecurityError::cert("the CA certificate", e))
+    }
+}
+
+/// What a CA certificate says: its name, CA use only, no intermediate below it.
+fn ca_params(common_name: &str) -> Result<CertificateParams, SecurityError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| SecurityError::cert("the CA", e))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_VALIDITY);
+    params.serial_number = Some(random_serial());
+    Ok(params)
+}
+
+/// Whether `key` is the key of the certificate `der`.
+fn key_matches(der: &CertificateDer<'_>, key: &KeyPair) -> Result<bool, SecurityError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| SecurityError::cert("the CA certificate", e))?;
+    Ok(parsed.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
+/// Completes or undoes a rotation's writes that a crash interrupted: with `ca.next.crt`
+/// there, `ca.key` holding its first certificate's key means the key was replaced (rename
+/// the bundle into place); any other key means it was not (drop the bundle).
+fn settle_rotation(dir: &Path) -> Result<(), SecurityError> {
+    let next = dir.join(CA_NEXT_FILE);
+    let Some(bundle) = files::read_optional(&next)? else {
+        return Ok(());
+    };
+    let key =
+        files::read_optional(&dir.join(CA_KEY_FILE))?.and_then(|pem| KeyPair::from_pem(&pem).ok());
+    let first = crate::identity::certs_from_pem(&bundle, "the CA bundle being put in place")
+        .ok()
+        .and_then(|certs| certs.into_iter().next());
+    let completed = match (key, first) {
+        (Some(key), Some(first)) => key_matches(&first, &key)?,
+        _ => false,
+    };
+    if completed {
+        rename(&next, &dir.join(CA_CERT_FILE))
+    } else {
+        remove(&next)
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), SecurityError> {
+    std::fs::rename(from, to).map_err(|source| SecurityError::Io {
+        path: to.display().to_string(),
+        action: "put in place",
+        source,
+    })
+}
+
+fn remove(path: &Path) -> Result<(), SecurityError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SecurityError::Io {
+            path: path.display().to_string(),
+            action: "remove",
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 

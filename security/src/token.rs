@@ -109,6 +109,15 @@ impl Token {
         self.secret_hash().ct_eq(stored_hash).into()
     }
 
+    /// The same token pinning the CA with `digest` (after a CA rotation: its id and secret
+    /// stay, only what it pins changes).
+    pub fn with_digest(&self, digest: CaDigest) -> Token {
+        Token {
+            digest,
+            ..self.clone()
+        }
+    }
+
     /// The whole token, as given to its holder. This is the secret: do not log it.
     pub fn reveal(&self) -> String {
         format!("{PREFIX}-{}-{}.{}", self.digest, self.id, self.secret)

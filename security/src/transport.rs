@@ -7,7 +7,7 @@
 //! [`crate::COORDINATOR_NAME`], whatever address it dialled.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use hyper_util::rt::TokioIo;
 use rustls::client::WebPkiServerVerifier;
@@ -15,21 +15,150 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tonic::transport::{Channel, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::ca::CaDigest;
 use crate::identity::certs_from_pem;
 use crate::{COORDINATOR_NAME, SecurityError};
 
 /// Server TLS for a coordinator: its chain and key, and the CA bundle client certificates
-/// must chain to. A client certificate is optional at the TLS layer (a newcomer joins with
-/// a token before it has one); each service then demands the identity it needs.
-pub fn server_tls(chain_pem: &str, key_pem: &str, client_ca_pem: &str) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain_pem, key_pem))
-        .client_ca_root(tonic::transport::Certificate::from_pem(client_ca_pem))
-        .client_auth_optional(true)
-        .timeout(std::time::Duration::from_secs(10))
+/// must chain to, replaceable while it serves (a CA rotation re-issues the chain and changes
+/// the bundle; connections accepted from then on use the new ones, open ones go on). A
+/// client certificate is optional at the TLS layer (a newcomer joins with a token before it
+/// has one); each service then demands the identity it needs.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+/// How long a client may take over its TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ServerTls {
+    /// Serves `chain_pem` (leaf first) with `key_pem`, accepting client certificates that
+    /// chain to `client_ca_pem`.
+    pub fn new(
+        chain_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+    ) -> Result<ServerTls, SecurityError> {
+        let config = server_config(chain_pem, key_pem, client_ca_pem)?;
+        Ok(ServerTls {
+            config: Arc::new(RwLock::new(config)),
+        })
+    }
+
+    /// Serves a new chain, key and client CA bundle from the next connection on.
+    pub fn replace(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+    ) -> Result<(), SecurityError> {
+        let config = server_config(chain_pem, key_pem, client_ca_pem)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The TLS connections accepted on `listener`, for tonic's `serve_with_incoming`. Each
+    /// handshake runs on its own task (a slow client holds up nobody) with a deadline;
+    /// failed handshakes are dropped, counted in the log at most once every 10 s.
+    pub fn incoming(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let tls = self.clone();
+        tokio::spawn(async move {
+            let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let last_log = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+            loop {
+                let tcp = tokio::select! {
+                    () = tx.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(e) => {
+                            // Out of descriptors and the like: wait rather than spin.
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                // No Nagle: a handshake's small writes would each wait for a delayed ACK.
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let tx = tx.clone();
+                let failed = failed.clone();
+                let last_log = last_log.clone();
+                tokio::spawn(async move {
+                    let peer = tcp.peer_addr().ok();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        outcome => {
+                            let count =
+                                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                            let mut last = last_log.lock().unwrap_or_else(|e| e.into_inner());
+                            if last
+                                .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10))
+                            {
+                                *last = Some(std::time::Instant::now());
+                                let error = match outcome {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "timed out".to_string(),
+                                };
+                                tracing::info!(?peer, %error, failed_so_far = count, "TLS handshake failed");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+fn server_config(
+    chain_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, SecurityError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(client_ca_pem)?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| SecurityError::Tls(format!("the client CA bundle: {e}")))?;
+    let chain = certs_from_pem(chain_pem, "the server certificate chain")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| SecurityError::Tls(format!("the server key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SecurityError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| SecurityError::Tls(format!("the server certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// How a client decides the server is its cluster's coordinator.
@@ -221,7 +350,8 @@ impl ServerCertVerifier for PinnedVerifier {
             .ok_or_else(|| {
                 rustls::Error::General(format!(
                     "the server's CA does not have the digest the token names ({}): this is \
-                     not the cluster the token was made for",
+                     not the cluster the token was made for, or its CA was rotated since \
+                     (the token then needs the new digest: `drover ca status` shows it)",
                     self.digest
                 ))
             })?;
@@ -232,7 +362,7 @@ impl ServerCertVerifier for PinnedVerifier {
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?
-            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_security::identity::certs_from_pem;
+use drover_security::transport::ServerTls;
 use drover_security::{ClientIdentity, ClusterCa, KeyAndCsr, Peer, PeerCert, Trust};
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 #[test]
@@ -62,57 +60,52 @@ fn a_ca_reloads_from_its_files_and_refuses_a_lost_key() {
     );
 }
 
-/// A TLS server with the coordinator's identity; answers "ok" plus the client's identity.
-async fn serve(ca: &ClusterCa) -> std::net::SocketAddr {
+/// A TLS server with the coordinator's identity (the server TLS the coordinator runs);
+/// answers "ok" plus the client's identity.
+async fn serve(ca: &ClusterCa) -> (std::net::SocketAddr, ServerTls) {
     let (chain, key) = ca
         .server_identity(Duration::from_secs(60))
         .expect("server cert");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs_from_pem(ca.bundle_pem(), "bundle").expect("bundle") {
-        roots.add(cert).expect("root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .expect("verifier");
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs_from_pem(&chain, "chain").expect("chain"),
-            PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
-        )
-        .expect("config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let tls = ServerTls::new(&chain, &key, ca.bundle_pem()).expect("server tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
+    let mut incoming = tls.incoming(listener);
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+        use tokio_stream::StreamExt as _;
+        while let Some(Ok(mut tls)) = incoming.next().await {
             tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let who = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| PeerCert::from_der(c).ok())
-                        .map(|c| c.peer.to_string())
-                        .unwrap_or_else(|| "anonymous".into());
-                    let _ = tls.write_all(format!("ok {who}").as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                }
+                let who = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| PeerCert::from_der(c).ok())
+                    .map(|c| c.peer.to_string())
+                    .unwrap_or_else(|| "anonymous".into());
+                let _ = tls.write_all(format!("ok {who}").as_bytes()).await;
+                let _ = tls.shutdown().await;
             });
         }
     });
-    address
+    (address, tls)
+}
+
+/// A certificate for node `node` from `ca`, with its key.
+fn node_identity(ca: &ClusterCa, node: &str) -> ClientIdentity {
+    let request = KeyAndCsr::generate(&Peer::Node(node.into())).expect("csr");
+    let issued = ca
+        .sign(
+            &request.csr_pem,
+            &Peer::Node(node.into()),
+            Duration::from_secs(60),
+        )
+        .expect("sign");
+    ClientIdentity {
+        cert_pem: issued.pem,
+        key_pem: request.key_pem,
+    }
 }
 
 async fn talk(
@@ -148,7 +141,7 @@ fn client_config(trust: &Trust, id: Option<&ClientIdentity>) -> Arc<rustls::Clie
 async fn a_pinned_client_reaches_its_cluster_and_no_other() {
     drover_security::install_crypto_provider();
     let ca = ClusterCa::generate("test").expect("ca");
-    let address = serve(&ca).await;
+    let (address, _tls) = serve(&ca).await;
     let answer = talk(address, Trust::Pinned(ca.digest()), None)
         .await
         .expect("pinned");
@@ -167,20 +160,97 @@ async fn a_pinned_client_reaches_its_cluster_and_no_other() {
         .expect_err("wrong bundle");
     assert!(error.to_lowercase().contains("unknown"), "{error}");
 
-    let node = KeyAndCsr::generate(&Peer::Node("n1".into())).expect("csr");
-    let issued = ca
-        .sign(
-            &node.csr_pem,
-            &Peer::Node("n1".into()),
-            Duration::from_secs(60),
-        )
-        .expect("sign");
-    let id = ClientIdentity {
-        cert_pem: issued.pem,
-        key_pem: node.key_pem,
-    };
+    let id = node_identity(&ca, "n1");
     let answer = talk(address, Trust::Bundle(ca.bundle_pem().into()), Some(&id))
         .await
         .expect("mutual");
     assert_eq!(answer, "ok node n1");
+}
+
+#[tokio::test]
+async fn a_ca_rotation_keeps_every_member_talking_and_its_end_drops_the_old_ca() {
+    drover_security::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, _) = ClusterCa::load_or_create(dir.path(), "test").expect("create");
+    let old_bundle = Trust::Bundle(old.bundle_pem().into());
+    let old_node = node_identity(&old, "n1");
+
+    let new = old.rotate(dir.path(), "test").expect("rotate");
+    assert!(new.rotating());
+    assert_eq!(new.trusted_digests(), vec![new.digest(), old.digest()]);
+    let (reloaded, created) = ClusterCa::load_or_create(dir.path(), "test").expect("reload");
+    assert!(!created && reloaded.rotating());
+    assert_eq!(
+        reloaded.digest(),
+        new.digest(),
+        "the new CA signs after a restart"
+    );
+    let error = reloaded
+        .rotate(dir.path(), "test")
+        .expect_err("one rotation at a time");
+    assert!(error.to_string().contains("finish it first"), "{error}");
+
+    // During the rotation everyone gets through: members that trust only the old CA or pin
+    // it by an old token's digest (through the cross-signed CA), newcomers pinning the new
+    // one, nodes with certificates of either CA.
+    let (address, tls) = serve(&reloaded).await;
+    let new_node = node_identity(&reloaded, "n2");
+    let new_bundle = Trust::Bundle(reloaded.bundle_pem().into());
+    for (trust, id, expected) in [
+        (&old_bundle, Some(&old_node), "ok node n1"),
+        (&Trust::Pinned(old.digest()), None, "ok anonymous"),
+        (&Trust::Pinned(new.digest()), None, "ok anonymous"),
+        (&new_bundle, Some(&old_node), "ok node n1"),
+        (&new_bundle, Some(&new_node), "ok node n2"),
+        (&old_bundle, Some(&new_node), "ok node n2"),
+    ] {
+        let answer = talk(address, trust.clone(), id).await;
+        assert_eq!(answer.as_deref(), Ok(expected), "{trust:?}");
+    }
+
+    // Finished: only the new CA, on disk and on the wire from the next connection on.
+    let done = reloaded.finish_rotation(dir.path()).expect("finish");
+    assert!(!done.rotating());
+    assert!(!dir.path().join("ca-cross.crt").exists());
+    let (again, _) = ClusterCa::load_or_create(dir.path(), "test").expect("reload");
+    assert_eq!(again.trusted_digests(), vec![new.digest()]);
+    let (chain, key) = again
+        .server_identity(Duration::from_secs(60))
+        .expect("server cert");
+    tls.replace(&chain, &key, again.bundle_pem())
+        .expect("replace");
+    let final_bundle = Trust::Bundle(again.bundle_pem().into());
+    let answer = talk(address, final_bundle.clone(), Some(&new_node)).await;
+    assert_eq!(answer.as_deref(), Ok("ok node n2"));
+    let error = talk(address, Trust::Pinned(old.digest()), None)
+        .await
+        .expect_err("the old digest pins nothing now");
+    assert!(error.contains("rotated since"), "{error}");
+    talk(address, old_bundle, None)
+        .await
+        .expect_err("the old CA alone verifies nothing now");
+    // A certificate of the old CA is not accepted any more: the handshake or the first
+    // read fails.
+    let refused = talk(address, final_bundle, Some(&old_node)).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[test]
+fn a_rotation_cut_short_by_a_crash_leaves_one_whole_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, _) = ClusterCa::load_or_create(dir.path(), "test").expect("create");
+    // Crashed before the key was replaced: the bundle being put in place is dropped.
+    let other = ClusterCa::generate("test").expect("other");
+    std::fs::write(dir.path().join("ca.next.crt"), other.bundle_pem()).expect("write");
+    let (loaded, _) = ClusterCa::load_or_create(dir.path(), "test").expect("load");
+    assert_eq!(loaded.digest(), old.digest());
+    assert!(!dir.path().join("ca.next.crt").exists());
+
+    // Crashed after the key was replaced, before the rename: the rename is completed.
+    let new = old.rotate(dir.path(), "test").expect("rotate");
+    std::fs::rename(dir.path().join("ca.crt"), dir.path().join("ca.next.crt")).expect("undo");
+    std::fs::write(dir.path().join("ca.crt"), old.bundle_pem()).expect("old bundle");
+    let (loaded, _) = ClusterCa::load_or_create(dir.path(), "test").expect("load");
+    assert_eq!(loaded.digest(), new.digest());
+    assert!(loaded.rotating());
 }

@@ -219,3 +219,95 @@ fn a_secret_is_sealed_at_rest_shown_nowhere_and_given_to_its_container() {
         healthy_containers(&coordinator, "web") == vec![container.clone()]
     });
 }
+
+#[test]
+fn a_ca_rotation_interrupts_no_request_and_its_end_retires_the_old_ca() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("dir");
+    let mut coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("dir");
+    let ip = "127.0.0.163";
+    let node = unique_node("rotate");
+    let _agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, web_manifest("user-service", 1, "")).expect("write manifest");
+    coordinator.apply(&manifest);
+    drover_tests::wait_for("the proxy answers", DEADLINE, || {
+        drover_tests::try_http_get(&format!("{ip}:80")).is_ok_and(|b| b.starts_with("user-service"))
+    });
+    let old_token = std::fs::read_to_string(coordinator.admin_token_file()).expect("admin token");
+    let old_token = old_token.trim().to_string();
+    let status =
+        |coordinator: &DroverProcess| success(&coordinator.cli(&["ca", "status"]), "ca status");
+    let digest_of = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Signing CA:"))
+            .map(|d| d.trim().to_string())
+            .unwrap_or_else(|| panic!("no signing CA in {text}"))
+    };
+    let old_digest = digest_of(&status(&coordinator));
+    assert!(old_token.contains(&old_digest), "tokens pin the CA");
+
+    let client = LoopingClient::start(format!("{ip}:80"), |body| body.starts_with("user-service"));
+    let rotated = success(&coordinator.cli(&["ca", "rotate"]), "ca rotate");
+    let new_digest = digest_of(&rotated);
+    assert_ne!(new_digest, old_digest);
+    assert!(
+        rotated.contains(&format!("Also trusted: {old_digest}")),
+        "{rotated}"
+    );
+    // The connected agent renews at once with the new CA.
+    drover_tests::wait_for("the node on the new CA", DEADLINE, || {
+        let text = status(&coordinator);
+        text.contains(&format!("Nodes on it: {node}")) && text.contains("Waiting:     none")
+    });
+    // An old token still works during the rotation (the chain carries the cross-signed CA).
+    success(
+        &cli_with(&coordinator, Some(&old_token), &["nodes"]),
+        "old token during the rotation",
+    );
+    let finished = success(&coordinator.cli(&["ca", "finish"]), "ca finish");
+    assert!(!finished.contains("Also trusted"), "{finished}");
+    drover_tests::wait_for("the agent trusting the new CA only", DEADLINE, || {
+        std::fs::read_to_string(agent_dir.join("ca.crt"))
+            .is_ok_and(|b| b.matches("BEGIN CERTIFICATE").count() == 1)
+    });
+    let (ok, failed, errors) = client.finish();
+    assert!(ok > 0, "no request went through");
+    assert_eq!(failed, 0, "requests failed across the rotation: {errors:?}");
+    // Renewed because the CA changed (at the start and at the end), not on its timer.
+    let log = std::fs::read_to_string(agent_dir.join("drover-agent.log")).expect("agent log");
+    assert_eq!(
+        log.matches("the cluster's CA changed: renewing the node certificate now")
+            .count(),
+        2,
+        "{log}"
+    );
+
+    // The token files pin the new CA (same token); a copy pinning the old one is refused
+    // with a message that says why.
+    let admin = std::fs::read_to_string(coordinator.admin_token_file()).expect("admin token");
+    assert!(admin.contains(&new_digest), "{admin}");
+    let err = failure(
+        &cli_with(&coordinator, Some(&old_token), &["nodes"]),
+        "old token after",
+    );
+    assert!(err.contains("rotated since"), "{err}");
+    assert_eq!(drover_tests::ready_nodes(&coordinator), vec![node.clone()]);
+    let events = success(&coordinator.cli(&["events"]), "events");
+    assert!(
+        events.contains("CA rotation started") && events.contains("CA rotation finished"),
+        "{events}"
+    );
+    assert!(!events.contains("node_disconnected"), "{events}");
+
+    // A restarted coordinator serves the new CA, and the agent comes back.
+    coordinator.kill_and_restart();
+    drover_tests::wait_for("the node back", DEADLINE, || {
+        drover_tests::ready_nodes(&coordinator) == vec![node.clone()]
+    });
+    assert_eq!(digest_of(&status(&coordinator)), new_digest);
+}

@@ -34,6 +34,10 @@ pub struct CertRecord {
     pub not_after_unix_ms: u64,
     /// Revoked certificates are refused though valid.
     pub revoked: bool,
+    /// Digest of the CA that issued it; empty in records from before CA rotation existed
+    /// (the cluster's first CA issued those).
+    #[serde(default)]
+    pub ca: String,
 }
 
 /// One record of the `credentials` table.

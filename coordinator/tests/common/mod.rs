@@ -236,7 +236,11 @@ impl FakeAgent {
                     self.desired = set.allocations;
                 }
                 Some(pb::coordinator_message::Body::Routes(r)) => self.routes = r.services,
-                Some(pb::coordinator_message::Body::GossipKeys(_)) | None => {}
+                Some(
+                    pb::coordinator_message::Body::GossipKeys(_)
+                    | pb::coordinator_message::Body::CaBundle(_),
+                )
+                | None => {}
             }
         }
     }
