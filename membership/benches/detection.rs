@@ -4,7 +4,8 @@
 //! the shared machine hits both), 4 members gossip over real UDP on 127.0.0.181–184 with the
 //! agent's production settings (`MembershipConfig::new` defaults, which `agent/src/gossip.rs`
 //! keeps except for `gossip_interval`, whose agent default is the same 250 ms). Once every
-//! member sees all 4 live and ~3 s of steady gossip have passed, member m4 is stopped without
+//! member sees all 4 live and ~3 s of steady gossip have passed (plus 0–1 gossip interval, so
+//! the kill does not always land just after a round), member m4 is stopped without
 //! a leave (`Membership::stop`: the gossip loop ends and the socket closes, nothing is sent,
 //! as after a SIGKILL). The time from the kill until each of the 3 survivors no longer lists
 //! m4 in `live_members` is measured; the first and the last survivor are reported.
@@ -30,6 +31,11 @@ const MEMBERS: [(&str, u8); 4] = [("m1", 181), ("m2", 182), ("m3", 183), ("m4", 
 /// The member killed in every trial (not the seed).
 const VICTIM: &str = "m4";
 const STEADY: Duration = Duration::from_secs(3);
+/// Kill phases relative to the gossip rounds are spread over one interval: round `r` waits
+/// `frac(r * GOLDEN) * gossip_interval` more after the steady window (the same in both modes
+/// of a round). Without it the kill always lands just after a round (convergence is seen at
+/// a round, and 3 s is a whole number of rounds), which a real crash does not.
+const GOLDEN: f64 = 0.618_033_988_749_895;
 /// Generous: two cores shared with a compiling neighbour.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
 const DETECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -57,6 +63,8 @@ impl Mode {
 #[derive(Debug)]
 struct Trial {
     converge: Duration,
+    /// Extra wait after the steady window, to spread the kill's phase (see [`GOLDEN`]).
+    phase: Duration,
     /// Time `stop()` took (the kill itself).
     stop: Duration,
     /// Per survivor: time from the kill until m4 left its `live_members`.
@@ -170,7 +178,7 @@ fn dropped(c: &CountersSnapshot) -> u64 {
 }
 
 /// One trial: start 4 members, converge, steady gossip, kill m4, time detection, clean up.
-async fn trial(mode: Mode, index: usize) -> Result<Trial, String> {
+async fn trial(mode: Mode, index: usize, phase: Duration) -> Result<Trial, String> {
     let cluster = format!("drover-bench-detection-{}-{index}", mode.name());
     let key = match mode {
         Mode::Plain => None,
@@ -190,7 +198,7 @@ async fn trial(mode: Mode, index: usize) -> Result<Trial, String> {
         members.push((node_id, m));
     }
 
-    let outcome = measure(&mut members, started).await;
+    let outcome = measure(&mut members, started, phase).await;
 
     for (_, m) in members {
         m.stop().await;
@@ -203,6 +211,7 @@ async fn trial(mode: Mode, index: usize) -> Result<Trial, String> {
 async fn measure(
     members: &mut Vec<(&'static str, Membership)>,
     started: Instant,
+    phase: Duration,
 ) -> Result<Trial, String> {
     let all = |m: &Members| MEMBERS.iter().all(|(id, _)| m.contains_key(*id));
     let mut views: Vec<watch::Receiver<Members>> =
@@ -240,6 +249,7 @@ async fn measure(
         .map(|(_, m)| m.counters().snapshot().datagrams_out)
         .sum();
     let steady_cpu = cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b));
+    tokio::time::sleep(phase).await;
     let steady_view_changed = views.iter().any(|rx| rx.has_changed().unwrap_or(true));
     if let Some(((node_id, _), rx)) = members
         .iter()
@@ -301,6 +311,7 @@ async fn measure(
     }
     Ok(Trial {
         converge,
+        phase,
         stop,
         detected,
         steady_cpu,
@@ -327,25 +338,43 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Summary {
     p50_first: Duration,
     p50_last: Duration,
+    mean_first: Duration,
+    mean_last: Duration,
+}
+
+fn mean(v: &[Duration]) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.iter().sum::<Duration>() / u32::try_from(v.len()).unwrap_or(u32::MAX)
 }
 
 fn summarize(mode: Mode, trials: &[Trial], failures: usize) -> Summary {
     let mut first: Vec<Duration> = trials.iter().map(Trial::first).collect();
     let mut last: Vec<Duration> = trials.iter().map(Trial::last).collect();
+    let mut each: Vec<Duration> = trials
+        .iter()
+        .flat_map(|t| t.detected.iter().map(|(_, d)| *d))
+        .collect();
     first.sort();
     last.sort();
+    each.sort();
     let line = |what: &str, v: &[Duration]| {
         println!(
-            "  {:<6} {what:<15} n={:<3} p50={:>7.1} ms  p90={:>7.1} ms  max={:>7.1} ms",
+            "  {:<6} {what:<15} n={:<3} p50={:>7.1} ms  p90={:>7.1} ms  max={:>7.1} ms  \
+             (min={:>7.1} ms  mean={:>7.1} ms)",
             mode.name(),
             v.len(),
             ms(percentile(v, 50.0)),
             ms(percentile(v, 90.0)),
             ms(v.last().copied().unwrap_or_default()),
+            ms(v.first().copied().unwrap_or_default()),
+            ms(mean(v)),
         );
     };
     line("first survivor", &first);
     line("last survivor", &last);
+    line("every survivor", &each);
     let cpu: Vec<Duration> = trials.iter().filter_map(|t| t.steady_cpu).collect();
     if !cpu.is_empty() {
         let total: Duration = cpu.iter().sum();
@@ -380,6 +409,8 @@ fn summarize(mode: Mode, trials: &[Trial], failures: usize) -> Summary {
     Summary {
         p50_first: percentile(&first, 50.0),
         p50_last: percentile(&last, 50.0),
+        mean_first: mean(&first),
+        mean_last: mean(&last),
     }
 }
 
@@ -397,7 +428,8 @@ async fn main() {
     let probe = MembershipConfig::new("probe", "probe", 1, SocketAddr::from(([127, 0, 0, 181], 1)));
     println!(
         "detection: {trials_per_mode} trials per mode, 4 members on 127.0.0.181-184, kill \
-         {VICTIM} after {STEADY:?} of steady gossip"
+         {VICTIM} after {STEADY:?} of steady gossip + a phase spread over one gossip interval; \
+         times from the kill until a survivor's live_members drops {VICTIM}"
     );
     println!(
         "settings (MembershipConfig::new defaults, as used by agent/src/gossip.rs): \
@@ -423,8 +455,11 @@ async fn main() {
         } else {
             [Mode::Sealed, Mode::Plain]
         };
+        let phase = probe
+            .gossip_interval
+            .mul_f64((round as f64 * GOLDEN).fract());
         for mode in order {
-            let outcome = trial(mode, round).await;
+            let outcome = trial(mode, round, phase).await;
             let entry = results.entry(mode.name()).or_default();
             match outcome {
                 Ok(t) => {
@@ -434,10 +469,12 @@ async fn main() {
                         .map(|(id, d)| format!("{id}={:.0}", ms(*d)))
                         .collect();
                     println!(
-                        "trial {:>2} {:<6} first={:>7.1} ms last={:>7.1} ms [{}] converge={:>5.0} \
-                         ms stop={:.2} ms steady_cpu={} out={} view_changed={} dropped={}",
+                        "trial {:>2} {:<6} phase={:>3.0} ms first={:>7.1} ms last={:>7.1} ms [{}] \
+                         converge={:>4.0} ms stop={:.2} ms steady_cpu={} out={} view_changed={} \
+                         dropped={}",
                         round + 1,
                         mode.name(),
+                        ms(t.phase),
                         ms(t.first()),
                         ms(t.last()),
                         each.join(" "),
@@ -480,5 +517,10 @@ async fn main() {
         "  ratio sealed/plain at p50: first survivor {:.3}, last survivor {:.3}",
         ratio(s.p50_first, p.p50_first),
         ratio(s.p50_last, p.p50_last),
+    );
+    println!(
+        "  ratio sealed/plain of means: first survivor {:.3}, last survivor {:.3}",
+        ratio(s.mean_first, p.mean_first),
+        ratio(s.mean_last, p.mean_last),
     );
 }
