@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use drover_agent::runtime::DockerRuntime;
-use drover_coordinator::store::RedbStore;
 use drover_proto::pb;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +62,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         gossip_listen: Some(coordinator_gossip),
         ..drover_coordinator::Config::default()
     };
-    let store = RedbStore::open(&coordinator_config.store_path()).with_context(|| {
+    let store = coordinator_config.open_store().with_context(|| {
         format!(
             "opening {} (is another drover dev running?)",
             coordinator_config.store_path().display()

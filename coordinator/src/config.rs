@@ -107,6 +107,7 @@ pub use drover_daemon::ConfigError;
 
 use crate::limits::Limits;
 use crate::state::Settings;
+use crate::store::{RedbStore, SealedStore, SecretsKey, StoreError};
 
 impl Config {
     /// The default config file the package installs at [`DEFAULT_CONFIG_PATH`]: every option
@@ -154,6 +155,17 @@ impl Config {
     /// Path of the key that seals secret values in the store (back it up apart from it).
     pub fn secrets_key_path(&self) -> PathBuf {
         self.data_dir.join("secrets.key")
+    }
+
+    /// The store this configuration places: the redb file under the data dir, its secret
+    /// values sealed with the data dir's key. Every way of running a coordinator opens it
+    /// here.
+    pub fn open_store(&self) -> Result<SealedStore<RedbStore>, StoreError> {
+        let store = RedbStore::open(&self.store_path())?;
+        Ok(SealedStore::new(
+            store,
+            SecretsKey::load_or_create(&self.secrets_key_path())?,
+        ))
     }
 }
 

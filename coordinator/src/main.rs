@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use drover_coordinator::Config;
-use drover_coordinator::store::{RedbStore, SealedStore, SecretsKey};
 use figment::providers::Serialized;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -90,12 +89,9 @@ async fn main() -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = RedbStore::open(&config.store_path())
+    let store = config
+        .open_store()
         .with_context(|| format!("opening store {}", config.store_path().display()))?;
-    let store = SealedStore::new(
-        store,
-        SecretsKey::load_or_create(&config.secrets_key_path())?,
-    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding gRPC listener on {}", config.listen))?;

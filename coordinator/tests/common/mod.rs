@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_coordinator::Config;
-use drover_coordinator::store::RedbStore;
 use drover_proto::model::{PortSpec, Protocol, Resources, ServiceSpec};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
@@ -29,7 +28,6 @@ pub struct Server {
 
 pub async fn start() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = RedbStore::open(&dir.path().join("c.redb")).expect("store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -41,6 +39,7 @@ pub async fn start() -> Server {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
+    let store = config.open_store().expect("store");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(drover_coordinator::run(
         config,
