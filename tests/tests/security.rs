@@ -92,25 +92,54 @@ fn the_cli_needs_a_token_and_the_role_for_what_it_asks() {
     );
 }
 
+/// A coordinator (with `config`) and one agent on `ip`, each with its own data dir, and
+/// `web` (from [`web_manifest`] with `extra`) applied; dropped, they stop and their
+/// containers go.
+struct OneNode {
+    coordinator: DroverProcess,
+    _agent: DroverProcess,
+    node: String,
+    agent_dir: std::path::PathBuf,
+    coordinator_dir: std::path::PathBuf,
+    manifest: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OneNode {
+    fn start(config: &str, ip: &str, name: &str, extra: &str) -> OneNode {
+        build_images();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let coordinator_dir = dir.path().join("coordinator");
+        let agent_dir = dir.path().join("agent");
+        for d in [&coordinator_dir, &agent_dir] {
+            std::fs::create_dir_all(d).expect("dir");
+        }
+        let coordinator = DroverProcess::coordinator_with(&coordinator_dir, config);
+        let node = unique_node(name);
+        let agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
+        let manifest = dir.path().join("web.yaml");
+        std::fs::write(&manifest, web_manifest("user-service", 1, extra)).expect("write manifest");
+        coordinator.apply(&manifest);
+        OneNode {
+            coordinator,
+            _agent: agent,
+            node,
+            agent_dir,
+            coordinator_dir,
+            manifest,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn a_certificate_renewal_interrupts_no_request() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("dir");
     // 20 s certificates: agents renew at 10–16 s of their life.
-    let coordinator =
-        DroverProcess::coordinator_with(&coordinator_dir, "node_cert_ttl = \"20s\"\n");
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).expect("dir");
     let ip = "127.0.0.161";
-    let node = unique_node("renew");
-    let _agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
-    let manifest = dir.path().join("web.yaml");
-    std::fs::write(&manifest, web_manifest("user-service", 1, "")).expect("write manifest");
-    coordinator.apply(&manifest);
+    let cluster = OneNode::start("node_cert_ttl = \"20s\"\n", ip, "renew", "");
+    let (coordinator, node, agent_dir) = (&cluster.coordinator, &cluster.node, &cluster.agent_dir);
     drover_tests::wait_for("1 healthy replica", DEADLINE, || {
-        healthy_containers(&coordinator, "web").len() == 1
+        healthy_containers(coordinator, "web").len() == 1
     });
     // The proxy routes once gossip has the replica healthy too.
     drover_tests::wait_for("the proxy answers", DEADLINE, || {
@@ -131,37 +160,29 @@ fn a_certificate_renewal_interrupts_no_request() {
     let now = std::fs::read_to_string(agent_dir.join("node.crt")).expect("node.crt");
     assert_ne!(first, now, "the kept certificate is the renewed one");
     // The node stayed connected, ready, and its replica was never moved.
-    assert_eq!(drover_tests::ready_nodes(&coordinator), vec![node.clone()]);
+    assert_eq!(drover_tests::ready_nodes(coordinator), vec![node.clone()]);
     let events = success(&coordinator.cli(&["events"]), "events");
     assert!(
         !events.contains("node_disconnected") && !events.contains("node_down"),
         "{events}"
     );
-    assert_eq!(healthy_containers(&coordinator, "web").len(), 1);
+    assert_eq!(healthy_containers(coordinator, "web").len(), 1);
 }
 
 #[test]
 fn a_secret_is_sealed_at_rest_shown_nowhere_and_given_to_its_container() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("dir");
-    let mut coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).expect("dir");
-    let node = unique_node("secret");
-    let _agent = DroverProcess::agent_on(&agent_dir, "127.0.0.162", &node, &coordinator);
     let secret = "hunter2-e2e-7f3a";
-    let manifest = dir.path().join("web.yaml");
     let env = format!("  env: {{MODE: test, DB_PASSWORD: {{secret: {secret}}}}}\n");
-    std::fs::write(&manifest, web_manifest("user-service", 1, &env)).expect("write manifest");
-    coordinator.apply(&manifest);
+    let mut cluster = OneNode::start("", "127.0.0.162", "secret", &env);
+    let (coordinator_dir, agent_dir) = (cluster.coordinator_dir.clone(), cluster.agent_dir.clone());
+    let manifest = cluster.manifest.clone();
+    let coordinator = &mut cluster.coordinator;
     drover_tests::wait_for("1 healthy replica", DEADLINE, || {
-        healthy_containers(&coordinator, "web").len() == 1
+        healthy_containers(coordinator, "web").len() == 1
     });
 
     // The container has it, as a plain variable.
-    let container = healthy_containers(&coordinator, "web").remove(0);
+    let container = healthy_containers(coordinator, "web").remove(0);
     let env = success(
         &std::process::Command::new("docker")
             .args(["inspect", "--format", "{{json .Config.Env}}", &container])
@@ -180,7 +201,7 @@ fn a_secret_is_sealed_at_rest_shown_nowhere_and_given_to_its_container() {
     for token in [None, Some(viewer.trim())] {
         let text = match token {
             Some(token) => success(
-                &cli_with(&coordinator, Some(token), &["status", "web"]),
+                &cli_with(coordinator, Some(token), &["status", "web"]),
                 "status",
             ),
             None => success(&coordinator.cli(&["status", "web"]), "status"),
@@ -216,25 +237,16 @@ fn a_secret_is_sealed_at_rest_shown_nowhere_and_given_to_its_container() {
     let out = coordinator.apply(&manifest);
     assert!(out.contains("unchanged"), "{out}");
     drover_tests::wait_for("the replica still healthy", DEADLINE, || {
-        healthy_containers(&coordinator, "web") == vec![container.clone()]
+        healthy_containers(coordinator, "web") == vec![container.clone()]
     });
 }
 
 #[test]
 fn a_ca_rotation_interrupts_no_request_and_its_end_retires_the_old_ca() {
-    build_images();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("dir");
-    let mut coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).expect("dir");
     let ip = "127.0.0.163";
-    let node = unique_node("rotate");
-    let _agent = DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator);
-    let manifest = dir.path().join("web.yaml");
-    std::fs::write(&manifest, web_manifest("user-service", 1, "")).expect("write manifest");
-    coordinator.apply(&manifest);
+    let mut cluster = OneNode::start("", ip, "rotate", "");
+    let (node, agent_dir) = (cluster.node.clone(), cluster.agent_dir.clone());
+    let coordinator = &mut cluster.coordinator;
     drover_tests::wait_for("the proxy answers", DEADLINE, || {
         drover_tests::try_http_get(&format!("{ip}:80")).is_ok_and(|b| b.starts_with("user-service"))
     });
@@ -248,7 +260,7 @@ fn a_ca_rotation_interrupts_no_request_and_its_end_retires_the_old_ca() {
             .map(|d| d.trim().to_string())
             .unwrap_or_else(|| panic!("no signing CA in {text}"))
     };
-    let old_digest = digest_of(&status(&coordinator));
+    let old_digest = digest_of(&status(coordinator));
     assert!(old_token.contains(&old_digest), "tokens pin the CA");
 
     let client = LoopingClient::start(format!("{ip}:80"), |body| body.starts_with("user-service"));
@@ -261,12 +273,12 @@ fn a_ca_rotation_interrupts_no_request_and_its_end_retires_the_old_ca() {
     );
     // The connected agent renews at once with the new CA.
     drover_tests::wait_for("the node on the new CA", DEADLINE, || {
-        let text = status(&coordinator);
+        let text = status(coordinator);
         text.contains(&format!("Nodes on it: {node}")) && text.contains("Waiting:     none")
     });
     // An old token still works during the rotation (the chain carries the cross-signed CA).
     success(
-        &cli_with(&coordinator, Some(&old_token), &["nodes"]),
+        &cli_with(coordinator, Some(&old_token), &["nodes"]),
         "old token during the rotation",
     );
     let finished = success(&coordinator.cli(&["ca", "finish"]), "ca finish");
@@ -292,11 +304,11 @@ fn a_ca_rotation_interrupts_no_request_and_its_end_retires_the_old_ca() {
     let admin = std::fs::read_to_string(coordinator.admin_token_file()).expect("admin token");
     assert!(admin.contains(&new_digest), "{admin}");
     let err = failure(
-        &cli_with(&coordinator, Some(&old_token), &["nodes"]),
+        &cli_with(coordinator, Some(&old_token), &["nodes"]),
         "old token after",
     );
     assert!(err.contains("rotated since"), "{err}");
-    assert_eq!(drover_tests::ready_nodes(&coordinator), vec![node.clone()]);
+    assert_eq!(drover_tests::ready_nodes(coordinator), vec![node.clone()]);
     let events = success(&coordinator.cli(&["events"]), "events");
     assert!(
         events.contains("CA rotation started") && events.contains("CA rotation finished"),
@@ -307,7 +319,7 @@ fn a_ca_rotation_interrupts_no_request_and_its_end_retires_the_old_ca() {
     // A restarted coordinator serves the new CA, and the agent comes back.
     coordinator.kill_and_restart();
     drover_tests::wait_for("the node back", DEADLINE, || {
-        drover_tests::ready_nodes(&coordinator) == vec![node.clone()]
+        drover_tests::ready_nodes(coordinator) == vec![node.clone()]
     });
-    assert_eq!(digest_of(&status(&coordinator)), new_digest);
+    assert_eq!(digest_of(&status(coordinator)), new_digest);
 }
