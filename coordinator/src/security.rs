@@ -384,6 +384,9 @@ impl Authority {
     ) -> Result<(Authority, bool), Error> {
         let (ca, created) = ClusterCa::load_or_create(data_dir, cluster_id)
             .map_err(|e| Error::Internal(format!("the cluster CA: {e}")))?;
+        // A crash between a rotation's CA files and the token files' refresh is settled
+        // here, as the CA's own files are settled by `load_or_create`.
+        refresh_token_files(data_dir, ca.digest())?;
         let (chain, key) = server_identity(&ca)?;
         let tls = ServerTls::new(&chain, &key, ca.bundle_pem())
             .map_err(|e| Error::Internal(format!("the server TLS: {e}")))?;
