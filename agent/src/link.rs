@@ -357,7 +357,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use drover_proto::model::{Allocation, Resources, ServiceSpec};
+    use drover_proto::model::{Allocation, Resources, WorkloadSpec};
     use drover_proto::pb::agent_link_server::{AgentLink, AgentLinkServer};
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -531,7 +531,7 @@ mod tests {
 
     /// A desired set of `store` at `version` with one replica of `image`.
     fn desired_message(store: &str, version: u64, image: &str) -> pb::CoordinatorMessage {
-        let mut spec = ServiceSpec::new("web", "web:1");
+        let mut spec = WorkloadSpec::new("web", "web:1");
         spec.image = image.into();
         let allocation = Allocation {
             id: "web.1".into(),

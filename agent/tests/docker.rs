@@ -19,7 +19,7 @@ use drover_agent::runtime::conformance::{self, CONTAINER_PORT, Fixture};
 use drover_agent::runtime::{ContainerRuntime, ContainerState, DockerRuntime, RuntimeError};
 use drover_agent::supervisor::AllocReport;
 use drover_proto::model::{
-    AllocState, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, ServiceSpec,
+    AllocState, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, WorkloadSpec,
 };
 
 use engine::{Agent, Cleanup, unique_node};
@@ -315,8 +315,8 @@ fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
 }
 
 /// The test image with an HTTP readiness check on /healthz.
-fn checked_service(every: Duration) -> ServiceSpec {
-    let mut spec = ServiceSpec::new("web", TEST_IMAGE);
+fn checked_service(every: Duration) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new("web", TEST_IMAGE);
     spec.ports.push(PortSpec {
         name: None,
         container_port: CONTAINER_PORT,

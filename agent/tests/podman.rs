@@ -24,7 +24,7 @@ use drover_agent::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, DockerRuntime, RuntimeError,
 };
 use drover_proto::model::{
-    AllocState, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, ServiceSpec,
+    AllocState, DesiredState, HealthCheck, PortSpec, ProbeAction, Protocol, WorkloadSpec,
 };
 
 use engine::{Agent, Cleanup, unique_node};
@@ -446,7 +446,7 @@ async fn the_supervisor_runs_a_checked_replica_reachable_over_http() {
         runtime, fixture, ..
     } = &setup().await;
     let node = fixture.node.clone();
-    let mut spec = ServiceSpec::new("user-service", "user-service");
+    let mut spec = WorkloadSpec::new("user-service", "user-service");
     spec.ports.push(PortSpec {
         name: None,
         container_port: CONTAINER_PORT,

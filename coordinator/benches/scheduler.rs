@@ -10,7 +10,7 @@ use drover_coordinator::scheduler::{
     ClusterSnapshot, NodeView, PlacementOutcome, PlacementRequest,
 };
 use drover_proto::model::{
-    ConstraintOp, LabelConstraint, PortSpec, Protocol, Resources, ServiceSpec, SpreadMode,
+    ConstraintOp, LabelConstraint, PortSpec, Protocol, Resources, SpreadMode, WorkloadSpec,
 };
 
 const NODES: f64 = 10_000.0;
@@ -80,10 +80,10 @@ fn constraint(key: &str, op: ConstraintOp, values: &[&str]) -> LabelConstraint {
     }
 }
 
-fn build_services(count: usize, rng: &mut SplitMix) -> Vec<ServiceSpec> {
+fn build_services(count: usize, rng: &mut SplitMix) -> Vec<WorkloadSpec> {
     (0..count)
         .map(|i| {
-            let mut spec = ServiceSpec::new(format!("svc-{i:04}"), "example/app:1");
+            let mut spec = WorkloadSpec::new(format!("svc-{i:04}"), "example/app:1");
             spec.replicas = REPLICAS_PER_SERVICE;
             spec.resources = Resources {
                 cpu_millis: rng.pick(&[100, 250, 500, 1_000]),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_proto::model::ServiceSpec;
+use drover_proto::model::WorkloadSpec;
 use drover_security::Role;
 use tracing::info;
 
@@ -24,7 +24,7 @@ pub enum Command {
     /// Create or update services; with `dry_run`, only validate.
     Apply {
         /// The services.
-        specs: Vec<ServiceSpec>,
+        specs: Vec<WorkloadSpec>,
         /// Why, for the rollout history.
         cause: String,
         /// Validate without storing.

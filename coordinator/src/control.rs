@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::ServiceSpec;
+use drover_proto::model::WorkloadSpec;
 use drover_proto::pb;
 use drover_proto::pb::control_server::Control;
 use drover_security::Role;
@@ -129,7 +129,7 @@ impl Control for ControlService {
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                ServiceSpec::try_from(s)
+                WorkloadSpec::try_from(s)
                     .map_err(|e| Status::invalid_argument(format!("services[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -208,7 +208,7 @@ impl Control for ControlService {
             .read(&credentials, |state, _| {
                 Ok(state
                     .stored
-                    .services
+                    .workloads
                     .keys()
                     .filter_map(|name| views::service_summary(state, name))
                     .collect())

@@ -99,7 +99,7 @@ impl Coordinator {
         state.boot = boots;
         state.settings = settings;
         info!(
-            services = state.stored.services.len(),
+            workloads = state.stored.workloads.len(),
             allocations = state.stored.allocations.len(),
             boot = boots,
             "state loaded"
@@ -534,7 +534,7 @@ impl Coordinator {
         if !traffic.is_empty() {
             inner.state.observe_traffic(node, &traffic);
             // A canary step may be judged on the new counts.
-            wake |= inner.state.stored.services.values().any(|r| {
+            wake |= inner.state.stored.workloads.values().any(|r| {
                 r.rollout.as_ref().is_some_and(|ro| {
                     ro.phase == RolloutPhase::Progressing
                         && (ro.step as usize) < r.update.canary.len()
@@ -672,7 +672,7 @@ pub fn desired_set(
 /// endpoint out of rotation.
 pub fn route_policy(state: &ClusterState) -> Vec<drover_proto::model::ServiceRoute> {
     let mut routes = Vec::new();
-    for name in state.stored.services.keys() {
+    for name in state.stored.workloads.keys() {
         let Some((_, spec)) = state.service(name) else {
             continue;
         };

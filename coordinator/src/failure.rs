@@ -347,12 +347,12 @@ mod tests {
 
     #[test]
     fn stop_after_disconnect_delays_lost() {
-        use drover_proto::model::{Allocation, ServiceSpec};
+        use drover_proto::model::{Allocation, WorkloadSpec};
 
         use crate::store::RevisionRecord;
         let mut s = state(&[("a", NodeHealth::Down, Some(0))], &[]);
         for (service, limit) in [("single", Some(10_000)), ("web", None)] {
-            let mut spec = ServiceSpec::new(service, "img");
+            let mut spec = WorkloadSpec::new(service, "img");
             spec.stop_after_disconnect = limit.map(std::time::Duration::from_millis);
             s.stored.revisions.insert(
                 (service.to_string(), 1),

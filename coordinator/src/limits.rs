@@ -3,7 +3,7 @@
 //! far above what a real fleet uses; each refusal names the limit and the config key that
 //! raises it.
 
-use drover_proto::model::ServiceSpec;
+use drover_proto::model::WorkloadSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,7 @@ fn over(what: String, value: usize, limit: u32, key: &str) -> String {
 
 impl Limits {
     /// Problems with one spec, each naming the limit it breaks.
-    pub fn check_spec(&self, spec: &ServiceSpec) -> Vec<String> {
+    pub fn check_spec(&self, spec: &WorkloadSpec) -> Vec<String> {
         let mut problems = Vec::new();
         problems.extend(self.check_replicas(spec.replicas));
         if spec.image.len() > self.image_length as usize {
@@ -155,7 +155,7 @@ mod tests {
             image_length: 8,
             ..Limits::default()
         };
-        let mut spec = ServiceSpec::new("web", "registry.example/web:1");
+        let mut spec = WorkloadSpec::new("web", "registry.example/web:1");
         spec.replicas = 100_000_000;
         spec.command = vec!["a".into(), "b".into()];
         spec.args = vec!["c".into()];

@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use drover_proto::manifest;
-use drover_proto::model::{DesiredState, NodeFlags, NodeHealth, ServiceSpec, UpdateKind};
+use drover_proto::model::{DesiredState, NodeFlags, NodeHealth, UpdateKind, WorkloadSpec};
 
 use crate::changes::ChangeSet;
 use crate::error::Error;
 use crate::events;
 use crate::rollout;
 use crate::state::ClusterState;
-use crate::store::{RevisionRecord, RolloutPhase, ServiceRecord, Write};
+use crate::store::{RevisionRecord, RolloutPhase, WorkloadRecord, Write};
 
 /// What an apply did to one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub struct ApplyOutcome {
 /// revision and starts its rollout; `cause` goes into the revision history.
 pub fn apply_services(
     state: &ClusterState,
-    specs: &[ServiceSpec],
+    specs: &[WorkloadSpec],
     cause: &str,
     changes: &mut ChangeSet,
 ) -> Result<Vec<ApplyOutcome>, Error> {
@@ -71,7 +71,7 @@ pub fn apply_services(
             .is_none_or(|(record, _)| record.revision != revision);
         let mut record = match &existing {
             Some((record, _)) => (*record).clone(),
-            None => ServiceRecord::new(
+            None => WorkloadRecord::new(
                 &spec.name,
                 revision,
                 spec.replicas,
@@ -130,7 +130,7 @@ pub fn apply_services(
 
 /// Points `record` at `revision` and starts its rollout (replacing any in progress).
 fn start_rollout(
-    record: &mut ServiceRecord,
+    record: &mut WorkloadRecord,
     revision: u64,
     from: Option<u64>,
     started_by: &str,
@@ -368,7 +368,7 @@ fn quoted(name: &str) -> String {
     format!("{:?}", manifest::excerpt(name))
 }
 
-fn check_specs(state: &ClusterState, specs: &[ServiceSpec]) -> Result<(), Error> {
+fn check_specs(state: &ClusterState, specs: &[WorkloadSpec]) -> Result<(), Error> {
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
     let limits = &state.settings.limits;
@@ -390,7 +390,7 @@ fn check_specs(state: &ClusterState, specs: &[ServiceSpec]) -> Result<(), Error>
     }
     let kept = state
         .stored
-        .services
+        .workloads
         .iter()
         .filter(|(name, _)| !names.contains(name.as_str()));
     let services = kept.clone().count() + specs.len();
@@ -401,11 +401,11 @@ fn check_specs(state: &ClusterState, specs: &[ServiceSpec]) -> Result<(), Error>
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
     let others = state
         .stored
-        .services
+        .workloads
         .keys()
         .filter(|name| !names.contains(name.as_str()))
         .filter_map(|name| state.service(name).map(|(_, spec)| spec));
-    let others: Vec<ServiceSpec> = others.collect();
+    let others: Vec<WorkloadSpec> = others.collect();
     for spec in others.iter().chain(specs) {
         for port in spec.ports.iter().filter_map(|p| p.service_port) {
             match ports.insert(port, &spec.name) {
@@ -453,10 +453,10 @@ fn check_weights(
     Ok(())
 }
 
-fn record<'a>(state: &'a ClusterState, name: &str) -> Result<&'a ServiceRecord, Error> {
+fn record<'a>(state: &'a ClusterState, name: &str) -> Result<&'a WorkloadRecord, Error> {
     state
         .stored
-        .services
+        .workloads
         .get(name)
         .ok_or_else(|| Error::NotFound {
             kind: "service",
@@ -503,14 +503,14 @@ pub fn scale(
     let limits = &state.settings.limits;
     let others: u64 = state
         .stored
-        .services
+        .workloads
         .values()
         .filter(|r| r.name != name)
         .map(|r| u64::from(r.replicas))
         .sum();
-    let problem = limits
-        .check_replicas(replicas)
-        .or_else(|| limits.check_totals(state.stored.services.len(), others + u64::from(replicas)));
+    let problem = limits.check_replicas(replicas).or_else(|| {
+        limits.check_totals(state.stored.workloads.len(), others + u64::from(replicas))
+    });
     // Scaling down is always allowed, even over limits lowered since.
     if let Some(problem) = problem.filter(|_| replicas > current.replicas) {
         return Err(Error::InvalidArgument(format!(

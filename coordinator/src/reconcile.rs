@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use drover_proto::model::{AllocState, Allocation, DesiredState, NodeHealth, ServiceSpec};
+use drover_proto::model::{AllocState, Allocation, DesiredState, NodeHealth, WorkloadSpec};
 
 use crate::changes::ChangeSet;
 use crate::events;
 use crate::rollout;
 use crate::scheduler::PlacementRequest;
 use crate::state::ClusterState;
-use crate::store::{ServiceRecord, Write};
+use crate::store::{WorkloadRecord, Write};
 
 /// What one reconcile pass decided.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ struct Stop<'a> {
 
 /// Replicas of one revision a service is short of, and the allocations they replace.
 struct Wanted<'a> {
-    spec: ServiceSpec,
+    spec: WorkloadSpec,
     revision: u64,
     count: u32,
     /// Failed allocations stay (visible, with their reason) until a replacement is placed
@@ -44,7 +44,7 @@ struct Wanted<'a> {
 /// The rollout planner's view of one service.
 pub fn rollout_input<'a>(
     state: &'a ClusterState,
-    record: &'a ServiceRecord,
+    record: &'a WorkloadRecord,
     now_unix_ms: u64,
 ) -> rollout::Input<'a> {
     let name = record.name.as_str();
@@ -95,7 +95,8 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
     let mut wake_at_ms: Option<u64> = None;
 
     for alloc in state.stored.allocations.values() {
-        if alloc.desired == DesiredState::Run && !state.stored.services.contains_key(&alloc.service)
+        if alloc.desired == DesiredState::Run
+            && !state.stored.workloads.contains_key(&alloc.service)
         {
             stops.push(Stop {
                 alloc,
@@ -104,7 +105,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         }
     }
 
-    for (name, record) in &state.stored.services {
+    for (name, record) in &state.stored.workloads {
         let input = rollout_input(state, record, now_unix_ms);
         let decided = rollout::plan(&input);
         if decided.record != *record {
@@ -279,10 +280,10 @@ fn finish_drains(state: &ClusterState, stopping: &BTreeSet<String>, changes: &mu
 
 #[cfg(test)]
 mod tests {
-    use drover_proto::model::{AllocStatus, ServiceSpec, Traffic};
+    use drover_proto::model::{AllocStatus, Traffic, WorkloadSpec};
 
     use super::*;
-    use crate::store::{RevisionRecord, ServiceRecord};
+    use crate::store::{RevisionRecord, WorkloadRecord};
 
     fn state(nodes: &[&str], replicas: u32) -> ClusterState {
         let mut state = ClusterState::default();
@@ -291,10 +292,10 @@ mod tests {
                 .nodes
                 .insert(id.to_string(), crate::state::test_node(id));
         }
-        let spec = ServiceSpec::new("web", "web:1");
-        state.stored.services.insert(
+        let spec = WorkloadSpec::new("web", "web:1");
+        state.stored.workloads.insert(
             "web".into(),
-            ServiceRecord::new("web", 1, replicas, Traffic::default(), 0),
+            WorkloadRecord::new("web", 1, replicas, Traffic::default(), 0),
         );
         state.stored.revisions.insert(
             ("web".into(), 1),
@@ -370,7 +371,7 @@ mod tests {
         apply(&mut s);
         report(&mut s, "a", AllocState::Healthy);
         report(&mut s, "b", AllocState::Healthy);
-        s.stored.services.get_mut("web").expect("web").replicas = 2;
+        s.stored.workloads.get_mut("web").expect("web").replicas = 2;
         apply(&mut s);
         assert_eq!(running_on(&s), vec!["a", "b"], "the pending one on c goes");
     }
@@ -404,7 +405,7 @@ mod tests {
     fn a_weighted_older_revision_keeps_its_replicas() {
         let mut s = state(&["a", "b"], 2);
         apply(&mut s);
-        let mut spec = ServiceSpec::new("web", "web:2");
+        let mut spec = WorkloadSpec::new("web", "web:2");
         spec.replicas = 1;
         s.stored.revisions.insert(
             ("web".into(), 2),
@@ -416,7 +417,7 @@ mod tests {
                 cause: "apply".into(),
             },
         );
-        let record = s.stored.services.get_mut("web").expect("web");
+        let record = s.stored.workloads.get_mut("web").expect("web");
         record.revision = 2;
         record.replicas = 1;
         record.traffic.revision_weights = [(1, 90), (2, 10)].into_iter().collect();
@@ -428,7 +429,7 @@ mod tests {
         );
 
         // Weight moved entirely to revision 2: the old replicas go.
-        let record = s.stored.services.get_mut("web").expect("web");
+        let record = s.stored.workloads.get_mut("web").expect("web");
         record.traffic.revision_weights = [(1, 0), (2, 100)].into_iter().collect();
         apply(&mut s);
         let revisions: Vec<u64> = s
@@ -443,7 +444,7 @@ mod tests {
     fn new_revision_replaces_old_allocations() {
         let mut s = state(&["a", "b"], 2);
         apply(&mut s);
-        let mut spec = ServiceSpec::new("web", "web:2");
+        let mut spec = WorkloadSpec::new("web", "web:2");
         spec.replicas = 2;
         s.stored.revisions.insert(
             ("web".into(), 2),
@@ -455,7 +456,7 @@ mod tests {
                 cause: "apply".into(),
             },
         );
-        s.stored.services.get_mut("web").expect("web").revision = 2;
+        s.stored.workloads.get_mut("web").expect("web").revision = 2;
         for node in ["a", "b"] {
             report(&mut s, node, AllocState::Healthy);
         }
@@ -547,7 +548,7 @@ mod tests {
     #[test]
     fn drain_with_max_unavailable_stops_that_many_at_once() {
         let mut s = state(&["a", "b", "c"], 3);
-        if let Some(record) = s.stored.services.get_mut("web") {
+        if let Some(record) = s.stored.workloads.get_mut("web") {
             record.update.max_unavailable = drover_proto::model::ReplicaCount::Count(1);
         }
         apply(&mut s);

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_proto::model::{
     AllocState, AllocStatus, Allocation, DesiredState, NodeFlags, NodeHealth, NodeInfo, Resources,
-    RevisionTraffic, ServiceSpec,
+    RevisionTraffic, WorkloadSpec,
 };
 
 use crate::limits::Limits;
 use crate::scheduler::{ClusterSnapshot, NodeView};
-use crate::store::{ServiceRecord, StoredState, Write, apply_writes};
+use crate::store::{StoredState, WorkloadRecord, Write, apply_writes};
 
 /// A node as agents report it.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,8 +146,8 @@ impl ClusterState {
     }
 
     /// A service record with the spec of its current revision, replicas and traffic as set.
-    pub fn service(&self, name: &str) -> Option<(&ServiceRecord, ServiceSpec)> {
-        let record = self.stored.services.get(name)?;
+    pub fn service(&self, name: &str) -> Option<(&WorkloadRecord, WorkloadSpec)> {
+        let record = self.stored.workloads.get(name)?;
         let mut spec = self.revision_spec(name, record.revision)?.clone();
         spec.replicas = record.replicas;
         spec.traffic = record.traffic.clone();
@@ -156,7 +156,7 @@ impl ClusterState {
     }
 
     /// The spec of one revision.
-    pub fn revision_spec(&self, service: &str, revision: u64) -> Option<&ServiceSpec> {
+    pub fn revision_spec(&self, service: &str, revision: u64) -> Option<&WorkloadSpec> {
         self.stored
             .revisions
             .get(&(service.to_string(), revision))

@@ -1,7 +1,7 @@
 //! Read models for the Control API, built from the state.
 
 use drover_proto::convert::{node_health_to_pb, strategy_to_pb};
-use drover_proto::model::{AllocState, DesiredState, Resources, ServiceSpec};
+use drover_proto::model::{AllocState, DesiredState, Resources, WorkloadSpec};
 use drover_proto::pb;
 
 use crate::coordinator::now_unix_ms;
@@ -52,8 +52,8 @@ pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSu
 }
 
 /// A spec as `caller` may see it: secret values withheld without the admin role.
-fn spec_for(spec: &ServiceSpec, caller: &Caller) -> pb::ServiceSpec {
-    let mut spec = pb::ServiceSpec::from(spec);
+fn spec_for(spec: &WorkloadSpec, caller: &Caller) -> pb::WorkloadSpec {
+    let mut spec = pb::WorkloadSpec::from(spec);
     if !caller.sees_secrets() {
         spec.withhold_secrets();
     }
@@ -110,7 +110,7 @@ pub fn rollout_status(
     name: &str,
     now_unix_ms: u64,
 ) -> Option<pb::RolloutStatus> {
-    let stored = state.stored.services.get(name)?;
+    let stored = state.stored.workloads.get(name)?;
     let input = reconcile::rollout_input(state, stored, now_unix_ms);
     // As the next pass will have it: a rollout complete or failed by now reads so.
     let plan = rollout::plan(&input);

@@ -238,7 +238,7 @@ async fn invalid_apply_changes_nothing() {
         err.message()
     );
 
-    let missing_image = pb::ServiceSpec {
+    let missing_image = pb::WorkloadSpec {
         image: String::new(),
         ..web(1)
     };
@@ -327,7 +327,7 @@ async fn revisions_and_weights() {
     let v2 = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![pb::ServiceSpec {
+            services: vec![pb::WorkloadSpec {
                 image: "web:2".into(),
                 ..web(4)
             }],

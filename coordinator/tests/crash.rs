@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use drover_proto::model::ServiceSpec;
+use drover_proto::model::WorkloadSpec;
 use drover_proto::pb;
 
 fn free_port() -> u16 {
@@ -37,8 +37,8 @@ async fn connect(port: u16, data_dir: &Path) -> common::Control {
     common::admin_when_up(&format!("127.0.0.1:{port}"), data_dir).await
 }
 
-fn spec(i: usize) -> pb::ServiceSpec {
-    let mut spec = ServiceSpec::new(format!("svc-{i}"), format!("image-{i}"));
+fn spec(i: usize) -> pb::WorkloadSpec {
+    let mut spec = WorkloadSpec::new(format!("svc-{i}"), format!("image-{i}"));
     spec.replicas = (i % 5) as u32;
     (&spec).into()
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use drover_proto::model::ServiceSpec;
+use drover_proto::model::WorkloadSpec;
 use drover_proto::pb;
 use tokio_stream::StreamExt as _;
 
@@ -98,7 +98,7 @@ async fn cluster_with_web(data_dir: &Path) {
     let port = free_port();
     let child = spawn(data_dir, port);
     let mut client = connect(port, data_dir).await;
-    let mut spec = ServiceSpec::new("web", "nginx:1.25");
+    let mut spec = WorkloadSpec::new("web", "nginx:1.25");
     spec.replicas = 3;
     client
         .apply(pb::ApplyRequest {

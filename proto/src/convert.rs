@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::model::{
     AllocState, AllocStatus, Allocation, CanaryAnalysis, CanaryStep, ConstraintOp, DesiredState,
     HealthCheck, LabelConstraint, NodeHealth, NodeInfo, Placement, PortSpec, ProbeAction, Protocol,
-    ReplicaCount, Resources, RestartMode, RestartPolicy, Secret, ServiceSpec, SpreadMode, Strategy,
-    Traffic, UpdateKind, UpdateStrategy,
+    ReplicaCount, Resources, RestartMode, RestartPolicy, Secret, SpreadMode, Strategy, Traffic,
+    UpdateKind, UpdateStrategy, WorkloadSpec,
 };
 use crate::pb;
 
@@ -18,7 +18,7 @@ use crate::pb;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {message}.{field}: {reason}")]
 pub struct ConvertError {
-    /// Message type, e.g. `ServiceSpec`.
+    /// Message type, e.g. `WorkloadSpec`.
     pub message: &'static str,
     /// Field path within it.
     pub field: String,
@@ -389,9 +389,9 @@ impl TryFrom<pb::UpdateStrategy> for UpdateStrategy {
     }
 }
 
-impl From<&ServiceSpec> for pb::ServiceSpec {
-    fn from(s: &ServiceSpec) -> Self {
-        pb::ServiceSpec {
+impl From<&WorkloadSpec> for pb::WorkloadSpec {
+    fn from(s: &WorkloadSpec) -> Self {
+        pb::WorkloadSpec {
             name: s.name.clone(),
             image: s.image.clone(),
             command: s.command.clone(),
@@ -438,7 +438,7 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
     }
 }
 
-impl pb::ServiceSpec {
+impl pb::WorkloadSpec {
     /// Withholds the values of the secret environment variables, listing their names in
     /// `withheld_secrets`: the spec as a caller without the admin role sees it.
     pub fn withhold_secrets(&mut self) {
@@ -448,11 +448,11 @@ impl pb::ServiceSpec {
     }
 }
 
-impl TryFrom<pb::ServiceSpec> for ServiceSpec {
+impl TryFrom<pb::WorkloadSpec> for WorkloadSpec {
     type Error = ConvertError;
 
-    fn try_from(s: pb::ServiceSpec) -> Result<Self, ConvertError> {
-        const M: &str = "ServiceSpec";
+    fn try_from(s: pb::WorkloadSpec) -> Result<Self, ConvertError> {
+        const M: &str = "WorkloadSpec";
         if s.name.is_empty() {
             return Err(ConvertError::missing(M, "name"));
         }
@@ -531,7 +531,7 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
             },
             None => Traffic::default(),
         };
-        Ok(ServiceSpec {
+        Ok(WorkloadSpec {
             name: s.name,
             image: s.image,
             command: s.command,
@@ -755,8 +755,8 @@ mod tests {
     use super::*;
     use crate::model::{ProbeAction, SpreadMode};
 
-    fn full_spec() -> ServiceSpec {
-        let mut spec = ServiceSpec::new("web", "web:1");
+    fn full_spec() -> WorkloadSpec {
+        let mut spec = WorkloadSpec::new("web", "web:1");
         spec.command = vec!["/bin/web".into()];
         spec.args = vec!["--port".into(), "8080".into()];
         spec.env.insert("A".into(), "1".into());
@@ -796,7 +796,7 @@ mod tests {
 
     #[test]
     fn withheld_secrets_show_names_only_and_are_refused_as_input() {
-        let mut wire = pb::ServiceSpec::from(&full_spec());
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
         assert_eq!(
             wire.secret_env.get("TOKEN").map(String::as_str),
             Some("s3cret")
@@ -804,39 +804,39 @@ mod tests {
         wire.withhold_secrets();
         assert!(wire.secret_env.is_empty());
         assert_eq!(wire.withheld_secrets, ["TOKEN"]);
-        let err = ServiceSpec::try_from(wire).expect_err("a withheld copy is not a spec");
+        let err = WorkloadSpec::try_from(wire).expect_err("a withheld copy is not a spec");
         assert_eq!(err.field, "withheld_secrets");
         assert!(err.to_string().contains("TOKEN"), "{err}");
 
-        let mut wire = pb::ServiceSpec::from(&full_spec());
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
         wire.env.insert("TOKEN".into(), "plain".into());
-        let err = ServiceSpec::try_from(wire).expect_err("one name, two values");
+        let err = WorkloadSpec::try_from(wire).expect_err("one name, two values");
         assert!(err.to_string().contains("TOKEN is set both"), "{err}");
     }
 
     #[test]
     fn service_spec_round_trips() {
         let spec = full_spec();
-        let wire = pb::ServiceSpec::from(&spec);
-        assert_eq!(ServiceSpec::try_from(wire), Ok(spec));
+        let wire = pb::WorkloadSpec::from(&spec);
+        assert_eq!(WorkloadSpec::try_from(wire), Ok(spec));
     }
 
     #[test]
     fn missing_required_fields_are_named() {
-        let mut wire = pb::ServiceSpec::from(&full_spec());
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
         wire.image.clear();
-        let err = ServiceSpec::try_from(wire).expect_err("image is required");
+        let err = WorkloadSpec::try_from(wire).expect_err("image is required");
         assert_eq!(err.field, "image");
 
-        let mut wire = pb::ServiceSpec::from(&full_spec());
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
         wire.ports[0].container_port = 70000;
-        let err = ServiceSpec::try_from(wire).expect_err("port out of range");
+        let err = WorkloadSpec::try_from(wire).expect_err("port out of range");
         assert_eq!(err.field, "ports[0].container_port");
         assert!(err.to_string().contains("70000"), "{err}");
 
-        let mut wire = pb::ServiceSpec::from(&full_spec());
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
         wire.health.as_mut().expect("health set").action = None;
-        let err = ServiceSpec::try_from(wire).expect_err("probe action is required");
+        let err = WorkloadSpec::try_from(wire).expect_err("probe action is required");
         assert_eq!(err.field, "health.action");
     }
 
@@ -958,7 +958,7 @@ impl TryFrom<pb::DesiredAllocation> for crate::model::DesiredAllocation {
         let allocation =
             Allocation::try_from(allocation).map_err(|e| e.in_field(M, "allocation"))?;
         let spec = d.spec.ok_or_else(|| ConvertError::missing(M, "spec"))?;
-        let spec = ServiceSpec::try_from(spec).map_err(|e| e.in_field(M, "spec"))?;
+        let spec = WorkloadSpec::try_from(spec).map_err(|e| e.in_field(M, "spec"))?;
         Ok(crate::model::DesiredAllocation { allocation, spec })
     }
 }
@@ -1200,7 +1200,7 @@ mod push_tests {
     }
 
     fn desired() -> DesiredSet {
-        let spec = ServiceSpec::new("web", "web:1");
+        let spec = WorkloadSpec::new("web", "web:1");
         DesiredSet {
             store_id: "0123abcd".into(),
             version: 3,

@@ -472,7 +472,7 @@ impl fmt::Debug for Secret {
 
 /// Everything an operator declares about a service. Parsed from manifests, validated, stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ServiceSpec {
+pub struct WorkloadSpec {
     /// DNS-1123 label, unique in the cluster.
     pub name: String,
     /// Container image reference.
@@ -514,7 +514,7 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-impl ServiceSpec {
+impl WorkloadSpec {
     /// Every environment variable a container of this spec gets, secrets included.
     pub fn container_env(&self) -> BTreeMap<String, String> {
         let mut env = self.env.clone();
@@ -527,8 +527,8 @@ impl ServiceSpec {
     }
 
     /// A spec with defaults for everything but the name and image.
-    pub fn new(name: impl Into<String>, image: impl Into<String>) -> ServiceSpec {
-        ServiceSpec {
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> WorkloadSpec {
+        WorkloadSpec {
             name: name.into(),
             image: image.into(),
             command: Vec::new(),
@@ -553,8 +553,8 @@ impl ServiceSpec {
     /// Whether `other` differs from `self` in what its containers run (anything but the
     /// replica count, the update strategy and the traffic policy). Such a change makes a
     /// new revision.
-    pub fn template_differs(&self, other: &ServiceSpec) -> bool {
-        let strip = |spec: &ServiceSpec| ServiceSpec {
+    pub fn template_differs(&self, other: &WorkloadSpec) -> bool {
+        let strip = |spec: &WorkloadSpec| WorkloadSpec {
             replicas: 0,
             traffic: Traffic::default(),
             update: UpdateStrategy::default(),
@@ -769,7 +769,7 @@ mod tests {
 
     #[test]
     fn replicas_and_traffic_do_not_make_a_revision() {
-        let a = ServiceSpec::new("web", "nginx");
+        let a = WorkloadSpec::new("web", "nginx");
         let mut b = a.clone();
         b.replicas = 7;
         b.traffic.strategy = Strategy::Random;
@@ -831,7 +831,7 @@ pub struct DesiredAllocation {
     /// The allocation.
     pub allocation: Allocation,
     /// The spec of its revision.
-    pub spec: ServiceSpec,
+    pub spec: WorkloadSpec,
 }
 
 /// A node's complete desired set, as the coordinator sends it: anything not in it should

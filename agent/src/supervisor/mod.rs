@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{AllocStatus, Allocation, DesiredState, Resources, ServiceSpec};
+use drover_proto::model::{AllocStatus, Allocation, DesiredState, Resources, WorkloadSpec};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -33,7 +33,7 @@ pub struct DesiredAlloc {
     /// The allocation.
     pub allocation: Allocation,
     /// The spec of its revision.
-    pub spec: ServiceSpec,
+    pub spec: WorkloadSpec,
 }
 
 /// The node's desired set as last received.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use drover_proto::model::{
     AllocState, AllocStatus, Allocation, DesiredState, HealthCheck, PortSpec, ProbeAction,
-    Protocol, Resources, ServiceSpec,
+    Protocol, Resources, WorkloadSpec,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -156,8 +156,8 @@ struct Harness {
     store: String,
 }
 
-fn spec(image: &str) -> ServiceSpec {
-    let mut spec = ServiceSpec::new("web", image);
+fn spec(image: &str) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new("web", image);
     spec.ports.push(PortSpec {
         name: None,
         container_port: 8080,
@@ -225,7 +225,7 @@ impl Harness {
         });
     }
 
-    fn want(&mut self, session: u64, allocs: &[(&str, DesiredState, ServiceSpec)]) {
+    fn want(&mut self, session: u64, allocs: &[(&str, DesiredState, WorkloadSpec)]) {
         self.version += 1;
         let allocations = allocs
             .iter()
@@ -327,7 +327,7 @@ struct Running {
 }
 
 impl Running {
-    fn want(&mut self, session: u64, allocs: &[(String, DesiredState, ServiceSpec)]) {
+    fn want(&mut self, session: u64, allocs: &[(String, DesiredState, WorkloadSpec)]) {
         self.version += 1;
         let allocations = allocs
             .iter()
@@ -637,7 +637,7 @@ async fn stop_after_disconnect_stops_replicas_when_cut_off_too_long() {
 }
 
 /// `web:1` with a readiness check that connects to container port 8080.
-fn checked_spec() -> ServiceSpec {
+fn checked_spec() -> WorkloadSpec {
     let mut spec = spec("web:1");
     spec.health = Some(HealthCheck {
         interval: Duration::from_secs(1),
@@ -794,7 +794,7 @@ fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix}{i:02}")).collect()
 }
 
-fn all(ids: &[String], desired: DesiredState) -> Vec<(String, DesiredState, ServiceSpec)> {
+fn all(ids: &[String], desired: DesiredState) -> Vec<(String, DesiredState, WorkloadSpec)> {
     ids.iter()
         .map(|id| (id.clone(), desired, spec("web:1")))
         .collect()

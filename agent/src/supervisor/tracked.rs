@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{AllocState, AllocStatus, Allocation, ServiceSpec};
+use drover_proto::model::{AllocState, AllocStatus, Allocation, WorkloadSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ pub(super) struct Tracked {
     pub service: String,
     pub revision: u64,
     /// Known once the desired set names the allocation.
-    pub spec: Option<ServiceSpec>,
+    pub spec: Option<WorkloadSpec>,
     /// What is reported to the coordinator.
     pub status: AllocStatus,
     /// Restarts since the last stable run.
@@ -492,7 +492,7 @@ fn container_spec(
     node: &str,
     advertise: IpAddr,
     revision: u64,
-    spec: &ServiceSpec,
+    spec: &WorkloadSpec,
 ) -> ContainerSpec {
     let labels: BTreeMap<String, String> = [
         (labels::ALLOC, alloc.to_string()),

@@ -12,7 +12,7 @@ use drover_agent::runtime::{ContainerRuntime, DockerRuntime, labels};
 use drover_agent::supervisor::{
     AllocReport, DesiredAlloc, DesiredUpdate, LinkState, Supervisor, SupervisorChannels,
 };
-use drover_proto::model::{Allocation, DesiredState, ServiceSpec};
+use drover_proto::model::{Allocation, DesiredState, WorkloadSpec};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +121,7 @@ impl Agent {
     }
 
     /// Sends a desired set: these allocations of `spec`, to run or to stop.
-    pub fn want(&mut self, node: &str, spec: &ServiceSpec, ids: &[String], desired: DesiredState) {
+    pub fn want(&mut self, node: &str, spec: &WorkloadSpec, ids: &[String], desired: DesiredState) {
         self.version += 1;
         let allocations = ids
             .iter()

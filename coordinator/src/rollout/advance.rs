@@ -7,7 +7,7 @@ use super::{
     CRASH_RESTARTS, Classes, Input, Pass, Verdict, canary_replicas, judge, ms, secs, start,
 };
 use crate::events;
-use crate::store::{RolloutPhase, ServiceRecord};
+use crate::store::{RolloutPhase, WorkloadRecord};
 
 /// Moves the rollout's state: progress, steps, completion, failure and revert.
 pub(super) fn advance(pass: &mut Pass<'_, '_>, c: &Classes<'_, '_>) {
@@ -244,7 +244,7 @@ pub(super) fn fail(pass: &mut Pass<'_, '_>, cause: &str, aborted: bool) {
 
 /// Revisions beyond `revisionHistoryLimit` that nothing needs: not the current or stable
 /// one, no allocation running them; oldest first.
-fn prune(input: &Input<'_>, record: &ServiceRecord) -> Vec<u64> {
+fn prune(input: &Input<'_>, record: &WorkloadRecord) -> Vec<u64> {
     let keep = record.update.revision_history_limit as usize;
     let used: BTreeSet<u64> = input.replicas.iter().map(|r| r.alloc.revision).collect();
     let old: Vec<u64> = input
@@ -263,7 +263,7 @@ fn prune(input: &Input<'_>, record: &ServiceRecord) -> Vec<u64> {
 /// An operator's abort: the rollout fails with `cause` and goes back to the last stable
 /// revision whatever `autoRevert` says (or stops where it is when there is none). Returns
 /// the updated record and the events.
-pub fn abort(input: &Input<'_>, cause: &str) -> (ServiceRecord, Vec<(&'static str, String)>) {
+pub fn abort(input: &Input<'_>, cause: &str) -> (WorkloadRecord, Vec<(&'static str, String)>) {
     let mut pass = Pass::new(input);
     fail(&mut pass, cause, true);
     (pass.record, pass.events)

@@ -28,7 +28,7 @@ pub use advance::abort;
 pub use analysis::{Verdict, Window, judge, percent};
 pub use weights::route_weights;
 
-use crate::store::{Rollout, RolloutPhase, ServiceRecord, StoredState, TrafficBaseline};
+use crate::store::{Rollout, RolloutPhase, StoredState, TrafficBaseline, WorkloadRecord};
 
 /// Restarts after which a new replica that is not available fails its rollout (a crash
 /// loop), long before the restart policy gives up.
@@ -112,7 +112,7 @@ impl Traffic {
 #[derive(Debug)]
 pub struct Input<'a> {
     /// The service record (revision, replicas, rollout settings and state).
-    pub record: &'a ServiceRecord,
+    pub record: &'a WorkloadRecord,
     /// Its allocations that should run.
     pub replicas: Vec<Replica<'a>>,
     /// Allocations of another revision told to stop that still run (a `Recreate` waits for
@@ -173,7 +173,7 @@ pub struct Plan<'a> {
     /// Replicas to place, by revision.
     pub place: Vec<Placing<'a>>,
     /// The record with the rollout's new state (equal to the input's when nothing changed).
-    pub record: ServiceRecord,
+    pub record: WorkloadRecord,
     /// Events: kind and message, about the service.
     pub events: Vec<(&'static str, String)>,
     /// Revisions to delete from the history.
@@ -239,7 +239,7 @@ fn is_ready(r: &Replica<'_>) -> bool {
     r.state == AllocState::Healthy && r.node_ready
 }
 
-fn classify<'r, 'a>(record: &ServiceRecord, replicas: &'r [Replica<'a>]) -> Classes<'r, 'a> {
+fn classify<'r, 'a>(record: &WorkloadRecord, replicas: &'r [Replica<'a>]) -> Classes<'r, 'a> {
     let mut c = Classes {
         incoming: Vec::new(),
         migrating: Vec::new(),
@@ -286,7 +286,7 @@ fn classify<'r, 'a>(record: &ServiceRecord, replicas: &'r [Replica<'a>]) -> Clas
 /// State shared by the steps of one planning pass.
 struct Pass<'a, 'i> {
     input: &'i Input<'a>,
-    record: ServiceRecord,
+    record: WorkloadRecord,
     events: Vec<(&'static str, String)>,
     prune: Vec<u64>,
     wake_at_ms: Option<u64>,
@@ -362,9 +362,9 @@ pub fn plan<'a>(input: &Input<'a>) -> Plan<'a> {
 /// Rollouts in progress as a restarted coordinator finds them, with their progress clock
 /// restarted: the time it was down is not held against them, and agents get to report
 /// before anything is judged.
-pub fn resumed_after_restart(stored: &StoredState, now_unix_ms: u64) -> Vec<ServiceRecord> {
+pub fn resumed_after_restart(stored: &StoredState, now_unix_ms: u64) -> Vec<WorkloadRecord> {
     stored
-        .services
+        .workloads
         .values()
         .filter(|r| {
             r.rollout

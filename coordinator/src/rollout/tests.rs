@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use drover_proto::model::{
-    AllocState, AllocStatus, CanaryStep, DesiredState, ReplicaCount, RevisionTraffic, ServiceSpec,
-    UpdateKind,
+    AllocState, AllocStatus, CanaryStep, DesiredState, ReplicaCount, RevisionTraffic, UpdateKind,
+    WorkloadSpec,
 };
 
 use super::*;
@@ -23,8 +23,8 @@ pub(super) struct Sim {
     pub events: Vec<(String, String)>,
 }
 
-pub(super) fn spec(image: &str, replicas: u32) -> ServiceSpec {
-    let mut spec = ServiceSpec::new("web", image);
+pub(super) fn spec(image: &str, replicas: u32) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new("web", image);
     spec.replicas = replicas;
     spec
 }
@@ -54,7 +54,7 @@ impl Sim {
         writes
     }
 
-    pub fn apply(&mut self, spec: &ServiceSpec) {
+    pub fn apply(&mut self, spec: &WorkloadSpec) {
         let mut changes = ChangeSet::new(&self.state, self.now);
         operations::apply_services(&self.state, std::slice::from_ref(spec), "", &mut changes)
             .expect("apply");
@@ -128,8 +128,8 @@ impl Sim {
         }
     }
 
-    pub fn record(&self) -> &ServiceRecord {
-        &self.state.stored.services["web"]
+    pub fn record(&self) -> &WorkloadRecord {
+        &self.state.stored.workloads["web"]
     }
 
     pub fn rollout(&self) -> &Rollout {

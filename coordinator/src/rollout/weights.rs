@@ -11,7 +11,7 @@ use crate::store::RolloutPhase;
 /// (exact, whatever the replica counts), weight 0 for a revision whose rollout failed, or
 /// else the operator's weights (`drover weights`, `traffic.weights`; empty: one pool).
 pub fn route_weights(state: &ClusterState, service: &str) -> BTreeMap<u64, u32> {
-    let Some(record) = state.stored.services.get(service) else {
+    let Some(record) = state.stored.workloads.get(service) else {
         return BTreeMap::new();
     };
     if !record.traffic.revision_weights.is_empty() {

@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use drover_proto::model::{
-    LabelConstraint, NodeFlags, NodeHealth, Resources, ServiceSpec, SpreadMode,
+    LabelConstraint, NodeFlags, NodeHealth, Resources, SpreadMode, WorkloadSpec,
 };
 
 pub use failure::{FilterReason, PlacementFailure};
@@ -78,7 +78,7 @@ pub struct PlacementRequest<'a> {
     /// Service name; replicas spread across nodes by it.
     pub service: &'a str,
     /// Resources per replica, constraints, spread mode and host ports.
-    pub spec: &'a ServiceSpec,
+    pub spec: &'a WorkloadSpec,
     /// Replicas wanted.
     pub count: u32,
     /// Nodes that must not take any of them (for example the node being drained).

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use drover_proto::model::{
-    ConstraintOp, LabelConstraint, NodeHealth, PortSpec, Protocol, Resources, ServiceSpec,
-    SpreadMode,
+    ConstraintOp, LabelConstraint, NodeHealth, PortSpec, Protocol, Resources, SpreadMode,
+    WorkloadSpec,
 };
 use proptest::prelude::*;
 
@@ -92,7 +92,7 @@ fn constraint(key: &str, op: ConstraintOp, values: &[&str]) -> LabelConstraint {
 }
 
 /// A request: its spec, its count and the positions of the nodes it avoids.
-type Request = (ServiceSpec, u32, Vec<usize>);
+type Request = (WorkloadSpec, u32, Vec<usize>);
 
 fn arb_request() -> impl Strategy<Value = Request> {
     (
@@ -104,7 +104,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         .prop_map(|(shape, constraints, options, avoid)| {
             let (service, cpu, memory, count) = shape;
             let (bin_pack, port) = options;
-            let mut spec = ServiceSpec::new(SERVICES[service], "example/image:1");
+            let mut spec = WorkloadSpec::new(SERVICES[service], "example/image:1");
             spec.resources = Resources {
                 cpu_millis: cpu,
                 memory_bytes: memory * MIB,

@@ -1,8 +1,8 @@
 //! Unit tests of placement: scoring, filters and failure messages.
 
 use drover_proto::model::{
-    ConstraintOp, LabelConstraint, NodeHealth, PortSpec, Protocol, Resources, ServiceSpec,
-    SpreadMode,
+    ConstraintOp, LabelConstraint, NodeHealth, PortSpec, Protocol, Resources, SpreadMode,
+    WorkloadSpec,
 };
 
 use super::{ClusterSnapshot, NodeView, PlacementOutcome, PlacementRequest};
@@ -35,13 +35,13 @@ fn loaded(mut view: NodeView, service: &str, allocated: Resources) -> NodeView {
     view
 }
 
-fn spec(name: &str, cpu_millis: u64, memory_gib: u64) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(name, "example/image:1");
+fn spec(name: &str, cpu_millis: u64, memory_gib: u64) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new(name, "example/image:1");
     spec.resources = res(cpu_millis, memory_gib);
     spec
 }
 
-fn with_host_port(mut spec: ServiceSpec, port: u16) -> ServiceSpec {
+fn with_host_port(mut spec: WorkloadSpec, port: u16) -> WorkloadSpec {
     spec.ports.push(PortSpec {
         name: None,
         container_port: 80,
@@ -52,7 +52,7 @@ fn with_host_port(mut spec: ServiceSpec, port: u16) -> ServiceSpec {
     spec
 }
 
-fn constrained(name: &str, key: &str, op: ConstraintOp, values: &[&str]) -> ServiceSpec {
+fn constrained(name: &str, key: &str, op: ConstraintOp, values: &[&str]) -> WorkloadSpec {
     let mut spec = spec(name, 100, 0);
     spec.placement.constraints.push(LabelConstraint {
         key: key.into(),
@@ -62,7 +62,7 @@ fn constrained(name: &str, key: &str, op: ConstraintOp, values: &[&str]) -> Serv
     spec
 }
 
-fn place(snapshot: &mut ClusterSnapshot, spec: &ServiceSpec, count: u32) -> PlacementOutcome {
+fn place(snapshot: &mut ClusterSnapshot, spec: &WorkloadSpec, count: u32) -> PlacementOutcome {
     snapshot.place(&PlacementRequest {
         service: &spec.name,
         spec,
@@ -181,7 +181,7 @@ fn label_constraints_select_nodes() {
         labelled("n2", &[("zone", "b"), ("disk", "hdd")]),
         labelled("n3", &[("zone", "c")]),
     ];
-    let cases: [(ServiceSpec, &[&str]); 5] = [
+    let cases: [(WorkloadSpec, &[&str]); 5] = [
         (
             constrained("eq", "zone", ConstraintOp::Eq, &["a"]),
             &["n1", "n1", "n1"],
@@ -388,7 +388,7 @@ fn placement_is_deterministic_whatever_the_node_order() {
             view
         })
         .collect();
-    let services: Vec<ServiceSpec> = (0..8)
+    let services: Vec<WorkloadSpec> = (0..8)
         .map(|i| {
             let mut s = spec(&format!("svc-{i}"), 250 * (1 + i % 3), 1);
             if i % 2 == 0 {

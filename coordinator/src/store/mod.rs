@@ -14,8 +14,8 @@ mod suite;
 
 pub use memory::MemoryStore;
 pub use records::{
-    EventRecord, RevisionRecord, Rollout, RolloutPhase, ServiceRecord, StoredState,
-    TrafficBaseline, apply_writes,
+    EventRecord, RevisionRecord, Rollout, RolloutPhase, StoredState, TrafficBaseline,
+    WorkloadRecord, apply_writes,
 };
 pub use redb_store::RedbStore;
 pub use sealed::{SealedStore, SecretsKey};
@@ -39,7 +39,7 @@ pub const CORRUPTED_EVENT: &str = "store_event_corrupted";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Create or replace a service record.
-    PutService(ServiceRecord),
+    PutService(WorkloadRecord),
     /// Remove a service record and all its revisions.
     DeleteService(String),
     /// Store a revision of a service.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::model::{Allocation, NodeFlags, ServiceSpec, Traffic, UpdateStrategy};
+use drover_proto::model::{Allocation, NodeFlags, Traffic, UpdateStrategy, WorkloadSpec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,7 @@ use super::{FORMAT_VERSION, StoreError};
 
 /// A service: its current revision and the settings that change without a new revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord {
+pub struct WorkloadRecord {
     /// Service name.
     pub name: String,
     /// Revision new replicas run: the one being rolled out, or the one in place.
@@ -44,7 +44,7 @@ pub struct ServiceRecord {
     pub rollout: Option<Rollout>,
 }
 
-impl ServiceRecord {
+impl WorkloadRecord {
     /// A new service at `revision` with default rollout settings and no rollout.
     pub fn new(
         name: &str,
@@ -52,8 +52,8 @@ impl ServiceRecord {
         replicas: u32,
         traffic: Traffic,
         now_unix_ms: u64,
-    ) -> ServiceRecord {
-        ServiceRecord {
+    ) -> WorkloadRecord {
+        WorkloadRecord {
             name: name.to_string(),
             revision,
             replicas,
@@ -148,7 +148,7 @@ pub struct RevisionRecord {
     /// Revision number, from 1.
     pub revision: u64,
     /// The spec as applied.
-    pub spec: ServiceSpec,
+    pub spec: WorkloadSpec,
     /// Creation time, ms since the Unix epoch.
     pub created_unix_ms: u64,
     /// What made it: "apply", "restart" or an operator's change cause.
@@ -174,8 +174,8 @@ pub struct EventRecord {
 /// Everything a store holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredState {
-    /// Services by name.
-    pub services: BTreeMap<String, ServiceRecord>,
+    /// Workloads by name.
+    pub workloads: BTreeMap<String, WorkloadRecord>,
     /// Revisions by (service, revision).
     pub revisions: BTreeMap<(String, u64), RevisionRecord>,
     /// Allocations by id.
@@ -333,10 +333,10 @@ pub fn apply_writes(state: &mut StoredState, writes: &[super::Write]) {
     for write in writes {
         match write {
             Write::PutService(s) => {
-                state.services.insert(s.name.clone(), s.clone());
+                state.workloads.insert(s.name.clone(), s.clone());
             }
             Write::DeleteService(name) => {
-                state.services.remove(name);
+                state.workloads.remove(name);
                 state.revisions.retain(|(service, _), _| service != name);
             }
             Write::PutRevision(r) => {

@@ -21,8 +21,8 @@ use super::identity::{
 };
 use super::records::{DecodeError, checksum, decode, encode, upgrade_legacy};
 use super::{
-    CORRUPTED_EVENT, EVENT_RETENTION, EventRecord, FORMAT_VERSION, RevisionRecord, ServiceRecord,
-    Store, StoreError, StoredState, Write,
+    CORRUPTED_EVENT, EVENT_RETENTION, EventRecord, FORMAT_VERSION, RevisionRecord, Store,
+    StoreError, StoredState, WorkloadRecord, Write,
 };
 
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
@@ -322,12 +322,12 @@ impl RedbStore {
         let table = txn.open_table(SERVICES).map_err(|e| self.db_error(e))?;
         for entry in table.iter().map_err(|e| self.db_error(e))? {
             let (k, v) = entry.map_err(|e| self.db_error(e))?;
-            let record: ServiceRecord = self.decode("services", k.value(), v.value())?;
+            let record: WorkloadRecord = self.decode("services", k.value(), v.value())?;
             if record.name != k.value() {
                 let named = format!("service {:?}", record.name);
                 return Err(self.misplaced("services", k.value(), &named));
             }
-            state.services.insert(k.value().to_string(), record);
+            state.workloads.insert(k.value().to_string(), record);
         }
         let table = txn.open_table(REVISIONS).map_err(|e| self.db_error(e))?;
         for entry in table.iter().map_err(|e| self.db_error(e))? {

@@ -1,18 +1,18 @@
 //! One test suite run against every `Store` implementation.
 
 use drover_proto::model::{
-    Allocation, DesiredState, NodeFlags, Resources, Secret, ServiceSpec, Traffic,
+    Allocation, DesiredState, NodeFlags, Resources, Secret, Traffic, WorkloadSpec,
 };
 
 use std::path::{Path, PathBuf};
 
 use super::{
     CORRUPTED_EVENT, EventRecord, MemoryStore, RedbStore, RevisionRecord, Rollout, RolloutPhase,
-    SealedStore, SecretsKey, ServiceRecord, Store, StoreError, TrafficBaseline, Write, counters,
+    SealedStore, SecretsKey, Store, StoreError, TrafficBaseline, WorkloadRecord, Write, counters,
 };
 
-fn service(name: &str, revision: u64) -> ServiceRecord {
-    let mut record = ServiceRecord::new(name, revision, 3, Traffic::default(), 1);
+fn service(name: &str, revision: u64) -> WorkloadRecord {
+    let mut record = WorkloadRecord::new(name, revision, 3, Traffic::default(), 1);
     record.updated_unix_ms = 2;
     record
 }
@@ -22,7 +22,7 @@ fn revision(name: &str, revision: u64) -> RevisionRecord {
         service: name.into(),
         revision,
         spec: {
-            let mut spec = ServiceSpec::new(name, format!("{name}:{revision}"));
+            let mut spec = WorkloadSpec::new(name, format!("{name}:{revision}"));
             let secret = Secret::new(format!("hunter2-{name}-{revision}"));
             spec.secret_env.insert("DB_PASSWORD".into(), secret);
             spec
@@ -101,7 +101,7 @@ fn round_trip(store: &dyn Store) {
         ])
         .expect("commit");
     let state = store.load().expect("load");
-    assert_eq!(state.services["web"], web, "the rollout is durable");
+    assert_eq!(state.workloads["web"], web, "the rollout is durable");
     assert_eq!(state.revisions.len(), 3);
     assert_eq!(state.revisions[&("web".to_string(), 2)], revision("web", 2));
     assert_eq!(state.allocations.len(), 2);
@@ -122,7 +122,7 @@ fn round_trip(store: &dyn Store) {
         ])
         .expect("commit delete");
     let state = store.load().expect("load");
-    assert!(!state.services.contains_key("web"));
+    assert!(!state.workloads.contains_key("web"));
     assert_eq!(
         state.revisions.keys().collect::<Vec<_>>(),
         vec![&("db".to_string(), 1)],
@@ -316,7 +316,7 @@ fn redb_store_survives_reopen() {
     }
     let store = RedbStore::open(&path).expect("reopen");
     let state = store.load().expect("load");
-    assert_eq!(state.services["web"], service("web", 1));
+    assert_eq!(state.workloads["web"], service("web", 1));
     assert_eq!(store.events(0, 10).expect("events"), vec![event(1)]);
 }
 
@@ -351,11 +351,11 @@ fn unknown_format_version_is_refused() {
 fn written_store(dir: &Path) -> PathBuf {
     let path = dir.join("coordinator.redb");
     let store = RedbStore::open(&path).expect("open");
-    let mut spec = ServiceSpec::new("web", "nginx:1.25");
+    let mut spec = WorkloadSpec::new("web", "nginx:1.25");
     spec.replicas = 1;
     store
         .commit(&[
-            Write::PutService(ServiceRecord::new("web", 1, 3, Traffic::default(), 1)),
+            Write::PutService(WorkloadRecord::new("web", 1, 3, Traffic::default(), 1)),
             Write::PutRevision(RevisionRecord {
                 service: "web".into(),
                 revision: 1,
@@ -519,7 +519,7 @@ fn a_lost_or_emptied_store_file_is_refused_while_its_marker_is_there() {
     // Removing the marker is how to start fresh on purpose.
     std::fs::remove_file(&marker).expect("remove the marker");
     let store = RedbStore::open(&path).expect("a fresh start on purpose");
-    assert!(store.load().expect("load").services.is_empty());
+    assert!(store.load().expect("load").workloads.is_empty());
 }
 
 #[test]
@@ -552,7 +552,7 @@ fn the_identity_survives_reopen_and_a_restored_backup_gets_a_new_one() {
         first,
         "a restored older copy must not pass for the store agents last heard"
     );
-    assert_eq!(restored.load().expect("load").services.len(), 1);
+    assert_eq!(restored.load().expect("load").workloads.len(), 1);
     let id = restored.store_id().to_string();
     drop(restored);
     assert_eq!(RedbStore::open(&path).expect("reopen").store_id(), id);
@@ -571,7 +571,7 @@ fn a_store_file_moved_without_its_marker_gets_a_new_identity() {
     std::fs::remove_file(dir.path().join("coordinator.id")).expect("remove the marker");
     let moved = RedbStore::open(&path).expect("open");
     assert_ne!(moved.store_id(), first);
-    assert_eq!(moved.load().expect("load").services.len(), 1);
+    assert_eq!(moved.load().expect("load").workloads.len(), 1);
 }
 
 #[cfg(unix)]
@@ -657,7 +657,7 @@ fn a_store_from_before_checksums_loads_and_is_upgraded() {
     }
     let store = RedbStore::open(&path).expect("an old store opens");
     let state = store.load().expect("and loads");
-    assert_eq!(state.services["web"], web);
+    assert_eq!(state.workloads["web"], web);
     assert_eq!(state.revisions[&("web".to_string(), 1)], revision("web", 1));
     assert_eq!(state.counter(counters::BOOTS), 4);
     assert_eq!(state.store_id.len(), 32, "it is given an identity");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_coordinator::Config;
-use drover_proto::model::{PortSpec, Protocol, Resources, ServiceSpec};
+use drover_proto::model::{PortSpec, Protocol, Resources, WorkloadSpec};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use drover_security::Token;
@@ -279,8 +279,8 @@ impl FakeAgent {
     }
 }
 
-pub fn web(replicas: u32) -> pb::ServiceSpec {
-    let mut spec = ServiceSpec::new("web", "web:1");
+pub fn web(replicas: u32) -> pb::WorkloadSpec {
+    let mut spec = WorkloadSpec::new("web", "web:1");
     spec.replicas = replicas;
     spec.resources = Resources {
         cpu_millis: 100,

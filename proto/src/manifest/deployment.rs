@@ -1,4 +1,4 @@
-//! Conversion of a Kubernetes Deployment into a [`ServiceSpec`], with Kubernetes field paths.
+//! Conversion of a Kubernetes Deployment into a [`WorkloadSpec`], with Kubernetes field paths.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use super::kube::{
 use super::validate;
 use crate::model::{
     ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol, ReplicaCount,
-    Resources, ServiceSpec, UpdateKind, UpdateStrategy,
+    Resources, UpdateKind, UpdateStrategy, WorkloadSpec,
 };
 
 const POD: &str = "spec.template.spec";
@@ -28,7 +28,7 @@ const AUTO_REVERT: &str = "drover.dev/auto-revert";
 #[derive(Debug)]
 pub(crate) struct Converted {
     /// The spec, without service ports yet.
-    pub(crate) spec: ServiceSpec,
+    pub(crate) spec: WorkloadSpec,
     /// Labels of the pod template, which Service selectors match.
     pub(crate) template_labels: BTreeMap<String, String>,
 }
@@ -47,7 +47,7 @@ pub(crate) fn convert(doc: Deployment) -> (Converted, Vec<FieldError>) {
         .as_ref()
         .map(|c| c.image.clone())
         .unwrap_or_default();
-    let mut spec = ServiceSpec::new(doc.metadata.name, image);
+    let mut spec = WorkloadSpec::new(doc.metadata.name, image);
     spec.labels = doc.metadata.labels;
     spec.update = update;
     if let Some(replicas) = deployment.replicas {
@@ -134,7 +134,7 @@ pub(crate) fn show_labels(labels: &BTreeMap<String, String>) -> String {
     pairs.join(", ")
 }
 
-fn convert_container(errors: &mut Errors, spec: &mut ServiceSpec, container: Container) {
+fn convert_container(errors: &mut Errors, spec: &mut WorkloadSpec, container: Container) {
     errors.check(at(CONTAINER, "image"), validate::image(&container.image));
     if let Some(policy) = container.image_pull_policy {
         if !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never") {

@@ -15,8 +15,8 @@ use super::input::{
 use super::validate;
 use crate::model::{
     CanaryStep, ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol,
-    ReplicaCount, Resources, RestartMode, Secret, ServiceSpec, SpreadMode, Strategy, UpdateKind,
-    UpdateStrategy,
+    ReplicaCount, Resources, RestartMode, Secret, SpreadMode, Strategy, UpdateKind, UpdateStrategy,
+    WorkloadSpec,
 };
 
 /// `apiVersion` of Drover's format.
@@ -192,10 +192,10 @@ impl Document {
     /// The spec this document declares; errors use the document's field paths. Values
     /// that do not convert are replaced by placeholders that [`super::validate`] also
     /// refuses at the same path, so the caller can merge both lists.
-    pub(crate) fn into_spec(self) -> (ServiceSpec, Vec<FieldError>) {
+    pub(crate) fn into_spec(self) -> (WorkloadSpec, Vec<FieldError>) {
         let mut errors = Errors::default();
         let input = self.spec;
-        let mut spec = ServiceSpec::new(self.metadata.name, input.image);
+        let mut spec = WorkloadSpec::new(self.metadata.name, input.image);
         spec.labels = self.metadata.labels;
         spec.command = input.command;
         spec.args = input.args;
@@ -318,7 +318,7 @@ fn convert_check(errors: &mut Errors, base: &str, check: CheckInput) -> Option<H
     Some(health)
 }
 
-fn convert_restart(spec: &mut ServiceSpec, input: RestartInput) {
+fn convert_restart(spec: &mut WorkloadSpec, input: RestartInput) {
     let restart = &mut spec.restart;
     if let Some(mode) = input.policy {
         restart.mode = mode;

@@ -7,7 +7,7 @@ use super::deployment::{self, show_labels};
 use super::error::{Errors, FieldError, Source, at};
 use super::input::{IntOrName, port_number};
 use super::kube::Service;
-use crate::model::{PortSpec, Protocol, ServiceSpec};
+use crate::model::{PortSpec, Protocol, WorkloadSpec};
 
 /// A converted Service: the ports it publishes for the Deployment its selector matches.
 #[derive(Debug)]
@@ -180,7 +180,7 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 /// Sets the service port of the container port `port` targets, adding that container port
 /// when a numeric target names one the Deployment does not declare (as Kubernetes allows).
 fn publish(
-    spec: &mut ServiceSpec,
+    spec: &mut WorkloadSpec,
     port: &ServicePort,
     publisher: Publisher,
     deployment: usize,
@@ -240,7 +240,7 @@ fn publish(
     Ok(())
 }
 
-fn unknown_name(spec: &ServiceSpec, base: &str, name: &str) -> FieldError {
+fn unknown_name(spec: &WorkloadSpec, base: &str, name: &str) -> FieldError {
     let names: Vec<&str> = spec
         .ports
         .iter()

@@ -204,14 +204,14 @@ pub(crate) struct Service {
     #[serde(rename = "kind")]
     _kind: IgnoredAny,
     pub(crate) metadata: ObjectMeta,
-    pub(crate) spec: ServiceSpec,
+    pub(crate) spec: WorkloadSpec,
     #[serde(rename = "status")]
     _status: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ServiceSpec {
+pub(crate) struct WorkloadSpec {
     #[serde(default)]
     pub(crate) selector: BTreeMap<String, String>,
     #[serde(default)]

@@ -6,7 +6,7 @@
 //! - `apiVersion: apps/v1`, `kind: Deployment`, and `apiVersion: v1`, `kind: Service`: the
 //!   Kubernetes subset. A Service joins the one Deployment whose pod template labels carry
 //!   all of its selector's pairs, across every file of the apply; the pair makes one
-//!   [`ServiceSpec`] named after the Deployment. A Deployment without a Service has no
+//!   [`WorkloadSpec`] named after the Deployment. A Deployment without a Service has no
 //!   published port; a Service that selects no Deployment is an error.
 //!
 //! Any field Drover does not support is an error naming its path, never dropped. What the
@@ -47,18 +47,18 @@ pub use error::{FieldError, ManifestError, Problem, Source, ValueError};
 pub use quantity::{parse_cpu, parse_memory};
 pub use validate::{dns_label, excerpt, node_info as validate_node, validate};
 
-use crate::model::ServiceSpec;
+use crate::model::WorkloadSpec;
 
 /// Parses every YAML document of one file. Empty documents are skipped but still counted
 /// in [`Source::document`]. Kubernetes Deployments and Services are joined within the file.
-pub fn parse_str(file: &str, text: &str) -> Result<Vec<(Source, ServiceSpec)>, ManifestError> {
+pub fn parse_str(file: &str, text: &str) -> Result<Vec<(Source, WorkloadSpec)>, ManifestError> {
     parse_set(&[(file, text)])
 }
 
 /// Parses several files, `(name, text)`, as one apply: Kubernetes Deployments and Services
 /// are joined across all of them, a service name may appear only once in the whole set,
 /// and every spec is validated. All or nothing.
-pub fn parse_files(files: &[(String, String)]) -> Result<Vec<ServiceSpec>, ManifestError> {
+pub fn parse_files(files: &[(String, String)]) -> Result<Vec<WorkloadSpec>, ManifestError> {
     let files: Vec<(&str, &str)> = files
         .iter()
         .map(|(name, text)| (name.as_str(), text.as_str()))
@@ -72,7 +72,7 @@ pub fn parse_files(files: &[(String, String)]) -> Result<Vec<ServiceSpec>, Manif
 pub(crate) struct Declared {
     origin: Source,
     object: String,
-    spec: ServiceSpec,
+    spec: WorkloadSpec,
     /// Pod template labels, for a Deployment.
     template_labels: Option<BTreeMap<String, String>>,
     /// Paths already reported for this document.
@@ -92,7 +92,7 @@ struct Collected {
     selectors_unknown: bool,
 }
 
-fn parse_set(files: &[(&str, &str)]) -> Result<Vec<(Source, ServiceSpec)>, ManifestError> {
+fn parse_set(files: &[(&str, &str)]) -> Result<Vec<(Source, WorkloadSpec)>, ManifestError> {
     let mut collected = Collected::default();
     for (file, text) in files {
         collected.read_file(file, text);
@@ -280,7 +280,7 @@ impl Collected {
                 let (converted, errors) = deployment::convert(document);
                 (converted.spec, Some(converted.template_labels), errors)
             }
-            Err(error) => (ServiceSpec::new(name, ""), raw_labels, vec![error]),
+            Err(error) => (WorkloadSpec::new(name, ""), raw_labels, vec![error]),
         };
         let broken = !errors.is_empty();
         self.selectors_unknown |= template_labels.is_none();

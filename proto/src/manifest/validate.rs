@@ -1,16 +1,16 @@
-//! Validation of a [`ServiceSpec`], whatever it was parsed from; errors use Drover manifest paths.
+//! Validation of a [`WorkloadSpec`], whatever it was parsed from; errors use Drover manifest paths.
 
 use std::collections::BTreeMap;
 
 use super::constraint;
 use super::error::{Errors, FieldError, at};
 use crate::model::{
-    HealthCheck, NodeInfo, ProbeAction, ReplicaCount, ServiceSpec, UpdateKind, UpdateStrategy,
+    HealthCheck, NodeInfo, ProbeAction, ReplicaCount, UpdateKind, UpdateStrategy, WorkloadSpec,
 };
 
 /// Validates one spec. Errors name the field as Drover's own manifest spells it
 /// (`metadata.name`, `spec.ports[1].containerPort`, `spec.health.timeout`).
-pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
+pub fn validate(spec: &WorkloadSpec) -> Result<(), Vec<FieldError>> {
     let mut errors = Errors::default();
     errors.check("metadata.name", dns_label(&spec.name));
     errors.check("spec.image", image(&spec.image));
@@ -67,7 +67,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
     }
 }
 
-fn check_ports(errors: &mut Errors, spec: &ServiceSpec) {
+fn check_ports(errors: &mut Errors, spec: &WorkloadSpec) {
     let mut container_ports = BTreeMap::new();
     let mut service_ports = BTreeMap::new();
     let mut host_ports = BTreeMap::new();

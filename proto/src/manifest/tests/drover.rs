@@ -10,7 +10,7 @@ fn drover_example_parses_every_field() {
     let (origin, spec) = &specs[0];
     assert_eq!(origin.document, 0);
     let secs = Duration::from_secs;
-    let mut expected = ServiceSpec::new("web", "web:1.2");
+    let mut expected = WorkloadSpec::new("web", "web:1.2");
     expected.labels = BTreeMap::from([("tier".into(), "front".into())]);
     expected.command = vec!["/bin/web".into()];
     expected.args = vec!["--port".into(), "8080".into()];
@@ -507,7 +507,7 @@ fn drover_update_errors() {
 
 #[test]
 fn validate_checks_rollout_settings_received_over_grpc() {
-    let mut spec = ServiceSpec::new("w", "w");
+    let mut spec = WorkloadSpec::new("w", "w");
     spec.update = UpdateStrategy {
         kind: UpdateKind::Recreate,
         max_surge: ReplicaCount::Percent(1001),
@@ -551,7 +551,7 @@ fn validate_checks_rollout_settings_received_over_grpc() {
         (ReplicaCount::Percent(0), ReplicaCount::Count(0)),
         (ReplicaCount::Count(0), ReplicaCount::Percent(0)),
     ] {
-        let mut spec = ServiceSpec::new("w", "w");
+        let mut spec = WorkloadSpec::new("w", "w");
         spec.update.max_surge = surge;
         spec.update.max_unavailable = unavailable;
         spec.update.analysis.min_sample = 0;
@@ -564,7 +564,7 @@ fn validate_checks_rollout_settings_received_over_grpc() {
             )]
         );
     }
-    let mut spec = ServiceSpec::new("w", "w");
+    let mut spec = WorkloadSpec::new("w", "w");
     spec.update.max_surge = ReplicaCount::Count(0);
     spec.update.max_unavailable = ReplicaCount::Percent(1);
     assert_eq!(validate(&spec), Ok(()));

@@ -23,7 +23,7 @@ fn kubernetes_defaults() -> UpdateStrategy {
 #[test]
 fn seed_parses_to_one_service() {
     let specs = parse_str("examples/seed/user-service.yaml", SEED).expect("seed parses");
-    let mut expected = ServiceSpec::new("user-service", "user-service");
+    let mut expected = WorkloadSpec::new("user-service", "user-service");
     expected.replicas = 3;
     expected.update = kubernetes_defaults();
     expected.ports = vec![PortSpec {
@@ -125,7 +125,7 @@ spec:
             exec: {command: [/bin/true]}
 ";
     let spec = one(text);
-    let mut expected = ServiceSpec::new("api", "api:2");
+    let mut expected = WorkloadSpec::new("api", "api:2");
     expected.labels = BTreeMap::from([("team".into(), "core".into())]);
     expected.replicas = 2;
     expected.update = UpdateStrategy {

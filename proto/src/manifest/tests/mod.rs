@@ -29,7 +29,7 @@ fn refused(list: &[(&str, &str)]) -> String {
     }
 }
 
-fn one(text: &str) -> ServiceSpec {
+fn one(text: &str) -> WorkloadSpec {
     match parse_files(&files(&[("test.yaml", text)])) {
         Ok(mut specs) if specs.len() == 1 => specs.remove(0),
         Ok(specs) => panic!("expected one spec, got {specs:?}"),
@@ -245,7 +245,7 @@ fn empty_documents_are_skipped_but_counted() {
 
 #[test]
 fn validate_reports_every_problem_by_field() {
-    let mut spec = ServiceSpec::new("ok", "");
+    let mut spec = WorkloadSpec::new("ok", "");
     spec.env.insert(String::new(), "x".into());
     spec.ports.push(PortSpec {
         name: None,
@@ -285,5 +285,5 @@ fn validate_reports_every_problem_by_field() {
         &errors[7].to_string(),
         "constraint \"zone=\": operator Eq does not take 0 value(s)",
     );
-    assert_eq!(validate(&ServiceSpec::new("fine", "nginx")), Ok(()));
+    assert_eq!(validate(&WorkloadSpec::new("fine", "nginx")), Ok(()));
 }
