@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_proto::gossip::MemberFacts;
-use drover_proto::model::{self, AllocState, RevisionTraffic, RouteEndpoint, RoutePolicy};
+use drover_proto::model::{AllocState, RevisionTraffic, RouteEndpoint, RoutePolicy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -95,11 +95,11 @@ pub fn service_routes(
             service: service.service.clone(),
             port: service.service_port,
             strategy: service.strategy,
-            revision_weights: service.revision_weights.clone(),
+            pool_weights: service.pool_weights.clone(),
             endpoints: service
                 .endpoints
                 .iter()
-                .filter_map(|e| endpoint(service, e, live))
+                .filter_map(|e| endpoint(e, live))
                 .collect(),
         })
         .collect()
@@ -107,27 +107,23 @@ pub fn service_routes(
 
 /// An endpoint of the policy, at the policy's address, if gossip does not take it out: the
 /// member the policy names as its node is live and not leaving, and that member's fact about
-/// the allocation says healthy, for this service and revision.
+/// the allocation says healthy, for this workload and revision.
 ///
 /// The fact's own endpoint is ignored: it neither moves traffic (that would let a forged
 /// member send it anywhere) nor removes the endpoint, since it legitimately differs from the
 /// policy's address (it names the replica's first published port, whatever the service
 /// port; and the coordinator re-pushes the policy when a restarted replica reports a new
 /// host port, before its health checks pass).
-fn endpoint(
-    service: &model::ServiceRoute,
-    e: &RouteEndpoint,
-    live: &BTreeMap<String, MemberFacts>,
-) -> Option<Endpoint> {
+fn endpoint(e: &RouteEndpoint, live: &BTreeMap<String, MemberFacts>) -> Option<Endpoint> {
     let address = e.address?;
     let member = live.get(&e.node)?;
     if member.is_leaving() {
         return None;
     }
     let fact = member.allocations.get(&e.allocation_id)?;
-    // A fact about another service or revision is not about this replica.
+    // A fact about another workload or revision is not about this replica.
     if fact.health != AllocState::Healthy
-        || fact.service != service.service
+        || fact.service != e.workload
         || fact.revision != e.revision
     {
         return None;
@@ -135,8 +131,10 @@ fn endpoint(
     Some(Endpoint {
         id: e.allocation_id.clone(),
         address,
-        revision: e.revision,
+        pool: e.pool,
         weight: e.weight.max(1),
+        workload: std::sync::Arc::from(e.workload.as_str()),
+        revision: e.revision,
     })
 }
 
@@ -177,12 +175,11 @@ mod tests {
         RoutePolicy {
             version: 1,
             store_id: "s1".into(),
-            services: vec![model::ServiceRoute {
+            services: vec![drover_proto::model::ServiceRoute {
                 service: "web".into(),
                 service_port: 80,
-                container_port: 8080,
                 strategy: Strategy::Random,
-                revision_weights: [(1, 100)].into_iter().collect(),
+                pool_weights: [(1, 100)].into_iter().collect(),
                 endpoints: endpoints
                     .iter()
                     .map(|(id, node, address)| RouteEndpoint {
@@ -191,6 +188,9 @@ mod tests {
                         revision: 1,
                         address: address.parse().ok(),
                         weight: 1,
+                        workload: "web".into(),
+                        pool: 1,
+                        container_port: 8080,
                     })
                     .collect(),
             }],

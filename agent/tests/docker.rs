@@ -320,7 +320,6 @@ fn checked_service(every: Duration) -> WorkloadSpec {
     spec.ports.push(PortSpec {
         name: None,
         container_port: CONTAINER_PORT,
-        service_port: None,
         host_port: None,
         protocol: Protocol::Tcp,
     });

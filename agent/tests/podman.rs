@@ -450,7 +450,6 @@ async fn the_supervisor_runs_a_checked_replica_reachable_over_http() {
     spec.ports.push(PortSpec {
         name: None,
         container_port: CONTAINER_PORT,
-        service_port: None,
         host_port: None,
         protocol: Protocol::Tcp,
     });

@@ -53,12 +53,7 @@ impl Backend {
     }
 
     fn endpoint(&self, revision: u64) -> Endpoint {
-        Endpoint {
-            id: self.name.clone(),
-            address: self.address,
-            revision,
-            weight: 1,
-        }
+        Endpoint::new(self.name.clone(), self.address, "web", revision)
     }
 
     /// Close the listening socket: later connects are refused.
@@ -86,7 +81,7 @@ fn route(
         service: "web".to_owned(),
         port,
         strategy,
-        revision_weights: revision_weights.iter().copied().collect(),
+        pool_weights: revision_weights.iter().copied().collect(),
         endpoints,
     }
 }
@@ -507,17 +502,7 @@ async fn a_replica_that_closes_before_answering_is_retried_elsewhere() {
     for read_first in [false, true] {
         let good = Backend::start("good").await;
         let (mute, mute_task) = mute_backend(read_first).await;
-        let endpoints = || {
-            vec![
-                good.endpoint(1),
-                Endpoint {
-                    id: "mute".into(),
-                    address: mute,
-                    revision: 1,
-                    weight: 1,
-                },
-            ]
-        };
+        let endpoints = || vec![good.endpoint(1), Endpoint::new("mute", mute, "web", 1)];
         let port = free_port();
         let mut with_retry = ProxyManager::new(LOCALHOST, test_config(), 1);
         with_retry
@@ -579,12 +564,7 @@ async fn connection_outcomes_are_counted_per_revision() {
     let good = Backend::start("good").await;
     let (mute, mute_task) = mute_backend(false).await;
     let refusing = SocketAddr::new(LOCALHOST, free_port());
-    let replica = |id: &str, address, revision| Endpoint {
-        id: id.into(),
-        address,
-        revision,
-        weight: 1,
-    };
+    let replica = |id: &str, address, revision| Endpoint::new(id, address, "web", revision);
     let config = ProxyConfig {
         balancer: BalancerConfig {
             eject_after: 0,
@@ -611,7 +591,12 @@ async fn connection_outcomes_are_counted_per_revision() {
         assert_eq!(request(port).await.as_deref(), Some("good"));
     }
     let by_revision = proxy.proxy(port).expect("proxy").revision_traffic();
-    let outcomes = |revision| by_revision.get(&revision).copied().unwrap_or_default();
+    let outcomes = |revision: u64| {
+        by_revision
+            .get(&(std::sync::Arc::from("web"), revision))
+            .copied()
+            .unwrap_or_default()
+    };
     // Every client connection ended on revision 1, answered: 60 connections, none failed.
     assert_eq!(
         outcomes(1),

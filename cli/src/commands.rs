@@ -2,7 +2,7 @@
 
 use crate::output::say;
 use anyhow::Context;
-use drover_proto::convert::{node_health_from_pb, strategy_from_pb};
+use drover_proto::convert::node_health_from_pb;
 use drover_proto::manifest;
 use drover_proto::model::{
     AllocStatus, Allocation, NodeHealth, PortSpec, Resources, format_bytes, format_cpu,
@@ -15,20 +15,21 @@ use crate::client::{connect, refused};
 use crate::files::read_manifests;
 use crate::output::{Format, age, now_unix_ms, print_json, print_table, table};
 
-/// Parses `REV=WEIGHT`.
-pub fn parse_weight(text: &str) -> Result<(u64, u32), String> {
-    let (rev, weight) = text
+/// Parses `KEY=WEIGHT`: a revision number (a workload's revisions) or a workload name (the
+/// workloads a service selects).
+pub fn parse_weight(text: &str) -> Result<(String, u32), String> {
+    let (key, weight) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not REVISION=WEIGHT"))?;
-    let rev = rev
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| format!("revision {rev:?} in {text:?} is not a number"))?;
+        .ok_or_else(|| format!("{text:?} is not REVISION=WEIGHT or WORKLOAD=WEIGHT"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{text:?} names no revision or workload"));
+    }
     let weight = weight
         .trim()
         .parse::<u32>()
         .map_err(|_| format!("weight {weight:?} in {text:?} is not a non-negative integer"))?;
-    Ok((rev, weight))
+    Ok((key.to_string(), weight))
 }
 
 /// `drover apply`; with `wait` (`Some(timeout)`), follows every changed service's rollout.
@@ -42,14 +43,15 @@ pub async fn apply(
     let files = read_manifests(paths)?;
     // Parsed and validated here first, so errors name files and documents; nothing is
     // sent unless every document is valid.
-    let specs = manifest::parse_files(&files)?;
-    if specs.is_empty() {
-        anyhow::bail!("no services found in {}", paths.join(", "));
+    let manifest = manifest::parse_files(&files)?;
+    if manifest.workloads.is_empty() && manifest.services.is_empty() {
+        anyhow::bail!("no workloads or services found in {}", paths.join(", "));
     }
     let mut client = connect(target).await?;
     let response = client
         .apply(pb::ApplyRequest {
-            services: specs.iter().map(Into::into).collect(),
+            workloads: manifest.workloads.iter().map(Into::into).collect(),
+            services: manifest.services.iter().map(Into::into).collect(),
             dry_run,
             cause: cause.to_string(),
         })
@@ -65,8 +67,12 @@ pub async fn apply(
             Ok(pb::ApplyChange::Unchanged) => "unchanged",
             _ => "applied",
         };
+        if result.kind == "service" {
+            say!("service/{} {change}{suffix}", result.name);
+            continue;
+        }
         say!(
-            "service/{} {change} (revision {}){suffix}",
+            "workload/{} {change} (revision {}){suffix}",
             result.name,
             result.revision
         );
@@ -91,23 +97,30 @@ pub async fn apply(
     Ok(())
 }
 
-pub async fn delete(target: &str, service: &str) -> anyhow::Result<()> {
+/// `drover delete NAME`: the workload and the service of that name, or only `kind`'s.
+pub async fn delete(target: &str, name: &str, kind: Option<&str>) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let response = client
         .delete_service(pb::DeleteServiceRequest {
-            name: service.to_string(),
+            name: name.to_string(),
+            kind: kind.unwrap_or_default().to_string(),
         })
         .await
-        .map_err(|s| refused(&format!("delete {service}"), s))?
+        .map_err(|s| refused(&format!("delete {name}"), s))?
         .into_inner();
-    say!(
-        "service/{service} deleted ({} replicas stopping)",
-        response.stopped_allocations
-    );
+    if response.workload_deleted {
+        say!(
+            "workload/{name} deleted ({} replicas stopping)",
+            response.stopped_allocations
+        );
+    }
+    if response.service_deleted {
+        say!("service/{name} deleted");
+    }
     Ok(())
 }
 
-/// A service as `get services` shows it.
+/// A workload as `get workloads` shows it.
 #[derive(Debug, Serialize)]
 struct ServiceRow {
     name: String,
@@ -117,29 +130,24 @@ struct ServiceRow {
     placed: u32,
     running: u32,
     healthy: u32,
-    strategy: &'static str,
     ports: Vec<String>,
     revision_weights: std::collections::BTreeMap<u64, u32>,
+    services: Vec<String>,
     placement_failure: Option<String>,
 }
 
 fn port_text(port: &pb::PortSpec) -> String {
     let spec = PortSpec::try_from(port.clone());
     match spec {
-        Ok(p) => match p.service_port {
-            Some(s) => format!("{s}->{}/tcp", p.container_port),
-            None => format!("{}/tcp", p.container_port),
-        },
+        Ok(p) => format!("{}/tcp", p.container_port),
         Err(_) => format!("{}?", port.container_port),
     }
 }
 
 fn service_row(s: pb::ServiceSummary) -> ServiceRow {
     ServiceRow {
-        strategy: strategy_from_pb(s.strategy)
-            .map(|st| st.as_str())
-            .unwrap_or("unknown"),
         ports: s.ports.iter().map(port_text).collect(),
+        services: s.services,
         revision_weights: s.revision_weights.into_iter().collect(),
         placement_failure: Some(s.placement_failure).filter(|f| !f.is_empty()),
         name: s.name,
@@ -152,23 +160,24 @@ fn service_row(s: pb::ServiceSummary) -> ServiceRow {
     }
 }
 
-pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
+/// `drover get workloads`.
+pub async fn workloads(target: &str, format: Format) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let response = client
         .list_services(pb::ListServicesRequest {})
         .await
-        .map_err(|s| refused("list services", s))?
+        .map_err(|s| refused("list workloads", s))?
         .into_inner();
     let rows: Vec<ServiceRow> = response.services.into_iter().map(service_row).collect();
     if format == Format::Json {
         return print_json(&rows);
     }
     if rows.is_empty() {
-        say!("No services.");
+        say!("No workloads.");
         return Ok(());
     }
     let mut t = table(&[
-        "NAME", "IMAGE", "REV", "READY", "PLACED", "STRATEGY", "PORTS",
+        "NAME", "IMAGE", "REV", "READY", "PLACED", "PORTS", "SERVICES",
     ]);
     for r in &rows {
         t.add_row(vec![
@@ -177,8 +186,8 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
             r.revision.to_string(),
             ready(r),
             r.placed.to_string(),
-            r.strategy.to_string(),
             r.ports.join(","),
+            r.services.join(","),
         ]);
     }
     print_table(&t);
@@ -220,9 +229,17 @@ struct StatusView {
     rollout: Option<crate::rollout::RolloutView>,
 }
 
+/// `drover status NAME`: the workload of that name; or the service, when only a service
+/// has it.
 pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
-    let response = crate::client::service_status(&mut client, service, "status").await?;
+    let response = match crate::client::service_status(&mut client, service, "status").await {
+        Ok(response) => response,
+        Err(e) => match crate::services::find(&mut client, service).await? {
+            Some(view) => return crate::services::status(view, format),
+            None => return Err(e),
+        },
+    };
     let summary = response
         .summary
         .context("coordinator answered without a summary")?;
@@ -258,7 +275,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
         return print_json(&view);
     }
     let s = &view.summary;
-    say!("Service:   {}", s.name);
+    say!("Workload:  {}", s.name);
     say!("Image:     {}", s.image);
     say!(
         "Revision:  {} (revisions: {})",
@@ -293,7 +310,10 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .collect::<Vec<_>>()
             .join(" ")
     };
-    say!("Traffic:   {} ({weights})", s.strategy);
+    say!("Traffic:   {weights}");
+    if !s.services.is_empty() {
+        say!("Services:  {}", s.services.join(", "));
+    }
     if !view.secret_env.is_empty() {
         say!(
             "Secrets:   {} (values not shown)",
@@ -355,22 +375,6 @@ pub async fn service_names(client: &mut crate::client::Control) -> anyhow::Resul
         .into_iter()
         .map(|s| s.name)
         .collect())
-}
-
-/// The first published service port of `service`, if any.
-pub async fn service_port(
-    client: &mut crate::client::Control,
-    service: &str,
-) -> anyhow::Result<Option<u32>> {
-    let summary = client
-        .get_service(pb::GetServiceRequest {
-            name: service.to_string(),
-        })
-        .await
-        .map_err(|s| refused(&format!("status of {service}"), s))?
-        .into_inner()
-        .summary;
-    Ok(summary.and_then(|s| s.ports.into_iter().find_map(|p| p.service_port)))
 }
 
 /// `address:host_port` of each running replica's first published port.
@@ -574,21 +578,47 @@ pub async fn scale(target: &str, service: &str, replicas: u32) -> anyhow::Result
     Ok(())
 }
 
-pub async fn weights(target: &str, service: &str, weights: Vec<(u64, u32)>) -> anyhow::Result<()> {
-    let mut client = connect(target).await?;
+/// `drover weights NAME KEY=WEIGHT…`: revision numbers set a workload's revision weights,
+/// workload names a service's workload weights.
+pub async fn weights(target: &str, name: &str, weights: Vec<(String, u32)>) -> anyhow::Result<()> {
     let text = weights
         .iter()
-        .map(|(r, w)| format!("{r}={w}"))
+        .map(|(k, w)| format!("{k}={w}"))
         .collect::<Vec<_>>()
         .join(" ");
+    let revisions: Vec<Option<u64>> = weights.iter().map(|(k, _)| k.parse().ok()).collect();
+    let request = if revisions.iter().all(Option::is_some) {
+        pb::SetWeightsRequest {
+            name: name.to_string(),
+            revision_weights: revisions
+                .into_iter()
+                .flatten()
+                .zip(weights.iter().map(|(_, w)| *w))
+                .collect(),
+            workload_weights: Default::default(),
+        }
+    } else if revisions.iter().all(Option::is_none) {
+        pb::SetWeightsRequest {
+            name: name.to_string(),
+            revision_weights: Default::default(),
+            workload_weights: weights.into_iter().collect(),
+        }
+    } else {
+        anyhow::bail!(
+            "weights {text}: give revision numbers (a workload's revisions) or workload names (a service's workloads), not both"
+        );
+    };
+    let (kind, what) = if request.workload_weights.is_empty() {
+        ("workload", "revision weights")
+    } else {
+        ("service", "workload weights")
+    };
+    let mut client = connect(target).await?;
     client
-        .set_weights(pb::SetWeightsRequest {
-            name: service.to_string(),
-            revision_weights: weights.into_iter().collect(),
-        })
+        .set_weights(request)
         .await
-        .map_err(|s| refused(&format!("weights for {service}"), s))?;
-    say!("service/{service} traffic weights set: {text}");
+        .map_err(|s| refused(&format!("weights for {name}"), s))?;
+    say!("{kind}/{name} {what} set: {text}");
     Ok(())
 }
 
@@ -662,9 +692,10 @@ mod tests {
 
     #[test]
     fn weights_parse_and_refuse() {
-        assert_eq!(parse_weight("2=10"), Ok((2, 10)));
+        assert_eq!(parse_weight("2=10"), Ok(("2".into(), 10)));
+        assert_eq!(parse_weight("v1=90"), Ok(("v1".into(), 90)));
         assert!(parse_weight("2").is_err());
-        assert!(parse_weight("a=1").expect_err("bad rev").contains("\"a\""));
+        assert!(parse_weight("=1").expect_err("no key").contains("\"=1\""));
         assert!(parse_weight("1=-5").expect_err("negative").contains("-5"));
     }
 

@@ -226,12 +226,12 @@ async fn wait_and_show_endpoints(url: &str, proxy: std::net::IpAddr) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    for (name, port) in crate::services::node_ports(&mut client).await? {
+        say!(
+            "  curl http://{proxy}:{port}/      # service {name} through the service proxy, replica by replica"
+        );
+    }
     for name in commands::service_names(&mut client).await? {
-        if let Some(port) = commands::service_port(&mut client, &name).await? {
-            say!(
-                "  curl http://{proxy}:{port}/      # {name} through the service proxy, replica by replica"
-            );
-        }
         let endpoints = commands::endpoints(&mut client, &name).await?;
         for endpoint in endpoints {
             say!("  curl http://{endpoint}/      # {name}, one replica directly");

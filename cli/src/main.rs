@@ -6,6 +6,7 @@ mod dev;
 mod files;
 mod output;
 mod rollout;
+mod services;
 mod tokens;
 
 use clap::{Parser, Subcommand};
@@ -65,10 +66,13 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
-    /// Delete a service and stop its replicas.
+    /// Delete the workload (stopping its replicas) and the service of a name.
     Delete {
-        /// Service name.
+        /// Workload or service name.
         service: String,
+        /// Delete only the workload, or only the service, of that name.
+        #[arg(long, value_parser = ["workload", "service"])]
+        only: Option<String>,
     },
     /// List objects.
     Get {
@@ -120,13 +124,14 @@ enum Command {
         /// Number of replicas.
         replicas: u32,
     },
-    /// Set traffic weights between a service's revisions, e.g. `drover weights web 1=90 2=10`.
+    /// Set traffic weights: between a workload's revisions (`drover weights web 1=90 2=10`)
+    /// or between the workloads a service selects (`drover weights front v1=90 v2=10`).
     Weights {
-        /// Service name.
+        /// Workload name (with revisions) or service name (with workloads).
         service: String,
-        /// REVISION=WEIGHT pairs.
+        /// REVISION=WEIGHT or WORKLOAD=WEIGHT pairs.
         #[arg(required = true, value_parser = commands::parse_weight)]
-        weights: Vec<(u64, u32)>,
+        weights: Vec<(String, u32)>,
     },
     /// Check a token against the coordinator and keep it for the next commands
     /// (~/.config/drover/token, 0600).
@@ -307,9 +312,17 @@ enum RolloutCommand {
 /// Objects `drover get` lists.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum GetWhat {
-    /// Services.
+    /// Services: names and ports over the replicas of the workloads they select.
     #[value(alias = "service", alias = "svc")]
     Services,
+    /// Workloads: what is placed, scaled and rolled out.
+    #[value(
+        alias = "workload",
+        alias = "deployments",
+        alias = "deployment",
+        alias = "deploy"
+    )]
+    Workloads,
     /// Nodes.
     #[value(alias = "node", alias = "no")]
     Nodes,
@@ -379,11 +392,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rollout::act(&target, &service, rollout::Action::Abort).await
             }
         },
-        Command::Delete { service } => commands::delete(&target, &service).await,
+        Command::Delete { service, only } => {
+            commands::delete(&target, &service, only.as_deref()).await
+        }
         Command::Get {
             what: GetWhat::Services,
             output,
-        } => commands::services(&target, output).await,
+        } => services::services(&target, output).await,
+        Command::Get {
+            what: GetWhat::Workloads,
+            output,
+        } => commands::workloads(&target, output).await,
         Command::Get {
             what: GetWhat::Nodes,
             output,

@@ -109,7 +109,6 @@ fn build_services(count: usize, rng: &mut SplitMix) -> Vec<WorkloadSpec> {
                 spec.ports.push(PortSpec {
                     name: None,
                     container_port: 80,
-                    service_port: None,
                     host_port: Some(8_000 + i as u16 % 100),
                     protocol: Protocol::Tcp,
                 });

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_proto::model::WorkloadSpec;
+use drover_proto::manifest::Manifest;
 use drover_security::Role;
 use tracing::info;
 
@@ -13,7 +13,7 @@ use crate::changes::ChangeSet;
 use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
 use crate::events;
-use crate::operations::{self, ApplyOutcome, NodeAction, RolloutAction};
+use crate::operations::{self, ApplyOutcome, Deleted, NodeAction, ObjectKind, RolloutAction};
 use crate::security::{self, CaAction, Caller, Credentials};
 use crate::state::ClusterState;
 use crate::store::credentials::TokenRecord;
@@ -21,17 +21,22 @@ use crate::store::credentials::TokenRecord;
 /// A request that changes the cluster.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Create or update services; with `dry_run`, only validate.
+    /// Create or update workloads and services; with `dry_run`, only validate.
     Apply {
-        /// The services.
-        specs: Vec<WorkloadSpec>,
+        /// The workloads and services.
+        manifest: Manifest,
         /// Why, for the rollout history.
         cause: String,
         /// Validate without storing.
         dry_run: bool,
     },
-    /// Delete a service.
-    DeleteService(String),
+    /// Delete the workload or the service of a name, or (no kind) both.
+    Delete {
+        /// Name.
+        name: String,
+        /// Which one; `None`: whichever exist.
+        kind: Option<ObjectKind>,
+    },
     /// Set a service's replica count.
     Scale {
         /// Service.
@@ -39,12 +44,19 @@ pub enum Command {
         /// Replicas.
         replicas: u32,
     },
-    /// Set a service's per-revision weights.
+    /// Set a workload's per-revision weights.
     SetWeights {
-        /// Service.
+        /// Workload.
         name: String,
         /// Weight per revision.
         weights: BTreeMap<u64, u32>,
+    },
+    /// Set a service's per-workload weights.
+    SetWorkloadWeights {
+        /// Service.
+        name: String,
+        /// Weight per workload.
+        weights: BTreeMap<String, u32>,
     },
     /// Cordon, uncordon or drain a node.
     Node {
@@ -95,9 +107,19 @@ impl Command {
     /// What the command does, for errors and the event log; never a secret.
     pub fn describe(&self) -> String {
         match self {
-            Command::Apply { specs, dry_run, .. } => {
-                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).take(5).collect();
-                let more = specs.len().saturating_sub(names.len());
+            Command::Apply {
+                manifest, dry_run, ..
+            } => {
+                let all: Vec<&str> = manifest
+                    .workloads
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .chain(manifest.services.iter().map(|s| s.name.as_str()))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let names: Vec<&str> = all.iter().copied().take(5).collect();
+                let more = all.len().saturating_sub(names.len());
                 let more = if more > 0 {
                     format!(" and {more} more")
                 } else {
@@ -106,11 +128,17 @@ impl Command {
                 let verb = if *dry_run { "dry-run apply" } else { "apply" };
                 format!("{verb} {}{more}", names.join(", "))
             }
-            Command::DeleteService(name) => format!("delete service {name}"),
+            Command::Delete { name, kind } => {
+                format!("delete {} {name}", kind.map_or("", ObjectKind::as_str)).replace("  ", " ")
+            }
             Command::Scale { name, replicas } => format!("scale {name} to {replicas}"),
             Command::SetWeights { name, weights } => {
                 let split: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
                 format!("weights of {name}: {}", split.join(" "))
+            }
+            Command::SetWorkloadWeights { name, weights } => {
+                let split: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
+                format!("workload weights of service {name}: {}", split.join(" "))
             }
             Command::Node { node, action } => format!("{} node {node}", action.verb()),
             Command::RemoveNode(node) => format!("remove node {node}"),
@@ -141,11 +169,11 @@ fn insecure() -> Error {
 /// What a command did.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Services applied.
+    /// Workloads and services applied.
     Applied(Vec<ApplyOutcome>),
-    /// A service deleted: how many allocations stop.
-    Deleted(u32),
-    /// A service changed (scale, weights, rollout action).
+    /// What a delete removed.
+    Deleted(Deleted),
+    /// A workload or a service changed (scale, weights, rollout action).
     Service(String),
     /// A node's flags changed.
     Node(String),
@@ -197,14 +225,15 @@ impl Coordinator {
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
         let state = &inner.state;
         let outcome = match &command {
-            Command::Apply { specs, cause, .. } => Outcome::Applied(operations::apply_services(
-                state,
-                specs,
-                cause,
-                &mut changes,
-            )?),
-            Command::DeleteService(name) => {
-                Outcome::Deleted(operations::delete_service(state, name, &mut changes)?)
+            Command::Apply {
+                manifest, cause, ..
+            } => Outcome::Applied(operations::apply(state, manifest, cause, &mut changes)?),
+            Command::Delete { name, kind } => {
+                Outcome::Deleted(operations::delete(state, name, *kind, &mut changes)?)
+            }
+            Command::SetWorkloadWeights { name, weights } => {
+                operations::set_workload_weights(state, name, weights.clone(), &mut changes)?;
+                Outcome::Service(name.clone())
             }
             Command::Scale { name, replicas } => {
                 operations::scale(state, name, *replicas, &mut changes)?;

@@ -4,7 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::WorkloadSpec;
+use drover_proto::manifest::Manifest;
+use drover_proto::model::{Service, WorkloadSpec};
 use drover_proto::pb;
 use drover_proto::pb::control_server::Control;
 use drover_security::Role;
@@ -15,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::api::{Command, Outcome};
 use crate::coordinator::{Coordinator, now_unix_ms};
 use crate::error::Error;
-use crate::operations::{ApplyChange, NodeAction, RolloutAction};
+use crate::operations::{ApplyChange, NodeAction, ObjectKind, RolloutAction};
 use crate::security::{self, CaAction, Credentials, KeyAction};
 use crate::store::credentials::TokenRecord;
 use crate::views;
@@ -72,10 +73,13 @@ impl ControlService {
                 let Outcome::Service(name) = outcome else {
                     return Err(unexpected(outcome));
                 };
-                views::service_summary(state, name).ok_or(Error::NotFound {
-                    kind: "service",
-                    name: name.clone(),
-                })
+                // A service of several workloads has no workload summary: its name alone.
+                Ok(
+                    views::service_summary(state, name).unwrap_or_else(|| pb::ServiceSummary {
+                        name: name.clone(),
+                        ..Default::default()
+                    }),
+                )
             })
             .await?;
         Ok(Response::new(summary))
@@ -124,17 +128,29 @@ impl Control for ControlService {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let credentials = Credentials::of(&request);
         let request = request.into_inner();
-        let specs = request
-            .services
+        let workloads = request
+            .workloads
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
                 WorkloadSpec::try_from(s)
+                    .map_err(|e| Status::invalid_argument(format!("workloads[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let services = request
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Service::try_from(s)
                     .map_err(|e| Status::invalid_argument(format!("services[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let command = Command::Apply {
-            specs,
+            manifest: Manifest {
+                workloads,
+                services,
+            },
             cause: request.cause,
             dry_run: request.dry_run,
         };
@@ -148,6 +164,7 @@ impl Control for ControlService {
         let results = outcomes
             .into_iter()
             .map(|o| pb::ApplyResult {
+                kind: o.kind.as_str().to_string(),
                 name: o.name,
                 revision: o.revision,
                 change: match o.change {
@@ -166,20 +183,33 @@ impl Control for ControlService {
         request: Request<pb::DeleteServiceRequest>,
     ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
         let credentials = Credentials::of(&request);
-        let name = request.into_inner().name;
-        let stopped = self
+        let request = request.into_inner();
+        let kind = match request.kind.as_str() {
+            "" => None,
+            "workload" => Some(ObjectKind::Workload),
+            "service" => Some(ObjectKind::Service),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "kind {:?} is not \"workload\" or \"service\"",
+                    drover_proto::manifest::excerpt(other)
+                )));
+            }
+        };
+        let command = Command::Delete {
+            name: request.name,
+            kind,
+        };
+        let deleted = self
             .coordinator
-            .execute(
-                &credentials,
-                Command::DeleteService(name),
-                |_, outcome| match outcome {
-                    Outcome::Deleted(stopped) => Ok(*stopped),
-                    other => Err(unexpected(other)),
-                },
-            )
+            .execute(&credentials, command, |_, outcome| match outcome {
+                Outcome::Deleted(deleted) => Ok(*deleted),
+                other => Err(unexpected(other)),
+            })
             .await?;
         Ok(Response::new(pb::DeleteServiceResponse {
-            stopped_allocations: stopped,
+            stopped_allocations: deleted.stopped,
+            workload_deleted: deleted.workload,
+            service_deleted: deleted.service,
         }))
     }
 
@@ -289,11 +319,37 @@ impl Control for ControlService {
     ) -> Result<Response<pb::ServiceSummary>, Status> {
         let credentials = Credentials::of(&request);
         let request = request.into_inner();
-        let command = Command::SetWeights {
-            name: request.name,
-            weights: request.revision_weights.into_iter().collect(),
+        let command = match (
+            request.revision_weights.is_empty(),
+            request.workload_weights.is_empty(),
+        ) {
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "give revision weights (of a workload) or workload weights (of a service), not both",
+                ));
+            }
+            (true, false) => Command::SetWorkloadWeights {
+                name: request.name,
+                weights: request.workload_weights.into_iter().collect(),
+            },
+            _ => Command::SetWeights {
+                name: request.name,
+                weights: request.revision_weights.into_iter().collect(),
+            },
         };
         self.service_command(credentials, command).await
+    }
+
+    async fn list_service_objects(
+        &self,
+        request: Request<pb::ListServiceObjectsRequest>,
+    ) -> Result<Response<pb::ListServiceObjectsResponse>, Status> {
+        let credentials = Credentials::of(&request);
+        let services = self
+            .coordinator
+            .read(&credentials, |state, _| Ok(views::services(state)))
+            .await?;
+        Ok(Response::new(pb::ListServiceObjectsResponse { services }))
     }
 
     async fn get_rollout(

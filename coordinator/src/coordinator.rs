@@ -1,13 +1,11 @@
 //! The running coordinator: state behind one lock, durable commits, the reconcile loop, and
 //! the push of desired sets and route policy to connected agents.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drover_proto::model::{
-    AllocState, AllocStatus, DesiredState, NodeHealth, NodeInfo, RevisionTraffic,
-};
+use drover_proto::model::{AllocState, AllocStatus, NodeHealth, NodeInfo, RevisionTraffic};
 use drover_proto::pb;
 use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -132,7 +130,7 @@ impl Coordinator {
         );
         for record in rollout::resumed_after_restart(&inner.state.stored, now_unix_ms()) {
             info!(service = %record.name, revision = record.revision, "rollout resumes");
-            changes.push(Write::PutService(record));
+            changes.push(Write::PutWorkload(record));
         }
         coordinator.commit(&mut inner, changes).await?;
         drop(inner);
@@ -335,7 +333,7 @@ impl Coordinator {
     async fn push(&self, inner: &mut Inner) {
         // Versions count within one store; agents reset theirs when this changes.
         let store_id = inner.state.stored.store_id.clone();
-        let routes = route_policy(&inner.state);
+        let routes = crate::routing::route_policy(&inner.state);
         let gossip_keys = crate::security::gossip_keys(&inner.state);
         let ca_bundle = self.authority().map(|a| a.ca().bundle_pem().to_string());
         let nodes: Vec<String> = inner.agents.keys().cloned().collect();
@@ -665,65 +663,9 @@ pub fn desired_set(
         .collect()
 }
 
-/// Route policy: for each service with a published port, its allocations that should run,
-/// with their address once known (`None` before: the node's address and the host port its
-/// agent last reported, so a restarted container's new port is in the next push), and the
-/// weights to apply. Proxies take addresses from here only; gossip can only take an
-/// endpoint out of rotation.
-pub fn route_policy(state: &ClusterState) -> Vec<drover_proto::model::ServiceRoute> {
-    let mut routes = Vec::new();
-    for name in state.stored.workloads.keys() {
-        let Some((_, spec)) = state.service(name) else {
-            continue;
-        };
-        for port in &spec.ports {
-            let Some(service_port) = port.service_port else {
-                continue;
-            };
-            let mut endpoints = Vec::new();
-            for alloc in state.allocations_of(name) {
-                if alloc.desired != DesiredState::Run {
-                    continue;
-                }
-                // Every member is listed; proxies route only to those gossip says are alive
-                // and healthy.
-                let host_port = state
-                    .status
-                    .get(&alloc.id)
-                    .and_then(|s| s.host_ports.get(&port.container_port).copied());
-                // A node address that is not an IP gets no routed endpoint.
-                let ip = state
-                    .nodes
-                    .get(&alloc.node)
-                    .and_then(|n| n.info.address.parse::<std::net::IpAddr>().ok());
-                let address = ip
-                    .zip(host_port)
-                    .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
-                endpoints.push(drover_proto::model::RouteEndpoint {
-                    allocation_id: alloc.id.clone(),
-                    node: alloc.node.clone(),
-                    revision: alloc.revision,
-                    address,
-                    weight: 1,
-                });
-            }
-            let weights: BTreeMap<u64, u32> = rollout::route_weights(state, name);
-            routes.push(drover_proto::model::ServiceRoute {
-                service: name.clone(),
-                service_port,
-                container_port: port.container_port,
-                strategy: spec.traffic.strategy,
-                revision_weights: weights,
-                endpoints,
-            });
-        }
-    }
-    routes
-}
-
 #[cfg(test)]
 mod tests {
-    use drover_proto::model::{Allocation, Resources};
+    use drover_proto::model::{Allocation, DesiredState, Resources};
 
     use super::*;
 

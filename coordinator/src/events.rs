@@ -1,10 +1,10 @@
 //! Kinds of cluster events, one place for their names.
 
-/// A service was created.
+/// A workload was created.
 pub const SERVICE_CREATED: &str = "service_created";
-/// A service changed (new revision, replicas or traffic).
+/// A workload changed (new revision, replicas or traffic).
 pub const SERVICE_UPDATED: &str = "service_updated";
-/// A service was deleted.
+/// A workload was deleted.
 pub const SERVICE_DELETED: &str = "service_deleted";
 /// An allocation was placed on a node.
 pub const ALLOCATION_PLACED: &str = "allocation_placed";
@@ -60,3 +60,9 @@ pub const TOKEN_CHANGED: &str = "token_changed";
 pub const NODE_CERTIFIED: &str = "node_certified";
 /// A CA rotation started or finished.
 pub const CA_ROTATED: &str = "ca_rotated";
+/// A service (a name and ports over workloads' replicas) was created.
+pub const SERVICE_PUBLISHED: &str = "service_published";
+/// A service changed (ports, selector, type, weights).
+pub const SERVICE_CHANGED: &str = "service_changed";
+/// A workload was deleted.
+pub const SERVICE_REMOVED: &str = "service_removed";

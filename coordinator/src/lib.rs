@@ -20,6 +20,7 @@ pub mod limits;
 pub mod operations;
 pub mod reconcile;
 pub mod rollout;
+pub mod routing;
 pub mod scheduler;
 pub mod security;
 pub mod server;

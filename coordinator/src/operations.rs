@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use drover_proto::manifest;
+use drover_proto::manifest::{self, Manifest};
 use drover_proto::model::{DesiredState, NodeFlags, NodeHealth, UpdateKind, WorkloadSpec};
 
 use crate::changes::ChangeSet;
@@ -13,7 +13,41 @@ use crate::rollout;
 use crate::state::ClusterState;
 use crate::store::{RevisionRecord, RolloutPhase, WorkloadRecord, Write};
 
-/// What an apply did to one service.
+mod services;
+
+pub use services::set_workload_weights;
+
+/// Which kind of object a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// What is placed, scaled and rolled out.
+    Workload,
+    /// A name and ports over workloads' replicas.
+    Service,
+}
+
+impl ObjectKind {
+    /// Lowercase name, as the API and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Workload => "workload",
+            ObjectKind::Service => "service",
+        }
+    }
+}
+
+/// What a delete removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deleted {
+    /// A workload was deleted.
+    pub workload: bool,
+    /// A service was deleted.
+    pub service: bool,
+    /// Allocations of the workload told to stop.
+    pub stopped: u32,
+}
+
+/// What an apply did to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyChange {
     /// The service did not exist.
@@ -24,26 +58,45 @@ pub enum ApplyChange {
     Unchanged,
 }
 
-/// Result of applying one service.
+/// Result of applying one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
-    /// Service name.
+    /// Workload or service.
+    pub kind: ObjectKind,
+    /// Its name.
     pub name: String,
-    /// Its revision after the apply.
+    /// A workload's revision after the apply (0 for a service).
     pub revision: u64,
     /// What changed.
     pub change: ApplyChange,
 }
 
-/// Validates and applies service specs, all or nothing. A changed template makes a new
-/// revision and starts its rollout; `cause` goes into the revision history.
-pub fn apply_services(
+/// Validates and applies workloads and services, all or nothing. A workload's changed
+/// template makes a new revision and starts its rollout; `cause` goes into the revision
+/// history.
+pub fn apply(
+    state: &ClusterState,
+    manifest: &Manifest,
+    cause: &str,
+    changes: &mut ChangeSet,
+) -> Result<Vec<ApplyOutcome>, Error> {
+    let mut problems = check_specs(state, &manifest.workloads);
+    let services = services::check(state, &manifest.services, &mut problems);
+    if !problems.is_empty() {
+        return Err(Error::InvalidArgument(problems.join("; ")));
+    }
+    let mut outcomes = apply_workloads(state, &manifest.workloads, cause, changes)?;
+    outcomes.extend(services::apply(state, services, changes));
+    Ok(outcomes)
+}
+
+/// Applies checked workloads.
+fn apply_workloads(
     state: &ClusterState,
     specs: &[WorkloadSpec],
     cause: &str,
     changes: &mut ChangeSet,
 ) -> Result<Vec<ApplyOutcome>, Error> {
-    check_specs(state, specs)?;
     let now = changes.now_unix_ms();
     let cause = if cause.is_empty() { "apply" } else { cause };
     let mut outcomes = Vec::with_capacity(specs.len());
@@ -59,6 +112,7 @@ pub fn apply_services(
         };
         check_weights(state, &spec.name, revision, &spec.traffic.revision_weights)?;
         outcomes.push(ApplyOutcome {
+            kind: ObjectKind::Workload,
             name: spec.name.clone(),
             revision,
             change,
@@ -115,14 +169,10 @@ pub fn apply_services(
             ),
             _ => (
                 events::SERVICE_UPDATED,
-                format!(
-                    "{} replicas, traffic {}",
-                    spec.replicas,
-                    spec.traffic.strategy.as_str()
-                ),
+                format!("{} replicas", spec.replicas),
             ),
         };
-        changes.push(Write::PutService(record));
+        changes.push(Write::PutWorkload(record));
         changes.event(kind, &spec.name, message);
     }
     Ok(outcomes)
@@ -359,7 +409,7 @@ pub fn rollout_action(
             }
         }
     }
-    changes.push(Write::PutService(updated));
+    changes.push(Write::PutWorkload(updated));
     Ok(())
 }
 
@@ -368,7 +418,7 @@ fn quoted(name: &str) -> String {
     format!("{:?}", manifest::excerpt(name))
 }
 
-fn check_specs(state: &ClusterState, specs: &[WorkloadSpec]) -> Result<(), Error> {
+fn check_specs(state: &ClusterState, specs: &[WorkloadSpec]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
     let limits = &state.settings.limits;
@@ -397,31 +447,7 @@ fn check_specs(state: &ClusterState, specs: &[WorkloadSpec]) -> Result<(), Error
     let replicas = kept.map(|(_, r)| u64::from(r.replicas)).sum::<u64>()
         + specs.iter().map(|s| u64::from(s.replicas)).sum::<u64>();
     problems.extend(limits.check_totals(services, replicas));
-    // A service port is cluster-wide: every node's proxy listens on it.
-    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
-    let others = state
-        .stored
-        .workloads
-        .keys()
-        .filter(|name| !names.contains(name.as_str()))
-        .filter_map(|name| state.service(name).map(|(_, spec)| spec));
-    let others: Vec<WorkloadSpec> = others.collect();
-    for spec in others.iter().chain(specs) {
-        for port in spec.ports.iter().filter_map(|p| p.service_port) {
-            match ports.insert(port, &spec.name) {
-                Some(other) if other != spec.name => problems.push(format!(
-                    "service port {port} is used by both {other:?} and {:?}",
-                    spec.name
-                )),
-                _ => {}
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(problems.join("; ")))
-    }
+    problems
 }
 
 fn check_weights(
@@ -464,14 +490,39 @@ fn record<'a>(state: &'a ClusterState, name: &str) -> Result<&'a WorkloadRecord,
         })
 }
 
-/// Deletes a service; its allocations are told to stop. Returns how many.
-pub fn delete_service(
+/// Deletes the workload, the service, or (no `kind`) whichever of the two are named
+/// `name`; a workload's allocations are told to stop.
+pub fn delete(
+    state: &ClusterState,
+    name: &str,
+    kind: Option<ObjectKind>,
+    changes: &mut ChangeSet,
+) -> Result<Deleted, Error> {
+    let mut deleted = Deleted::default();
+    if kind != Some(ObjectKind::Service) && state.stored.workloads.contains_key(name) {
+        deleted.workload = true;
+        deleted.stopped = delete_workload(state, name, changes)?;
+    }
+    if kind != Some(ObjectKind::Workload) {
+        deleted.service = services::delete(state, name, changes);
+    }
+    if !deleted.workload && !deleted.service {
+        return Err(Error::NotFound {
+            kind: kind.map_or("workload or service", ObjectKind::as_str),
+            name: name.to_string(),
+        });
+    }
+    Ok(deleted)
+}
+
+/// Deletes a workload; its allocations are told to stop. Returns how many.
+fn delete_workload(
     state: &ClusterState,
     name: &str,
     changes: &mut ChangeSet,
 ) -> Result<u32, Error> {
     record(state, name)?;
-    changes.push(Write::DeleteService(name.to_string()));
+    changes.push(Write::DeleteWorkload(name.to_string()));
     let mut stopped = 0;
     for alloc in state.allocations_of(name) {
         if alloc.desired == DesiredState::Run {
@@ -521,7 +572,7 @@ pub fn scale(
     let mut updated = current.clone();
     updated.replicas = replicas;
     updated.updated_unix_ms = changes.now_unix_ms();
-    changes.push(Write::PutService(updated));
+    changes.push(Write::PutWorkload(updated));
     changes.event(
         events::SERVICE_UPDATED,
         name,
@@ -552,7 +603,7 @@ pub fn set_weights(
     let mut updated = current.clone();
     updated.traffic.revision_weights = weights;
     updated.updated_unix_ms = changes.now_unix_ms();
-    changes.push(Write::PutService(updated));
+    changes.push(Write::PutWorkload(updated));
     changes.event(
         events::SERVICE_UPDATED,
         name,

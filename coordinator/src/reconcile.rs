@@ -109,7 +109,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
         let input = rollout_input(state, record, now_unix_ms);
         let decided = rollout::plan(&input);
         if decided.record != *record {
-            changes.push(Write::PutService(decided.record.clone()));
+            changes.push(Write::PutWorkload(decided.record.clone()));
         }
         for (kind, message) in decided.events {
             changes.event(kind, name, message);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_proto::model::{
     AllocState, AllocStatus, Allocation, DesiredState, NodeFlags, NodeHealth, NodeInfo, Resources,
-    RevisionTraffic, WorkloadSpec,
+    RevisionTraffic, Service, WorkloadSpec,
 };
 
 use crate::limits::Limits;
@@ -153,6 +153,28 @@ impl ClusterState {
         spec.traffic = record.traffic.clone();
         spec.update = record.update.clone();
         Some((record, spec))
+    }
+
+    /// The workloads `service` selects, by name, with the spec of their current revision
+    /// (the labels it matches are those of the current revision; its replicas of older
+    /// revisions are routed with them, as a rollout needs).
+    pub fn selected_workloads(&self, service: &Service) -> Vec<WorkloadSpec> {
+        self.stored
+            .workloads
+            .keys()
+            .filter_map(|name| self.service(name).map(|(_, spec)| spec))
+            .filter(|spec| service.selects(spec))
+            .collect()
+    }
+
+    /// Names of the services that select `workload`.
+    pub fn services_selecting(&self, workload: &WorkloadSpec) -> Vec<String> {
+        self.stored
+            .services
+            .values()
+            .filter(|r| r.service.selects(workload))
+            .map(|r| r.service.name.clone())
+            .collect()
     }
 
     /// The spec of one revision.

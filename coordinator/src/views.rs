@@ -1,6 +1,6 @@
 //! Read models for the Control API, built from the state.
 
-use drover_proto::convert::{node_health_to_pb, strategy_to_pb};
+use drover_proto::convert::node_health_to_pb;
 use drover_proto::model::{AllocState, DesiredState, Resources, WorkloadSpec};
 use drover_proto::pb;
 
@@ -40,7 +40,6 @@ pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSu
         placed,
         running,
         healthy,
-        strategy: strategy_to_pb(spec.traffic.strategy).into(),
         revision_weights: spec.traffic.revision_weights.clone().into_iter().collect(),
         ports: spec.ports.iter().map(Into::into).collect(),
         placement_failure: state
@@ -48,7 +47,35 @@ pub fn service_summary(state: &ClusterState, name: &str) -> Option<pb::ServiceSu
             .get(name)
             .cloned()
             .unwrap_or_default(),
+        services: state.services_selecting(&spec),
     })
+}
+
+/// Every service with the workloads it selects and how many of their replicas it routes to.
+pub fn services(state: &ClusterState) -> Vec<pb::ServiceView> {
+    state
+        .stored
+        .services
+        .values()
+        .map(|record| {
+            let workloads = state.selected_workloads(&record.service);
+            let (mut endpoints, mut healthy) = (0, 0);
+            for workload in &workloads {
+                for alloc in state.allocations_of(&workload.name) {
+                    if alloc.desired == DesiredState::Run {
+                        endpoints += 1;
+                        healthy += u32::from(state.alloc_state(&alloc.id) == AllocState::Healthy);
+                    }
+                }
+            }
+            pb::ServiceView {
+                service: Some((&record.service).into()),
+                workloads: workloads.into_iter().map(|w| w.name).collect(),
+                endpoints,
+                healthy,
+            }
+        })
+        .collect()
 }
 
 /// A spec as `caller` may see it: secret values withheld without the admin role.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FakeAgent, control, eventually, start, web};
+use common::{FakeAgent, control, eventually, start, web, web_service};
 use drover_proto::pb;
 use tokio_stream::StreamExt;
 
@@ -15,7 +15,8 @@ async fn apply_place_report_scale_delete() {
     let applied = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(3)],
+            services: vec![web_service()],
+            workloads: vec![web(3)],
             dry_run: false,
         })
         .await
@@ -161,7 +162,10 @@ async fn apply_place_report_scale_delete() {
 
     // Delete: every allocation leaves the desired sets.
     let deleted = client
-        .delete_service(pb::DeleteServiceRequest { name: "web".into() })
+        .delete_service(pb::DeleteServiceRequest {
+            name: "web".into(),
+            kind: String::new(),
+        })
         .await
         .expect("delete")
         .into_inner();
@@ -212,20 +216,25 @@ async fn invalid_apply_changes_nothing() {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(1)],
+            services: vec![web_service()],
+            workloads: vec![web(1)],
             dry_run: false,
         })
         .await
         .expect("apply");
 
     let mut bad = web(2);
-    bad.name = "other".into(); // valid, but its service port 80 collides with web's
+    bad.name = "other".into();
+    // Valid, but its port 80 on every node collides with web's.
+    let mut other = web_service();
+    other.name = "other".into();
     let mut worse = web(1);
     worse.name = "Bad_Name".into();
     let err = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![bad.clone(), worse],
+            services: vec![other],
+            workloads: vec![bad.clone(), worse],
             dry_run: false,
         })
         .await
@@ -233,7 +242,9 @@ async fn invalid_apply_changes_nothing() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("Bad_Name"), "{}", err.message());
     assert!(
-        err.message().contains("service port 80"),
+        err.message().contains(
+            "port 80 on every node is used by both service \"web\" and service \"other\""
+        ),
         "{}",
         err.message()
     );
@@ -245,7 +256,8 @@ async fn invalid_apply_changes_nothing() {
     let err = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![missing_image],
+            services: Vec::new(),
+            workloads: vec![missing_image],
             dry_run: false,
         })
         .await
@@ -270,7 +282,8 @@ async fn invalid_apply_changes_nothing() {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![new],
+            services: Vec::new(),
+            workloads: vec![new],
             dry_run: true,
         })
         .await
@@ -295,7 +308,8 @@ async fn revisions_and_weights() {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(2)],
+            services: Vec::new(),
+            workloads: vec![web(2)],
             dry_run: false,
         })
         .await
@@ -304,7 +318,8 @@ async fn revisions_and_weights() {
     let same = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(2)],
+            services: Vec::new(),
+            workloads: vec![web(2)],
             dry_run: false,
         })
         .await
@@ -314,7 +329,8 @@ async fn revisions_and_weights() {
     let scaled = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(4)],
+            services: Vec::new(),
+            workloads: vec![web(4)],
             dry_run: false,
         })
         .await
@@ -327,7 +343,8 @@ async fn revisions_and_weights() {
     let v2 = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![pb::WorkloadSpec {
+            services: Vec::new(),
+            workloads: vec![pb::WorkloadSpec {
                 image: "web:2".into(),
                 ..web(4)
             }],
@@ -342,6 +359,7 @@ async fn revisions_and_weights() {
         .set_weights(pb::SetWeightsRequest {
             name: "web".into(),
             revision_weights: [(1, 90), (3, 10)].into_iter().collect(),
+            workload_weights: Default::default(),
         })
         .await
         .expect_err("revision 3 does not exist");
@@ -350,6 +368,7 @@ async fn revisions_and_weights() {
         .set_weights(pb::SetWeightsRequest {
             name: "web".into(),
             revision_weights: [(1, 0), (2, 0)].into_iter().collect(),
+            workload_weights: Default::default(),
         })
         .await
         .expect_err("all zero");
@@ -358,6 +377,7 @@ async fn revisions_and_weights() {
         .set_weights(pb::SetWeightsRequest {
             name: "web".into(),
             revision_weights: [(1, 90), (2, 10)].into_iter().collect(),
+            workload_weights: Default::default(),
         })
         .await
         .expect("weights")
@@ -391,7 +411,8 @@ async fn drain_moves_replicas_before_stopping_them() {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(1)],
+            services: Vec::new(),
+            workloads: vec![web(1)],
             dry_run: false,
         })
         .await

@@ -59,7 +59,8 @@ async fn sigkill_loses_no_acknowledged_apply() {
                 match client
                     .apply(pb::ApplyRequest {
                         cause: String::new(),
-                        services: vec![spec(next)],
+                        services: Vec::new(),
+                        workloads: vec![spec(next)],
                         dry_run: false,
                     })
                     .await

@@ -18,7 +18,8 @@ async fn two_nodes_serving(server: &Server, replicas: u32) -> [(FakeAgent, Vec<S
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(replicas)],
+            services: Vec::new(),
+            workloads: vec![web(replicas)],
             dry_run: false,
         })
         .await
@@ -157,7 +158,8 @@ async fn an_older_generation_does_not_replace_a_live_session() {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(1)],
+            services: Vec::new(),
+            workloads: vec![web(1)],
             dry_run: false,
         })
         .await
@@ -222,7 +224,8 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
     let refused = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![huge],
+            services: Vec::new(),
+            workloads: vec![huge],
             dry_run: false,
         })
         .await
@@ -240,7 +243,8 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
     let refused = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![long],
+            services: Vec::new(),
+            workloads: vec![long],
             dry_run: false,
         })
         .await
@@ -263,7 +267,8 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![web(1)],
+            services: Vec::new(),
+            workloads: vec![web(1)],
             dry_run: false,
         })
         .await
@@ -294,7 +299,8 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
     let refused = client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![big],
+            services: Vec::new(),
+            workloads: vec![big],
             dry_run: false,
         })
         .await

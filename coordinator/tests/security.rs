@@ -198,7 +198,8 @@ async fn a_secret_reaches_only_the_node_that_runs_it_and_only_admins_see_its_val
     });
     admin
         .apply(pb::ApplyRequest {
-            services: vec![spec],
+            services: vec![common::web_service()],
+            workloads: vec![spec],
             dry_run: false,
             cause: String::new(),
         })
@@ -263,7 +264,8 @@ async fn a_secret_reaches_only_the_node_that_runs_it_and_only_admins_see_its_val
     withheld.withhold_secrets();
     let refused = ops
         .apply(pb::ApplyRequest {
-            services: vec![withheld],
+            services: Vec::new(),
+            workloads: vec![withheld],
             dry_run: false,
             cause: String::new(),
         })

@@ -103,7 +103,8 @@ async fn cluster_with_web(data_dir: &Path) {
     client
         .apply(pb::ApplyRequest {
             cause: String::new(),
-            services: vec![(&spec).into()],
+            services: Vec::new(),
+            workloads: vec![(&spec).into()],
             dry_run: false,
         })
         .await

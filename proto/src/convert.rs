@@ -14,6 +14,10 @@ use crate::model::{
 };
 use crate::pb;
 
+mod service;
+
+pub use service::HEADLESS;
+
 /// A wire message that cannot become a domain value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {message}.{field}: {reason}")]
@@ -90,7 +94,6 @@ impl From<&PortSpec> for pb::PortSpec {
         pb::PortSpec {
             name: p.name.clone(),
             container_port: p.container_port.into(),
-            service_port: p.service_port.map(u32::from),
             host_port: p.host_port.map(u32::from),
             protocol: pb::Protocol::Tcp.into(),
         }
@@ -115,10 +118,6 @@ impl TryFrom<pb::PortSpec> for PortSpec {
         Ok(PortSpec {
             name: p.name,
             container_port: port(M, "container_port", p.container_port)?,
-            service_port: p
-                .service_port
-                .map(|v| port(M, "service_port", v))
-                .transpose()?,
             host_port: p.host_port.map(|v| port(M, "host_port", v)).transpose()?,
             protocol,
         })
@@ -428,12 +427,12 @@ impl From<&WorkloadSpec> for pb::WorkloadSpec {
             }),
             update: Some((&s.update).into()),
             traffic: Some(pb::Traffic {
-                strategy: strategy_to_pb(s.traffic.strategy).into(),
                 revision_weights: s.traffic.revision_weights.clone().into_iter().collect(),
             }),
             stop_grace_period_ms: ms(s.stop_grace_period),
             stop_after_disconnect_ms: s.stop_after_disconnect.map(ms),
             labels: s.labels.clone().into_iter().collect(),
+            pod_labels: s.pod_labels.clone().into_iter().collect(),
         }
     }
 }
@@ -526,7 +525,6 @@ impl TryFrom<pb::WorkloadSpec> for WorkloadSpec {
         };
         let traffic = match s.traffic {
             Some(t) => Traffic {
-                strategy: strategy_from_pb(t.strategy).map_err(|e| e.in_field(M, "traffic"))?,
                 revision_weights: t.revision_weights.into_iter().collect(),
             },
             None => Traffic::default(),
@@ -559,6 +557,7 @@ impl TryFrom<pb::WorkloadSpec> for WorkloadSpec {
             stop_grace_period: Duration::from_millis(s.stop_grace_period_ms),
             stop_after_disconnect: s.stop_after_disconnect_ms.map(Duration::from_millis),
             labels: s.labels.into_iter().collect(),
+            pod_labels: s.pod_labels.into_iter().collect(),
         })
     }
 }
@@ -768,7 +767,6 @@ mod tests {
         spec.ports.push(PortSpec {
             name: Some("http".into()),
             container_port: 8080,
-            service_port: Some(80),
             host_port: Some(18080),
             protocol: Protocol::Tcp,
         });
@@ -785,10 +783,10 @@ mod tests {
             values: vec!["a".into(), "b".into()],
         });
         spec.placement.spread = SpreadMode::BinPack;
-        spec.traffic.strategy = Strategy::LeastConn;
         spec.traffic.revision_weights.insert(1, 90);
         spec.stop_after_disconnect = Some(Duration::from_secs(30));
         spec.labels.insert("tier".into(), "front".into());
+        spec.pod_labels.insert("app".into(), "web".into());
         spec.secret_env
             .insert("TOKEN".into(), Secret::new("s3cret"));
         spec
@@ -1003,6 +1001,9 @@ impl From<&crate::model::RouteEndpoint> for pb::RouteEndpoint {
             revision: e.revision,
             address: e.address.map(|a| a.to_string()).unwrap_or_default(),
             weight: e.weight,
+            workload: e.workload.clone(),
+            pool: e.pool,
+            container_port: e.container_port.into(),
         }
     }
 }
@@ -1032,6 +1033,9 @@ impl TryFrom<pb::RouteEndpoint> for crate::model::RouteEndpoint {
             revision: e.revision,
             address,
             weight: e.weight,
+            workload: e.workload,
+            pool: e.pool,
+            container_port: port(M, "container_port", e.container_port)?,
         })
     }
 }
@@ -1041,9 +1045,8 @@ impl From<&crate::model::ServiceRoute> for pb::ServiceRoute {
         pb::ServiceRoute {
             service: r.service.clone(),
             service_port: r.service_port.into(),
-            container_port: r.container_port.into(),
             strategy: strategy_to_pb(r.strategy).into(),
-            revision_weights: r.revision_weights.clone().into_iter().collect(),
+            pool_weights: r.pool_weights.clone().into_iter().collect(),
             endpoints: r.endpoints.iter().map(Into::into).collect(),
         }
     }
@@ -1071,9 +1074,8 @@ impl TryFrom<pb::ServiceRoute> for crate::model::ServiceRoute {
         Ok(crate::model::ServiceRoute {
             service: r.service,
             service_port: port(M, "service_port", r.service_port)?,
-            container_port: port(M, "container_port", r.container_port)?,
             strategy,
-            revision_weights: r.revision_weights.into_iter().collect(),
+            pool_weights: r.pool_weights.into_iter().collect(),
             endpoints,
         })
     }
@@ -1123,9 +1125,8 @@ mod push_tests {
             services: vec![ServiceRoute {
                 service: "web".into(),
                 service_port: 80,
-                container_port: 8080,
                 strategy: Strategy::LeastConn,
-                revision_weights: [(1, 90), (2, 10)].into_iter().collect(),
+                pool_weights: [(1, 90), ((1 << 32) | 2, 10)].into_iter().collect(),
                 endpoints: vec![
                     RouteEndpoint {
                         allocation_id: "web.1".into(),
@@ -1133,6 +1134,9 @@ mod push_tests {
                         revision: 1,
                         address: Some("10.0.0.1:31000".parse().expect("address")),
                         weight: 1,
+                        workload: "web-v1".into(),
+                        pool: 1,
+                        container_port: 8080,
                     },
                     RouteEndpoint {
                         allocation_id: "web.2".into(),
@@ -1140,6 +1144,9 @@ mod push_tests {
                         revision: 2,
                         address: None,
                         weight: 3,
+                        workload: "web-v2".into(),
+                        pool: (1 << 32) | 2,
+                        container_port: 9090,
                     },
                 ],
             }],
@@ -1149,7 +1156,16 @@ mod push_tests {
     #[test]
     fn route_policy_round_trips() {
         let wire = pb::RoutePolicy::from(&policy());
-        assert_eq!(wire.services[0].endpoints[1].address, "");
+        let endpoint = &wire.services[0].endpoints[1];
+        assert_eq!(endpoint.address, "");
+        assert_eq!(
+            (
+                endpoint.workload.as_str(),
+                endpoint.pool,
+                endpoint.container_port
+            ),
+            ("web-v2", (1 << 32) | 2, 9090)
+        );
         assert_eq!(RoutePolicy::try_from(wire), Ok(policy()));
     }
 
@@ -1168,9 +1184,14 @@ mod push_tests {
             "70000",
         );
         check(
-            |w| w.services[0].container_port = 0,
-            "services[0].container_port",
+            |w| w.services[0].endpoints[1].container_port = 0,
+            "services[0].endpoints[1].container_port",
             "port 0",
+        );
+        check(
+            |w| w.services[0].endpoints[0].container_port = 65_536,
+            "services[0].endpoints[0].container_port",
+            "65536",
         );
         check(
             |w| w.services[0].service.clear(),

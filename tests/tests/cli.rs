@@ -12,15 +12,17 @@ fn seed_manifests_survive_a_coordinator_restart() {
 
     let out = success(&coordinator.cli(&["apply", "-f", seed]), "drover apply");
     assert!(
-        out.contains("service/user-service created (revision 1)"),
+        out.contains("workload/user-service created (revision 1)"),
         "{out}"
     );
+    assert!(out.contains("service/user-service created"), "{out}");
 
     let out = success(
         &coordinator.cli(&["get", "services"]),
         "drover get services",
     );
     assert!(out.contains("user-service"), "{out}");
+    assert!(out.contains("ClusterIP"), "{out}");
     assert!(out.contains("80->8080/tcp"), "{out}");
 
     let json = success(
@@ -30,9 +32,26 @@ fn seed_manifests_survive_a_coordinator_restart() {
     let services: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
     let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, vec!["order-service", "user-service"]);
-    let user = &services[1];
+    assert_eq!(
+        services[1]["workloads"],
+        serde_json::json!(["user-service"])
+    );
+    assert_eq!(services[1]["type"], "ClusterIP");
+
+    let json = success(
+        &coordinator.cli(&["get", "workloads", "-o", "json"]),
+        "drover get workloads -o json",
+    );
+    let workloads: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
+    let names: Vec<&str> = workloads
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["order-service", "user-service"]);
+    let user = &workloads[1];
     assert_eq!(user["desired"], 3);
     assert_eq!(user["image"], "user-service");
+    assert_eq!(user["services"], serde_json::json!(["user-service"]));
 
     let out = success(
         &coordinator.cli(&["status", "user-service"]),
@@ -90,8 +109,8 @@ fn errors_name_the_problem_and_change_nothing() {
     );
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(err.contains("replicas"), "{err}");
-    let out = success(&coordinator.cli(&["get", "services"]), "get services");
-    assert!(out.contains("No services"), "nothing stored: {out}");
+    let out = success(&coordinator.cli(&["get", "workloads"]), "get workloads");
+    assert!(out.contains("No workloads"), "nothing stored: {out}");
 
     let err = failure(
         &coordinator.cli(&["weights", "nope", "1=10"]),
@@ -164,6 +183,65 @@ fn a_manifest_over_the_request_limit_says_what_is_too_big() {
             && err.contains("limits.request_bytes"),
         "{err}"
     );
+    let out = success(&coordinator.cli(&["get", "workloads"]), "get workloads");
+    assert!(out.contains("No workloads"), "nothing stored: {out}");
+}
+
+/// A Kubernetes Service keeps its own name apart from the Deployment it selects, and is
+/// shown, found and deleted by it.
+#[test]
+fn a_service_keeps_its_own_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = DroverProcess::coordinator(dir.path());
+    let manifest = dir.path().join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: backend}\nspec:\n  replicas: 2\n  \
+         selector: {matchLabels: {app: hello, tier: backend}}\n  template:\n    metadata: {labels: \
+         {app: hello, tier: backend}}\n    spec:\n      containers:\n        - name: hello\n          \
+         image: hello\n          ports: [{name: http, containerPort: 80}]\n---\napiVersion: v1\nkind: \
+         Service\nmetadata: {name: hello}\nspec:\n  selector: {app: hello}\n  ports: [{port: 80, \
+         targetPort: http}]\n",
+    )
+    .expect("write manifest");
+    let path = manifest.to_str().expect("utf-8 path");
+    let out = success(&coordinator.cli(&["apply", "-f", path]), "apply");
+    assert!(
+        out.contains("workload/backend created (revision 1)"),
+        "{out}"
+    );
+    assert!(out.contains("service/hello created"), "{out}");
+
+    let out = success(
+        &coordinator.cli(&["status", "hello"]),
+        "status of the service",
+    );
+    assert!(out.contains("Service:   hello (ClusterIP)"), "{out}");
+    assert!(out.contains("Workloads: backend"), "{out}");
+    let out = success(
+        &coordinator.cli(&["status", "backend"]),
+        "status of the workload",
+    );
+    assert!(out.contains("Services:  hello"), "{out}");
     let out = success(&coordinator.cli(&["get", "services"]), "get services");
-    assert!(out.contains("No services"), "nothing stored: {out}");
+    assert!(out.contains("80->http/tcp"), "{out}");
+
+    // Weights between workloads name workloads the service selects.
+    let err = failure(
+        &coordinator.cli(&["weights", "hello", "frontend=10"]),
+        "weights for a workload the service does not select",
+    );
+    assert!(
+        err.contains("does not select workload \"frontend\"") && err.contains("backend"),
+        "{err}"
+    );
+
+    coordinator.kill_and_restart();
+    let out = success(&coordinator.cli(&["delete", "hello"]), "delete the service");
+    assert!(out.contains("service/hello deleted"), "{out}");
+    assert!(!out.contains("workload/"), "the workload stays: {out}");
+    let out = success(&coordinator.cli(&["get", "services"]), "get services");
+    assert!(out.contains("No services"), "{out}");
+    let out = success(&coordinator.cli(&["get", "workloads"]), "get workloads");
+    assert!(out.contains("backend"), "{out}");
 }

@@ -595,13 +595,8 @@ fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
         service: service.to_owned(),
         port,
         strategy: Strategy::RoundRobin,
-        revision_weights: Default::default(),
-        endpoints: vec![Endpoint {
-            id: format!("{service}-0"),
-            address: backend,
-            revision: 1,
-            weight: 1,
-        }],
+        pool_weights: Default::default(),
+        endpoints: vec![Endpoint::new(format!("{service}-0"), backend, service, 1)],
     }
 }
 

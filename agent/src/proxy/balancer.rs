@@ -75,6 +75,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::model::Strategy;
@@ -95,10 +96,34 @@ pub struct Endpoint {
     pub id: String,
     /// Where to connect.
     pub address: SocketAddr,
-    /// Revision of the service the replica runs.
-    pub revision: u64,
-    /// Relative weight within its revision (≥1 normally; 0 = no new connections).
+    /// Traffic pool (a revision of a workload) the weights of [`Balancer::update`] apply to.
+    pub pool: u64,
+    /// Relative weight within its pool (≥1 normally; 0 = no new connections).
     pub weight: u32,
+    /// Workload of the replica, for counting outcomes.
+    pub workload: Arc<str>,
+    /// Revision of the workload the replica runs, for counting outcomes.
+    pub revision: u64,
+}
+
+impl Endpoint {
+    /// A replica of `revision` of `workload` with weight 1, in the pool of its revision (as
+    /// a service selecting one workload has it).
+    pub fn new(
+        id: impl Into<String>,
+        address: SocketAddr,
+        workload: &str,
+        revision: u64,
+    ) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            address,
+            pool: revision,
+            weight: 1,
+            workload: Arc::from(workload),
+            revision,
+        }
+    }
 }
 
 /// Tuning of a [`Balancer`]; defaults in the field docs.
@@ -261,7 +286,7 @@ impl Balancer {
             self.slots
                 .iter()
                 .filter(|s| incoming.contains_key(&s.ep.id) && self.serving(s, now))
-                .map(|s| pool_key(s.ep.revision))
+                .map(|s| pool_key(s.ep.pool))
                 .collect()
         };
         let mut old: BTreeMap<String, Slot> = std::mem::take(&mut self.slots)
@@ -277,7 +302,7 @@ impl Balancer {
                     self.slots.push(slot);
                 }
                 None => {
-                    let ramp = serving.contains(&pool_key(ep.revision));
+                    let ramp = serving.contains(&pool_key(ep.pool));
                     let mut slot = Slot::new(ep, ramp.then_some(now));
                     slot.active = self.detached_active.remove(&id).unwrap_or(0);
                     carried.push(false);
@@ -372,7 +397,7 @@ impl Balancer {
         if !self.revision_weights.is_empty() {
             let mut revisions: BTreeMap<u64, u64> = BTreeMap::new();
             for (i, _) in &candidates {
-                let r = self.slots[*i].ep.revision;
+                let r = self.slots[*i].ep.pool;
                 revisions.insert(r, u64::from(self.revision_weight(r)));
             }
             let revisions: Vec<(u64, u64)> = revisions.into_iter().collect();
@@ -382,7 +407,7 @@ impl Balancer {
                     revisions[weighted_index(&mut self.rng, &revisions, None)].0
                 }
             };
-            candidates.retain(|(i, _)| self.slots[*i].ep.revision == revision);
+            candidates.retain(|(i, _)| self.slots[*i].ep.pool == revision);
         }
         let chosen = match self.strategy {
             Strategy::RoundRobin => self.swrr_slots(&candidates),
@@ -405,7 +430,7 @@ impl Balancer {
         for (i, s) in self.slots.iter().enumerate() {
             if exclude.contains(&s.ep.id.as_str())
                 || (!ignore_ejection && s.ejected(now))
-                || (by_revision && self.revision_weight(s.ep.revision) == 0)
+                || (by_revision && self.revision_weight(s.ep.pool) == 0)
             {
                 continue;
             }
@@ -538,7 +563,7 @@ impl Balancer {
     }
 
     fn pool_of(&self, slot: &Slot) -> PoolKey {
-        (!self.revision_weights.is_empty()).then_some(slot.ep.revision)
+        (!self.revision_weights.is_empty()).then_some(slot.ep.pool)
     }
 
     /// Configured weight of every member, per pool.
@@ -582,7 +607,7 @@ impl Balancer {
         let by_revision = !self.revision_weights.is_empty();
         let (mut routable, mut healthy) = (0u64, 0u64);
         for slot in &self.slots {
-            if slot.ep.weight == 0 || (by_revision && self.revision_weight(slot.ep.revision) == 0) {
+            if slot.ep.weight == 0 || (by_revision && self.revision_weight(slot.ep.pool) == 0) {
                 continue;
             }
             routable += 1;
@@ -752,8 +777,10 @@ mod tests {
         Endpoint {
             id: id.to_owned(),
             address: SocketAddr::from(([127, 0, 0, 1], port)),
-            revision,
+            pool: revision,
             weight,
+            workload: Arc::from("web"),
+            revision,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -132,21 +132,23 @@ impl AddAssign for RevisionOutcomes {
 /// answering), never per byte.
 #[derive(Debug, Default)]
 pub struct RevisionCounters {
-    by_revision: Mutex<BTreeMap<u64, RevisionOutcomes>>,
+    by_revision: Mutex<BTreeMap<(Arc<str>, u64), RevisionOutcomes>>,
 }
 
 impl RevisionCounters {
-    /// Outcomes per revision; only revisions that had at least one connect attempt appear.
-    pub fn snapshot(&self) -> BTreeMap<u64, RevisionOutcomes> {
+    /// Outcomes per (workload, revision); only revisions that had at least one connect
+    /// attempt appear.
+    pub fn snapshot(&self) -> BTreeMap<(Arc<str>, u64), RevisionOutcomes> {
         self.by_revision
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// A connect attempt to a replica of `revision` ended: connected, or failed.
-    pub(crate) fn attempted(&self, revision: u64, connect_failed: bool) {
+    /// A connect attempt to a replica of `revision` of `workload` ended: connected, or failed.
+    pub(crate) fn attempted(&self, workload: &Arc<str>, revision: u64, connect_failed: bool) {
         self.add(
+            workload,
             revision,
             RevisionOutcomes {
                 connections: 1,
@@ -155,9 +157,11 @@ impl RevisionCounters {
         );
     }
 
-    /// A replica of `revision` that was connected closed or reset before answering.
-    pub(crate) fn unanswered(&self, revision: u64) {
+    /// A replica of `revision` of `workload` that was connected closed or reset before
+    /// answering.
+    pub(crate) fn unanswered(&self, workload: &Arc<str>, revision: u64) {
         self.add(
+            workload,
             revision,
             RevisionOutcomes {
                 connections: 0,
@@ -166,12 +170,12 @@ impl RevisionCounters {
         );
     }
 
-    fn add(&self, revision: u64, outcomes: RevisionOutcomes) {
+    fn add(&self, workload: &Arc<str>, revision: u64, outcomes: RevisionOutcomes) {
         *self
             .by_revision
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(revision)
+            .entry((Arc::clone(workload), revision))
             .or_default() += outcomes;
     }
 }

@@ -166,7 +166,7 @@ impl ServiceProxy {
 
     /// Connection outcomes per revision of the replica tried, since this proxy was created
     /// (see [`RevisionOutcomes`]).
-    pub fn revision_traffic(&self) -> BTreeMap<u64, RevisionOutcomes> {
+    pub fn revision_traffic(&self) -> BTreeMap<(Arc<str>, u64), RevisionOutcomes> {
         self.revisions.snapshot()
     }
 
@@ -290,7 +290,8 @@ impl ServiceProxy {
             .await
             {
                 Ok(Ok(stream)) => {
-                    self.revisions.attempted(endpoint.revision, false);
+                    self.revisions
+                        .attempted(&endpoint.workload, endpoint.revision, false);
                     let mut balancer = self.lock_balancer();
                     let now = Instant::now();
                     balancer.connect_succeeded(&endpoint.id, now);
@@ -302,7 +303,8 @@ impl ServiceProxy {
                 Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
             };
             self.counters.connect_error();
-            self.revisions.attempted(endpoint.revision, true);
+            self.revisions
+                .attempted(&endpoint.workload, endpoint.revision, true);
             self.lock_balancer()
                 .connect_failed(&endpoint.id, Instant::now());
             debug!(service = %self.service, %peer, endpoint = %endpoint.id,
@@ -377,7 +379,8 @@ impl ServiceProxy {
                 Ok(FirstAnswer::Started) => {}
                 Ok(FirstAnswer::Unanswered) => {
                     // The replica went away before answering: another one gets the request.
-                    self.revisions.unanswered(endpoint.revision);
+                    self.revisions
+                        .unanswered(&endpoint.workload, endpoint.revision);
                     self.lock_balancer()
                         .connect_failed(&endpoint.id, Instant::now());
                     debug!(service = %self.service, %peer, endpoint = %endpoint.id,

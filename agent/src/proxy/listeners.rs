@@ -26,8 +26,8 @@ pub struct ServiceRoute {
     pub port: u16,
     /// Replica selection strategy.
     pub strategy: Strategy,
-    /// Weight per revision; empty means one pool of every endpoint.
-    pub revision_weights: BTreeMap<u64, u32>,
+    /// Weight per pool (a workload's revision); empty means one pool of every endpoint.
+    pub pool_weights: BTreeMap<u64, u32>,
     /// Replicas that may receive new connections (policy ∩ alive ∩ healthy), addressed at the
     /// port they serve this service port on.
     pub endpoints: Vec<Endpoint>,
@@ -142,7 +142,7 @@ impl ProxyManager {
             });
             state
                 .proxy
-                .update(route.endpoints, &route.revision_weights, route.strategy);
+                .update(route.endpoints, &route.pool_weights, route.strategy);
             if state.listener.is_none() {
                 state.listener = listen(SocketAddr::new(self.bind_ip, port), &state.proxy).await;
             }
@@ -153,7 +153,7 @@ impl ProxyManager {
             .partition(|proxy| proxy.open_connections() == 0);
         self.retired = draining;
         for proxy in drained {
-            add_traffic(&mut self.ended, proxy.service(), proxy.revision_traffic());
+            add_traffic(&mut self.ended, proxy.revision_traffic());
         }
     }
 
@@ -166,15 +166,16 @@ impl ProxyManager {
         all
     }
 
-    /// The node's connection outcomes per (service, revision) since the manager was created,
-    /// summed over every proxy it has had for the service: its published ports, stopped ports
-    /// still draining and stopped ports gone, so the totals never decrease. Sorted by service,
-    /// then revision; only revisions that had a connect attempt appear.
+    /// The node's connection outcomes per (workload, revision) since the manager was
+    /// created, summed over every proxy it has had (every port of every service that sends
+    /// the workload traffic, stopped ports still draining and stopped ports gone), so the
+    /// totals never decrease. Sorted by workload, then revision; only revisions that had a
+    /// connect attempt appear.
     pub fn traffic(&self) -> Vec<RevisionTraffic> {
         let mut totals = self.ended.clone();
         let proxies = self.ports.values().map(|state| &state.proxy);
         for proxy in proxies.chain(&self.retired) {
-            add_traffic(&mut totals, proxy.service(), proxy.revision_traffic());
+            add_traffic(&mut totals, proxy.revision_traffic());
         }
         totals
             .into_iter()
@@ -248,14 +249,10 @@ async fn listen(address: SocketAddr, proxy: &Arc<ServiceProxy>) -> Option<Listen
     }
 }
 
-/// Adds one proxy's outcomes per revision to the totals of `service`.
-fn add_traffic(
-    totals: &mut TrafficTotals,
-    service: &str,
-    outcomes: BTreeMap<u64, RevisionOutcomes>,
-) {
-    for (revision, outcomes) in outcomes {
-        *totals.entry((service.to_owned(), revision)).or_default() += outcomes;
+/// Adds one proxy's outcomes per (workload, revision) to the totals.
+fn add_traffic(totals: &mut TrafficTotals, outcomes: BTreeMap<(Arc<str>, u64), RevisionOutcomes>) {
+    for ((workload, revision), outcomes) in outcomes {
+        *totals.entry((workload.to_string(), revision)).or_default() += outcomes;
     }
 }
 
@@ -284,14 +281,18 @@ mod tests {
     #[test]
     fn traffic_adds_up_per_service_and_revision() {
         let mut totals = TrafficTotals::new();
+        let (web, api) = (Arc::<str>::from("web"), Arc::<str>::from("api"));
         add_traffic(
             &mut totals,
-            "web",
-            BTreeMap::from([(1, outcomes(10, 1)), (2, outcomes(3, 2))]),
+            BTreeMap::from([
+                ((web.clone(), 1), outcomes(10, 1)),
+                ((web.clone(), 2), outcomes(3, 2)),
+            ]),
         );
-        // A second port of the same service, and another service with the same revision.
-        add_traffic(&mut totals, "web", BTreeMap::from([(2, outcomes(5, 0))]));
-        add_traffic(&mut totals, "api", BTreeMap::from([(2, outcomes(7, 7))]));
+        // A second port (or service) for the same workload, and another workload with the
+        // same revision.
+        add_traffic(&mut totals, BTreeMap::from([((web, 2), outcomes(5, 0))]));
+        add_traffic(&mut totals, BTreeMap::from([((api, 2), outcomes(7, 7))]));
         assert_eq!(
             totals,
             BTreeMap::from([

@@ -161,7 +161,6 @@ fn spec(image: &str) -> WorkloadSpec {
     spec.ports.push(PortSpec {
         name: None,
         container_port: 8080,
-        service_port: Some(80),
         host_port: None,
         protocol: Protocol::Tcp,
     });

@@ -56,8 +56,11 @@ impl Sim {
 
     pub fn apply(&mut self, spec: &WorkloadSpec) {
         let mut changes = ChangeSet::new(&self.state, self.now);
-        operations::apply_services(&self.state, std::slice::from_ref(spec), "", &mut changes)
-            .expect("apply");
+        let manifest = drover_proto::manifest::Manifest {
+            workloads: vec![spec.clone()],
+            services: Vec::new(),
+        };
+        operations::apply(&self.state, &manifest, "", &mut changes).expect("apply");
         self.commit(changes);
     }
 

@@ -117,7 +117,6 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 spec.ports.push(PortSpec {
                     name: None,
                     container_port: 80,
-                    service_port: None,
                     host_port: Some(host_port),
                     protocol: Protocol::Tcp,
                 });

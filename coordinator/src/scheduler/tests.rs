@@ -45,7 +45,6 @@ fn with_host_port(mut spec: WorkloadSpec, port: u16) -> WorkloadSpec {
     spec.ports.push(PortSpec {
         name: None,
         container_port: 80,
-        service_port: None,
         host_port: Some(port),
         protocol: Protocol::Tcp,
     });

@@ -6,6 +6,7 @@
 pub mod credentials;
 mod identity;
 mod memory;
+pub mod migrate;
 mod records;
 mod redb_store;
 mod sealed;
@@ -14,8 +15,8 @@ mod suite;
 
 pub use memory::MemoryStore;
 pub use records::{
-    EventRecord, RevisionRecord, Rollout, RolloutPhase, StoredState, TrafficBaseline,
-    WorkloadRecord, apply_writes,
+    EventRecord, RevisionRecord, Rollout, RolloutPhase, ServiceRecord, StoredState,
+    TrafficBaseline, WorkloadRecord, apply_writes,
 };
 pub use redb_store::RedbStore;
 pub use sealed::{SealedStore, SecretsKey};
@@ -30,6 +31,14 @@ use drover_proto::model::{Allocation, NodeFlags};
 /// CRC-32 taken over the key and the record's JSON.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// Format of the store as a whole, kept in its meta record; a store of an older format is
+/// migrated when it opens (in one transaction with the identity).
+///
+/// 2: records with checksums ([`FORMAT_VERSION`]). 3: services apart from workloads: a
+/// workload's published ports (`ports[].service_port` of its current revision) became a
+/// service of the same name (`service_defs` table), see [`migrate`].
+pub const STORE_FORMAT: u32 = 3;
+
 /// Kind of the event [`Store::events`] lists in place of a stored event that is corrupted.
 pub const CORRUPTED_EVENT: &str = "store_event_corrupted";
 
@@ -39,10 +48,14 @@ pub const CORRUPTED_EVENT: &str = "store_event_corrupted";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Create or replace a service record.
-    PutService(WorkloadRecord),
+    PutWorkload(WorkloadRecord),
     /// Remove a service record and all its revisions.
+    DeleteWorkload(String),
+    /// Create or replace a service.
+    PutService(ServiceRecord),
+    /// Remove a service.
     DeleteService(String),
-    /// Store a revision of a service.
+    /// Store a revision of a workload.
     PutRevision(RevisionRecord),
     /// Removes one revision (pruned history).
     DeleteRevision(String, u64),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::model::{Allocation, NodeFlags, Traffic, UpdateStrategy, WorkloadSpec};
+use drover_proto::model::{Allocation, NodeFlags, Service, Traffic, UpdateStrategy, WorkloadSpec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,18 @@ impl WorkloadRecord {
     pub fn newest_revision(&self) -> u64 {
         self.latest_revision.max(self.revision)
     }
+}
+
+/// A service: what a name (and, later, an address) routes to, as the operator declared it,
+/// with the node ports the coordinator picked filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The service.
+    pub service: Service,
+    /// Creation time, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Last change, ms since the Unix epoch.
+    pub updated_unix_ms: u64,
 }
 
 /// Where a rollout stands.
@@ -176,6 +188,8 @@ pub struct EventRecord {
 pub struct StoredState {
     /// Workloads by name.
     pub workloads: BTreeMap<String, WorkloadRecord>,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceRecord>,
     /// Revisions by (service, revision).
     pub revisions: BTreeMap<(String, u64), RevisionRecord>,
     /// Allocations by id.
@@ -332,12 +346,18 @@ pub fn apply_writes(state: &mut StoredState, writes: &[super::Write]) {
     use super::Write;
     for write in writes {
         match write {
-            Write::PutService(s) => {
+            Write::PutWorkload(s) => {
                 state.workloads.insert(s.name.clone(), s.clone());
             }
-            Write::DeleteService(name) => {
+            Write::DeleteWorkload(name) => {
                 state.workloads.remove(name);
                 state.revisions.retain(|(service, _), _| service != name);
+            }
+            Write::PutService(r) => {
+                state.services.insert(r.service.name.clone(), r.clone());
+            }
+            Write::DeleteService(name) => {
+                state.services.remove(name);
             }
             Write::PutRevision(r) => {
                 state

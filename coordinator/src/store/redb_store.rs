@@ -5,6 +5,7 @@
 //! empty cluster; every record carries a checksum, since redb does not verify the pages of a
 //! cleanly closed file; and a redb panic on a corrupted file becomes an error naming it.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
@@ -21,11 +22,13 @@ use super::identity::{
 };
 use super::records::{DecodeError, checksum, decode, encode, upgrade_legacy};
 use super::{
-    CORRUPTED_EVENT, EVENT_RETENTION, EventRecord, FORMAT_VERSION, RevisionRecord, Store,
-    StoreError, StoredState, WorkloadRecord, Write,
+    CORRUPTED_EVENT, EVENT_RETENTION, EventRecord, FORMAT_VERSION, RevisionRecord, STORE_FORMAT,
+    ServiceRecord, Store, StoreError, StoredState, WorkloadRecord, Write, migrate,
 };
 
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+/// Services (apart from workloads since store format 3).
+const SERVICE_DEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("service_defs");
 const REVISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("revisions");
 const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocations");
 const NODE_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_flags");
@@ -172,6 +175,7 @@ impl RedbStore {
             // Every table is created up front so readers never meet a missing one.
             let mut meta_table = txn.open_table(META).map_err(|e| self.db_error(e))?;
             let mut services = txn.open_table(SERVICES).map_err(|e| self.db_error(e))?;
+            let mut service_defs = txn.open_table(SERVICE_DEFS).map_err(|e| self.db_error(e))?;
             let mut revisions = txn.open_table(REVISIONS).map_err(|e| self.db_error(e))?;
             let mut allocations = txn.open_table(ALLOCATIONS).map_err(|e| self.db_error(e))?;
             let mut node_flags = txn.open_table(NODE_FLAGS).map_err(|e| self.db_error(e))?;
@@ -191,6 +195,7 @@ impl RedbStore {
                     let mut blank = true;
                     for empty in [
                         services.is_empty(),
+                        service_defs.is_empty(),
                         revisions.is_empty(),
                         allocations.is_empty(),
                         node_flags.is_empty(),
@@ -227,6 +232,12 @@ impl RedbStore {
                     id
                 }
             };
+            if format < STORE_FORMAT && !matches!(contents, Contents::Blank) {
+                let migrated = self.migrate_services(&services, &revisions, &mut service_defs)?;
+                if migrated > 0 {
+                    info!(path = %self.path.display(), services = migrated, format = STORE_FORMAT, "published ports of workloads became services of their own");
+                }
+            }
             if format < FORMAT_VERSION {
                 let upgraded = self.upgrade_records(
                     &mut services,
@@ -243,7 +254,7 @@ impl RedbStore {
             let meta = StoreMeta {
                 store_id,
                 opens: opens + 1,
-                format: FORMAT_VERSION,
+                format: STORE_FORMAT,
             };
             let bytes = encode("meta", META_KEY, &meta)?;
             meta_table
@@ -253,6 +264,45 @@ impl RedbStore {
         };
         txn.commit().map_err(|e| self.db_error(e))?;
         Ok(meta)
+    }
+
+    /// Store format 3 ([`migrate::services_of_legacy_store`]): writes the services made of
+    /// the workloads' published ports. Returns how many.
+    fn migrate_services<'t>(
+        &self,
+        services: &Table<'t, &'static str, &'static [u8]>,
+        revisions: &Table<'t, (&'static str, u64), &'static [u8]>,
+        service_defs: &mut Table<'t, &'static str, &'static [u8]>,
+    ) -> Result<usize, StoreError> {
+        let mut workloads = BTreeMap::new();
+        for entry in services.iter().map_err(|e| self.db_error(e))? {
+            let (k, v) = entry.map_err(|e| self.db_error(e))?;
+            let json: serde_json::Value = self.decode("services", k.value(), v.value())?;
+            workloads.insert(k.value().to_string(), json);
+        }
+        let mut current = BTreeMap::new();
+        for (name, workload) in &workloads {
+            let Some(revision) = workload.get("revision").and_then(serde_json::Value::as_u64)
+            else {
+                continue;
+            };
+            if let Some(v) = revisions
+                .get((name.as_str(), revision))
+                .map_err(|e| self.db_error(e))?
+            {
+                let key = revision_key(name, revision);
+                let json: serde_json::Value = self.decode("revisions", &key, v.value())?;
+                current.insert((name.clone(), revision), json);
+            }
+        }
+        let made = migrate::services_of_legacy_store(&workloads, &current);
+        for record in &made {
+            let bytes = encode("service_defs", &record.service.name, record)?;
+            service_defs
+                .insert(record.service.name.as_str(), bytes.as_slice())
+                .map_err(|e| self.db_error(e))?;
+        }
+        Ok(made.len())
     }
 
     /// Rewrites records of the legacy format with checksums and gives counters theirs; the
@@ -329,6 +379,16 @@ impl RedbStore {
             }
             state.workloads.insert(k.value().to_string(), record);
         }
+        let table = txn.open_table(SERVICE_DEFS).map_err(|e| self.db_error(e))?;
+        for entry in table.iter().map_err(|e| self.db_error(e))? {
+            let (k, v) = entry.map_err(|e| self.db_error(e))?;
+            let record: ServiceRecord = self.decode("service_defs", k.value(), v.value())?;
+            if record.service.name != k.value() {
+                let named = format!("service {:?}", record.service.name);
+                return Err(self.misplaced("service_defs", k.value(), &named));
+            }
+            state.services.insert(k.value().to_string(), record);
+        }
         let table = txn.open_table(REVISIONS).map_err(|e| self.db_error(e))?;
         for entry in table.iter().map_err(|e| self.db_error(e))? {
             let (k, v) = entry.map_err(|e| self.db_error(e))?;
@@ -396,6 +456,7 @@ impl RedbStore {
         let txn = self.db().begin_write().map_err(|e| self.db_error(e))?;
         {
             let mut services = txn.open_table(SERVICES).map_err(|e| self.db_error(e))?;
+            let mut service_defs = txn.open_table(SERVICE_DEFS).map_err(|e| self.db_error(e))?;
             let mut revisions = txn.open_table(REVISIONS).map_err(|e| self.db_error(e))?;
             let mut allocations = txn.open_table(ALLOCATIONS).map_err(|e| self.db_error(e))?;
             let mut node_flags = txn.open_table(NODE_FLAGS).map_err(|e| self.db_error(e))?;
@@ -405,13 +466,13 @@ impl RedbStore {
             let mut credentials = txn.open_table(CREDENTIALS).map_err(|e| self.db_error(e))?;
             for write in writes {
                 match write {
-                    Write::PutService(s) => {
+                    Write::PutWorkload(s) => {
                         let bytes = encode("services", &s.name, s)?;
                         services
                             .insert(s.name.as_str(), bytes.as_slice())
                             .map_err(|e| self.db_error(e))?;
                     }
-                    Write::DeleteService(name) => {
+                    Write::DeleteWorkload(name) => {
                         services
                             .remove(name.as_str())
                             .map_err(|e| self.db_error(e))?;
@@ -426,6 +487,17 @@ impl RedbStore {
                                 .remove((name.as_str(), revision))
                                 .map_err(|e| self.db_error(e))?;
                         }
+                    }
+                    Write::PutService(r) => {
+                        let bytes = encode("service_defs", &r.service.name, r)?;
+                        service_defs
+                            .insert(r.service.name.as_str(), bytes.as_slice())
+                            .map_err(|e| self.db_error(e))?;
+                    }
+                    Write::DeleteService(name) => {
+                        service_defs
+                            .remove(name.as_str())
+                            .map_err(|e| self.db_error(e))?;
                     }
                     Write::PutRevision(r) => {
                         let key = revision_key(&r.service, r.revision);

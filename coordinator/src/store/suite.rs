@@ -82,10 +82,10 @@ fn round_trip(store: &dyn Store) {
     });
     store
         .commit(&[
-            Write::PutService(web.clone()),
+            Write::PutWorkload(web.clone()),
             Write::PutRevision(revision("web", 1)),
             Write::PutRevision(revision("web", 2)),
-            Write::PutService(service("db", 1)),
+            Write::PutWorkload(service("db", 1)),
             Write::PutRevision(revision("db", 1)),
             Write::PutAllocation(allocation("web-1", "web")),
             Write::PutAllocation(allocation("web-2", "web")),
@@ -117,7 +117,7 @@ fn round_trip(store: &dyn Store) {
 
     store
         .commit(&[
-            Write::DeleteService("web".into()),
+            Write::DeleteWorkload("web".into()),
             Write::DeleteAllocation("web-1".into()),
         ])
         .expect("commit delete");
@@ -144,7 +144,7 @@ fn has_an_identity(store: &dyn Store) {
     assert_eq!(id.len(), 32, "{id:?}");
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id:?}");
     store
-        .commit(&[Write::PutService(service("web", 1))])
+        .commit(&[Write::PutWorkload(service("web", 1))])
         .expect("commit");
     assert_eq!(store.load().expect("load").store_id, id, "commits keep it");
 }
@@ -308,7 +308,7 @@ fn redb_store_survives_reopen() {
         let store = RedbStore::open(&path).expect("open");
         store
             .commit(&[
-                Write::PutService(service("web", 1)),
+                Write::PutWorkload(service("web", 1)),
                 Write::PutRevision(revision("web", 1)),
                 Write::PutEvent(event(1)),
             ])
@@ -337,9 +337,14 @@ fn unknown_format_version_is_refused() {
         }
         txn.commit().expect("commit");
     }
-    let store = RedbStore::open(&path).expect("open");
-    let err = store.load().expect_err("version 99 is not readable");
-    let text = err.to_string();
+    // Refused when the store opens (its migration reads the record) or when it loads.
+    let text = match RedbStore::open(&path) {
+        Err(err) => err.to_string(),
+        Ok(store) => store
+            .load()
+            .expect_err("version 99 is not readable")
+            .to_string(),
+    };
     assert!(
         text.contains("services/web") && text.contains("99"),
         "{text}"
@@ -355,7 +360,7 @@ fn written_store(dir: &Path) -> PathBuf {
     spec.replicas = 1;
     store
         .commit(&[
-            Write::PutService(WorkloadRecord::new("web", 1, 3, Traffic::default(), 1)),
+            Write::PutWorkload(WorkloadRecord::new("web", 1, 3, Traffic::default(), 1)),
             Write::PutRevision(RevisionRecord {
                 service: "web".into(),
                 revision: 1,
@@ -722,4 +727,58 @@ fn a_corrupted_file_never_panics_out_of_the_store() {
         panicked > 0,
         "no flip made redb panic: the guard went untested"
     );
+}
+
+/// A store from before services and workloads were apart: a workload's published port
+/// (`service_port`) becomes a service of its name when the store opens, once.
+#[test]
+fn published_ports_of_an_old_store_become_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("coordinator.redb");
+    let legacy = |record: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({"v": 1, "record": record})).expect("json")
+    };
+    let web = service("web", 1);
+    let mut old_revision = serde_json::to_value(revision("web", 1)).expect("value");
+    old_revision["spec"]["ports"] = serde_json::json!([
+        {"name": null, "container_port": 8080, "service_port": 80, "host_port": null, "protocol": "tcp"}
+    ]);
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let str_table = redb::TableDefinition::<&str, &[u8]>::new;
+            let mut services = txn.open_table(str_table("services")).expect("table");
+            let bytes = legacy(serde_json::to_value(&web).expect("value"));
+            services.insert("web", bytes.as_slice()).expect("insert");
+            let mut revisions = txn
+                .open_table(redb::TableDefinition::<(&str, u64), &[u8]>::new(
+                    "revisions",
+                ))
+                .expect("table");
+            let bytes = legacy(old_revision);
+            revisions
+                .insert(("web", 1), bytes.as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = RedbStore::open(&path).expect("an old store opens");
+    let state = store.load().expect("and loads");
+    let made = &state.services["web"].service;
+    assert_eq!(made.kind, drover_proto::model::ServiceType::LoadBalancer);
+    assert_eq!(made.ports.len(), 1);
+    assert_eq!(made.ports[0].port, 80);
+    assert_eq!(
+        made.ports[0].target,
+        drover_proto::model::TargetPort::Number(8080)
+    );
+    assert!(made.selects(&state.revisions[&("web".to_string(), 1)].spec));
+    // Deleted since, it stays deleted: the migration ran once, at format 3.
+    store
+        .commit(&[Write::DeleteService("web".into())])
+        .expect("delete");
+    drop(store);
+    let store = RedbStore::open(&path).expect("reopens");
+    assert!(store.load().expect("loads").services.is_empty());
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_coordinator::Config;
-use drover_proto::model::{PortSpec, Protocol, Resources, WorkloadSpec};
+use drover_proto::model::{
+    PortSpec, Protocol, Resources, Service, ServicePort, ServiceType, TargetPort, WorkloadSpec,
+};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use drover_security::Token;
@@ -289,11 +291,24 @@ pub fn web(replicas: u32) -> pb::WorkloadSpec {
     spec.ports.push(PortSpec {
         name: None,
         container_port: 8080,
-        service_port: Some(80),
         host_port: None,
         protocol: Protocol::Tcp,
     });
     (&spec).into()
+}
+
+/// The service of `web`: port 80 on every node's address to its container port 8080.
+pub fn web_service() -> pb::Service {
+    let mut service = Service::for_workload("web", "web");
+    service.kind = ServiceType::LoadBalancer;
+    service.ports.push(ServicePort {
+        name: None,
+        port: 80,
+        target: TargetPort::Number(8080),
+        node_port: None,
+        protocol: Protocol::Tcp,
+    });
+    (&service).into()
 }
 
 pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {

@@ -24,13 +24,11 @@ const CONTAINER: &str = "spec.template.spec.containers[0]";
 /// off (`"false"`, as Kubernetes behaves).
 const AUTO_REVERT: &str = "drover.dev/auto-revert";
 
-/// A Deployment converted, waiting for the Services that select it.
+/// A Deployment converted.
 #[derive(Debug)]
 pub(crate) struct Converted {
-    /// The spec, without service ports yet.
+    /// The workload's spec.
     pub(crate) spec: WorkloadSpec,
-    /// Labels of the pod template, which Service selectors match.
-    pub(crate) template_labels: BTreeMap<String, String>,
 }
 
 /// Converts a Deployment; on errors the spec is a best effort, to join Services against.
@@ -105,10 +103,8 @@ pub(crate) fn convert(doc: Deployment) -> (Converted, Vec<FieldError>) {
             spec.placement.constraints.push(constraint);
         }
     }
-    let converted = Converted {
-        spec,
-        template_labels,
-    };
+    spec.pod_labels = template_labels;
+    let converted = Converted { spec };
     (converted, errors.0)
 }
 
@@ -227,7 +223,6 @@ fn convert_port(
     Some(PortSpec {
         name: port.name,
         container_port,
-        service_port: None,
         host_port,
         protocol: port.protocol.map_or(Protocol::Tcp, |p| p.0),
     })

@@ -1,6 +1,7 @@
 //! Drover's own manifest format, `apiVersion: drover.dev/v1`, `kind: Service`.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,9 +15,9 @@ use super::input::{
 };
 use super::validate;
 use crate::model::{
-    CanaryStep, ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol,
-    ReplicaCount, Resources, RestartMode, Secret, SpreadMode, Strategy, UpdateKind, UpdateStrategy,
-    WorkloadSpec,
+    CanaryStep, ClusterIp, ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction,
+    Protocol, ReplicaCount, Resources, RestartMode, Secret, Service, ServicePort, ServiceType,
+    SpreadMode, Strategy, TargetPort, UpdateKind, UpdateStrategy, WorkloadSpec,
 };
 
 /// `apiVersion` of Drover's format.
@@ -68,6 +69,17 @@ struct Spec {
     traffic: TrafficInput,
     stop_grace_period: Option<Dur>,
     stop_after_disconnect: Option<Dur>,
+    service: Option<ServiceInput>,
+}
+
+/// How the document's service is reached; it has one when a port has a `servicePort`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceInput {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +95,7 @@ struct PortInput {
     name: Option<String>,
     container_port: i64,
     service_port: Option<i64>,
+    node_port: Option<i64>,
     host_port: Option<i64>,
     protocol: Option<Proto>,
 }
@@ -189,13 +202,16 @@ struct TrafficInput {
 }
 
 impl Document {
-    /// The spec this document declares; errors use the document's field paths. Values
-    /// that do not convert are replaced by placeholders that [`super::validate`] also
-    /// refuses at the same path, so the caller can merge both lists.
-    pub(crate) fn into_spec(self) -> (WorkloadSpec, Vec<FieldError>) {
+    /// The workload this document declares, and its service when a port has a
+    /// `servicePort` (named like the workload, selecting it by [`crate::model::WORKLOAD_LABEL`], reached
+    /// on every node's address unless `spec.service.type` says otherwise); errors use the
+    /// document's field paths. Values that do not convert are replaced by placeholders that
+    /// [`super::validate`] also refuses at the same path, so the caller can merge both lists.
+    pub(crate) fn into_spec(self) -> (WorkloadSpec, Option<Service>, Vec<FieldError>) {
         let mut errors = Errors::default();
         let input = self.spec;
         let mut spec = WorkloadSpec::new(self.metadata.name, input.image);
+        spec.pod_labels = self.metadata.labels.clone();
         spec.labels = self.metadata.labels;
         spec.command = input.command;
         spec.args = input.args;
@@ -217,11 +233,12 @@ impl Document {
             cpu_millis: input.resources.cpu.map_or(0, |c| c.0),
             memory_bytes: input.resources.memory.map_or(0, |m| m.0),
         };
+        let mut published = Vec::new();
         spec.ports = input
             .ports
             .into_iter()
             .enumerate()
-            .map(|(index, port)| convert_port(&mut errors, index, port))
+            .map(|(index, port)| convert_port(&mut errors, index, port, &mut published))
             .collect();
         spec.health = input
             .health
@@ -241,31 +258,155 @@ impl Document {
             spec.placement.spread = spread;
         }
         spec.update = convert_update(&mut errors, input.update);
-        if let Some(strategy) = input.traffic.strategy {
-            spec.traffic.strategy = strategy;
-        }
         spec.traffic.revision_weights = input.traffic.weights;
         if let Some(period) = input.stop_grace_period {
             spec.stop_grace_period = period.0;
         }
         spec.stop_after_disconnect = input.stop_after_disconnect.map(|d| d.0);
-        (spec, errors.0)
+        let service = service(
+            &mut errors,
+            &spec.name,
+            published,
+            input.service,
+            input.traffic.strategy,
+        );
+        (spec, service, errors.0)
     }
 }
 
-fn convert_port(errors: &mut Errors, index: usize, port: PortInput) -> PortSpec {
+/// The document's service: its published ports, how it is reached, its strategy.
+fn service(
+    errors: &mut Errors,
+    name: &str,
+    ports: Vec<(usize, ServicePort)>,
+    input: Option<ServiceInput>,
+    strategy: Option<Strategy>,
+) -> Option<Service> {
+    if ports.is_empty() {
+        if input.is_some() {
+            errors.push(
+                "spec.service",
+                "no port has a servicePort, so there is no service to configure",
+            );
+        }
+        if strategy.is_some() {
+            errors.push(
+                "spec.traffic.strategy",
+                "the strategy is the service's, and no port has a servicePort",
+            );
+        }
+        return None;
+    }
+    let mut service = Service::for_workload(name, name);
+    let indexes: Vec<usize> = ports.iter().map(|(index, _)| *index).collect();
+    service.ports = ports.into_iter().map(|(_, port)| port).collect();
+    if service.ports.len() > 1 {
+        // A service of several ports names each (SRV records use them); this format lets
+        // them be unnamed, as it always has.
+        for port in service.ports.iter_mut().filter(|p| p.name.is_none()) {
+            port.name = Some(format!("port-{}", port.port));
+        }
+    }
+    service.kind = ServiceType::LoadBalancer;
+    service.strategy = strategy.unwrap_or_default();
+    let input = input.unwrap_or(ServiceInput {
+        kind: None,
+        cluster_ip: None,
+    });
+    match input.kind.as_deref() {
+        None | Some("LoadBalancer") => {}
+        Some("ClusterIP") => service.kind = ServiceType::ClusterIp,
+        Some("NodePort") => service.kind = ServiceType::NodePort,
+        Some(other) => errors.push(
+            "spec.service.type",
+            format!("type \"{other}\" is not one of ClusterIP, NodePort, LoadBalancer"),
+        ),
+    }
+    match input.cluster_ip.as_deref() {
+        None | Some("") => {}
+        Some("None") => service.cluster_ip = ClusterIp::Headless,
+        Some(text) => match text.parse::<Ipv4Addr>() {
+            Ok(ip) => service.cluster_ip = ClusterIp::Fixed(ip),
+            Err(_) => errors.push(
+                "spec.service.clusterIP",
+                format!("\"{text}\" is not an IPv4 address nor \"None\""),
+            ),
+        },
+    }
+    for error in super::validate::service(&service) {
+        errors.push(document_path(&error.path, &indexes), error.message);
+    }
+    Some(service)
+}
+
+/// The path in this document of a field `validate::service` names in the Service form:
+/// `spec.ports[k].port` of the k-th published port is `spec.ports[i].servicePort` of the
+/// document's i-th port; the rest is under `spec.service`.
+fn document_path(path: &str, indexes: &[usize]) -> String {
+    let published = path
+        .strip_prefix("spec.ports[")
+        .and_then(|rest| rest.split_once("]."))
+        .and_then(|(k, field)| Some((indexes.get(k.parse::<usize>().ok()?)?, field)));
+    match published {
+        Some((index, field)) => {
+            let field = match field {
+                "port" => "servicePort",
+                "targetPort" => "containerPort",
+                other => other,
+            };
+            format!("spec.ports[{index}].{field}")
+        }
+        None => match path.strip_prefix("spec.") {
+            Some(rest) => format!("spec.service.{rest}"),
+            None => format!("spec.service ({path})"),
+        },
+    }
+}
+
+/// A container port; one with a `servicePort` also adds a port to `published`, with its
+/// index.
+fn convert_port(
+    errors: &mut Errors,
+    index: usize,
+    port: PortInput,
+    published: &mut Vec<(usize, ServicePort)>,
+) -> PortSpec {
     let base = format!("spec.ports[{index}]");
     let mut number = |field: &str, value: i64| {
         errors
             .check(at(&base, field), port_number(value))
             .unwrap_or(0)
     };
+    let container_port = number("containerPort", port.container_port);
+    let service_port = port.service_port.map(|p| number("servicePort", p));
+    let node_port = port.node_port.map(|p| number("nodePort", p));
+    let host_port = port.host_port.map(|p| number("hostPort", p));
+    let protocol = port.protocol.map_or(Protocol::Tcp, |p| p.0);
+    match service_port {
+        // A value that did not convert is reported already; the service is not checked
+        // again over its placeholder.
+        Some(0) => {}
+        Some(_) if container_port == 0 => {}
+        Some(service_port) => published.push((
+            index,
+            ServicePort {
+                name: port.name.clone(),
+                port: service_port,
+                target: TargetPort::Number(container_port),
+                node_port: node_port.filter(|p| *p != 0),
+                protocol,
+            },
+        )),
+        None if node_port.is_some() => {
+            errors.push(at(&base, "nodePort"), "a nodePort needs a servicePort");
+        }
+        None => {}
+    }
     PortSpec {
         name: port.name,
-        container_port: number("containerPort", port.container_port),
-        service_port: port.service_port.map(|p| number("servicePort", p)),
-        host_port: port.host_port.map(|p| number("hostPort", p)),
-        protocol: port.protocol.map_or(Protocol::Tcp, |p| p.0),
+        container_port,
+        host_port,
+        protocol,
     }
 }
 

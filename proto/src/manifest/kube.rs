@@ -204,20 +204,22 @@ pub(crate) struct Service {
     #[serde(rename = "kind")]
     _kind: IgnoredAny,
     pub(crate) metadata: ObjectMeta,
-    pub(crate) spec: WorkloadSpec,
+    pub(crate) spec: ServiceSpec,
     #[serde(rename = "status")]
     _status: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct WorkloadSpec {
+pub(crate) struct ServiceSpec {
     #[serde(default)]
     pub(crate) selector: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) ports: Vec<ServicePort>,
     #[serde(rename = "type")]
     pub(crate) kind: Option<String>,
+    #[serde(rename = "clusterIP")]
+    pub(crate) cluster_ip: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,4 +231,5 @@ pub(crate) struct ServicePort {
     _protocol: Option<Proto>,
     pub(crate) port: i64,
     pub(crate) target_port: Option<IntOrName>,
+    pub(crate) node_port: Option<i64>,
 }

@@ -4,17 +4,18 @@
 //! is one of:
 //! - `apiVersion: drover.dev/v1`, `kind: Service`: Drover's own spec (see `examples/web.yaml`);
 //! - `apiVersion: apps/v1`, `kind: Deployment`, and `apiVersion: v1`, `kind: Service`: the
-//!   Kubernetes subset. A Service joins the one Deployment whose pod template labels carry
-//!   all of its selector's pairs, across every file of the apply; the pair makes one
-//!   [`WorkloadSpec`] named after the Deployment. A Deployment without a Service has no
-//!   published port; a Service that selects no Deployment is an error.
+//!   Kubernetes subset. A Deployment is a [`WorkloadSpec`] (its pod template labels are the
+//!   replicas' labels); a Service is a [`Service`] of its own name that selects, by labels,
+//!   any number of workloads, in this apply or already in the cluster. For a Deployment of
+//!   the apply that a Service selects, a numeric `targetPort` it does not declare is added
+//!   to its container ports, and a named one it lacks is an error.
 //!
-//! Any field Drover does not support is an error naming its path, never dropped. What the
-//! Kubernetes subset accepts and ignores: `metadata.annotations` (but a Deployment's
-//! `drover.dev/auto-revert: "true"` turns automatic revert on; Kubernetes has none, so it is
-//! off otherwise), a Service's `metadata.labels`, `metadata.creationTimestamp`, `status`,
-//! and `imagePullPolicy` (the agent pulls an image it does not have). Service `type` may
-//! only be `ClusterIP`: every service port is published on every node already.
+//! The result is a [`Manifest`]: workloads and services. Any field Drover does not support
+//! is an error naming its path, never dropped. What the Kubernetes subset accepts and
+//! ignores: `metadata.annotations` (but a Deployment's `drover.dev/auto-revert: "true"`
+//! turns automatic revert on; Kubernetes has none, so it is off otherwise),
+//! `metadata.creationTimestamp`, `status`, and `imagePullPolicy` (the agent pulls an image
+//! it does not have). Service types `ClusterIP`, `NodePort` and `LoadBalancer` are read.
 //! `restartPolicy` other than `Always` is refused. A Deployment's rollout settings
 //! (`strategy` with `RollingUpdate` counts or percentages, or `Recreate`,
 //! `minReadySeconds`, `progressDeadlineSeconds`, `revisionHistoryLimit`, `paused`) map onto
@@ -36,7 +37,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -45,36 +46,48 @@ use serde_yaml_ng::Value;
 pub use constraint::parse_constraint;
 pub use error::{FieldError, ManifestError, Problem, Source, ValueError};
 pub use quantity::{parse_cpu, parse_memory};
-pub use validate::{dns_label, excerpt, node_info as validate_node, validate};
+pub use validate::{
+    NODE_PORTS, dns_label, excerpt, node_info as validate_node, service as validate_service,
+    validate,
+};
 
-use crate::model::WorkloadSpec;
+use crate::model::{Service, WorkloadSpec};
 
 /// Parses every YAML document of one file. Empty documents are skipped but still counted
 /// in [`Source::document`]. Kubernetes Deployments and Services are joined within the file.
-pub fn parse_str(file: &str, text: &str) -> Result<Vec<(Source, WorkloadSpec)>, ManifestError> {
+pub fn parse_str(file: &str, text: &str) -> Result<Manifest, ManifestError> {
     parse_set(&[(file, text)])
+}
+
+/// What an apply declares: workloads (placed, scaled, rolled out) and services (names,
+/// addresses and ports over the replicas of the workloads they select).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifest {
+    /// Workloads: Drover's own documents and Kubernetes Deployments.
+    pub workloads: Vec<WorkloadSpec>,
+    /// Services: those of Drover's documents that publish a port, and Kubernetes Services.
+    pub services: Vec<Service>,
 }
 
 /// Parses several files, `(name, text)`, as one apply: Kubernetes Deployments and Services
 /// are joined across all of them, a service name may appear only once in the whole set,
 /// and every spec is validated. All or nothing.
-pub fn parse_files(files: &[(String, String)]) -> Result<Vec<WorkloadSpec>, ManifestError> {
+pub fn parse_files(files: &[(String, String)]) -> Result<Manifest, ManifestError> {
     let files: Vec<(&str, &str)> = files
         .iter()
         .map(|(name, text)| (name.as_str(), text.as_str()))
         .collect();
-    let specs = parse_set(&files)?;
-    Ok(specs.into_iter().map(|(_, spec)| spec).collect())
+    parse_set(&files)
 }
 
-/// A service declared by a document: Drover's own, or a Kubernetes Deployment.
+/// A workload declared by a document: Drover's own, or a Kubernetes Deployment.
 #[derive(Debug)]
 pub(crate) struct Declared {
     origin: Source,
     object: String,
     spec: WorkloadSpec,
-    /// Pod template labels, for a Deployment.
-    template_labels: Option<BTreeMap<String, String>>,
+    /// Whether it is a Deployment (its errors say they are about the Drover spec made of it).
+    deployment: bool,
     /// Paths already reported for this document.
     reported: Vec<String>,
     /// A Deployment with errors of its own; not joined nor validated further.
@@ -86,13 +99,9 @@ struct Collected {
     problems: Vec<Problem>,
     declared: Vec<Declared>,
     services: Vec<join::ServiceEntry>,
-    /// Kubernetes Service name → where it was first declared.
-    service_names: HashMap<String, Source>,
-    /// A Deployment could not be read far enough to know its labels.
-    selectors_unknown: bool,
 }
 
-fn parse_set(files: &[(&str, &str)]) -> Result<Vec<(Source, WorkloadSpec)>, ManifestError> {
+fn parse_set(files: &[(&str, &str)]) -> Result<Manifest, ManifestError> {
     let mut collected = Collected::default();
     for (file, text) in files {
         collected.read_file(file, text);
@@ -101,19 +110,12 @@ fn parse_set(files: &[(&str, &str)]) -> Result<Vec<(Source, WorkloadSpec)>, Mani
         mut problems,
         mut declared,
         services,
-        selectors_unknown,
-        ..
     } = collected;
-    let objects: HashMap<Source, String> = declared
+    let objects: HashMap<Source, String> = services
         .iter()
-        .map(|d| (d.origin.clone(), d.object.clone()))
-        .chain(
-            services
-                .iter()
-                .map(|s| (s.origin.clone(), format!("Service {}", s.converted.name))),
-        )
+        .map(|s| (s.origin.clone(), s.object.clone()))
         .collect();
-    for (origin, error) in join::join(&mut declared, services, selectors_unknown) {
+    for (origin, error) in join::join(&mut declared, &services) {
         let object = objects.get(&origin).cloned();
         problems.push(Problem {
             origin,
@@ -121,38 +123,50 @@ fn parse_set(files: &[(&str, &str)]) -> Result<Vec<(Source, WorkloadSpec)>, Mani
             error,
         });
     }
-    check_unique_names(&declared, &mut problems);
+    let workloads = declared
+        .iter()
+        .map(|d| (d.spec.name.as_str(), &d.origin, &d.object));
+    check_unique("workload", workloads, &mut problems);
+    let named = services
+        .iter()
+        .map(|s| (s.service.name.as_str(), &s.origin, &s.object));
+    check_unique("service", named, &mut problems);
     for entry in &declared {
         validate_declared(entry, &mut problems);
     }
     if problems.is_empty() {
-        return Ok(declared.into_iter().map(|d| (d.origin, d.spec)).collect());
+        return Ok(Manifest {
+            workloads: declared.into_iter().map(|d| d.spec).collect(),
+            services: services.into_iter().map(|s| s.service).collect(),
+        });
     }
     let file_position = |file: &str| files.iter().position(|(name, _)| *name == file);
     problems.sort_by_key(|p| (file_position(&p.origin.file), p.origin.document));
     Err(ManifestError { problems })
 }
 
-fn check_unique_names(declared: &[Declared], problems: &mut Vec<Problem>) {
-    let mut first: HashMap<&str, &Declared> = HashMap::new();
-    for entry in declared {
-        if entry.spec.name.is_empty() {
-            continue;
-        }
-        match first.get(entry.spec.name.as_str()) {
-            Some(earlier) => problems.push(Problem {
-                origin: entry.origin.clone(),
-                object: Some(entry.object.clone()),
+/// Reports every object whose name an earlier one of the same `kind` has; `objects` are
+/// `(name, origin, object)` in document order.
+fn check_unique<'a>(
+    kind: &str,
+    objects: impl Iterator<Item = (&'a str, &'a Source, &'a String)>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut first: HashMap<&str, (&Source, &String)> = HashMap::new();
+    for (name, origin, object) in objects.filter(|(name, _, _)| !name.is_empty()) {
+        match first.get(name) {
+            Some((earlier, earlier_object)) => problems.push(Problem {
+                origin: origin.clone(),
+                object: Some(object.clone()),
                 error: FieldError::new(
                     "metadata.name",
                     format!(
-                        "service \"{}\" is already declared in {} ({})",
-                        entry.spec.name, earlier.origin, earlier.object
+                        "{kind} \"{name}\" is already declared in {earlier} ({earlier_object})"
                     ),
                 ),
             }),
             None => {
-                first.insert(&entry.spec.name, entry);
+                first.insert(name, (origin, object));
             }
         }
     }
@@ -169,7 +183,7 @@ fn validate_declared(entry: &Declared, problems: &mut Vec<Problem>) {
         if entry.reported.contains(&error.path) {
             continue;
         }
-        let error = if entry.template_labels.is_some() {
+        let error = if entry.deployment {
             // Paths of `validate` are those of Drover's format; say so for a Deployment.
             FieldError::new(
                 error.path.clone(),
@@ -260,36 +274,41 @@ impl Collected {
             Ok(document) => document,
             Err(error) => return self.problem(origin, Some(object), vec![error]),
         };
-        let (spec, errors) = document.into_spec();
+        let (spec, service, errors) = document.into_spec();
         let reported = errors.iter().map(|e| e.path.clone()).collect();
         self.problem(origin.clone(), Some(object.clone()), errors);
+        if let Some(service) = service {
+            self.services.push(join::ServiceEntry {
+                origin: origin.clone(),
+                object: object.clone(),
+                service,
+            });
+        }
         self.declared.push(Declared {
             origin,
             object,
             spec,
-            template_labels: None,
+            deployment: false,
             reported,
             broken: false,
         });
     }
 
     fn read_deployment(&mut self, origin: Source, object: String, name: String, value: Value) {
-        let raw_labels = template_labels(&value);
-        let (spec, template_labels, errors) = match typed::<kube::Deployment>(value) {
+        let (spec, errors) = match typed::<kube::Deployment>(value) {
             Ok(document) => {
                 let (converted, errors) = deployment::convert(document);
-                (converted.spec, Some(converted.template_labels), errors)
+                (converted.spec, errors)
             }
-            Err(error) => (WorkloadSpec::new(name, ""), raw_labels, vec![error]),
+            Err(error) => (WorkloadSpec::new(name, ""), vec![error]),
         };
         let broken = !errors.is_empty();
-        self.selectors_unknown |= template_labels.is_none();
         self.problem(origin.clone(), Some(object.clone()), errors);
         self.declared.push(Declared {
             origin,
             object,
             spec,
-            template_labels: Some(template_labels.unwrap_or_default()),
+            deployment: true,
             reported: Vec::new(),
             broken,
         });
@@ -299,20 +318,14 @@ impl Collected {
         let converted = typed::<kube::Service>(value)
             .map_err(|error| vec![error])
             .and_then(join::convert);
-        let converted = match converted {
-            Ok(converted) => converted,
-            Err(errors) => return self.problem(origin, Some(object), errors),
-        };
-        if let Some(first) = self.service_names.get(&converted.name) {
-            let error = FieldError::new(
-                "metadata.name",
-                format!("Service {} is already declared in {first}", converted.name),
-            );
-            return self.problem(origin, Some(object), vec![error]);
+        match converted {
+            Ok(service) => self.services.push(join::ServiceEntry {
+                origin,
+                object,
+                service,
+            }),
+            Err(errors) => self.problem(origin, Some(object), errors),
         }
-        self.service_names
-            .insert(converted.name.clone(), origin.clone());
-        self.services.push(join::ServiceEntry { origin, converted });
     }
 
     fn problem(&mut self, origin: Source, object: Option<String>, errors: Vec<FieldError>) {
@@ -332,21 +345,6 @@ fn header(value: &Value, key: &str) -> Result<String, FieldError> {
         Some(Value::String(text)) => Ok(text.clone()),
         Some(_) => Err(FieldError::new(key, "must be a string")),
     }
-}
-
-/// A Deployment's pod template labels read from the raw document, for one that does not
-/// deserialize; `None` when they cannot be read.
-fn template_labels(value: &Value) -> Option<BTreeMap<String, String>> {
-    let labels = value
-        .get("spec")?
-        .get("template")?
-        .get("metadata")?
-        .get("labels")?
-        .as_mapping()?;
-    labels
-        .iter()
-        .map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-        .collect()
 }
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use super::constraint;
 use super::error::{Errors, FieldError, at};
 use crate::model::{
-    HealthCheck, NodeInfo, ProbeAction, ReplicaCount, UpdateKind, UpdateStrategy, WorkloadSpec,
+    ClusterIp, HealthCheck, NodeInfo, ProbeAction, ReplicaCount, Service, ServiceType, TargetPort,
+    UpdateKind, UpdateStrategy, WorkloadSpec,
 };
 
 /// Validates one spec. Errors name the field as Drover's own manifest spells it
@@ -69,7 +70,6 @@ pub fn validate(spec: &WorkloadSpec) -> Result<(), Vec<FieldError>> {
 
 fn check_ports(errors: &mut Errors, spec: &WorkloadSpec) {
     let mut container_ports = BTreeMap::new();
-    let mut service_ports = BTreeMap::new();
     let mut host_ports = BTreeMap::new();
     let mut names = BTreeMap::new();
     for (index, port) in spec.ports.iter().enumerate() {
@@ -88,15 +88,6 @@ fn check_ports(errors: &mut Errors, spec: &WorkloadSpec) {
                     index,
                 ),
             );
-        }
-        if let Some(service_port) = port.service_port {
-            let path = at(&base, "servicePort");
-            if errors.check(&path, nonzero(service_port)).is_some() {
-                errors.check(
-                    &path,
-                    unique(&mut service_ports, service_port, "service port", index),
-                );
-            }
         }
         if let Some(host_port) = port.host_port {
             let path = at(&base, "hostPort");
@@ -167,6 +158,104 @@ fn check_probe(errors: &mut Errors, base: &str, check: &HealthCheck) {
         at(base, "failureThreshold"),
         threshold(check.failure_threshold),
     );
+}
+
+/// The range node ports are taken from, as Kubernetes' default `--service-node-port-range`.
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Validates a service. Errors name the field as a Kubernetes Service spells it
+/// (`spec.ports[0].nodePort`).
+pub fn service(service: &Service) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    errors.check("metadata.name", dns_label(&service.name));
+    if service.selector.is_empty() {
+        errors.push(
+            "spec.selector",
+            "a selector is required: a service routes to the replicas of the workloads it selects",
+        );
+    }
+    for (key, value) in &service.selector {
+        errors.check(format!("spec.selector.{key}"), constraint::check_key(key));
+        errors.check(
+            format!("spec.selector.{key}"),
+            constraint::check_value(value),
+        );
+    }
+    if service.ports.is_empty() {
+        errors.push("spec.ports", "at least one port is required");
+    }
+    let several = service.ports.len() > 1;
+    let mut numbers = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    let mut node_ports = BTreeMap::new();
+    for (index, port) in service.ports.iter().enumerate() {
+        let base = format!("spec.ports[{index}]");
+        let path = at(&base, "port");
+        if errors.check(&path, nonzero(port.port)).is_some() {
+            errors.check(&path, unique(&mut numbers, port.port, "port", index));
+        }
+        if let TargetPort::Number(target) = port.target {
+            errors.check(at(&base, "targetPort"), nonzero(target));
+        }
+        match &port.name {
+            Some(name) => {
+                let path = at(&base, "name");
+                if errors.check(&path, port_name(name)).is_some() {
+                    errors.check(&path, unique(&mut names, name.clone(), "port name", index));
+                }
+            }
+            None if several => errors.push(
+                at(&base, "name"),
+                "a service with several ports must name each of them",
+            ),
+            None => {}
+        }
+        if let Some(node_port) = port.node_port {
+            let path = at(&base, "nodePort");
+            if service.kind == ServiceType::ClusterIp {
+                errors.push(
+                    &path,
+                    "a ClusterIP service has no node port (type NodePort or LoadBalancer has)",
+                );
+            } else if !NODE_PORTS.contains(&node_port) {
+                errors.push(
+                    &path,
+                    format!(
+                        "{node_port} is outside the node port range {}-{}",
+                        NODE_PORTS.start(),
+                        NODE_PORTS.end()
+                    ),
+                );
+            } else {
+                errors.check(
+                    &path,
+                    unique(&mut node_ports, node_port, "node port", index),
+                );
+            }
+        }
+    }
+    if service.cluster_ip == ClusterIp::Headless && service.kind != ServiceType::ClusterIp {
+        errors.push(
+            "spec.clusterIP",
+            format!(
+                "a headless service (clusterIP: None) cannot be of type {}",
+                service.kind.as_str()
+            ),
+        );
+    }
+    for (workload, weight) in &service.workload_weights {
+        errors.check(format!("weights.{workload}"), dns_label(workload));
+        if *weight > 1_000_000 {
+            errors.push(format!("weights.{workload}"), "must be at most 1000000");
+        }
+    }
+    if !service.workload_weights.is_empty() && service.workload_weights.values().all(|w| *w == 0) {
+        errors.push(
+            "weights",
+            "every weight is 0: at least one workload must receive traffic",
+        );
+    }
+    errors.0
 }
 
 /// Checks what an agent says about itself: its id is a DNS-1123 label (as a machine id or a

@@ -5,13 +5,11 @@ use crate::model::{CanaryAnalysis, CanaryStep, ReplicaCount, Secret, UpdateKind,
 
 #[test]
 fn drover_example_parses_every_field() {
-    let specs = parse_str("examples/web.yaml", WEB).expect("example parses");
-    assert_eq!(specs.len(), 1);
-    let (origin, spec) = &specs[0];
-    assert_eq!(origin.document, 0);
+    let manifest = parse_str("examples/web.yaml", WEB).expect("example parses");
     let secs = Duration::from_secs;
     let mut expected = WorkloadSpec::new("web", "web:1.2");
     expected.labels = BTreeMap::from([("tier".into(), "front".into())]);
+    expected.pod_labels = expected.labels.clone();
     expected.command = vec!["/bin/web".into()];
     expected.args = vec!["--port".into(), "8080".into()];
     expected.env = BTreeMap::from([("RUST_LOG".into(), "info".into())]);
@@ -24,7 +22,6 @@ fn drover_example_parses_every_field() {
     expected.ports = vec![PortSpec {
         name: Some("http".into()),
         container_port: 8080,
-        service_port: Some(80),
         host_port: Some(18080),
         protocol: Protocol::Tcp,
     }];
@@ -62,11 +59,25 @@ fn drover_example_parses_every_field() {
     expected.update.max_surge = ReplicaCount::Count(1);
     expected.update.max_unavailable = ReplicaCount::Count(0);
     expected.update.min_ready = secs(10);
-    expected.traffic.strategy = Strategy::LeastConn;
     expected.traffic.revision_weights = BTreeMap::from([(1, 90), (2, 10)]);
     expected.stop_grace_period = secs(10);
     expected.stop_after_disconnect = Some(secs(30));
-    assert_eq!(spec, &expected);
+    // The servicePort makes the document's service: named like the workload, selecting it
+    // by its implicit label, reached on every node's address, with the traffic strategy.
+    let mut web = Service::for_workload("web", "web");
+    web.ports = vec![ServicePort {
+        name: Some("http".into()),
+        ..service_port(80, TargetPort::Number(8080))
+    }];
+    web.kind = ServiceType::LoadBalancer;
+    web.strategy = Strategy::LeastConn;
+    assert_eq!(
+        manifest,
+        Manifest {
+            workloads: vec![expected],
+            services: vec![web],
+        }
+    );
 }
 
 #[test]
@@ -87,7 +98,7 @@ spec:
     assert_eq!(spec.env.get("DEBUG").map(String::as_str), Some("true"));
     assert_eq!(spec.resources.cpu_millis, 2000);
     assert_eq!(spec.resources.memory_bytes, 1536 << 20);
-    assert_eq!(spec.ports[0].service_port, None);
+    assert_eq!(spec.ports, [container_port(80)]);
     assert_eq!(spec.placement.spread, SpreadMode::BinPack);
     let ops: Vec<ConstraintOp> = spec.placement.constraints.iter().map(|c| c.op).collect();
     assert_eq!(
@@ -213,8 +224,8 @@ fn drover_format_errors() {
             "spec.ports[1].name: port name a is already used by spec.ports[0]",
         ),
         (
-            "  ports: [{containerPort: 80, servicePort: 1}, {containerPort: 81, servicePort: 1}]\n",
-            "spec.ports[1].servicePort: service port 1 is already used by spec.ports[0]",
+            "  ports: [{containerPort: 80, servicePort: 1, name: a}, {containerPort: 81, servicePort: 1, name: b}]\n",
+            "spec.ports[1].servicePort: port 1 is already used by spec.ports[0]",
         ),
     ];
     for (line, expected) in cases {

@@ -21,23 +21,31 @@ fn kubernetes_defaults() -> UpdateStrategy {
 }
 
 #[test]
-fn seed_parses_to_one_service() {
-    let specs = parse_str("examples/seed/user-service.yaml", SEED).expect("seed parses");
+fn seed_parses_to_a_workload_and_a_service() {
+    let manifest = parse_str("examples/seed/user-service.yaml", SEED).expect("seed parses");
     let mut expected = WorkloadSpec::new("user-service", "user-service");
     expected.replicas = 3;
     expected.update = kubernetes_defaults();
-    expected.ports = vec![PortSpec {
-        name: None,
-        container_port: 8080,
-        service_port: Some(80),
-        host_port: None,
-        protocol: Protocol::Tcp,
-    }];
-    let origin = Source {
-        file: "examples/seed/user-service.yaml".into(),
-        document: 1,
+    expected.ports = vec![container_port(8080)];
+    expected.pod_labels = BTreeMap::from([("app".into(), "user-service".into())]);
+    let service = Service {
+        name: "user-service".into(),
+        selector: BTreeMap::from([("app".into(), "user-service".into())]),
+        ports: vec![service_port(80, TargetPort::Number(8080))],
+        kind: ServiceType::ClusterIp,
+        cluster_ip: ClusterIp::Auto,
+        strategy: Strategy::RoundRobin,
+        workload_weights: BTreeMap::new(),
+        labels: BTreeMap::new(),
     };
-    assert_eq!(specs, vec![(origin, expected)]);
+    assert!(service.selects(&expected));
+    assert_eq!(
+        manifest,
+        Manifest {
+            workloads: vec![expected],
+            services: vec![service],
+        }
+    );
 }
 
 #[test]
@@ -127,6 +135,8 @@ spec:
     let spec = one(text);
     let mut expected = WorkloadSpec::new("api", "api:2");
     expected.labels = BTreeMap::from([("team".into(), "core".into())]);
+    expected.pod_labels =
+        BTreeMap::from([("app".into(), "api".into()), ("tier".into(), "back".into())]);
     expected.replicas = 2;
     expected.update = UpdateStrategy {
         max_surge: ReplicaCount::Count(2),
@@ -148,7 +158,6 @@ spec:
     expected.ports = vec![PortSpec {
         name: Some("grpc".into()),
         container_port: 9000,
-        service_port: None,
         host_port: Some(19000),
         protocol: Protocol::Tcp,
     }];
@@ -230,62 +239,20 @@ status: {}
 #[test]
 fn deployments_and_services_join_across_files() {
     let (service, deployment) = SEED.split_once("---").expect("two documents");
-    let specs = parse_files(&files(&[
-        ("svc.yaml", service),
-        ("deploy.yaml", deployment),
-    ]))
-    .expect("joined across files");
-    assert_eq!(specs.len(), 1);
-    assert_eq!(specs[0].ports[0].service_port, Some(80));
-    // Each file alone: the Service selects nothing; the Deployment alone is fine.
-    let message = refused(&[("svc.yaml", service)]);
-    assert_eq!(
-        message,
-        "svc.yaml, document 1 (Service user-service): spec.selector: selector app=user-service matches no Deployment in this apply"
-    );
-    let alone = one(deployment);
-    assert_eq!(alone.ports[0].service_port, None);
-}
-
-#[test]
-fn two_services_merge_their_ports() {
-    let text = format!(
-        "{DEPLOYMENT}            - {{containerPort: 9090, name: metrics}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web-metrics}}
-spec:
-  type: ClusterIP
-  selector: {{app: web}}
-  ports: [{{port: 9100, targetPort: 9090, name: m}}, {{port: 8081}}]
-"
-    );
-    let spec = one(&text);
-    let published: Vec<(u16, Option<u16>)> = spec
-        .ports
-        .iter()
-        .map(|p| (p.container_port, p.service_port))
-        .collect();
-    // 8081 has no targetPort: Kubernetes targets the same number, which the
-    // Deployment does not declare, so the port is added.
-    assert_eq!(
-        published,
-        [(8080, Some(80)), (9090, Some(9100)), (8081, Some(8081))]
-    );
-    let clash = text.replace("port: 9100", "port: 80");
-    let message = refused(&[("m.yaml", &clash)]);
-    assert_contains(
-        &message,
-        "m.yaml, document 3 (Service web-metrics): spec.ports[0].port: port 80 of Deployment web is already published by Service web (m.yaml, document 2, spec.ports[0])",
-    );
+    let manifest = applied(&[("svc.yaml", service), ("deploy.yaml", deployment)]);
+    assert_eq!(manifest.workloads.len(), 1);
+    assert_eq!(manifest.services.len(), 1);
+    assert!(manifest.services[0].selects(&manifest.workloads[0]));
+    assert_eq!(manifest.workloads[0].ports, [container_port(8080)]);
+    // The Service alone selects no Deployment of the apply: it is accepted, for workloads
+    // already in the cluster or to come.
+    let alone = applied(&[("svc.yaml", service)]);
+    assert_eq!(alone.workloads, []);
+    assert_eq!(alone.services, manifest.services);
+    // The Deployment alone has no service.
+    let alone = applied(&[("deploy.yaml", deployment)]);
+    assert_eq!(alone.workloads, manifest.workloads);
+    assert_eq!(alone.services, []);
 }
 
 #[test]
@@ -300,10 +267,13 @@ fn service_errors() {
         &refused(&[("s.yaml", &udp)]),
         "s.yaml, document 1 (Service user-service): spec.ports[0].protocol: protocol \"UDP\" is not supported: Drover routes TCP only",
     );
-    let node_port = SEED.replace("spec:\n  selector:", "spec:\n  type: NodePort\n  selector:");
-    assert_contains(
-        &refused(&[("s.yaml", &node_port)]),
-        "spec.type: type \"NodePort\" is not supported",
+    let external = SEED.replace(
+        "spec:\n  selector:",
+        "spec:\n  type: ExternalName\n  selector:",
+    );
+    assert_eq!(
+        refused(&[("s.yaml", &external)]),
+        "s.yaml, document 1 (Service user-service): spec.type: type \"ExternalName\" is not supported: use ClusterIP, NodePort or LoadBalancer",
     );
     let namespaced = SEED.replace(
         "name: user-service\nspec:\n  selector",
@@ -317,9 +287,9 @@ fn service_errors() {
         "{SEED}\n---\n{}",
         SEED.split_once("---").map(|(s, _)| s).unwrap_or_default()
     );
-    assert_contains(
-        &refused(&[("s.yaml", &twice)]),
-        "s.yaml, document 3 (Service user-service): metadata.name: Service user-service is already declared in s.yaml, document 1",
+    assert_eq!(
+        refused(&[("s.yaml", &twice)]),
+        "s.yaml, document 3 (Service user-service): metadata.name: service \"user-service\" is already declared in s.yaml, document 1 (Service user-service)",
     );
 }
 
@@ -390,7 +360,7 @@ fn duplicate_container_ports_are_refused() {
 }
 
 #[test]
-fn service_port_names_label_only_free_ports() {
+fn numeric_targets_the_deployment_lacks_are_added_unnamed() {
     let text = format!(
         "{DEPLOYMENT}---
 apiVersion: v1
@@ -398,18 +368,30 @@ kind: Service
 metadata: {{name: web}}
 spec:
   selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: 9000}}, {{name: admin, port: 81, targetPort: 9001}}]
+  ports: [{{name: http, port: 80, targetPort: 9000}}, {{name: admin, port: 81, targetPort: 9001}}, {{name: main, port: 82, targetPort: 8080}}]
 "
     );
-    let spec = one(&text);
-    let names: Vec<(u16, Option<&str>)> = spec
+    let manifest = applied(&[("t.yaml", &text)]);
+    let names: Vec<(u16, Option<&str>)> = manifest.workloads[0]
         .ports
         .iter()
         .map(|p| (p.container_port, p.name.as_deref()))
         .collect();
+    // A service port's name names the service port, never a container port; 8080 is
+    // declared already.
+    assert_eq!(names, [(8080, Some("http")), (9000, None), (9001, None)]);
+    let ports: Vec<(Option<&str>, u16, &TargetPort)> = manifest.services[0]
+        .ports
+        .iter()
+        .map(|p| (p.name.as_deref(), p.port, &p.target))
+        .collect();
     assert_eq!(
-        names,
-        [(8080, Some("http")), (9000, None), (9001, Some("admin"))]
+        ports,
+        [
+            (Some("http"), 80, &TargetPort::Number(9000)),
+            (Some("admin"), 81, &TargetPort::Number(9001)),
+            (Some("main"), 82, &TargetPort::Number(8080)),
+        ]
     );
 }
 
@@ -559,8 +541,10 @@ fn kubernetes_rollout_errors() {
 }
 
 /// Real manifests from `../shared/k8s-corpus/` (next to the workspace; skipped where it is
-/// absent): those Drover accepted before the rollout fields were read still parse, and
-/// 34-argocd-guestbook, refused before only for `revisionHistoryLimit`, parses now.
+/// absent). Those Drover accepted before workloads and services were apart still parse,
+/// with their Services as services of their own (27-k8sdocs-hello-backend's keeps its name,
+/// `hello`, apart from its Deployment's); those refused before only for a Service of type
+/// NodePort or LoadBalancer, or one selecting several Deployments, parse now.
 #[test]
 fn kubernetes_corpus_still_parses() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s-corpus");
@@ -568,26 +552,137 @@ fn kubernetes_corpus_still_parses() {
         eprintln!("skipped: no corpus at {}", dir.display());
         return;
     }
-    let accepted = [
-        "03-guestbook-redis-master.yaml",
-        "16-voting-worker.yaml",
-        "20-istio-tcp-echo.yaml",
-        "24-k8sdocs-nginx-deployment.yaml",
-        "26-k8sdocs-php-apache.yaml",
-        "27-k8sdocs-hello-backend.yaml",
-        "28-k8sdocs-redis-leader.yaml",
-        "34-argocd-guestbook.yaml",
-        "36-traefik-whoami.yaml",
+    use ServiceType::{ClusterIp as C, LoadBalancer as L, NodePort as N};
+    // File, its workloads, its services with their type and the workloads they select.
+    type Expected = (
+        &'static str,
+        &'static [&'static str],
+        &'static [(&'static str, ServiceType, &'static [&'static str])],
+    );
+    let accepted: [Expected; 15] = [
+        (
+            "01-guestbook-all-in-one.yaml",
+            &["redis-master", "redis-replica", "frontend"],
+            &[
+                ("redis-master", C, &["redis-master"]),
+                ("redis-replica", C, &["redis-replica"]),
+                ("frontend", N, &["frontend"]),
+            ],
+        ),
+        (
+            "02-guestbook-frontend.yaml",
+            &["frontend"],
+            &[("frontend", N, &["frontend"])],
+        ),
+        (
+            "03-guestbook-redis-master.yaml",
+            &["redis-master"],
+            &[("redis-master", C, &["redis-master"])],
+        ),
+        ("12-voting-vote.yaml", &["vote"], &[("vote", N, &["vote"])]),
+        (
+            "13-voting-result.yaml",
+            &["result"],
+            &[("result", N, &["result"])],
+        ),
+        ("16-voting-worker.yaml", &["worker"], &[]),
+        (
+            "18-istio-helloworld.yaml",
+            &["helloworld-v1", "helloworld-v2"],
+            &[("helloworld", C, &["helloworld-v1", "helloworld-v2"])],
+        ),
+        (
+            "20-istio-tcp-echo.yaml",
+            &["tcp-echo"],
+            &[("tcp-echo", C, &["tcp-echo"])],
+        ),
+        (
+            "24-k8sdocs-nginx-deployment.yaml",
+            &["nginx-deployment"],
+            &[],
+        ),
+        (
+            "25-k8sdocs-nginx-app.yaml",
+            &["my-nginx"],
+            &[("my-nginx-svc", L, &["my-nginx"])],
+        ),
+        (
+            "26-k8sdocs-php-apache.yaml",
+            &["php-apache"],
+            &[("php-apache", C, &["php-apache"])],
+        ),
+        (
+            "27-k8sdocs-hello-backend.yaml",
+            &["backend"],
+            &[("hello", C, &["backend"])],
+        ),
+        (
+            "28-k8sdocs-redis-leader.yaml",
+            &["redis-leader"],
+            &[("redis-leader", C, &["redis-leader"])],
+        ),
+        (
+            "34-argocd-guestbook.yaml",
+            &["guestbook-ui"],
+            &[("guestbook-ui", C, &["guestbook-ui"])],
+        ),
+        (
+            "36-traefik-whoami.yaml",
+            &["whoami"],
+            &[("whoami", C, &["whoami"])],
+        ),
     ];
-    for name in accepted {
-        let text = std::fs::read_to_string(dir.join(name)).expect("corpus file reads");
-        if let Err(err) = parse_files(&files(&[(name, &text)])) {
-            panic!("{name} no longer parses:\n{err}");
-        }
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("corpus file reads");
+    for (name, workloads, services) in accepted {
+        let manifest = match parse_files(&files(&[(name, &read(name))])) {
+            Ok(manifest) => manifest,
+            Err(err) => panic!("{name} no longer parses:\n{err}"),
+        };
+        let found: Vec<&str> = manifest.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(found, workloads, "{name}");
+        let found: Vec<(&str, ServiceType, Vec<&str>)> = manifest
+            .services
+            .iter()
+            .map(|s| {
+                let selected = manifest.workloads.iter().filter(|w| s.selects(w));
+                (
+                    s.name.as_str(),
+                    s.kind,
+                    selected.map(|w| w.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        let expected: Vec<(&str, ServiceType, Vec<&str>)> = services
+            .iter()
+            .map(|(service, kind, selected)| (*service, *kind, selected.to_vec()))
+            .collect();
+        assert_eq!(found, expected, "{name}");
     }
-    let text = std::fs::read_to_string(dir.join("34-argocd-guestbook.yaml")).expect("reads");
-    assert_eq!(one(&text).update.revision_history_limit, 3);
-    // Where a manifest is still refused, it is not for its rollout settings.
+    assert_eq!(
+        one(&read("34-argocd-guestbook.yaml"))
+            .update
+            .revision_history_limit,
+        3
+    );
+    // The voting app's node ports are kept; helloworld's port is added to both versions.
+    let vote = applied(&[("v.yaml", &read("12-voting-vote.yaml"))]);
+    assert_eq!(
+        vote.services[0].ports,
+        [ServicePort {
+            name: Some("vote-service".into()),
+            node_port: Some(31000),
+            ..service_port(8080, TargetPort::Number(80))
+        }]
+    );
+    let hello = applied(&[("h.yaml", &read("18-istio-helloworld.yaml"))]);
+    for workload in &hello.workloads {
+        assert!(
+            workload.ports.iter().any(|p| p.container_port == 5000),
+            "{workload:?}"
+        );
+    }
+    // Where a manifest is still refused, it is neither for its rollout settings nor for
+    // what its Services are or select: of a Service, only a namespace is refused.
     let entries = std::fs::read_dir(&dir).expect("corpus lists");
     for path in entries.map(|entry| entry.expect("corpus entry").path()) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -596,8 +691,7 @@ fn kubernetes_corpus_still_parses() {
         if !name.ends_with(".yaml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).expect("corpus file reads");
-        let Err(err) = parse_files(&files(&[(name, &text)])) else {
+        let Err(err) = parse_files(&files(&[(name, &read(name))])) else {
             continue;
         };
         for problem in &err.problems {
@@ -612,6 +706,14 @@ fn kubernetes_corpus_still_parses() {
             ];
             assert!(
                 !rollout.iter().any(|field| path.starts_with(field)),
+                "{name}: {problem}"
+            );
+            let of_a_service = problem
+                .object
+                .as_deref()
+                .is_some_and(|o| o.starts_with("Service "));
+            assert!(
+                !of_a_service || path == "metadata.namespace",
                 "{name}: {problem}"
             );
         }

@@ -2,14 +2,15 @@
 
 mod drover;
 mod kube;
+mod services;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
 use crate::model::{
-    ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol, Resources,
-    RestartMode, SpreadMode, Strategy,
+    ClusterIp, ConstraintOp, HealthCheck, LabelConstraint, PortSpec, ProbeAction, Protocol,
+    Resources, RestartMode, Service, ServicePort, ServiceType, SpreadMode, Strategy, TargetPort,
 };
 
 const SEED: &str = include_str!("../../../../examples/seed/user-service.yaml");
@@ -29,12 +30,67 @@ fn refused(list: &[(&str, &str)]) -> String {
     }
 }
 
-fn one(text: &str) -> WorkloadSpec {
-    match parse_files(&files(&[("test.yaml", text)])) {
-        Ok(mut specs) if specs.len() == 1 => specs.remove(0),
-        Ok(specs) => panic!("expected one spec, got {specs:?}"),
+/// What an apply that must succeed declares.
+fn applied(list: &[(&str, &str)]) -> Manifest {
+    match parse_files(&files(list)) {
+        Ok(manifest) => manifest,
         Err(err) => panic!("unexpected error:\n{err}"),
     }
+}
+
+/// The one workload of a one-file apply (whatever services it also declares).
+fn one(text: &str) -> WorkloadSpec {
+    let mut manifest = applied(&[("test.yaml", text)]);
+    match manifest.workloads.len() {
+        1 => manifest.workloads.remove(0),
+        _ => panic!("expected one workload, got {manifest:?}"),
+    }
+}
+
+/// The workload named `name` of `manifest`.
+fn workload<'a>(manifest: &'a Manifest, name: &str) -> &'a WorkloadSpec {
+    manifest
+        .workloads
+        .iter()
+        .find(|w| w.name == name)
+        .unwrap_or_else(|| panic!("no workload {name} in {manifest:?}"))
+}
+
+/// The service named `name` of `manifest`.
+fn service<'a>(manifest: &'a Manifest, name: &str) -> &'a Service {
+    manifest
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name} in {manifest:?}"))
+}
+
+/// A service port without name nor node port.
+fn service_port(port: u16, target: TargetPort) -> ServicePort {
+    ServicePort {
+        name: None,
+        port,
+        target,
+        node_port: None,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// A container port without name nor host port.
+fn container_port(port: u16) -> PortSpec {
+    PortSpec {
+        name: None,
+        container_port: port,
+        host_port: None,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// A Kubernetes Service selecting `selector` (flow mapping) with `spec` lines added.
+fn kube_service(name: &str, selector: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {selector}\n{spec}"
+    )
 }
 
 fn assert_contains(haystack: &str, needle: &str) {
@@ -112,9 +168,26 @@ fn ports_out_of_range_are_refused() {
             "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {{name: w}}\nspec:\n  image: w\n  ports: [{{containerPort: 80, servicePort: {port}}}]\n"
         );
         let message = refused(&[("d.yaml", &drover)]);
+        // First, though the placeholder is reported again against the service (see
+        // `services::an_out_of_range_service_port_is_reported_once`).
+        assert_eq!(
+            message.lines().next(),
+            Some(
+                format!(
+                    "d.yaml, document 1 (Service w): spec.ports[0].servicePort: port {port} is out of range 1..=65535"
+                )
+                .as_str()
+            ),
+            "{message}"
+        );
+        let container = drover.replace(
+            "containerPort: 80, servicePort",
+            "containerPort: 8080, hostPort",
+        );
+        let message = refused(&[("d.yaml", &container)]);
         assert_contains(
             &message,
-            &format!("spec.ports[0].servicePort: port {port} is out of range 1..=65535"),
+            &format!("spec.ports[0].hostPort: port {port} is out of range 1..=65535"),
         );
         // Reported once, though `validate` also refuses the placeholder.
         assert_eq!(message.lines().count(), 1, "{message}");
@@ -173,11 +246,32 @@ fn names_must_be_dns_labels() {
 
 #[test]
 fn duplicate_names_across_files_are_refused() {
+    // A workload and a service may share a name (the seed's do); two workloads may not.
     let drover = "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: user-service}\nspec: {image: other}\n";
     let message = refused(&[("a.yaml", SEED), ("b.yaml", drover)]);
     assert_eq!(
         message,
-        "b.yaml, document 1 (Service user-service): metadata.name: service \"user-service\" is already declared in a.yaml, document 2 (Deployment user-service)"
+        "b.yaml, document 1 (Service user-service): metadata.name: workload \"user-service\" is already declared in a.yaml, document 2 (Deployment user-service)"
+    );
+    // A document that publishes a port also declares a service of its name: both clash.
+    let published = "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: user-service}\nspec: {image: other, ports: [{containerPort: 80, servicePort: 80}]}\n";
+    let message = refused(&[("a.yaml", SEED), ("b.yaml", published)]);
+    assert_eq!(
+        message.lines().collect::<Vec<_>>(),
+        [
+            "b.yaml, document 1 (Service user-service): metadata.name: workload \"user-service\" is already declared in a.yaml, document 2 (Deployment user-service)",
+            "b.yaml, document 1 (Service user-service): metadata.name: service \"user-service\" is already declared in a.yaml, document 1 (Service user-service)",
+        ]
+    );
+    // Only the service clashes when the workloads have different names.
+    let renamed = SEED.replace(
+        "name: user-service\nspec:\n  replicas",
+        "name: users\nspec:\n  replicas",
+    );
+    let message = refused(&[("a.yaml", &renamed), ("b.yaml", published)]);
+    assert_eq!(
+        message,
+        "b.yaml, document 1 (Service user-service): metadata.name: service \"user-service\" is already declared in a.yaml, document 1 (Service user-service)"
     );
 }
 
@@ -237,10 +331,18 @@ fn errors_name_file_and_document_and_are_all_reported() {
 fn empty_documents_are_skipped_but_counted() {
     // Documents: empty, empty, Service, Deployment.
     let text = format!("---\n# nothing\n---\n---\n{SEED}");
-    let specs = parse_str("e.yaml", &text).expect("parses");
-    assert_eq!(specs.len(), 1);
-    assert_eq!(specs[0].0.document, 3);
-    assert_eq!(parse_str("empty.yaml", ""), Ok(Vec::new()));
+    let manifest = parse_str("e.yaml", &text).expect("parses");
+    assert_eq!(manifest.workloads.len(), 1);
+    assert_eq!(manifest.services.len(), 1);
+    let broken = text.replace("replicas: 3", "replicas: -3");
+    let err = parse_str("e.yaml", &broken).expect_err("negative replicas");
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].origin.document, 3);
+    assert_contains(
+        &err.to_string(),
+        "e.yaml, document 4 (Deployment user-service): spec.replicas",
+    );
+    assert_eq!(parse_str("empty.yaml", ""), Ok(Manifest::default()));
 }
 
 #[test]
@@ -250,7 +352,6 @@ fn validate_reports_every_problem_by_field() {
     spec.ports.push(PortSpec {
         name: None,
         container_port: 0,
-        service_port: None,
         host_port: Some(0),
         protocol: Protocol::Tcp,
     });

@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod service;
+
+pub use service::{
+    ClusterIp, Service, ServicePort, ServiceType, TargetPort, WORKLOAD_LABEL, label_selects,
+};
+
 /// CPU and memory, as reserved by an allocation or offered by a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
@@ -50,15 +56,13 @@ pub enum Protocol {
     Tcp,
 }
 
-/// One port a service's containers listen on.
+/// One port a workload's containers listen on. Services route to it ([`Service`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortSpec {
-    /// Optional name, unique within the service.
+    /// Optional name, unique within the workload; a service's `targetPort` may name it.
     pub name: Option<String>,
     /// Port the process listens on inside the container.
     pub container_port: u16,
-    /// Port every node's service proxy listens on for this service (the published port).
-    pub service_port: Option<u16>,
     /// Fixed host port on the node; `None` lets the engine choose one. A fixed host port
     /// means two replicas can never share a node.
     pub host_port: Option<u16>,
@@ -425,11 +429,10 @@ impl Strategy {
     }
 }
 
-/// Traffic policy of a service.
+/// Traffic policy of a workload: how its revisions share the traffic its services send it.
+/// (How a replica is picked is the service's [`Service::strategy`].)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Traffic {
-    /// Replica selection strategy.
-    pub strategy: Strategy,
     /// Weight per revision number; empty means one pool: every running replica, whatever its
     /// revision, by its endpoint weight (old replicas keep serving while new ones start).
     pub revision_weights: BTreeMap<u64, u32>,
@@ -470,7 +473,9 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Everything an operator declares about a service. Parsed from manifests, validated, stored.
+/// Everything an operator declares about a workload: what is placed, scaled and rolled out
+/// (a Deployment, or the workload half of Drover's own document). Parsed from manifests,
+/// validated, stored. Services ([`Service`]) route to its replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WorkloadSpec {
     /// DNS-1123 label, unique in the cluster.
@@ -512,6 +517,11 @@ pub struct WorkloadSpec {
     pub stop_after_disconnect: Option<Duration>,
     /// Free-form labels (from the manifest's metadata).
     pub labels: BTreeMap<String, String>,
+    /// Labels of the workload's replicas (a Deployment's pod template labels; the metadata
+    /// labels in Drover's format): what a service's selector matches, together with the
+    /// implicit [`WORKLOAD_LABEL`].
+    #[serde(default)]
+    pub pod_labels: BTreeMap<String, String>,
 }
 
 impl WorkloadSpec {
@@ -547,6 +557,7 @@ impl WorkloadSpec {
             stop_grace_period: Duration::from_secs(10),
             stop_after_disconnect: None,
             labels: BTreeMap::new(),
+            pod_labels: BTreeMap::new(),
         }
     }
 
@@ -772,9 +783,15 @@ mod tests {
         let a = WorkloadSpec::new("web", "nginx");
         let mut b = a.clone();
         b.replicas = 7;
-        b.traffic.strategy = Strategy::Random;
+        b.traffic.revision_weights = BTreeMap::from([(1, 90), (2, 10)]);
         b.update.max_surge = ReplicaCount::Count(3);
         assert!(!a.template_differs(&b));
+        let mut relabelled = b.clone();
+        relabelled.pod_labels.insert("v".into(), "2".into());
+        assert!(
+            a.template_differs(&relabelled),
+            "pod labels are the template's"
+        );
         b.image = "nginx:2".into();
         assert!(a.template_differs(&b));
     }
@@ -860,23 +877,28 @@ pub struct RouteEndpoint {
     /// Node address and host port of the service's container port; `None` until the
     /// agent has reported the port (such an endpoint is not routed).
     pub address: Option<std::net::SocketAddr>,
-    /// Relative weight within its revision.
+    /// Relative weight within its pool.
     pub weight: u32,
+    /// Workload of the allocation (the proxies count outcomes per workload and revision).
+    pub workload: String,
+    /// Traffic pool the endpoint is in ([`ServiceRoute::pool_weights`]): its revision
+    /// when the service selects one workload, else `workload index << 32 | revision`.
+    pub pool: u64,
+    /// The workload's container port the traffic goes to (through the host port).
+    pub container_port: u16,
 }
 
-/// How the proxies route one published port of a service.
+/// How the proxies route one port of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRoute {
     /// Service name.
     pub service: String,
     /// Port every node's proxy listens on.
     pub service_port: u16,
-    /// Container port the traffic goes to (through the replica's host port).
-    pub container_port: u16,
     /// Replica selection strategy.
     pub strategy: Strategy,
-    /// Weight per revision; empty means one pool of every endpoint.
-    pub revision_weights: BTreeMap<u64, u32>,
+    /// Weight per pool (a workload's revision); empty means one pool of every endpoint.
+    pub pool_weights: BTreeMap<u64, u32>,
     /// Every replica that should run, routed or not yet.
     pub endpoints: Vec<RouteEndpoint>,
 }

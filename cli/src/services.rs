@@ -1,0 +1,153 @@
+//! Services (names and ports over workloads' replicas) as `drover get services` and
+//! `drover status` show them.
+
+use drover_proto::model::{ClusterIp, Service, ServiceType};
+use drover_proto::pb;
+use serde::Serialize;
+
+use crate::client::{Control, connect, refused};
+use crate::output::{Format, print_json, print_table, say, table};
+
+/// A service as `get services` shows it.
+#[derive(Debug, Serialize)]
+struct ServiceRow {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    cluster_ip: String,
+    ports: Vec<String>,
+    selector: Vec<String>,
+    workloads: Vec<String>,
+    endpoints: u32,
+    healthy: u32,
+}
+
+fn row(view: pb::ServiceView) -> anyhow::Result<ServiceRow> {
+    let wire = view
+        .service
+        .ok_or_else(|| anyhow::anyhow!("coordinator sent a service view without its service"))?;
+    let service = Service::try_from(wire)
+        .map_err(|e| anyhow::anyhow!("coordinator sent an invalid service: {e}"))?;
+    let ports = service
+        .ports
+        .iter()
+        .map(|p| match (service.kind, p.node_port) {
+            (ServiceType::NodePort, Some(node)) => format!("{}:{node}->{}/tcp", p.port, p.target),
+            _ => format!("{}->{}/tcp", p.port, p.target),
+        })
+        .collect();
+    Ok(ServiceRow {
+        kind: service.kind.as_str(),
+        cluster_ip: match service.cluster_ip {
+            ClusterIp::Headless => "None".into(),
+            ClusterIp::Fixed(ip) => ip.to_string(),
+            ClusterIp::Auto => "-".into(),
+        },
+        ports,
+        selector: service
+            .selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        workloads: view.workloads,
+        endpoints: view.endpoints,
+        healthy: view.healthy,
+        name: service.name,
+    })
+}
+
+async fn list(client: &mut Control) -> anyhow::Result<Vec<pb::ServiceView>> {
+    Ok(client
+        .list_service_objects(pb::ListServiceObjectsRequest {})
+        .await
+        .map_err(|s| refused("list services", s))?
+        .into_inner()
+        .services)
+}
+
+/// Every service's ports that nodes listen on, as `(service, port)`.
+pub async fn node_ports(client: &mut Control) -> anyhow::Result<Vec<(String, u16)>> {
+    let mut ports = Vec::new();
+    for view in list(client).await? {
+        let Some(wire) = view.service else { continue };
+        let service = Service::try_from(wire)
+            .map_err(|e| anyhow::anyhow!("coordinator sent an invalid service: {e}"))?;
+        for port in &service.ports {
+            if let Some(listen) = service.node_listen_port(port) {
+                ports.push((service.name.clone(), listen));
+            }
+        }
+    }
+    Ok(ports)
+}
+
+/// The service named `name`, if there is one.
+pub async fn find(client: &mut Control, name: &str) -> anyhow::Result<Option<pb::ServiceView>> {
+    Ok(list(client)
+        .await?
+        .into_iter()
+        .find(|v| v.service.as_ref().is_some_and(|s| s.name == name)))
+}
+
+/// `drover get services`.
+pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let rows = list(&mut client)
+        .await?
+        .into_iter()
+        .map(row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if format == Format::Json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        say!("No services.");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "PORTS",
+        "WORKLOADS",
+        "ENDPOINTS",
+    ]);
+    for r in &rows {
+        t.add_row(vec![
+            r.name.clone(),
+            r.kind.to_string(),
+            r.cluster_ip.clone(),
+            r.ports.join(","),
+            if r.workloads.is_empty() {
+                "<none>".into()
+            } else {
+                r.workloads.join(",")
+            },
+            format!("{}/{}", r.healthy, r.endpoints),
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+/// `drover status NAME` for a service that no workload shares its name with.
+pub fn status(view: pb::ServiceView, format: Format) -> anyhow::Result<()> {
+    let r = row(view)?;
+    if format == Format::Json {
+        return print_json(&r);
+    }
+    say!("Service:   {} ({})", r.name, r.kind);
+    say!("Address:   {}", r.cluster_ip);
+    say!("Ports:     {}", r.ports.join(", "));
+    say!("Selector:  {}", r.selector.join(", "));
+    say!(
+        "Workloads: {}",
+        if r.workloads.is_empty() {
+            "none selected".into()
+        } else {
+            r.workloads.join(", ")
+        }
+    );
+    say!("Endpoints: {} healthy of {}", r.healthy, r.endpoints);
+    Ok(())
+}
