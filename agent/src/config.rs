@@ -63,6 +63,14 @@ pub struct Config {
     /// advertise address.
     #[schemars(example = "0.0.0.0")]
     pub proxy_bind: Option<IpAddr>,
+    /// Make every service's cluster address reachable on this host: each is added to `lo`
+    /// (labelled `lo:drover`; needs CAP_NET_ADMIN) and the proxy listens on it. Turn off
+    /// only where another agent on the same host already does it.
+    pub cluster_ips: bool,
+    /// Also listen on the proxy address on each ClusterIP service's own port, as `drover
+    /// dev` does so that the host reaches the seed's service at 127.0.0.1:80. A ClusterIP
+    /// service is otherwise not on node addresses.
+    pub cluster_services_on_node: bool,
     /// Move proxied bytes with splice(2) instead of copying them: a half to two-thirds of
     /// the proxy's CPU per byte, but lower throughput on loopback and two pipes per
     /// connection (docs/benchmarks.md).
@@ -103,6 +111,8 @@ impl Default for Config {
             reconcile_interval: Duration::from_secs(1),
             proxy_bind: None,
             proxy_splice: false,
+            cluster_ips: true,
+            cluster_services_on_node: false,
             proxy_buffer_size: crate::proxy::ProxyConfig::default().buffer_size,
             link_source: None,
             drain_delay: Duration::from_secs(3),
@@ -113,8 +123,10 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 21] = [
+const ENV_KEYS: [&str; 23] = [
     "insecure",
+    "cluster_ips",
+    "cluster_services_on_node",
     "token",
     "token_file",
     "link_source",

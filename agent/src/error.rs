@@ -18,6 +18,9 @@ pub enum Error {
     /// The node's credentials could not be loaded, obtained or kept.
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The services' cluster addresses cannot be managed.
+    #[error("cluster addresses: {0}")]
+    ClusterAddresses(#[from] crate::cluster_ips::AddressError),
     /// A background task failed unexpectedly.
     #[error("internal: {0}")]
     Internal(String),

@@ -4,6 +4,7 @@
 //! [`supervisor`] is the reconcile loop over a [`runtime::ContainerRuntime`]; [`link`] is the
 //! stream to the coordinator; [`health`] probes replicas; [`server::run`] wires them.
 
+pub mod cluster_ips;
 pub mod config;
 pub mod credentials;
 pub mod error;

@@ -479,7 +479,7 @@ mod tests {
     fn routes_of_store(
         store: &str,
         version: u64,
-        service_port: u32,
+        port: u32,
         address: &str,
     ) -> pb::CoordinatorMessage {
         pb::CoordinatorMessage {
@@ -488,7 +488,10 @@ mod tests {
                 version,
                 services: vec![pb::ServiceRoute {
                     service: "web".into(),
-                    service_port,
+                    port,
+                    cluster_ip: "10.96.0.1".into(),
+                    node_port: 0,
+                    port_name: None,
                     strategy: pb::Strategy::RoundRobin as i32,
                     pool_weights: Default::default(),
                     endpoints: vec![pb::RouteEndpoint {
@@ -512,7 +515,7 @@ mod tests {
         let applied = |routes: &watch::Receiver<Option<RoutePolicy>>| {
             routes.borrow().as_ref().map(|p| {
                 let e = &p.services[0].endpoints[0];
-                (p.version, p.services[0].service_port, e.address)
+                (p.version, p.services[0].port, e.address)
             })
         };
         let address = Some("10.0.0.1:31000".parse().expect("address"));

@@ -11,14 +11,18 @@
 //! The same task publishes the proxy's connection outcomes per revision
 //! ([`ProxyManager::traffic`]) for the link, every [`TRAFFIC_INTERVAL`] when they changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use drover_proto::gossip::MemberFacts;
-use drover_proto::model::{AllocState, RevisionTraffic, RouteEndpoint, RoutePolicy};
+use drover_proto::model::{
+    AllocState, RevisionTraffic, RouteEndpoint, RoutePolicy, ServiceRoute as PolicyRoute,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster_ips::{ClusterAddresses, LoopbackAddresses};
 use crate::proxy::balancer::Endpoint;
 use crate::proxy::listeners::{ProxyManager, ServiceRoute};
 
@@ -26,11 +30,29 @@ use crate::proxy::listeners::{ProxyManager, ServiceRoute};
 /// the link's traffic updates. Short, as a canary step may last only a few seconds.
 pub const TRAFFIC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps the proxy's listeners and balancers in step with the policy and gossip until
-/// `shutdown`; then stops the listeners (open connections drain). Meanwhile publishes the
-/// node's cumulative traffic totals to `traffic` every [`TRAFFIC_INTERVAL`], when they changed.
-pub async fn run(
+/// Where this node listens for services: its proxy address (node ports) and, unless
+/// turned off, every service's cluster address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressing {
+    /// The node's proxy address.
+    pub node: IpAddr,
+    /// Listen on services' cluster addresses.
+    pub cluster_ips: bool,
+    /// Also listen on the node's address on each ClusterIP service's own port (`drover
+    /// dev`, so that the host reaches the seed's service at 127.0.0.1:80).
+    pub cluster_services_on_node: bool,
+}
+
+/// Keeps the proxy's listeners and balancers, and the cluster addresses on `lo`
+/// (`addresses`, when this agent serves them), in step with the policy and gossip until
+/// `shutdown`; then stops the listeners (open connections drain; the addresses stay for the
+/// next agent). Meanwhile publishes the node's cumulative traffic totals to `traffic` every
+/// [`TRAFFIC_INTERVAL`], when they changed, and removes the addresses of routes whose last
+/// connection has drained.
+pub async fn run<L: LoopbackAddresses>(
     mut manager: ProxyManager,
+    addressing: Addressing,
+    mut addresses: Option<ClusterAddresses<L>>,
     mut policy: watch::Receiver<Option<RoutePolicy>>,
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
     traffic: watch::Sender<Vec<RevisionTraffic>>,
@@ -42,9 +64,14 @@ pub async fn run(
         let routes = {
             let policy = policy.borrow_and_update();
             let live = live.borrow_and_update();
-            service_routes(policy.as_ref(), &live)
+            service_routes(policy.as_ref(), &live, addressing)
         };
+        let wanted = cluster_addresses(&routes, &addressing, policy.borrow().as_ref());
+        if let Some(addresses) = addresses.as_mut() {
+            addresses.ensure(&wanted).await;
+        }
         manager.apply(routes).await;
+        release_unused(&manager, &wanted, addresses.as_mut()).await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'routes,
@@ -58,11 +85,64 @@ pub async fn run(
                 },
                 _ = tick.tick() => {
                     publish_traffic(&traffic, manager.traffic());
+                    manager.reap();
+                    release_unused(&manager, &wanted, addresses.as_mut()).await;
                 }
             }
         }
     }
     manager.shutdown().await;
+}
+
+/// The cluster addresses the routes listen on.
+fn cluster_addresses(
+    routes: &[ServiceRoute],
+    addressing: &Addressing,
+    policy: Option<&RoutePolicy>,
+) -> BTreeSet<Ipv4Addr> {
+    if !addressing.cluster_ips {
+        return BTreeSet::new();
+    }
+    let Some(policy) = policy else {
+        return BTreeSet::new();
+    };
+    let ips: BTreeSet<Ipv4Addr> = policy
+        .services
+        .iter()
+        .filter_map(|s| s.cluster_ip)
+        .collect();
+    routes
+        .iter()
+        .flat_map(|r| &r.listen)
+        .filter_map(|a| match a.ip() {
+            IpAddr::V4(ip) if ips.contains(&ip) => Some(ip),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Removes the cluster addresses that neither the routes nor a draining connection use.
+async fn release_unused<L: LoopbackAddresses>(
+    manager: &ProxyManager,
+    wanted: &BTreeSet<Ipv4Addr>,
+    addresses: Option<&mut ClusterAddresses<L>>,
+) {
+    let Some(addresses) = addresses else {
+        return;
+    };
+    let mut keep = wanted.clone();
+    keep.extend(
+        manager
+            .addresses_in_use()
+            .iter()
+            .filter_map(|a| match a.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            }),
+    );
+    if addresses.present().iter().any(|ip| !keep.contains(ip)) {
+        addresses.release(&keep).await;
+    }
 }
 
 /// Replaces the published totals with `totals` if they differ, so receivers wake only on a
@@ -80,10 +160,12 @@ fn publish_traffic(
     })
 }
 
-/// Routes for the proxy from the last policy and the live gossip members.
+/// Routes for the proxy from the last policy and the live gossip members, listening
+/// where `addressing` says.
 pub fn service_routes(
     policy: Option<&RoutePolicy>,
     live: &BTreeMap<String, MemberFacts>,
+    addressing: Addressing,
 ) -> Vec<ServiceRoute> {
     let Some(policy) = policy else {
         return Vec::new();
@@ -93,7 +175,8 @@ pub fn service_routes(
         .iter()
         .map(|service| ServiceRoute {
             service: service.service.clone(),
-            port: service.service_port,
+            port: service.port,
+            listen: listen_addresses(service, addressing),
             strategy: service.strategy,
             pool_weights: service.pool_weights.clone(),
             endpoints: service
@@ -103,6 +186,20 @@ pub fn service_routes(
                 .collect(),
         })
         .collect()
+}
+
+/// Where this node listens for one port of a service.
+fn listen_addresses(route: &PolicyRoute, addressing: Addressing) -> Vec<SocketAddr> {
+    let mut listen = Vec::new();
+    if let Some(node_port) = route.node_port {
+        listen.push(SocketAddr::new(addressing.node, node_port));
+    } else if addressing.cluster_services_on_node && route.cluster_ip.is_some() {
+        listen.push(SocketAddr::new(addressing.node, route.port));
+    }
+    if let Some(ip) = route.cluster_ip.filter(|_| addressing.cluster_ips) {
+        listen.push(SocketAddr::new(IpAddr::V4(ip), route.port));
+    }
+    listen
 }
 
 /// An endpoint of the policy, at the policy's address, if gossip does not take it out: the
@@ -145,6 +242,12 @@ mod tests {
 
     use super::*;
 
+    const NODE: Addressing = Addressing {
+        node: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        cluster_ips: true,
+        cluster_services_on_node: false,
+    };
+
     /// A member publishing `(allocation, gossip endpoint, health)` facts for `web`, revision 1.
     fn member(allocs: &[(&str, &str, AllocState)]) -> MemberFacts {
         let mut facts = MemberFacts::default();
@@ -177,7 +280,10 @@ mod tests {
             store_id: "s1".into(),
             services: vec![drover_proto::model::ServiceRoute {
                 service: "web".into(),
-                service_port: 80,
+                port: 80,
+                port_name: None,
+                cluster_ip: None,
+                node_port: Some(80),
                 strategy: Strategy::Random,
                 pool_weights: [(1, 100)].into_iter().collect(),
                 endpoints: endpoints
@@ -199,7 +305,7 @@ mod tests {
 
     /// `(allocation, address)` of the one route's endpoints.
     fn routed(policy: &RoutePolicy, live: &BTreeMap<String, MemberFacts>) -> Vec<(String, String)> {
-        let routes = service_routes(Some(policy), live);
+        let routes = service_routes(Some(policy), live, NODE);
         assert_eq!(routes.len(), 1);
         routes[0]
             .endpoints
@@ -233,7 +339,7 @@ mod tests {
             ("web.3", "b", "10.0.0.2:3003"),
             ("web.4", "dead", "10.0.0.3:3004"),
         ]);
-        let routes = service_routes(Some(&p), &live);
+        let routes = service_routes(Some(&p), &live, NODE);
         assert_eq!(routes.len(), 1);
         assert_eq!((routes[0].port, routes[0].strategy), (80, Strategy::Random));
         // web.2 unhealthy, web.4's node not alive; web.3 has no gossip endpoint, which
@@ -356,6 +462,44 @@ mod tests {
 
     #[test]
     fn no_policy_no_routes() {
-        assert!(service_routes(None, &BTreeMap::new()).is_empty());
+        assert!(service_routes(None, &BTreeMap::new(), NODE).is_empty());
+    }
+
+    #[test]
+    fn a_node_listens_where_the_service_type_says() {
+        let mut p = policy(&[]);
+        let vip = Ipv4Addr::new(10, 96, 0, 5);
+        let listen = |p: &RoutePolicy, addressing: Addressing| -> Vec<String> {
+            service_routes(Some(p), &BTreeMap::new(), addressing)[0]
+                .listen
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        // A LoadBalancer (node port = its port) with a cluster address.
+        p.services[0].cluster_ip = Some(vip);
+        assert_eq!(listen(&p, NODE), ["10.0.0.1:80", "10.96.0.5:80"]);
+        let cluster_ips_off = Addressing {
+            cluster_ips: false,
+            ..NODE
+        };
+        assert_eq!(listen(&p, cluster_ips_off), ["10.0.0.1:80"]);
+        // ClusterIP: its address only, unless the node is asked to listen too (drover dev).
+        p.services[0].node_port = None;
+        assert_eq!(listen(&p, NODE), ["10.96.0.5:80"]);
+        let dev = Addressing {
+            cluster_services_on_node: true,
+            ..NODE
+        };
+        assert_eq!(listen(&p, dev), ["10.0.0.1:80", "10.96.0.5:80"]);
+        let routes = service_routes(Some(&p), &BTreeMap::new(), NODE);
+        assert_eq!(
+            cluster_addresses(&routes, &NODE, Some(&p)),
+            BTreeSet::from([vip])
+        );
+        assert!(cluster_addresses(&routes, &cluster_ips_off, Some(&p)).is_empty());
+        // Headless: nowhere.
+        p.services[0].cluster_ip = None;
+        assert!(listen(&p, dev).is_empty());
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster_ips::{self, ClusterAddresses};
 use crate::config::Config;
 use crate::credentials;
 use crate::error::Error;
@@ -196,11 +197,23 @@ pub async fn run(
     // Every node proxies each service's published port to healthy replicas anywhere:
     // policy from the coordinator, liveness and health from gossip.
     let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
-    let proxy = ProxyManager::new(proxy_bind, proxy_config, generation);
+    let proxy = ProxyManager::new(proxy_config, generation);
+    let addressing = routes::Addressing {
+        node: proxy_bind,
+        cluster_ips: config.cluster_ips,
+        cluster_services_on_node: config.cluster_services_on_node,
+    };
+    let addresses = if config.cluster_ips {
+        Some(ClusterAddresses::start(cluster_ips::Netlink::open()?).await)
+    } else {
+        None
+    };
     tasks.spawn_infallible(
         "routing",
         routes::run(
             proxy,
+            addressing,
+            addresses,
             routes_rx,
             membership.live_members(),
             traffic_tx,

@@ -80,6 +80,7 @@ fn route(
     ServiceRoute {
         service: "web".to_owned(),
         port,
+        listen: vec![std::net::SocketAddr::new(LOCALHOST, port)],
         strategy,
         pool_weights: revision_weights.iter().copied().collect(),
         endpoints,
@@ -131,7 +132,7 @@ async fn round_robin_splits_exactly_over_equal_backends() {
             splice,
             ..test_config()
         };
-        let mut proxy = ProxyManager::new(LOCALHOST, config, 1);
+        let mut proxy = ProxyManager::new(config, 1);
         let endpoints = backends.iter().map(|b| b.endpoint(1)).collect();
         proxy
             .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints)])
@@ -166,7 +167,7 @@ async fn revision_weights_split_ninety_ten() {
     ];
     let canary = Backend::start("canary").await;
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 2);
+    let mut proxy = ProxyManager::new(test_config(), 2);
     let mut endpoints: Vec<Endpoint> = stable.iter().map(|b| b.endpoint(1)).collect();
     endpoints.push(canary.endpoint(2));
     proxy
@@ -200,7 +201,7 @@ async fn weight_change_applies_to_the_next_connections() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 3);
+    let mut proxy = ProxyManager::new(test_config(), 3);
     let endpoints = || vec![old.endpoint(1), new.endpoint(2)];
     proxy
         .apply(vec![route(
@@ -243,7 +244,7 @@ async fn killed_backend_costs_no_client_connection_and_is_ejected() {
     let b = Backend::start("b").await;
     let c = Backend::start("c").await;
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 4);
+    let mut proxy = ProxyManager::new(test_config(), 4);
     proxy
         .apply(vec![route(
             port,
@@ -297,7 +298,7 @@ async fn removed_backend_drains_then_closes() {
     let x = Backend::start("x").await;
     let y = Backend::start("y").await;
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 5);
+    let mut proxy = ProxyManager::new(test_config(), 5);
     proxy
         .apply(vec![route(
             port,
@@ -381,7 +382,7 @@ async fn removed_backend_drains_then_closes() {
 async fn endpoint_back_before_the_deadline_keeps_its_connections() {
     let x = Backend::start("x").await;
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 9);
+    let mut proxy = ProxyManager::new(test_config(), 9);
     let with_x = || vec![route(port, Strategy::RoundRobin, &[], vec![x.endpoint(1)])];
     proxy.apply(with_x()).await;
     let mut conn = BufReader::new(
@@ -413,7 +414,7 @@ async fn endpoint_back_before_the_deadline_keeps_its_connections() {
 async fn listener_stops_when_its_route_disappears() {
     let a = Backend::start("a").await;
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 6);
+    let mut proxy = ProxyManager::new(test_config(), 6);
     proxy
         .apply(vec![route(
             port,
@@ -440,7 +441,7 @@ async fn busy_port_is_retried_on_the_next_apply() {
     let a = Backend::start("a").await;
     let squatter = std::net::TcpListener::bind((LOCALHOST, 0)).expect("bind");
     let port = squatter.local_addr().expect("address").port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 7);
+    let mut proxy = ProxyManager::new(test_config(), 7);
     let routes = || vec![route(port, Strategy::Random, &[], vec![a.endpoint(1)])];
 
     proxy.apply(routes()).await;
@@ -456,7 +457,7 @@ async fn busy_port_is_retried_on_the_next_apply() {
 #[tokio::test]
 async fn no_endpoint_closes_the_client() {
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 8);
+    let mut proxy = ProxyManager::new(test_config(), 8);
     proxy
         .apply(vec![route(port, Strategy::RoundRobin, &[], Vec::new())])
         .await;
@@ -504,7 +505,7 @@ async fn a_replica_that_closes_before_answering_is_retried_elsewhere() {
         let (mute, mute_task) = mute_backend(read_first).await;
         let endpoints = || vec![good.endpoint(1), Endpoint::new("mute", mute, "web", 1)];
         let port = free_port();
-        let mut with_retry = ProxyManager::new(LOCALHOST, test_config(), 1);
+        let mut with_retry = ProxyManager::new(test_config(), 1);
         with_retry
             .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints())])
             .await;
@@ -527,7 +528,7 @@ async fn a_replica_that_closes_before_answering_is_retried_elsewhere() {
             retry_unanswered_within: Duration::ZERO,
             ..test_config()
         };
-        let mut without = ProxyManager::new(LOCALHOST, config, 1);
+        let mut without = ProxyManager::new(config, 1);
         without
             .apply(vec![route(port, Strategy::RoundRobin, &[], endpoints())])
             .await;
@@ -573,7 +574,7 @@ async fn connection_outcomes_are_counted_per_revision() {
         ..test_config()
     };
     let port = free_port();
-    let mut proxy = ProxyManager::new(LOCALHOST, config, 11);
+    let mut proxy = ProxyManager::new(config, 11);
     proxy
         .apply(vec![route(
             port,
@@ -638,7 +639,7 @@ async fn connection_outcomes_are_counted_per_revision() {
 async fn traffic_sums_a_services_ports_and_outlives_a_stopped_port() {
     let good = Backend::start("good").await;
     let (first, second) = (free_port(), free_port());
-    let mut proxy = ProxyManager::new(LOCALHOST, test_config(), 12);
+    let mut proxy = ProxyManager::new(test_config(), 12);
     let both = || {
         vec![
             route(first, Strategy::RoundRobin, &[], vec![good.endpoint(4)]),

@@ -39,6 +39,9 @@ pub struct DevArgs {
     /// UDP address of the agent's gossip.
     #[arg(long, default_value = "127.0.0.1:7405")]
     agent_gossip: SocketAddr,
+    /// IPv4 network services' cluster addresses come from.
+    #[arg(long, default_value_t = drover_coordinator::cluster_ips::ServiceNetwork::default())]
+    service_network: drover_coordinator::cluster_ips::ServiceNetwork,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: data_dir.clone(),
         gossip_listen: Some(coordinator_gossip),
+        service_network: args.service_network,
         ..drover_coordinator::Config::default()
     };
     let store = coordinator_config.open_store().with_context(|| {
@@ -84,6 +88,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         gossip_listen: args.agent_gossip,
         gossip_seeds: vec![coordinator_gossip.to_string()],
         token_file: Some(data_dir.join(drover_coordinator::security::AGENT_TOKEN_FILE)),
+        // So that `curl 127.0.0.1:80` reaches the seed's (ClusterIP) service from the host.
+        cluster_services_on_node: true,
         ..drover_agent::Config::default()
     };
 
@@ -226,10 +232,8 @@ async fn wait_and_show_endpoints(url: &str, proxy: std::net::IpAddr) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (name, port) in crate::services::node_ports(&mut client).await? {
-        say!(
-            "  curl http://{proxy}:{port}/      # service {name} through the service proxy, replica by replica"
-        );
+    for (name, address, how) in crate::services::dev_addresses(&mut client, proxy).await? {
+        say!("  curl http://{address}/      # service {name} {how}, through the service proxy");
     }
     for name in commands::service_names(&mut client).await? {
         let endpoints = commands::endpoints(&mut client, &name).await?;

@@ -65,20 +65,36 @@ async fn list(client: &mut Control) -> anyhow::Result<Vec<pb::ServiceView>> {
         .services)
 }
 
-/// Every service's ports that nodes listen on, as `(service, port)`.
-pub async fn node_ports(client: &mut Control) -> anyhow::Result<Vec<(String, u16)>> {
-    let mut ports = Vec::new();
+/// Where `drover dev` reaches each service, as `(service, address, how)`: on the node's
+/// address `node` (its node port, or for a ClusterIP service its own port, which `drover
+/// dev`'s agent also listens on), and on its cluster address.
+pub async fn dev_addresses(
+    client: &mut Control,
+    node: std::net::IpAddr,
+) -> anyhow::Result<Vec<(String, std::net::SocketAddr, &'static str)>> {
+    let mut addresses = Vec::new();
     for view in list(client).await? {
         let Some(wire) = view.service else { continue };
         let service = Service::try_from(wire)
             .map_err(|e| anyhow::anyhow!("coordinator sent an invalid service: {e}"))?;
+        let cluster = service.cluster_address();
         for port in &service.ports {
-            if let Some(listen) = service.node_listen_port(port) {
-                ports.push((service.name.clone(), listen));
+            let on_node = match (service.node_listen_port(port), cluster) {
+                (Some(listen), _) => Some((listen, "on the node's address")),
+                (None, Some(_)) => Some((port.port, "on the node's address (drover dev only)")),
+                (None, None) => None,
+            };
+            if let Some((listen, how)) = on_node {
+                let address = std::net::SocketAddr::new(node, listen);
+                addresses.push((service.name.clone(), address, how));
+            }
+            if let Some(ip) = cluster {
+                let address = std::net::SocketAddr::new(ip.into(), port.port);
+                addresses.push((service.name.clone(), address, "on its cluster address"));
             }
         }
     }
-    Ok(ports)
+    Ok(addresses)
 }
 
 /// The service named `name`, if there is one.

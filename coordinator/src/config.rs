@@ -48,6 +48,11 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub down_node_expiry: Duration,
+    /// IPv4 network services' cluster addresses come from: every node makes each service's
+    /// address reachable on its ports (its 10th address is the cluster's DNS). A service
+    /// keeps its address when this changes.
+    #[schemars(with = "String", example = "10.43.0.0/16")]
+    pub service_network: ServiceNetwork,
     /// Bounds on what requests may ask for; set only the keys to change, e.g. `limits = {
     /// replicas_per_service = 50000 }`. replicas_per_service, services, allocations (the
     /// replicas of all services together), env_bytes (one service's environment, command and args: Linux passes at most 2 MiB to a program), args
@@ -81,6 +86,7 @@ impl Default for Config {
             gossip_seeds: Vec::new(),
             gossip_interval: Duration::from_millis(250),
             down_node_expiry: Duration::from_secs(600),
+            service_network: ServiceNetwork::default(),
             limits: Limits::default(),
             node_cert_ttl: Duration::from_secs(90 * 24 * 3600),
             operator_cert_ttl: Duration::from_secs(12 * 3600),
@@ -90,8 +96,9 @@ impl Default for Config {
 }
 
 /// Keys that `DROVER_<KEY>` environment variables may set.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 11] = [
     "insecure",
+    "service_network",
     "listen",
     "data_dir",
     "cluster_id",
@@ -105,6 +112,7 @@ const ENV_KEYS: [&str; 10] = [
 
 pub use drover_daemon::ConfigError;
 
+use crate::cluster_ips::ServiceNetwork;
 use crate::limits::Limits;
 use crate::state::Settings;
 use crate::store::{RedbStore, SealedStore, SecretsKey, StoreError};
@@ -144,6 +152,7 @@ impl Config {
             limits: self.limits,
             down_node_expiry_ms: u64::try_from(self.down_node_expiry.as_millis())
                 .unwrap_or(u64::MAX),
+            service_network: self.service_network,
         }
     }
 

@@ -132,6 +132,11 @@ impl Coordinator {
             info!(service = %record.name, revision = record.revision, "rollout resumes");
             changes.push(Write::PutWorkload(record));
         }
+        let full = crate::operations::assign_missing_addresses(&inner.state, &mut changes);
+        if !full.is_empty() {
+            warn!(services = ?full, network = %inner.state.settings.service_network,
+                "no cluster address is free for these services; they are reached on node ports only");
+        }
         coordinator.commit(&mut inner, changes).await?;
         drop(inner);
         Ok(coordinator)

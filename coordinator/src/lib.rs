@@ -9,6 +9,7 @@ pub mod agent_link;
 pub mod api;
 pub mod bootstrap;
 pub mod changes;
+pub mod cluster_ips;
 pub mod config;
 pub mod control;
 pub mod coordinator;

@@ -15,7 +15,7 @@ use crate::store::{RevisionRecord, RolloutPhase, WorkloadRecord, Write};
 
 mod services;
 
-pub use services::set_workload_weights;
+pub use services::{assign_missing_addresses, set_workload_weights};
 
 /// Which kind of object a request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

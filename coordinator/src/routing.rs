@@ -19,7 +19,8 @@ use crate::state::ClusterState;
 /// Weight units a workload's share is split into across its revisions.
 const SPLIT: u64 = 1000;
 
-/// Route policy: for each service port that nodes listen on, its endpoints (allocations
+/// Route policy: for each port of each service (headless ones too: the agents' DNS
+/// answers with their endpoints), its cluster address and node port, its endpoints (allocations
 /// that should run, with their address once known: the node's address and the host port
 /// its agent last reported, so a restarted container's new port is in the next push) and
 /// the pool weights. Proxies take addresses from here only; gossip can only take an
@@ -31,16 +32,16 @@ pub fn route_policy(state: &ClusterState) -> Vec<ServiceRoute> {
         let workloads = state.selected_workloads(service);
         let (pool_of, pool_weights) = pools(state, service, &workloads);
         for port in &service.ports {
-            let Some(listen) = service.node_listen_port(port) else {
-                continue;
-            };
             let mut endpoints = Vec::new();
             for (index, workload) in workloads.iter().enumerate() {
                 endpoints.extend(endpoints_of(state, workload, index, port, &pool_of));
             }
             routes.push(ServiceRoute {
                 service: service.name.clone(),
-                service_port: listen,
+                port: port.port,
+                port_name: port.name.clone(),
+                cluster_ip: service.cluster_address(),
+                node_port: service.node_listen_port(port),
                 strategy: service.strategy,
                 pool_weights: pool_weights.clone(),
                 endpoints,
@@ -173,8 +174,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use drover_proto::model::{
-        Allocation, DesiredState, PortSpec, Protocol, Resources, Service, ServicePort, ServiceType,
-        TargetPort, Traffic, WorkloadSpec,
+        Allocation, ClusterIp, DesiredState, PortSpec, Protocol, Resources, Service, ServicePort,
+        ServiceType, TargetPort, Traffic, WorkloadSpec,
     };
 
     use super::*;
@@ -253,7 +254,10 @@ mod tests {
         let routes = route_policy(&state);
         assert_eq!(routes.len(), 1);
         let route = &routes[0];
-        assert_eq!((route.service.as_str(), route.service_port), ("front", 80));
+        assert_eq!(
+            (route.service.as_str(), route.port, route.node_port),
+            ("front", 80, Some(80))
+        );
         assert_eq!(route.endpoints.len(), 3);
         assert!(route.endpoints.iter().all(|e| e.container_port == 8080));
         let pools: BTreeMap<&str, u64> = route
@@ -290,15 +294,32 @@ mod tests {
     }
 
     #[test]
-    fn a_headless_service_or_one_without_its_target_routes_nothing() {
+    fn addresses_follow_the_service_type_and_a_missing_target_routes_nothing() {
         let mut state = ClusterState::default();
         workload(&mut state, "v1", 1);
         service(&mut state, "front", &[]);
         let record = state.stored.services.get_mut("front").expect("front");
+        record.service.cluster_ip = ClusterIp::Fixed(std::net::Ipv4Addr::new(10, 96, 0, 3));
         record.service.ports[0].target = TargetPort::Name("grpc".into());
-        assert!(route_policy(&state)[0].endpoints.is_empty());
+        let route = &route_policy(&state)[0];
+        assert!(route.endpoints.is_empty());
+        assert_eq!(
+            (route.cluster_ip, route.node_port),
+            (Some(std::net::Ipv4Addr::new(10, 96, 0, 3)), Some(80))
+        );
+
         let record = state.stored.services.get_mut("front").expect("front");
-        record.service.cluster_ip = drover_proto::model::ClusterIp::Headless;
-        assert!(route_policy(&state).is_empty());
+        record.service.kind = ServiceType::ClusterIp;
+        record.service.ports[0].target = TargetPort::Number(8080);
+        let route = &route_policy(&state)[0];
+        assert_eq!(route.node_port, None, "a ClusterIP service is not on nodes");
+        assert_eq!(route.endpoints.len(), 1);
+
+        // Headless: no address of its own, but its endpoints (for DNS).
+        let record = state.stored.services.get_mut("front").expect("front");
+        record.service.cluster_ip = ClusterIp::Headless;
+        let route = &route_policy(&state)[0];
+        assert_eq!((route.cluster_ip, route.node_port), (None, None));
+        assert_eq!(route.endpoints.len(), 1);
     }
 }

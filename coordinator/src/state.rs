@@ -39,6 +39,8 @@ pub struct Settings {
     pub limits: Limits,
     /// How long a down node still counts in the mass-failure guard.
     pub down_node_expiry_ms: u64,
+    /// Where services' cluster addresses come from.
+    pub service_network: crate::cluster_ips::ServiceNetwork,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
         Settings {
             limits: Limits::default(),
             down_node_expiry_ms: 600_000,
+            service_network: crate::cluster_ips::ServiceNetwork::default(),
         }
     }
 }

@@ -119,7 +119,10 @@ async fn apply_place_report_scale_delete() {
         })
         .await;
     let route = &agents[0].routes[0];
-    assert_eq!(route.service_port, 80);
+    assert_eq!(
+        (route.port, route.node_port, route.cluster_ip.as_str()),
+        (80, 80, "10.96.0.1")
+    );
     let mut addresses: Vec<_> = route.endpoints.iter().map(|e| e.address.clone()).collect();
     addresses.sort();
     assert_eq!(

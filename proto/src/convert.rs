@@ -1044,7 +1044,10 @@ impl From<&crate::model::ServiceRoute> for pb::ServiceRoute {
     fn from(r: &crate::model::ServiceRoute) -> Self {
         pb::ServiceRoute {
             service: r.service.clone(),
-            service_port: r.service_port.into(),
+            node_port: r.node_port.map_or(0, u32::from),
+            cluster_ip: r.cluster_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            port: r.port.into(),
+            port_name: r.port_name.clone(),
             strategy: strategy_to_pb(r.strategy).into(),
             pool_weights: r.pool_weights.clone().into_iter().collect(),
             endpoints: r.endpoints.iter().map(Into::into).collect(),
@@ -1071,9 +1074,26 @@ impl TryFrom<pb::ServiceRoute> for crate::model::ServiceRoute {
                     .map_err(|e| e.in_field(M, &format!("endpoints[{i}]")))
             })
             .collect::<Result<_, _>>()?;
+        let cluster_ip = match r.cluster_ip.as_str() {
+            "" => None,
+            text => Some(text.parse::<std::net::Ipv4Addr>().map_err(|e| {
+                ConvertError::new(
+                    M,
+                    "cluster_ip",
+                    format!("{text:?} is not an IPv4 address: {e}"),
+                )
+            })?),
+        };
+        let node_port = match r.node_port {
+            0 => None,
+            n => Some(port(M, "node_port", n)?),
+        };
         Ok(crate::model::ServiceRoute {
             service: r.service,
-            service_port: port(M, "service_port", r.service_port)?,
+            port: port(M, "port", r.port)?,
+            port_name: r.port_name,
+            cluster_ip,
+            node_port,
             strategy,
             pool_weights: r.pool_weights.into_iter().collect(),
             endpoints,
@@ -1124,7 +1144,10 @@ mod push_tests {
             version: 7 << 32,
             services: vec![ServiceRoute {
                 service: "web".into(),
-                service_port: 80,
+                port: 80,
+                port_name: Some("http".into()),
+                cluster_ip: Some(std::net::Ipv4Addr::new(10, 96, 0, 7)),
+                node_port: Some(30080),
                 strategy: Strategy::LeastConn,
                 pool_weights: [(1, 90), ((1 << 32) | 2, 10)].into_iter().collect(),
                 endpoints: vec![
@@ -1179,9 +1202,15 @@ mod push_tests {
             assert!(err.to_string().contains(text), "{err}");
         };
         check(
-            |w| w.services[0].service_port = 70_000,
-            "services[0].service_port",
+            |w| w.services[0].node_port = 70_000,
+            "services[0].node_port",
             "70000",
+        );
+        check(|w| w.services[0].port = 0, "services[0].port", "port 0");
+        check(
+            |w| w.services[0].cluster_ip = "10.96.0.300".into(),
+            "services[0].cluster_ip",
+            "10.96.0.300",
         );
         check(
             |w| w.services[0].endpoints[1].container_port = 0,

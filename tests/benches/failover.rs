@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use drover_tests::{
     DroverProcess, LoopingClient, allocations, healthy_nodes, http_get, nodes_cluster, ready_nodes,
-    remove_node_containers, wait_for, workspace_root,
+    remove_node_containers, seed_on_node_addresses, wait_for,
 };
 
 const IPS: [&str; 5] = [
@@ -60,7 +60,7 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(10);
     let (dir, coordinator, mut agents, nodes) = nodes_cluster("fo", &IPS);
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let seed = seed_on_node_addresses(&coordinator.coordinator_dir);
     coordinator.apply(&seed);
     println!(
         "failover benchmark: coordinator + {} agents as processes, real Docker engine",

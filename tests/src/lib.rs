@@ -61,6 +61,18 @@ pub struct DroverProcess {
     cleanup_node: Option<String>,
     /// Data dir of the coordinator it runs (or is): where its admin and agent tokens are.
     pub coordinator_dir: PathBuf,
+    /// The service network of the coordinator it runs (or is): each coordinator gets one
+    /// of its own, so that clusters of tests side by side never share an address.
+    pub service_network: String,
+    /// Whether it puts cluster addresses on `lo` (removed when it is dropped).
+    serves_cluster_ips: bool,
+}
+
+/// A service network no other coordinator of this test run has: 10.(240 + pid % 16).n.0/24.
+pub fn unique_service_network() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256;
+    format!("10.{}.{n}.0/24", 240 + std::process::id() % 16)
 }
 
 impl DroverProcess {
@@ -84,6 +96,12 @@ impl DroverProcess {
     fn start_coordinator(data_dir: &Path, config: &str) -> DroverProcess {
         let port = free_port();
         let file = data_dir.join("coordinator.toml");
+        let network = unique_service_network();
+        let config = if config.contains("service_network") {
+            config.to_string()
+        } else {
+            format!("service_network = \"{network}\"\n{config}")
+        };
         std::fs::write(&file, config).expect("write the coordinator's config");
         let args = vec![
             "--config".to_string(),
@@ -95,7 +113,10 @@ impl DroverProcess {
             "--gossip-listen".into(),
             format!("127.0.0.1:{}", free_udp_port()),
         ];
-        DroverProcess::start("drover-coordinator", args, port, data_dir, None)
+        let mut process = DroverProcess::prepare("drover-coordinator", args, port, data_dir, None);
+        process.service_network = network;
+        process.spawn();
+        process
     }
 
     /// Waits until the coordinator has written its bootstrap tokens; with `DROVER_INSECURE`
@@ -140,6 +161,9 @@ impl DroverProcess {
             "--agent-gossip".into(),
             format!("{ip}:{}", free_udp_port()),
         ];
+        let network = unique_service_network();
+        args.push("--service-network".into());
+        args.push(network.clone());
         for path in apply {
             args.push("--apply".into());
             args.push(path.display().to_string());
@@ -147,6 +171,8 @@ impl DroverProcess {
         let mut process =
             DroverProcess::prepare("drover", args, port, data_dir, Some(node.to_string()));
         process.host = ip.to_string();
+        process.service_network = network;
+        process.serves_cluster_ips = true;
         process.spawn();
         process.wait_for_tokens();
         process
@@ -159,15 +185,32 @@ impl DroverProcess {
         DroverProcess::agent_on(data_dir, "127.0.0.1", node, coordinator)
     }
 
-    /// [`DroverProcess::agent`] advertising (and proxying on) loopback address `ip`.
+    /// [`DroverProcess::agent`] advertising (and proxying on) loopback address `ip`. It does
+    /// not serve cluster addresses: agents of a test share one host, where one agent
+    /// does ([`DroverProcess::agent_with`] with `cluster_ips = true`).
     pub fn agent_on(
         data_dir: &Path,
         ip: &str,
         node: &str,
         coordinator: &DroverProcess,
     ) -> DroverProcess {
+        DroverProcess::agent_with(data_dir, ip, node, coordinator, "cluster_ips = false\n")
+    }
+
+    /// [`DroverProcess::agent_on`] with `config` (TOML) as its configuration file.
+    pub fn agent_with(
+        data_dir: &Path,
+        ip: &str,
+        node: &str,
+        coordinator: &DroverProcess,
+        config: &str,
+    ) -> DroverProcess {
+        let file = data_dir.join("agent.toml");
+        std::fs::write(&file, config).expect("write the agent's config");
         let mut args = vec![
-            "--node-id".to_string(),
+            "--config".to_string(),
+            file.display().to_string(),
+            "--node-id".into(),
             node.into(),
             "--advertise".into(),
             ip.into(),
@@ -197,18 +240,8 @@ impl DroverProcess {
         );
         process.host = coordinator.host.clone();
         process.coordinator_dir = coordinator.coordinator_dir.clone();
-        process.spawn();
-        process
-    }
-
-    fn start(
-        binary: &'static str,
-        args: Vec<String>,
-        port: u16,
-        data_dir: &Path,
-        cleanup_node: Option<String>,
-    ) -> DroverProcess {
-        let mut process = DroverProcess::prepare(binary, args, port, data_dir, cleanup_node);
+        process.service_network = coordinator.service_network.clone();
+        process.serves_cluster_ips = !config.contains("cluster_ips = false");
         process.spawn();
         process
     }
@@ -229,6 +262,8 @@ impl DroverProcess {
             log: data_dir.join(format!("{binary}.log")),
             cleanup_node,
             coordinator_dir: data_dir.to_path_buf(),
+            service_network: String::new(),
+            serves_cluster_ips: false,
         }
     }
 
@@ -346,6 +381,13 @@ impl Drop for DroverProcess {
         if let Some(node) = &self.cleanup_node {
             remove_node_containers(node);
         }
+        if self.serves_cluster_ips && !self.service_network.is_empty() {
+            let network = self.service_network.as_str();
+            let _ = Command::new("ip")
+                .args(["-4", "addr", "flush", "dev", "lo", "to", network])
+                .args(["label", "lo:drover"])
+                .output();
+        }
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!(
@@ -379,6 +421,19 @@ pub fn node_containers(node: &str, all: bool) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The seed's user-service manifest, written into `dir` as a `type: LoadBalancer` service:
+/// the seed's ClusterIP service is reached on its cluster address only, while tests of
+/// nodes' proxies reach it on every node's address, port 80.
+pub fn seed_on_node_addresses(dir: &Path) -> PathBuf {
+    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let text = std::fs::read_to_string(&seed).expect("read the seed's user-service.yaml");
+    let balanced = text.replacen("spec:\n", "spec:\n  type: LoadBalancer\n", 1);
+    assert_ne!(balanced, text, "the seed's Service has a spec");
+    let path = dir.join("user-service-lb.yaml");
+    std::fs::write(&path, balanced).expect("write the seed as a LoadBalancer");
+    path
 }
 
 /// Builds the seed and test images when missing (examples/seed/build-images.sh).
@@ -478,18 +533,29 @@ pub fn healthy_nodes(coordinator: &DroverProcess, service: &str) -> Vec<String> 
         .collect()
 }
 
-/// A coordinator and one agent per address in `ips` (node ids from `name`), each agent with
-/// its own data dir under a fresh temp dir; returns once all are ready. Keep the temp dir
-/// bound first so it outlives the processes (their logs are printed from it on failure).
-pub fn nodes_cluster(
-    name: &str,
-    ips: &[&str],
-) -> (
+/// A test cluster: its temp dir (bind it first, so that it outlives the processes), the
+/// coordinator, its agents and their node ids.
+pub type Cluster = (
     tempfile::TempDir,
     DroverProcess,
     Vec<DroverProcess>,
     Vec<String>,
-) {
+);
+
+/// A coordinator and one agent per address in `ips` (node ids from `name`), each agent with
+/// its own data dir under a fresh temp dir; returns once all are ready. Keep the temp dir
+/// bound first so it outlives the processes (their logs are printed from it on failure).
+pub fn nodes_cluster(name: &str, ips: &[&str]) -> Cluster {
+    cluster(name, ips, false)
+}
+
+/// [`nodes_cluster`] whose first agent also serves the services' cluster addresses on this
+/// host (as the one agent of a real host does).
+pub fn nodes_cluster_with_cluster_ips(name: &str, ips: &[&str]) -> Cluster {
+    cluster(name, ips, true)
+}
+
+fn cluster(name: &str, ips: &[&str], cluster_ips: bool) -> Cluster {
     build_images();
     let dir = tempfile::tempdir().expect("tempdir");
     let coordinator_dir = dir.path().join("coordinator");
@@ -501,7 +567,14 @@ pub fn nodes_cluster(
         let agent_dir = dir.path().join(format!("agent{i}"));
         std::fs::create_dir_all(&agent_dir).expect("agent dir");
         let node = unique_node(&format!("{name}{i}"));
-        agents.push(DroverProcess::agent_on(&agent_dir, ip, &node, &coordinator));
+        let config = format!("cluster_ips = {}\n", cluster_ips && i == 0);
+        agents.push(DroverProcess::agent_with(
+            &agent_dir,
+            ip,
+            &node,
+            &coordinator,
+            &config,
+        ));
         nodes.push(node);
     }
     wait_for(
@@ -522,6 +595,20 @@ pub fn ready_nodes(coordinator: &DroverProcess) -> Vec<String> {
         .filter(|n| n["health"] == "ready")
         .filter_map(|n| n["id"].as_str().map(str::to_string))
         .collect()
+}
+
+/// One HTTP/1.0 GET to `address` (ip:port) from inside a fresh container on Docker's
+/// default bridge (busybox's nc: its wget crashes when it resolves anything, even an
+/// address); the whole response, or an empty string when there was none.
+pub fn http_get_from_container(address: &str) -> String {
+    let (ip, port) = address.rsplit_once(':').expect("ip:port");
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} {port}");
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "/bin/busybox"])
+        .args(["drover-test-busybox:latest", "sh", "-c", &request])
+        .output()
+        .expect("docker run");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One HTTP/1.0 GET to `address` (host:port); the body, or an empty string when the

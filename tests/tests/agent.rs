@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use drover_tests::{
     DroverProcess, allocations, build_images, healthy_containers, healthy_nodes, http_get,
-    node_containers, nodes_cluster, revision_split, success, unique_node, wait_for, web_manifest,
-    workspace_root,
+    node_containers, nodes_cluster, revision_split, seed_on_node_addresses, success, unique_node,
+    wait_for, web_manifest,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -40,7 +40,7 @@ fn cluster(name: &str, ip: &str) -> (tempfile::TempDir, DroverProcess, DroverPro
 fn agent_sigkill_and_restart_restarts_no_workload() {
     let (_dir, coordinator, mut agent, node) = cluster("agent", "127.0.0.14");
 
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let seed = seed_on_node_addresses(&coordinator.coordinator_dir);
     coordinator.apply(&seed);
     wait_for("3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service").len() == 3
@@ -86,7 +86,7 @@ fn agent_sigkill_and_restart_restarts_no_workload() {
 
 /// Applies the seed's user-service and waits for its 3 replicas healthy on 3 nodes.
 fn apply_seed_one_per_node(coordinator: &DroverProcess) {
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let seed = seed_on_node_addresses(&coordinator.coordinator_dir);
     coordinator.apply(&seed);
     wait_for("3 healthy replicas, one per node", DEADLINE, || {
         let on: std::collections::BTreeSet<String> = healthy_nodes(coordinator, "user-service")
@@ -129,7 +129,7 @@ fn started_at(containers: &[String]) -> Vec<String> {
 fn routing_goes_on_without_the_coordinator_and_avoids_a_dead_replica() {
     let ip = "127.0.0.15";
     let (_dir, mut coordinator, _agent, _node) = cluster("route", ip);
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let seed = seed_on_node_addresses(&coordinator.coordinator_dir);
     coordinator.apply(&seed);
     wait_for("3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service").len() == 3
@@ -315,7 +315,7 @@ fn a_stop_after_disconnect_singleton_never_runs_twice() {
 fn coordinator_sigkill_and_restart_restarts_no_workload() {
     let ips = ["127.0.0.51", "127.0.0.52"];
     let (_dir, mut coordinator, _agents, _nodes) = nodes_cluster("c", &ips);
-    let seed = workspace_root().join("examples/seed/user-service.yaml");
+    let seed = seed_on_node_addresses(&coordinator.coordinator_dir);
     coordinator.apply(&seed);
     wait_for("3 healthy replicas", DEADLINE, || {
         healthy_containers(&coordinator, "user-service").len() == 3

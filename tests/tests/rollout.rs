@@ -280,6 +280,7 @@ kind: Service
 metadata: {{name: shop}}
 spec:
   selector: {{app: shop}}
+  type: LoadBalancer
   ports: [{{port: 81, targetPort: 8080}}]
 "
     )

@@ -1,10 +1,13 @@
 //! Services apart from workloads, through the real binaries: one Kubernetes Service over two
 //! Deployments split by `drover weights`, and a second Service over one of them, both
-//! routed by every node's proxy.
+//! routed by every node's proxy; ClusterIP services on addresses of their own.
 
 use std::time::Duration;
 
-use drover_tests::{healthy_nodes, nodes_cluster, revision_split, success, wait_for};
+use drover_tests::{
+    DroverProcess, healthy_nodes, http_get, http_get_from_container, nodes_cluster,
+    nodes_cluster_with_cluster_ips, revision_split, success, try_http_get, wait_for,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -18,15 +21,10 @@ fn deployment(name: &str, image: &str, version: &str) -> String {
     )
 }
 
-#[test]
-fn one_service_over_two_deployments_splits_by_weights_and_two_services_share_one() {
-    let ips = ["127.0.0.191", "127.0.0.192"];
-    let (dir, coordinator, _agents, _nodes) = nodes_cluster("svc", &ips);
-    let manifest = dir.path().join("hello.yaml");
-    let services = "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  type: LoadBalancer\n  \
-         selector: {app: hello}\n  ports: [{port: 80, targetPort: http}]\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {name: hello-v2}\nspec:\n  type: NodePort\n  \
-         selector: {app: hello, version: v2}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n";
+/// Applies Deployments hello-v1 (user-service) and hello-v2 (order-service) with
+/// `services`, and waits until both are healthy.
+fn apply_two_deployments(coordinator: &DroverProcess, dir: &std::path::Path, services: &str) {
+    let manifest = dir.join("hello.yaml");
     std::fs::write(
         &manifest,
         format!(
@@ -38,9 +36,20 @@ fn one_service_over_two_deployments_splits_by_weights_and_two_services_share_one
     .expect("write manifest");
     coordinator.apply(&manifest);
     wait_for("both deployments healthy", DEADLINE, || {
-        healthy_nodes(&coordinator, "hello-v1").len() == 2
-            && healthy_nodes(&coordinator, "hello-v2").len() == 2
+        healthy_nodes(coordinator, "hello-v1").len() == 2
+            && healthy_nodes(coordinator, "hello-v2").len() == 2
     });
+}
+
+#[test]
+fn one_service_over_two_deployments_splits_by_weights_and_two_services_share_one() {
+    let ips = ["127.0.0.191", "127.0.0.192"];
+    let (dir, coordinator, _agents, _nodes) = nodes_cluster("svc", &ips);
+    let services = "apiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  type: LoadBalancer\n  \
+         selector: {app: hello}\n  ports: [{port: 80, targetPort: http}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: hello-v2}\nspec:\n  type: NodePort\n  \
+         selector: {app: hello, version: v2}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n";
+    apply_two_deployments(&coordinator, dir.path(), services);
 
     // The second service routes to v2 only, on its node port of every node.
     for ip in ips {
@@ -74,4 +83,99 @@ fn one_service_over_two_deployments_splits_by_weights_and_two_services_share_one
 
     let status = success(&coordinator.cli(&["status", "hello"]), "status of hello");
     assert!(status.contains("Workloads: hello-v1, hello-v2"), "{status}");
+}
+
+/// The cluster address of service `name` as `drover get services` shows it.
+fn cluster_ip(coordinator: &DroverProcess, name: &str) -> String {
+    let services = coordinator.cli_json(&["get", "services"]);
+    services
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["cluster_ip"].as_str())
+        .unwrap_or_else(|| panic!("service {name} in {services}"))
+        .to_string()
+}
+
+/// Addresses on `lo` that Drover put there.
+fn drover_addresses() -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "lo",
+            "label",
+            "lo:drover",
+        ])
+        .output()
+        .expect("ip addr show");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// ClusterIP services get addresses of their own from the coordinator's network, reached
+/// from the host and from containers but not on node addresses, so that two of them share
+/// port 80; a coordinator restart keeps the addresses, a deleted service's goes away.
+#[test]
+fn cluster_ip_services_are_reached_on_their_own_addresses() {
+    let ips = ["127.0.0.193", "127.0.0.194"];
+    let (dir, mut coordinator, _agents, _nodes) = nodes_cluster_with_cluster_ips("vip", &ips);
+    let network = coordinator.service_network.clone();
+    let prefix = network.trim_end_matches(".0/24");
+    let fixed = format!("{prefix}.50");
+    let services = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: front}}\nspec:\n  \
+         selector: {{app: hello, version: v1}}\n  ports: [{{port: 80, targetPort: http}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: back}}\nspec:\n  clusterIP: {fixed}\n  \
+         selector: {{app: hello, version: v2}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+    );
+    apply_two_deployments(&coordinator, dir.path(), &services);
+
+    let front = format!("{}:80", cluster_ip(&coordinator, "front"));
+    let back = format!("{}:80", cluster_ip(&coordinator, "back"));
+    assert_eq!(front, format!("{prefix}.1:80"), "the lowest free address");
+    assert_eq!(
+        back,
+        format!("{fixed}:80"),
+        "the address the manifest asks for"
+    );
+    wait_for("both services on their addresses", DEADLINE, || {
+        http_get(&front).starts_with("user-service") && http_get(&back).starts_with("order-service")
+    });
+    let inside = http_get_from_container(&front);
+    assert!(
+        inside.contains("user-service"),
+        "from a container: {inside:?}"
+    );
+    let inside = http_get_from_container(&back);
+    assert!(
+        inside.contains("order-service"),
+        "from a container: {inside:?}"
+    );
+    for ip in ips {
+        let on_node = try_http_get(&format!("{ip}:80"));
+        assert!(
+            on_node.is_err(),
+            "a ClusterIP service on {ip}:80: {on_node:?}"
+        );
+    }
+
+    coordinator.kill_and_restart();
+    assert_eq!(format!("{}:80", cluster_ip(&coordinator, "front")), front);
+    assert_eq!(format!("{}:80", cluster_ip(&coordinator, "back")), back);
+    assert!(http_get(&front).starts_with("user-service"));
+
+    success(
+        &coordinator.cli(&["delete", "back", "--only", "service"]),
+        "delete back",
+    );
+    // (Where the address leads once it is gone depends on the host's routes: no test of
+    // refusal, only that the service no longer answers there.)
+    wait_for("back's address gone", DEADLINE, || {
+        !drover_addresses().contains(&format!("{fixed}/32"))
+            && !http_get(&back).starts_with("order-service")
+    });
+    assert!(drover_addresses().contains(&format!("{prefix}.1/32")));
+    assert!(http_get(&front).starts_with("user-service"));
 }

@@ -590,10 +590,11 @@ fn clock_tick() -> f64 {
 /// allocation, TLB shootdowns), which costs both sides.
 const PROXY_CHILD: &str = "--drover-proxy-child";
 
-fn route(service: &str, port: u16, backend: SocketAddr) -> ServiceRoute {
+fn route(service: &str, listen: SocketAddr, backend: SocketAddr) -> ServiceRoute {
     ServiceRoute {
         service: service.to_owned(),
-        port,
+        port: listen.port(),
+        listen: vec![listen],
         strategy: Strategy::RoundRobin,
         pool_weights: Default::default(),
         endpoints: vec![Endpoint::new(format!("{service}-0"), backend, service, 1)],
@@ -632,8 +633,8 @@ fn run_proxy_child(args: &[String]) -> Result<(), BoxError> {
     };
     let (listen_bulk, listen_short) = (addr(listen_bulk)?, addr(listen_short)?);
     let routes = vec![
-        route("bulk", listen_bulk.port(), addr(backend_bulk)?),
-        route("short", listen_short.port(), addr(backend_short)?),
+        route("bulk", listen_bulk, addr(backend_bulk)?),
+        route("short", listen_short, addr(backend_short)?),
     ];
     exit_when_stdin_closes();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -644,7 +645,7 @@ fn run_proxy_child(args: &[String]) -> Result<(), BoxError> {
             splice,
             ..ProxyConfig::default()
         };
-        let mut manager = ProxyManager::new(listen_bulk.ip(), config, 7);
+        let mut manager = ProxyManager::new(config, 7);
         manager.apply(routes).await;
         let listening = manager.listening_ports();
         for port in [listen_bulk.port(), listen_short.port()] {

@@ -1,9 +1,9 @@
-//! One listener per published service port: [`ProxyManager::apply`] reconciles the running
-//! listeners with the routes the agent computed (endpoints = policy ∩ alive ∩ healthy).
+//! One balancer per port of a service and one listener per address it is reached on:
+//! [`ProxyManager::apply`] reconciles the running listeners with the routes the agent
+//! computed (endpoints = policy ∩ alive ∩ healthy).
 
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +17,16 @@ use super::balancer::Endpoint;
 use super::counters::{CountersSnapshot, RevisionOutcomes};
 use super::forward::{ProxyConfig, ServiceProxy, serve};
 
-/// What the proxy should do for one published port of a service.
+/// What the proxy should do for one port of a service.
 #[derive(Debug, Clone)]
 pub struct ServiceRoute {
     /// Service name.
     pub service: String,
-    /// Published port, listened on at the manager's bind address.
+    /// The service's port: with the name, what identifies the route.
     pub port: u16,
+    /// Addresses to listen on for it: the node's address on its node port, its cluster
+    /// address on `port`; none for a headless service.
+    pub listen: Vec<SocketAddr>,
     /// Replica selection strategy.
     pub strategy: Strategy,
     /// Weight per pool (a workload's revision); empty means one pool of every endpoint.
@@ -33,28 +36,32 @@ pub struct ServiceRoute {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// The agent's service proxy: one listener task and one [`ServiceProxy`] per published port.
+/// The agent's service proxy: one [`ServiceProxy`] per port of a service, with a listener
+/// task per address it is reached on.
 #[derive(Debug)]
 pub struct ProxyManager {
-    bind_ip: IpAddr,
     config: ProxyConfig,
     seed: u64,
-    ports: BTreeMap<u16, Port>,
-    /// Proxies whose port was stopped and that still have connections draining.
-    retired: Vec<Arc<ServiceProxy>>,
+    routes: BTreeMap<RouteKey, Route>,
+    /// Proxies whose route was removed and that still have connections draining, with the
+    /// addresses they were reached on.
+    retired: Vec<(Arc<ServiceProxy>, Vec<SocketAddr>)>,
     /// Revision outcomes of proxies dropped since (stopped and drained), kept so that
     /// [`ProxyManager::traffic`] never goes down while the agent runs.
     ended: TrafficTotals,
 }
 
+/// A route's identity: service name and port.
+type RouteKey = (String, u16);
+
 /// Outcomes per (service, revision).
 type TrafficTotals = BTreeMap<(String, u64), RevisionOutcomes>;
 
 #[derive(Debug)]
-struct Port {
+struct Route {
     proxy: Arc<ServiceProxy>,
-    /// `None` when the last bind failed; retried on the next apply.
-    listener: Option<Listening>,
+    /// Per address: `None` when the last bind failed; retried on the next apply.
+    listeners: BTreeMap<SocketAddr, Option<Listening>>,
 }
 
 #[derive(Debug)]
@@ -77,91 +84,122 @@ impl Listening {
 }
 
 impl ProxyManager {
-    /// A manager with no listener; every port is bound at `bind_ip` (the agent's advertise
-    /// address). `seed` seeds the balancers, mixed with each service name and port.
-    pub fn new(bind_ip: IpAddr, config: ProxyConfig, seed: u64) -> ProxyManager {
+    /// A manager with no listener. `seed` seeds the balancers, mixed with each service name
+    /// and port.
+    pub fn new(config: ProxyConfig, seed: u64) -> ProxyManager {
         ProxyManager {
-            bind_ip,
             config,
             seed,
-            ports: BTreeMap::new(),
+            routes: BTreeMap::new(),
             retired: Vec::new(),
             ended: TrafficTotals::new(),
         }
     }
 
-    /// Make the listeners match `routes`: start listeners for new ports, update the balancers
-    /// of existing ones, stop those of ports no longer listed (their open connections drain).
-    /// A port that cannot be bound is logged and retried on the next call; a port listed twice
-    /// keeps its first route.
+    /// Make the listeners match `routes`: start listeners on new addresses, update the
+    /// balancers of existing routes, stop those of addresses and routes no longer listed
+    /// (a removed route's open connections drain). An address that cannot be bound is
+    /// logged and retried on the next call; an address listed by two routes keeps the
+    /// first.
     pub async fn apply(&mut self, routes: Vec<ServiceRoute>) {
-        let mut wanted: BTreeMap<u16, ServiceRoute> = BTreeMap::new();
-        for route in routes {
-            match wanted.entry(route.port) {
-                Entry::Vacant(slot) => {
-                    slot.insert(route);
+        let mut claimed: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        let mut wanted: BTreeMap<RouteKey, ServiceRoute> = BTreeMap::new();
+        for mut route in routes {
+            route.listen.retain(|address| match claimed.get(address) {
+                Some(kept) => {
+                    error!(%address, service = %route.service, %kept,
+                        "two services want the same address; ignoring the second");
+                    false
                 }
-                Entry::Occupied(kept) => {
-                    error!(port = route.port, service = %route.service, kept = %kept.get().service,
-                        "two services publish the same port; ignoring the second");
+                None => {
+                    claimed.insert(*address, route.service.clone());
+                    true
                 }
-            }
+            });
+            wanted.insert((route.service.clone(), route.port), route);
         }
 
-        let stale: Vec<u16> = self
-            .ports
-            .iter()
-            .filter(|(port, state)| {
-                wanted
-                    .get(port)
-                    .is_none_or(|route| route.service != state.proxy.service())
-            })
-            .map(|(port, _)| *port)
+        let stale: Vec<RouteKey> = self
+            .routes
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
             .collect();
-        for port in stale {
-            if let Some(state) = self.ports.remove(&port) {
-                if let Some(listening) = state.listener {
-                    info!(service = %state.proxy.service(), address = %listening.address,
-                        "stopping service listener");
-                    listening.stop().await;
-                }
-                state.proxy.drain_all();
-                self.retired.push(state.proxy);
+        for key in stale {
+            if let Some(route) = self.routes.remove(&key) {
+                let addresses: Vec<SocketAddr> = route.listeners.keys().copied().collect();
+                stop_listeners(&route.proxy, route.listeners.into_values()).await;
+                route.proxy.drain_all();
+                self.retired.push((route.proxy, addresses));
             }
         }
 
-        for (port, route) in wanted {
-            let state = self.ports.entry(port).or_insert_with(|| Port {
+        for (key, route) in wanted {
+            let state = self.routes.entry(key).or_insert_with(|| Route {
                 proxy: Arc::new(ServiceProxy::new(
                     route.service.clone(),
                     route.strategy,
                     self.config.clone(),
-                    service_seed(self.seed, &route.service, port),
+                    service_seed(self.seed, &route.service, route.port),
                 )),
-                listener: None,
+                listeners: BTreeMap::new(),
             });
             state
                 .proxy
                 .update(route.endpoints, &route.pool_weights, route.strategy);
-            if state.listener.is_none() {
-                state.listener = listen(SocketAddr::new(self.bind_ip, port), &state.proxy).await;
+            let gone: Vec<SocketAddr> = state
+                .listeners
+                .keys()
+                .filter(|address| !route.listen.contains(address))
+                .copied()
+                .collect();
+            let mut stopped = Vec::with_capacity(gone.len());
+            for address in &gone {
+                stopped.extend(state.listeners.remove(address));
+            }
+            stop_listeners(&state.proxy, stopped).await;
+            for address in route.listen {
+                let slot = state.listeners.entry(address).or_insert(None);
+                if slot.is_none() {
+                    *slot = listen(address, &state.proxy).await;
+                }
             }
         }
 
+        self.reap();
+    }
+
+    /// Forgets removed routes whose connections have all ended (their outcomes stay in the
+    /// totals), so their addresses are no longer in use.
+    pub fn reap(&mut self) {
         let (drained, draining) = std::mem::take(&mut self.retired)
             .into_iter()
-            .partition(|proxy| proxy.open_connections() == 0);
+            .partition(|(proxy, _)| proxy.open_connections() == 0);
         self.retired = draining;
-        for proxy in drained {
+        for (proxy, _) in drained {
             add_traffic(&mut self.ended, proxy.revision_traffic());
         }
+    }
+
+    /// Every address a listener is on or was on while its connections still drain: what
+    /// must stay reachable.
+    pub fn addresses_in_use(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self
+            .routes
+            .values()
+            .flat_map(|route| route.listeners.keys().copied())
+            .chain(self.retired.iter().flat_map(|(_, a)| a.iter().copied()))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// Counters per service, summed over its ports (stopped ports are no longer counted).
     pub fn counters(&self) -> BTreeMap<String, CountersSnapshot> {
         let mut all: BTreeMap<String, CountersSnapshot> = BTreeMap::new();
-        for state in self.ports.values() {
-            *all.entry(state.proxy.service().to_owned()).or_default() += state.proxy.snapshot();
+        for route in self.routes.values() {
+            *all.entry(route.proxy.service().to_owned()).or_default() += route.proxy.snapshot();
         }
         all
     }
@@ -173,8 +211,8 @@ impl ProxyManager {
     /// connect attempt appear.
     pub fn traffic(&self) -> Vec<RevisionTraffic> {
         let mut totals = self.ended.clone();
-        let proxies = self.ports.values().map(|state| &state.proxy);
-        for proxy in proxies.chain(&self.retired) {
+        let proxies = self.routes.values().map(|route| &route.proxy);
+        for proxy in proxies.chain(self.retired.iter().map(|(proxy, _)| proxy)) {
             add_traffic(&mut totals, proxy.revision_traffic());
         }
         totals
@@ -188,30 +226,43 @@ impl ProxyManager {
             .collect()
     }
 
-    /// Ports being listened on now (a port whose bind failed is not among them).
-    pub fn listening_ports(&self) -> Vec<u16> {
-        self.ports
-            .iter()
-            .filter(|(_, state)| state.listener.is_some())
-            .map(|(port, _)| *port)
-            .collect()
+    /// Addresses being listened on now (one whose bind failed is not among them).
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self
+            .routes
+            .values()
+            .flat_map(|route| route.listeners.iter())
+            .filter(|(_, listening)| listening.is_some())
+            .map(|(address, _)| *address)
+            .collect();
+        all.sort();
+        all
     }
 
-    /// The proxy of a port, for inspection.
+    /// Ports being listened on now, on any address.
+    pub fn listening_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.listening().iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The proxy of the first route on service port `port`, for inspection.
     pub fn proxy(&self, port: u16) -> Option<&Arc<ServiceProxy>> {
-        self.ports.get(&port).map(|state| &state.proxy)
+        self.routes
+            .iter()
+            .find(|((_, p), _)| *p == port)
+            .map(|(_, route)| &route.proxy)
     }
 
     /// Stop every listener, drain every open connection (closed at the latest after the drain
     /// timeout) and wait for them to end.
     pub async fn shutdown(mut self) {
-        let ports = std::mem::take(&mut self.ports);
-        for state in ports.into_values() {
-            if let Some(listening) = state.listener {
-                listening.stop().await;
-            }
-            state.proxy.drain_all();
-            self.retired.push(state.proxy);
+        let routes = std::mem::take(&mut self.routes);
+        for route in routes.into_values() {
+            stop_listeners(&route.proxy, route.listeners.into_values()).await;
+            route.proxy.drain_all();
+            self.retired.push((route.proxy, Vec::new()));
         }
         // A connection still connecting when the drain started gets its deadline when it
         // registers, at most `attempts` connect timeouts later; allow a second of slack.
@@ -219,13 +270,24 @@ impl ProxyManager {
             + self.config.connect_timeout * self.config.attempts.max(1)
             + Duration::from_secs(1);
         let all_closed = async {
-            for proxy in &self.retired {
+            for (proxy, _) in &self.retired {
                 proxy.closed().await;
             }
         };
         if tokio::time::timeout(bound, all_closed).await.is_err() {
             warn!("service proxy connections still open after the drain timeout; abandoning them");
         }
+    }
+}
+
+async fn stop_listeners(
+    proxy: &ServiceProxy,
+    listeners: impl IntoIterator<Item = Option<Listening>>,
+) {
+    for listening in listeners.into_iter().flatten() {
+        info!(service = %proxy.service(), address = %listening.address,
+            "stopping service listener");
+        listening.stop().await;
     }
 }
 

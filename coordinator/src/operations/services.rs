@@ -2,9 +2,10 @@
 //! delete, per-workload weights, and the ports every node listens on for them. Pure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use drover_proto::manifest::{self, NODE_PORTS};
-use drover_proto::model::{Service, ServiceType, WorkloadSpec};
+use drover_proto::model::{ClusterIp, Service, ServiceType, WorkloadSpec};
 
 use super::{ApplyChange, ApplyOutcome, ObjectKind, quoted};
 use crate::changes::ChangeSet;
@@ -90,7 +91,128 @@ pub(super) fn check(
             }
         }
     }
+    assign_addresses(state, &names, &mut resolved, problems);
     resolved
+}
+
+/// Gives each service about to be applied its cluster address: the one it has (a service
+/// keeps its address for life, as Kubernetes' `spec.clusterIP` is immutable), else the
+/// one its manifest names if that is free and in the service network, else the lowest free
+/// one. Headless services have none.
+fn assign_addresses(
+    state: &ClusterState,
+    applying: &BTreeSet<&str>,
+    services: &mut [Service],
+    problems: &mut Vec<String>,
+) {
+    let network = state.settings.service_network;
+    let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    for record in state.stored.services.values() {
+        if let Some(ip) = record.service.cluster_address()
+            && !applying.contains(record.service.name.as_str())
+        {
+            taken.insert(ip, record.service.name.clone());
+        }
+    }
+    // Addresses kept and asked for first, so that a new service never takes one of them.
+    let mut unassigned = Vec::new();
+    for (index, service) in services.iter_mut().enumerate() {
+        let name = quoted(&service.name);
+        let stored = state.stored.services.get(&service.name);
+        let had = stored.map(|r| r.service.cluster_ip);
+        let wanted = match (had, service.cluster_ip) {
+            (Some(ClusterIp::Fixed(ip)), ClusterIp::Auto) => ip,
+            (Some(ClusterIp::Fixed(ip)), ClusterIp::Fixed(asked)) if asked == ip => ip,
+            (Some(ClusterIp::Headless), ClusterIp::Headless) | (None, ClusterIp::Headless) => {
+                continue;
+            }
+            (None | Some(ClusterIp::Auto), ClusterIp::Auto) => {
+                unassigned.push(index);
+                continue;
+            }
+            (None | Some(ClusterIp::Auto), ClusterIp::Fixed(asked)) => {
+                if let Some(refusal) = network.refusal(asked) {
+                    problems.push(format!("service {name}: clusterIP {refusal}"));
+                    continue;
+                }
+                asked
+            }
+            (Some(had), asked) => {
+                problems.push(format!(
+                    "service {name}: its cluster address is {} and cannot become {} \
+                     (delete the service and apply it again to change it)",
+                    show(had),
+                    show(asked)
+                ));
+                continue;
+            }
+        };
+        match taken.get(&wanted) {
+            Some(other) if *other != service.name => problems.push(format!(
+                "service {name}: cluster address {wanted} is service {}'s",
+                quoted(other)
+            )),
+            _ => {
+                taken.insert(wanted, service.name.clone());
+                service.cluster_ip = ClusterIp::Fixed(wanted);
+            }
+        }
+    }
+    for index in unassigned {
+        let service = &mut services[index];
+        match network.lowest_free(&taken) {
+            Some(ip) => {
+                taken.insert(ip, service.name.clone());
+                service.cluster_ip = ClusterIp::Fixed(ip);
+            }
+            None => problems.push(format!(
+                "service {}: no cluster address is free in the service network {network}",
+                quoted(&service.name)
+            )),
+        }
+    }
+}
+
+/// A cluster address as manifests write it.
+fn show(ip: ClusterIp) -> String {
+    match ip {
+        ClusterIp::Auto => "one allocated".to_string(),
+        ClusterIp::Headless => "None (headless)".to_string(),
+        ClusterIp::Fixed(ip) => ip.to_string(),
+    }
+}
+
+/// Cluster addresses for stored services that have none (those of a store written before
+/// services had addresses): the lowest free ones. Returns the services left without one
+/// because the network is full.
+pub fn assign_missing_addresses(state: &ClusterState, changes: &mut ChangeSet) -> Vec<String> {
+    let mut taken: BTreeMap<Ipv4Addr, String> = state
+        .stored
+        .services
+        .values()
+        .filter_map(|r| Some((r.service.cluster_address()?, r.service.name.clone())))
+        .collect();
+    let mut left = Vec::new();
+    for record in state.stored.services.values() {
+        if record.service.cluster_ip != ClusterIp::Auto {
+            continue;
+        }
+        let Some(ip) = state.settings.service_network.lowest_free(&taken) else {
+            left.push(record.service.name.clone());
+            continue;
+        };
+        taken.insert(ip, record.service.name.clone());
+        let mut updated = record.clone();
+        updated.service.cluster_ip = ClusterIp::Fixed(ip);
+        updated.updated_unix_ms = changes.now_unix_ms();
+        changes.event(
+            events::SERVICE_CHANGED,
+            &record.service.name,
+            format!("cluster address {ip}"),
+        );
+        changes.push(Write::PutService(updated));
+    }
+    left
 }
 
 /// Writes checked services (from [`check`]); returns what each apply did.
@@ -146,8 +268,12 @@ fn describe(service: &Service, what: &str) -> String {
             _ => format!("{}→{}", p.port, p.target),
         })
         .collect();
+    let address = match service.cluster_ip {
+        ClusterIp::Headless => "headless".to_string(),
+        ip => format!("address {}", show(ip)),
+    };
     format!(
-        "{what}: {}, ports {}",
+        "{what}: {}, {address}, ports {}",
         service.kind.as_str(),
         ports.join(", ")
     )
@@ -224,4 +350,192 @@ pub fn set_workload_weights(
         format!("workload weights {}", text.join(" ")),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::{Protocol, ServicePort, TargetPort};
+
+    use super::*;
+
+    fn service(name: &str, kind: ServiceType, cluster_ip: ClusterIp) -> Service {
+        let mut service = Service::for_workload(name, name);
+        service.kind = kind;
+        service.cluster_ip = cluster_ip;
+        service.ports.push(ServicePort {
+            name: None,
+            port: 80,
+            target: TargetPort::Number(8080),
+            node_port: None,
+            protocol: Protocol::Tcp,
+        });
+        service
+    }
+
+    fn ip(last: u8) -> ClusterIp {
+        ClusterIp::Fixed(Ipv4Addr::new(10, 96, 0, last))
+    }
+
+    fn store(state: &mut ClusterState, services: Vec<Service>) {
+        for service in services {
+            state.stored.services.insert(
+                service.name.clone(),
+                ServiceRecord {
+                    service,
+                    created_unix_ms: 0,
+                    updated_unix_ms: 0,
+                },
+            );
+        }
+    }
+
+    /// `check` of `services`: the addresses they get, or the problems.
+    fn checked(state: &ClusterState, services: &[Service]) -> Result<Vec<ClusterIp>, String> {
+        let mut problems = Vec::new();
+        let resolved = check(state, services, &mut problems);
+        if problems.is_empty() {
+            Ok(resolved.iter().map(|s| s.cluster_ip).collect())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    #[test]
+    fn new_services_get_the_lowest_free_addresses_after_those_asked_for() {
+        let mut state = ClusterState::default();
+        store(
+            &mut state,
+            vec![service("old", ServiceType::ClusterIp, ip(2))],
+        );
+        let services = [
+            service("a", ServiceType::ClusterIp, ClusterIp::Auto),
+            service("b", ServiceType::ClusterIp, ip(1)),
+            service("c", ServiceType::ClusterIp, ClusterIp::Auto),
+            service("h", ServiceType::ClusterIp, ClusterIp::Headless),
+        ];
+        // Two ClusterIP services on port 80 are no clash: neither is on node addresses.
+        assert_eq!(
+            checked(&state, &services),
+            Ok(vec![ip(3), ip(1), ip(4), ClusterIp::Headless])
+        );
+    }
+
+    #[test]
+    fn a_service_keeps_its_address_and_cannot_change_it() {
+        let mut state = ClusterState::default();
+        store(
+            &mut state,
+            vec![
+                service("web", ServiceType::ClusterIp, ip(7)),
+                service("db", ServiceType::ClusterIp, ClusterIp::Headless),
+            ],
+        );
+        let web = |cluster_ip| service("web", ServiceType::ClusterIp, cluster_ip);
+        assert_eq!(checked(&state, &[web(ClusterIp::Auto)]), Ok(vec![ip(7)]));
+        assert_eq!(checked(&state, &[web(ip(7))]), Ok(vec![ip(7)]));
+        let err = checked(&state, &[web(ip(8))]).expect_err("moved");
+        assert!(
+            err.contains("its cluster address is 10.96.0.7 and cannot become 10.96.0.8"),
+            "{err}"
+        );
+        let err = checked(&state, &[web(ClusterIp::Headless)]).expect_err("to headless");
+        assert!(err.contains("cannot become None (headless)"), "{err}");
+        let db = service("db", ServiceType::ClusterIp, ClusterIp::Auto);
+        let err = checked(&state, &[db]).expect_err("headless to an address");
+        assert!(
+            err.contains("is None (headless) and cannot become"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_address_asked_for_must_be_free_and_in_the_network() {
+        let mut state = ClusterState::default();
+        store(
+            &mut state,
+            vec![service("web", ServiceType::ClusterIp, ip(7))],
+        );
+        let asking = |ip| [service("api", ServiceType::ClusterIp, ClusterIp::Fixed(ip))];
+        for (asked, expected) in [
+            (Ipv4Addr::new(10, 96, 0, 7), "is service \"web\"'s"),
+            (
+                Ipv4Addr::new(10, 96, 0, 10),
+                "reserved for the cluster's DNS",
+            ),
+            (
+                Ipv4Addr::new(192, 168, 0, 7),
+                "outside the service network 10.96.0.0/16",
+            ),
+        ] {
+            let err = checked(&state, &asking(asked)).expect_err("refused");
+            assert!(err.contains(expected), "{asked}: {err}");
+        }
+        // Two services of one apply asking for the same address.
+        let both = [
+            service("a", ServiceType::ClusterIp, ip(9)),
+            service("b", ServiceType::ClusterIp, ip(9)),
+        ];
+        let err = checked(&state, &both).expect_err("clash");
+        assert!(
+            err.contains("cluster address 10.96.0.9 is service \"a\"'s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn services_of_an_older_store_get_addresses_once() {
+        let mut state = ClusterState::default();
+        store(
+            &mut state,
+            vec![
+                service("a", ServiceType::LoadBalancer, ClusterIp::Auto),
+                service("b", ServiceType::ClusterIp, ip(1)),
+                service("c", ServiceType::ClusterIp, ClusterIp::Headless),
+            ],
+        );
+        let mut changes = ChangeSet::new(&state, 5);
+        assert!(assign_missing_addresses(&state, &mut changes).is_empty());
+        let (writes, events) = changes.finish();
+        assert_eq!(events.len(), 1);
+        state.apply(&writes);
+        let addresses: Vec<ClusterIp> = state
+            .stored
+            .services
+            .values()
+            .map(|r| r.service.cluster_ip)
+            .collect();
+        assert_eq!(addresses, [ip(2), ip(1), ClusterIp::Headless]);
+        let mut again = ChangeSet::new(&state, 6);
+        assign_missing_addresses(&state, &mut again);
+        assert!(again.is_empty(), "nothing left to assign");
+    }
+
+    #[test]
+    fn node_ports_are_kept_and_clashes_refused() {
+        let mut state = ClusterState::default();
+        let mut stored = service("web", ServiceType::NodePort, ip(1));
+        stored.ports[0].node_port = Some(30007);
+        store(&mut state, vec![stored]);
+        let mut problems = Vec::new();
+        let again = check(
+            &state,
+            &[service("web", ServiceType::NodePort, ClusterIp::Auto)],
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(again[0].ports[0].node_port, Some(30007), "kept");
+        let mut other = service("api", ServiceType::NodePort, ClusterIp::Auto);
+        other.ports[0].node_port = Some(30007);
+        let err = checked(&state, &[other]).expect_err("clash");
+        assert!(
+            err.contains("port 30007 on every node is used by both"),
+            "{err}"
+        );
+        let picked = check(
+            &state,
+            &[service("api", ServiceType::NodePort, ClusterIp::Auto)],
+            &mut problems,
+        );
+        assert_eq!(picked[0].ports[0].node_port, Some(30000), "lowest free");
+    }
 }

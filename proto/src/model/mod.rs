@@ -893,8 +893,16 @@ pub struct RouteEndpoint {
 pub struct ServiceRoute {
     /// Service name.
     pub service: String,
-    /// Port every node's proxy listens on.
-    pub service_port: u16,
+    /// The service's own port, on its cluster address.
+    pub port: u16,
+    /// The port's name, if it has one (SRV records).
+    pub port_name: Option<String>,
+    /// The service's cluster address, which every node makes reachable on `port`; `None`
+    /// for a headless service.
+    pub cluster_ip: Option<std::net::Ipv4Addr>,
+    /// Port every node's proxy address listens on (a NodePort's node port, a
+    /// LoadBalancer's port); `None` for ClusterIP and headless services.
+    pub node_port: Option<u16>,
     /// Replica selection strategy.
     pub strategy: Strategy,
     /// Weight per pool (a workload's revision); empty means one pool of every endpoint.
@@ -908,7 +916,7 @@ pub struct ServiceRoute {
 pub struct RoutePolicy {
     /// Grows with every change; an agent applies only versions newer than the one it has.
     pub version: u64,
-    /// One entry per published service port.
+    /// One entry per port of every service.
     pub services: Vec<ServiceRoute>,
     /// Identity of the coordinator's store; versions of another store are not comparable.
     pub store_id: String,

@@ -132,13 +132,22 @@ impl Service {
     }
 
     /// The port every node's address listens on for `port` of this service: its node port
-    /// for `NodePort`, else its own port (`LoadBalancer`; and `ClusterIP` until services
-    /// have addresses of their own). `None` for a headless service, which nothing proxies.
+    /// for `NodePort`, its own port for `LoadBalancer`; `None` for `ClusterIP` (reached on
+    /// its cluster address only) and headless services.
     pub fn node_listen_port(&self, port: &ServicePort) -> Option<u16> {
         match (self.cluster_ip, self.kind) {
-            (ClusterIp::Headless, _) => None,
+            (ClusterIp::Headless, _) | (_, ServiceType::ClusterIp) => None,
             (_, ServiceType::NodePort) => port.node_port,
-            (_, ServiceType::LoadBalancer | ServiceType::ClusterIp) => Some(port.port),
+            (_, ServiceType::LoadBalancer) => Some(port.port),
+        }
+    }
+
+    /// Its cluster address, once it has one (the coordinator allocates one to every
+    /// service that is not headless).
+    pub fn cluster_address(&self) -> Option<Ipv4Addr> {
+        match self.cluster_ip {
+            ClusterIp::Fixed(ip) => Some(ip),
+            ClusterIp::Auto | ClusterIp::Headless => None,
         }
     }
 
