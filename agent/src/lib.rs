@@ -7,6 +7,7 @@
 pub mod cluster_ips;
 pub mod config;
 pub mod credentials;
+pub mod dns;
 pub mod error;
 pub mod gossip;
 pub mod health;

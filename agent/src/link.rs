@@ -342,6 +342,7 @@ fn desired_update(set: DesiredSet, session: u64) -> DesiredUpdate {
         session,
         allocations,
         store_id: set.store_id,
+        cluster_dns: set.cluster_dns,
     }
 }
 
@@ -553,6 +554,7 @@ mod tests {
                     version,
                     allocations: vec![drover_proto::model::DesiredAllocation { allocation, spec }],
                     store_id: store.into(),
+                    cluster_dns: None,
                 })
                     .into(),
             )),

@@ -13,18 +13,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::gossip::MemberFacts;
 use drover_proto::model::{
-    AllocState, RevisionTraffic, RouteEndpoint, RoutePolicy, ServiceRoute as PolicyRoute,
+    AllocState, ClusterDns, RevisionTraffic, RouteEndpoint, RoutePolicy,
+    ServiceRoute as PolicyRoute,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster_ips::{ClusterAddresses, LoopbackAddresses};
+use crate::dns::Records;
 use crate::proxy::balancer::Endpoint;
 use crate::proxy::listeners::{ProxyManager, ServiceRoute};
+use crate::supervisor::{DesiredUpdate, NAMESPACE};
 
 /// How often the proxy's traffic totals are published (when they changed): the batching of
 /// the link's traffic updates. Short, as a canary step may last only a few seconds.
@@ -49,24 +53,37 @@ pub struct Addressing {
 /// next agent). Meanwhile publishes the node's cumulative traffic totals to `traffic` every
 /// [`TRAFFIC_INTERVAL`], when they changed, and removes the addresses of routes whose last
 /// connection has drained.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<L: LoopbackAddresses>(
     mut manager: ProxyManager,
     addressing: Addressing,
     mut addresses: Option<ClusterAddresses<L>>,
     mut policy: watch::Receiver<Option<RoutePolicy>>,
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
+    mut desired: watch::Receiver<Option<DesiredUpdate>>,
+    records: Option<watch::Sender<Arc<Records>>>,
     traffic: watch::Sender<Vec<RevisionTraffic>>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(TRAFFIC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'routes: loop {
+        let dns = cluster_dns(&desired);
         let routes = {
             let policy = policy.borrow_and_update();
             let live = live.borrow_and_update();
+            if let (Some(records), Some(dns)) = (&records, &dns) {
+                records.send_replace(Arc::new(dns_records(policy.as_ref(), &live, dns)));
+            }
             service_routes(policy.as_ref(), &live, addressing)
         };
-        let wanted = cluster_addresses(&routes, &addressing, policy.borrow().as_ref());
+        let mut wanted = cluster_addresses(&routes, &addressing, policy.borrow().as_ref());
+        // The cluster DNS's address, where this agent serves it.
+        wanted.extend(
+            dns.as_ref()
+                .filter(|_| records.is_some())
+                .map(|d| d.address),
+        );
         if let Some(addresses) = addresses.as_mut() {
             addresses.ensure(&wanted).await;
         }
@@ -83,6 +100,12 @@ pub async fn run<L: LoopbackAddresses>(
                     Ok(()) => continue 'routes,
                     Err(_) => break 'routes,
                 },
+                // Desired sets come often; only a new cluster DNS matters here.
+                changed = desired.changed() => match changed {
+                    Ok(()) if cluster_dns(&desired) != dns => continue 'routes,
+                    Ok(()) => {}
+                    Err(_) => break 'routes,
+                },
                 _ = tick.tick() => {
                     publish_traffic(&traffic, manager.traffic());
                     manager.reap();
@@ -92,6 +115,32 @@ pub async fn run<L: LoopbackAddresses>(
         }
     }
     manager.shutdown().await;
+}
+
+/// The cluster DNS of the last desired set.
+fn cluster_dns(desired: &watch::Receiver<Option<DesiredUpdate>>) -> Option<ClusterDns> {
+    desired
+        .borrow()
+        .as_ref()
+        .and_then(|d| d.cluster_dns.clone())
+}
+
+/// What the cluster DNS answers: the services of the policy, headless ones with the
+/// endpoints the proxy would route to.
+fn dns_records(
+    policy: Option<&RoutePolicy>,
+    live: &BTreeMap<String, MemberFacts>,
+    dns: &ClusterDns,
+) -> Records {
+    match policy {
+        Some(policy) => Records::build(
+            policy,
+            |e| endpoint(e, live).is_some(),
+            &dns.domain,
+            NAMESPACE,
+        ),
+        None => Records::empty(&dns.domain, NAMESPACE),
+    }
 }
 
 /// The cluster addresses the routes listen on.
@@ -211,7 +260,7 @@ fn listen_addresses(route: &PolicyRoute, addressing: Addressing) -> Vec<SocketAd
 /// policy's address (it names the replica's first published port, whatever the service
 /// port; and the coordinator re-pushes the policy when a restarted replica reports a new
 /// host port, before its health checks pass).
-fn endpoint(e: &RouteEndpoint, live: &BTreeMap<String, MemberFacts>) -> Option<Endpoint> {
+pub fn endpoint(e: &RouteEndpoint, live: &BTreeMap<String, MemberFacts>) -> Option<Endpoint> {
     let address = e.address?;
     let member = live.get(&e.node)?;
     if member.is_leaving() {

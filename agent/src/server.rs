@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::cluster_ips::{self, ClusterAddresses};
 use crate::config::Config;
 use crate::credentials;
+use crate::dns;
 use crate::error::Error;
 use crate::gossip;
 use crate::host;
@@ -21,7 +22,7 @@ use crate::link::Link;
 use crate::proxy::{MIN_BUFFER_SIZE, ProxyConfig, ProxyManager};
 use crate::routes;
 use crate::runtime::ContainerRuntime;
-use crate::supervisor::{LinkState, Supervisor, SupervisorChannels};
+use crate::supervisor::{self, LinkState, Supervisor, SupervisorChannels};
 
 /// How long the agent's tasks get to stop after shutdown (the proxy bounds its own drain
 /// below this), inside systemd's `TimeoutStopSec=30s`.
@@ -87,6 +88,8 @@ pub async fn run(
             .unwrap_or_default(),
     );
     let (desired_tx, desired_rx) = watch::channel(None);
+    // The routing and DNS tasks follow the cluster DNS the desired sets name.
+    let (desired_for_routes, desired_for_dns) = (desired_rx.clone(), desired_rx.clone());
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
     let (routes_tx, routes_rx) = watch::channel(None);
@@ -203,10 +206,21 @@ pub async fn run(
         cluster_ips: config.cluster_ips,
         cluster_services_on_node: config.cluster_services_on_node,
     };
-    let addresses = if config.cluster_ips {
-        Some(ClusterAddresses::start(cluster_ips::Netlink::open()?).await)
+    // The agent that serves the cluster addresses on this host serves its DNS too (on one
+    // of them).
+    let (addresses, records) = if config.cluster_ips {
+        let (records_tx, records_rx) = watch::channel(Arc::new(dns::Records::empty(
+            "cluster.local",
+            supervisor::NAMESPACE,
+        )));
+        tasks.spawn_infallible(
+            "dns",
+            dns::run::run(desired_for_dns, records_rx, shutdown.clone()),
+        );
+        let addresses = ClusterAddresses::start(cluster_ips::Netlink::open()?).await;
+        (Some(addresses), Some(records_tx))
     } else {
-        None
+        (None, None)
     };
     tasks.spawn_infallible(
         "routing",
@@ -216,6 +230,8 @@ pub async fn run(
             addresses,
             routes_rx,
             membership.live_members(),
+            desired_for_routes,
+            records,
             traffic_tx,
             shutdown.clone(),
         ),

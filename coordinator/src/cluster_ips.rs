@@ -1,5 +1,6 @@
 //! Services' cluster addresses: the network they come from (`service_network` in the
-//! config) and which of its addresses a service may have. Pure.
+//! config) and which of its addresses a service may have; and the cluster's DNS domain
+//! (`cluster_domain`) that names them. Pure.
 //!
 //! Every service that is not headless gets one address, the lowest free one unless its
 //! manifest names one, and keeps it until it is deleted: the address is written into the
@@ -137,12 +138,67 @@ impl fmt::Display for ServiceNetwork {
     }
 }
 
+/// The DNS domain of services' names (`NAME.NAMESPACE.svc.DOMAIN`), e.g. `cluster.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClusterDomain(String);
+
+impl ClusterDomain {
+    /// The domain, without a trailing dot.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ClusterDomain {
+    /// Kubernetes' `cluster.local`.
+    fn default() -> Self {
+        ClusterDomain("cluster.local".into())
+    }
+}
+
+impl TryFrom<String> for ClusterDomain {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let domain = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        if domain.is_empty() || domain.len() > 200 {
+            return Err(format!(
+                "cluster domain {text:?} must be a DNS name of at most 200 characters"
+            ));
+        }
+        for label in domain.split('.') {
+            drover_proto::manifest::dns_label(label)
+                .map_err(|e| format!("cluster domain {text:?}: {e}"))?;
+        }
+        Ok(ClusterDomain(domain))
+    }
+}
+
+impl From<ClusterDomain> for String {
+    fn from(domain: ClusterDomain) -> String {
+        domain.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn net(text: &str) -> ServiceNetwork {
         text.parse().expect("network")
+    }
+
+    #[test]
+    fn cluster_domains_are_dns_names() {
+        let domain = |text: &str| ClusterDomain::try_from(text.to_string());
+        assert_eq!(
+            domain("Edge.Example.").map(String::from),
+            Ok("edge.example".into())
+        );
+        assert!(domain("").is_err());
+        assert!(domain("bad_label.local").is_err_and(|e| e.contains("bad_label")));
+        assert_eq!(ClusterDomain::default().as_str(), "cluster.local");
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct Config {
     /// keeps its address when this changes.
     #[schemars(with = "String", example = "10.43.0.0/16")]
     pub service_network: ServiceNetwork,
+    /// DNS domain of services' names: every agent answers `NAME.NAMESPACE.svc.DOMAIN` (and
+    /// the shorter forms) on the service network's 10th address, which containers get as
+    /// their resolver.
+    #[schemars(with = "String", example = "edge.internal")]
+    pub cluster_domain: ClusterDomain,
     /// Bounds on what requests may ask for; set only the keys to change, e.g. `limits = {
     /// replicas_per_service = 50000 }`. replicas_per_service, services, allocations (the
     /// replicas of all services together), env_bytes (one service's environment, command and args: Linux passes at most 2 MiB to a program), args
@@ -87,6 +92,7 @@ impl Default for Config {
             gossip_interval: Duration::from_millis(250),
             down_node_expiry: Duration::from_secs(600),
             service_network: ServiceNetwork::default(),
+            cluster_domain: ClusterDomain::default(),
             limits: Limits::default(),
             node_cert_ttl: Duration::from_secs(90 * 24 * 3600),
             operator_cert_ttl: Duration::from_secs(12 * 3600),
@@ -96,9 +102,10 @@ impl Default for Config {
 }
 
 /// Keys that `DROVER_<KEY>` environment variables may set.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "insecure",
     "service_network",
+    "cluster_domain",
     "listen",
     "data_dir",
     "cluster_id",
@@ -112,7 +119,7 @@ const ENV_KEYS: [&str; 11] = [
 
 pub use drover_daemon::ConfigError;
 
-use crate::cluster_ips::ServiceNetwork;
+use crate::cluster_ips::{ClusterDomain, ServiceNetwork};
 use crate::limits::Limits;
 use crate::state::Settings;
 use crate::store::{RedbStore, SealedStore, SecretsKey, StoreError};
@@ -153,6 +160,7 @@ impl Config {
             down_node_expiry_ms: u64::try_from(self.down_node_expiry.as_millis())
                 .unwrap_or(u64::MAX),
             service_network: self.service_network,
+            cluster_domain: self.cluster_domain.clone(),
         }
     }
 

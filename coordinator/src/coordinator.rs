@@ -338,6 +338,11 @@ impl Coordinator {
     async fn push(&self, inner: &mut Inner) {
         // Versions count within one store; agents reset theirs when this changes.
         let store_id = inner.state.stored.store_id.clone();
+        let settings = &inner.state.settings;
+        let cluster_dns = drover_proto::model::ClusterDns {
+            address: settings.service_network.dns_address(),
+            domain: settings.cluster_domain.as_str().to_string(),
+        };
         let routes = crate::routing::route_policy(&inner.state);
         let gossip_keys = crate::security::gossip_keys(&inner.state);
         let ca_bundle = self.authority().map(|a| a.ca().bundle_pem().to_string());
@@ -392,6 +397,7 @@ impl Coordinator {
                     version,
                     allocations: desired,
                     store_id: store_id.clone(),
+                    cluster_dns: Some(cluster_dns.clone()),
                 };
                 let message = pb::CoordinatorMessage {
                     body: Some(pb::coordinator_message::Body::Desired((&set).into())),

@@ -41,6 +41,8 @@ pub struct Settings {
     pub down_node_expiry_ms: u64,
     /// Where services' cluster addresses come from.
     pub service_network: crate::cluster_ips::ServiceNetwork,
+    /// The DNS domain of services' names.
+    pub cluster_domain: crate::cluster_ips::ClusterDomain,
 }
 
 impl Default for Settings {
@@ -49,6 +51,7 @@ impl Default for Settings {
             limits: Limits::default(),
             down_node_expiry_ms: 600_000,
             service_network: crate::cluster_ips::ServiceNetwork::default(),
+            cluster_domain: crate::cluster_ips::ClusterDomain::default(),
         }
     }
 }

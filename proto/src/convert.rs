@@ -967,6 +967,10 @@ impl From<&crate::model::DesiredSet> for pb::DesiredSet {
             version: s.version,
             allocations: s.allocations.iter().map(Into::into).collect(),
             store_id: s.store_id.clone(),
+            cluster_dns: s.cluster_dns.as_ref().map(|d| pb::ClusterDns {
+                address: d.address.to_string(),
+                domain: d.domain.clone(),
+            }),
         }
     }
 }
@@ -985,10 +989,24 @@ impl TryFrom<pb::DesiredSet> for crate::model::DesiredSet {
                     .map_err(|e| e.in_field(M, &format!("allocations[{i}]")))
             })
             .collect::<Result<_, _>>()?;
+        let cluster_dns = match s.cluster_dns {
+            None => None,
+            Some(dns) => Some(crate::model::ClusterDns {
+                address: dns.address.parse().map_err(|e| {
+                    ConvertError::new(
+                        M,
+                        "cluster_dns.address",
+                        format!("{:?} is not an IPv4 address: {e}", dns.address),
+                    )
+                })?,
+                domain: dns.domain,
+            }),
+        };
         Ok(crate::model::DesiredSet {
             version: s.version,
             allocations,
             store_id: s.store_id,
+            cluster_dns,
         })
     }
 }
@@ -1266,6 +1284,10 @@ mod push_tests {
                 },
                 spec,
             }],
+            cluster_dns: Some(crate::model::ClusterDns {
+                address: std::net::Ipv4Addr::new(10, 96, 0, 10),
+                domain: "cluster.local".into(),
+            }),
         }
     }
 
@@ -1275,6 +1297,12 @@ mod push_tests {
             DesiredSet::try_from(pb::DesiredSet::from(&desired())),
             Ok(desired())
         );
+        let mut wire = pb::DesiredSet::from(&desired());
+        if let Some(dns) = wire.cluster_dns.as_mut() {
+            dns.address = "ten".into();
+        }
+        let err = DesiredSet::try_from(wire).expect_err("dns address");
+        assert_eq!(err.field, "cluster_dns.address");
         let mut wire = pb::DesiredSet::from(&desired());
         wire.allocations[0].spec = None;
         let err = DesiredSet::try_from(wire).expect_err("spec");

@@ -276,7 +276,10 @@ impl DroverProcess {
         let stdout = log.try_clone().expect("clone log handle");
         let child = Command::new(binary(self.binary))
             .args(&self.args)
-            .env("RUST_LOG", "info,h2=warn,tower=warn,hyper=warn")
+            .env(
+                "RUST_LOG",
+                "info,h2=warn,tower=warn,hyper=warn,hickory_server=warn",
+            )
             .stdout(stdout)
             .stderr(log)
             .spawn()
@@ -446,6 +449,41 @@ pub fn build_images() {
     success(&out, "examples/seed/build-images.sh");
 }
 
+/// The debootstrapped Debian image the packaging tests build (packaging/tests/rootfs.sh,
+/// cached outside the clone), imported into Docker when missing; its name. Its glibc
+/// resolves names (the static busybox of the other test images cannot), and it has bash
+/// and perl.
+pub fn debian_image() -> String {
+    let script = workspace_root().join("packaging/tests/rootfs.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run rootfs.sh");
+    let tarball = success(&out, "packaging/tests/rootfs.sh")
+        .trim()
+        .to_string();
+    let key = Path::new(&tarball)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("debian-"))
+        .unwrap_or_else(|| panic!("rootfs.sh printed {tarball:?}"))
+        .to_string();
+    // The same name as packaging/tests/install.sh gives it.
+    let image = format!("drover-ci/debian:{key}");
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let out = Command::new("docker")
+            .args(["import", &tarball, &image])
+            .output()
+            .expect("docker import");
+        success(&out, &format!("docker import {tarball}"));
+    }
+    image
+}
+
 /// A node id unique to this test run, so tests sharing one engine never meet.
 pub fn unique_node(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -609,6 +647,29 @@ pub fn http_get_from_container(address: &str) -> String {
         .output()
         .expect("docker run");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One HTTP/1.0 GET to `host:port` from inside the running container `container`, with
+/// bash's /dev/tcp, so that `host` is resolved by the container's own resolver (glibc: the
+/// container needs bash, as [`debian_image`]'s have); the whole response, or what failed.
+pub fn http_get_in_container(container: &str, host: &str, port: u16) -> Result<String, String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+    );
+    let out = Command::new("docker")
+        .args(["exec", container, "bash", "-c", &script])
+        .output()
+        .map_err(|e| format!("docker exec: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && text.contains("\r\n\r\n") {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{host}:{port} from {container}: {}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            text
+        ))
+    }
 }
 
 /// One HTTP/1.0 GET to `address` (host:port); the body, or an empty string when the

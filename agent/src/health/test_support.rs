@@ -17,6 +17,7 @@ pub(crate) async fn running_container(runtime: &FakeRuntime) -> String {
         cpu_millis: 0,
         memory_bytes: 0,
         ports: Vec::new(),
+        dns: None,
     };
     let id = runtime.create(&spec).await.expect("create container");
     runtime.start(&id).await.expect("start container");

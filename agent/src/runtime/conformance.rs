@@ -72,6 +72,7 @@ impl Fixture {
                 host_port: None,
                 host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             }],
+            dns: None,
         }
     }
 }

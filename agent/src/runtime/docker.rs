@@ -540,6 +540,12 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             maximum_retry_count: None,
         }),
         init: Some(false),
+        dns: spec
+            .dns
+            .as_ref()
+            .map(|d| d.servers.iter().map(ToString::to_string).collect()),
+        dns_search: spec.dns.as_ref().map(|d| d.search.clone()),
+        dns_options: spec.dns.as_ref().map(|d| d.options.clone()),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -748,7 +754,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::runtime::PortBinding;
+    use crate::runtime::{ContainerDns, PortBinding};
 
     #[test]
     fn a_command_that_cannot_run_is_told_apart() {
@@ -880,8 +886,20 @@ mod tests {
                     host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 },
             ],
+            dns: Some(ContainerDns {
+                servers: vec![Ipv4Addr::new(10, 96, 0, 10)],
+                search: vec!["default.svc.cluster.local".to_owned()],
+                options: vec!["ndots:5".to_owned()],
+            }),
         };
         let body = create_body(&spec);
+        let host = body.host_config.as_ref().expect("host config");
+        assert_eq!(host.dns, Some(vec!["10.96.0.10".to_owned()]));
+        assert_eq!(
+            host.dns_search,
+            Some(vec!["default.svc.cluster.local".to_owned()])
+        );
+        assert_eq!(host.dns_options, Some(vec!["ndots:5".to_owned()]));
         assert_eq!(body.entrypoint, Some(vec!["/bin/web".to_owned()]));
         assert_eq!(body.cmd, None);
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));

@@ -621,6 +621,7 @@ mod tests {
                     host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 })
                 .collect(),
+            dns: None,
         }
     }
 

@@ -51,6 +51,19 @@ pub struct ContainerSpec {
     pub memory_bytes: u64,
     /// Published ports.
     pub ports: Vec<PortBinding>,
+    /// Resolver settings; `None` keeps the engine's (the host's resolvers).
+    pub dns: Option<ContainerDns>,
+}
+
+/// A container's resolver settings (its /etc/resolv.conf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDns {
+    /// Name servers.
+    pub servers: Vec<std::net::Ipv4Addr>,
+    /// Search domains, in order.
+    pub search: Vec<String>,
+    /// Resolver options, e.g. `ndots:5`.
+    pub options: Vec<String>,
 }
 
 /// Lifecycle state of a container as the engine reports it.

@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{AllocStatus, Allocation, DesiredState, Resources, WorkloadSpec};
+use drover_proto::model::{
+    AllocStatus, Allocation, ClusterDns, DesiredState, Resources, WorkloadSpec,
+};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -25,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::health::{CheckKind, HealthEvent, HealthStatus};
 use crate::runtime::{ContainerInfo, ContainerRuntime, labels};
 pub use backoff::{RestartDecision, after_exit, delay};
+pub use tracked::NAMESPACE;
 use tracked::Tracked;
 
 /// One allocation the coordinator wants on this node, with the spec it runs.
@@ -49,6 +52,8 @@ pub struct DesiredUpdate {
     /// an id of another store's set names another allocation (the coordinator was reset or
     /// restored from a backup).
     pub store_id: String,
+    /// The cluster's DNS, which new containers get as their resolver.
+    pub cluster_dns: Option<ClusterDns>,
 }
 
 /// What the agent reports about one allocation: to the coordinator (status) and to gossip
@@ -113,6 +118,8 @@ pub struct Supervisor {
     sampling: Option<JoinHandle<()>>,
     usage_tx: mpsc::Sender<Vec<UsageSample>>,
     usage_rx: mpsc::Receiver<Vec<UsageSample>>,
+    /// From the last desired set: the resolver of the containers it creates.
+    cluster_dns: Option<ClusterDns>,
     cancel: CancellationToken,
 }
 
@@ -151,6 +158,7 @@ impl Supervisor {
             sampling: None,
             usage_tx,
             usage_rx,
+            cluster_dns: None,
             cancel,
         }
     }
@@ -231,6 +239,9 @@ impl Supervisor {
             .as_ref()
             .map(|d| d.store_id.clone())
             .unwrap_or_default();
+        if let Some(d) = desired.as_ref() {
+            self.cluster_dns = d.cluster_dns.clone();
+        }
         let wanted = desired.map(|d| d.allocations).unwrap_or_default();
 
         self.cut_off_since = match (link.connected, self.cut_off_since) {
@@ -346,8 +357,12 @@ impl Supervisor {
         t.revision = want.allocation.revision;
         match container {
             None => {
-                t.create(&self.node, self.advertise, self.runtime.as_ref())
-                    .await
+                let placement = tracked::Placement {
+                    node: &self.node,
+                    advertise: self.advertise,
+                    cluster_dns: self.cluster_dns.as_ref(),
+                };
+                t.create(&placement, self.runtime.as_ref()).await
             }
             Some(c) => {
                 t.drive(c, self.runtime.as_ref()).await;

@@ -243,6 +243,7 @@ impl Harness {
             session,
             allocations,
             store_id: self.store.clone(),
+            cluster_dns: None,
         }));
     }
 
@@ -343,6 +344,7 @@ impl Running {
             session,
             allocations,
             store_id: "s1".into(),
+            cluster_dns: None,
         }));
     }
 

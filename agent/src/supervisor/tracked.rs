@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{AllocState, AllocStatus, Allocation, WorkloadSpec};
+use drover_proto::model::{AllocState, AllocStatus, Allocation, ClusterDns, WorkloadSpec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use super::backoff::{RestartDecision, after_exit, delay};
 use crate::health::{CheckKind, HealthChecker, HealthEvent, HealthStatus, ProbeTarget};
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, PortBinding, RuntimeError,
-    labels,
+    ContainerDns, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, PortBinding,
+    RuntimeError, labels,
 };
 
 /// Local state of one allocation.
@@ -169,7 +169,7 @@ impl Tracked {
     }
 
     /// Creates and starts the container, unless a backoff is running or it gave up.
-    pub async fn create(&mut self, node: &str, advertise: IpAddr, runtime: &dyn ContainerRuntime) {
+    pub async fn create(&mut self, placement: &Placement<'_>, runtime: &dyn ContainerRuntime) {
         if self.status.state.is_terminal() || self.stop_started.is_some() {
             return;
         }
@@ -194,7 +194,7 @@ impl Tracked {
             self.retry_later(format!("cannot prepare image: {e}"));
             return;
         }
-        let container = container_spec(&self.id, node, advertise, self.revision, &spec);
+        let container = container_spec(&self.id, placement, self.revision, &spec);
         let id = match runtime.create(&container).await {
             Ok(id) => id,
             Err(e) => {
@@ -487,13 +487,29 @@ impl Tracked {
     }
 }
 
+/// Where a container is created: its node, the address its ports are published on, and
+/// the cluster's DNS it resolves names with.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    /// Node id.
+    pub node: &'a str,
+    /// Address published ports bind to.
+    pub advertise: IpAddr,
+    /// The cluster's DNS, if the coordinator sent one.
+    pub cluster_dns: Option<&'a ClusterDns>,
+}
+
+/// Namespace of every workload until Drover has namespaces (its services' names are
+/// `NAME.default.svc.DOMAIN`).
+pub const NAMESPACE: &str = "default";
+
 fn container_spec(
     alloc: &str,
-    node: &str,
-    advertise: IpAddr,
+    placement: &Placement<'_>,
     revision: u64,
     spec: &WorkloadSpec,
 ) -> ContainerSpec {
+    let (node, advertise) = (placement.node, placement.advertise);
     let labels: BTreeMap<String, String> = [
         (labels::ALLOC, alloc.to_string()),
         (labels::SERVICE, spec.name.clone()),
@@ -522,6 +538,17 @@ fn container_spec(
                 host_ip: advertise,
             })
             .collect(),
+        // Kubernetes' resolver settings: the search path of the pod's namespace, and ndots:5
+        // so that `NAME` and `NAME.NAMESPACE` go through the search path first.
+        dns: placement.cluster_dns.map(|dns| ContainerDns {
+            servers: vec![dns.address],
+            search: vec![
+                format!("{NAMESPACE}.svc.{}", dns.domain),
+                format!("svc.{}", dns.domain),
+                dns.domain.clone(),
+            ],
+            options: vec!["ndots:5".to_string()],
+        }),
     }
 }
 

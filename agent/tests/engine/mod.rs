@@ -144,6 +144,7 @@ impl Agent {
             session: 1,
             allocations,
             store_id: "test".into(),
+            cluster_dns: None,
         }));
     }
 

@@ -861,6 +861,17 @@ pub struct DesiredSet {
     pub allocations: Vec<DesiredAllocation>,
     /// Identity of the coordinator's store; versions of another store are not comparable.
     pub store_id: String,
+    /// The cluster's DNS, the resolver of the node's containers.
+    pub cluster_dns: Option<ClusterDns>,
+}
+
+/// The cluster's DNS: every agent answers on `address` for names in `domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// A cluster address (the service network's 10th), on every node's `lo`.
+    pub address: std::net::Ipv4Addr,
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
 }
 
 /// One replica a service proxy may send traffic to, as the coordinator decides. Gossip may
