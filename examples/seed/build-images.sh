@@ -7,7 +7,8 @@
 #   drover-test-busybox:latest  Docker container is its short id); the last one is what
 #                               Drover's own tests run.
 #
-# Every image also serves /healthz ("ok") and stops at once on SIGTERM.
+# Every image also serves /healthz ("ok") and /cgi-bin/call (a call to user-service by
+# name, below), and stops at once on SIGTERM.
 #
 # Usage: examples/seed/build-images.sh [--force]
 #   Builds the images that are missing or from an older recipe; --force rebuilds all.
@@ -23,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
     --force) force=true ;;
     -h | --help)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -55,6 +56,7 @@ DOCKERFILE=$(cat <<'EOF'
 FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY call /www/cgi-bin/call
 ARG SERVICE_NAME
 ENV SERVICE_NAME=${SERVICE_NAME}
 LABEL org.opencontainers.image.title=${SERVICE_NAME} \
@@ -63,9 +65,28 @@ EXPOSE 8080
 CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; set -e; mkdir -p /www; echo \"$SERVICE_NAME $(hostname)\" > /www/index.html; echo ok > /www/healthz; httpd -f -v -p 8080 -h /www & wait"]
 EOF
 )
+# GET /cgi-bin/call[?NAME]: the replica calls http://NAME/ (user-service by default) by
+# name and answers "<its name> <its host> -> <what NAME answered>". busybox's nslookup
+# has a resolver of its own (its wget and nc crash resolving names: glibc's resolver does
+# not link statically), so the name goes through the container's resolver, the cluster DNS
+# under Drover, and nc connects to the address it gave.
+CALL=$(cat <<'EOF'
+#!/bin/sh
+target=${QUERY_STRING:-user-service}
+case $target in *[!a-z0-9.-]* | "") target=user-service ;; esac
+address=$(nslookup "$target" 2>/dev/null | sed -n 's/^Address: *\([0-9.]*\)$/\1/p' | head -n 1)
+printf 'Content-Type: text/plain\r\n\r\n'
+if [ -z "$address" ]; then
+    echo "$SERVICE_NAME $(hostname) -> cannot resolve $target"
+    exit 0
+fi
+answer=$(printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$target" | nc -w 3 "$address" 80 | sed '1,/^\r*$/d')
+echo "$SERVICE_NAME $(hostname) -> ${answer:-no answer from $target at $address}"
+EOF
+)
 # Images built from another version of this recipe are rebuilt too.
 RECIPE_LABEL=dev.drover.seed.recipe
-recipe=$(printf '%s\n' "$DOCKERFILE" | cksum | cut -d' ' -f1)
+recipe=$(printf '%s\n%s\n' "$DOCKERFILE" "$CALL" | cksum | cut -d' ' -f1)
 
 missing=""
 for image in $IMAGES; do
@@ -97,6 +118,8 @@ trap 'rm -rf "$context"' EXIT
 trap 'exit 1' INT TERM
 cp "$BUSYBOX" "$context/busybox"
 printf '%s\n' "$DOCKERFILE" >"$context/Dockerfile"
+printf '%s\n' "$CALL" >"$context/call"
+chmod 755 "$context/call"
 
 for image in $missing; do
     echo "build-images.sh: building $image:latest"

@@ -680,10 +680,16 @@ pub fn http_get(address: &str) -> String {
 
 /// One HTTP/1.0 GET to `address` (host:port): the body, or what went wrong.
 pub fn try_http_get(address: &str) -> Result<String, String> {
+    try_http_get_path(address, "/")
+}
+
+/// [`try_http_get`] of `path` (e.g. `/cgi-bin/call`).
+pub fn try_http_get_path(address: &str, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(stream, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)

@@ -7,13 +7,55 @@ use std::time::Duration;
 
 use drover_tests::{
     DroverProcess, allocations, build_images, healthy_containers, http_get, node_containers,
-    revision_split, success, unique_node, wait_for, web_manifest, workspace_root,
+    revision_split, success, try_http_get_path, unique_node, wait_for, web_manifest,
+    workspace_root,
 };
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Loopback address of the seed test's node: its proxy serves user-service on port 80 here.
 const SEED_IP: &str = "127.0.0.11";
+
+/// The seed as the README runs it, both services: order-service calls user-service by
+/// name (`http://user-service/`, through the cluster DNS and user-service's cluster
+/// address), and both are on the node's address too, as `drover dev` puts them.
+#[test]
+fn the_seed_calls_itself_by_name() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = unique_node("seedname");
+    let ip = "127.0.0.189";
+    let seed = workspace_root().join("examples/seed");
+    let dev = DroverProcess::dev(dir.path(), ip, &node, &[seed.as_path()]);
+    wait_for("the seed's replicas healthy", DEADLINE, || {
+        healthy_containers(&dev, "user-service").len() == 3
+            && healthy_containers(&dev, "order-service").len() == 2
+    });
+    let mut last = String::new();
+    wait_for(
+        "order-service calling user-service by name",
+        DEADLINE,
+        || {
+            last = try_http_get_path(&format!("{ip}:8081"), "/cgi-bin/call").unwrap_or_default();
+            last.starts_with("order-service ") && last.contains(" -> user-service ")
+        },
+    );
+    assert!(http_get(&format!("{ip}:80")).starts_with("user-service "));
+    // The same by its cluster address, and by the long name.
+    let services = dev.cli_json(&["get", "services"]);
+    let order = services
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "order-service"))
+        .and_then(|s| s["cluster_ip"].as_str())
+        .expect("order-service's cluster address")
+        .to_string();
+    let long = try_http_get_path(
+        &format!("{order}:8081"),
+        "/cgi-bin/call?user-service.default.svc.cluster.local",
+    )
+    .expect("a call through the cluster address");
+    assert!(long.contains(" -> user-service "), "{long}");
+}
 
 #[test]
 fn seed_runs_heals_survives_restart_and_deletes() {
