@@ -236,7 +236,7 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
     let response = match crate::client::service_status(&mut client, service, "status").await {
         Ok(response) => response,
         Err(e) => match crate::services::find(&mut client, service).await? {
-            Some(view) => return crate::services::status(view, format),
+            Some(view) => return crate::services::status(&mut client, view, format).await,
             None => return Err(e),
         },
     };
@@ -414,7 +414,8 @@ pub async fn endpoints(
     Ok(out)
 }
 
-async fn node_addresses(
+/// Every node's address, by node id.
+pub async fn node_addresses(
     client: &mut crate::client::Control,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     Ok(client

@@ -15,6 +15,9 @@ struct ServiceRow {
     #[serde(rename = "type")]
     kind: &'static str,
     cluster_ip: String,
+    /// Where it is reached from outside the cluster: every node's address, for NodePort
+    /// and LoadBalancer services.
+    external: Vec<String>,
     ports: Vec<String>,
     selector: Vec<String>,
     workloads: Vec<String>,
@@ -22,7 +25,7 @@ struct ServiceRow {
     healthy: u32,
 }
 
-fn row(view: pb::ServiceView) -> anyhow::Result<ServiceRow> {
+fn row(view: pb::ServiceView, nodes: &[String]) -> anyhow::Result<ServiceRow> {
     let wire = view
         .service
         .ok_or_else(|| anyhow::anyhow!("coordinator sent a service view without its service"))?;
@@ -36,7 +39,12 @@ fn row(view: pb::ServiceView) -> anyhow::Result<ServiceRow> {
             _ => format!("{}->{}/tcp", p.port, p.target),
         })
         .collect();
+    let external = match service.kind {
+        ServiceType::ClusterIp => Vec::new(),
+        ServiceType::NodePort | ServiceType::LoadBalancer => nodes.to_vec(),
+    };
     Ok(ServiceRow {
+        external,
         kind: service.kind.as_str(),
         cluster_ip: match service.cluster_ip {
             ClusterIp::Headless => "None".into(),
@@ -108,10 +116,11 @@ pub async fn find(client: &mut Control, name: &str) -> anyhow::Result<Option<pb:
 /// `drover get services`.
 pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
+    let nodes = node_list(&mut client).await?;
     let rows = list(&mut client)
         .await?
         .into_iter()
-        .map(row)
+        .map(|view| row(view, &nodes))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if format == Format::Json {
         return print_json(&rows);
@@ -124,6 +133,7 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
         "NAME",
         "TYPE",
         "CLUSTER-IP",
+        "EXTERNAL-IP",
         "PORTS",
         "WORKLOADS",
         "ENDPOINTS",
@@ -133,6 +143,7 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
             r.name.clone(),
             r.kind.to_string(),
             r.cluster_ip.clone(),
+            external_text(&r.external),
             r.ports.join(","),
             if r.workloads.is_empty() {
                 "<none>".into()
@@ -146,14 +157,41 @@ pub async fn services(target: &str, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every node's address, sorted and once each.
+async fn node_list(client: &mut Control) -> anyhow::Result<Vec<String>> {
+    let mut addresses: Vec<String> = crate::commands::node_addresses(client)
+        .await?
+        .into_values()
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}
+
+/// External addresses as a column: all of them while few, else a count.
+fn external_text(addresses: &[String]) -> String {
+    match addresses.len() {
+        0 => "<none>".into(),
+        1..=3 => addresses.join(","),
+        n => format!("{},… ({n} nodes)", addresses[..2].join(",")),
+    }
+}
+
 /// `drover status NAME` for a service that no workload shares its name with.
-pub fn status(view: pb::ServiceView, format: Format) -> anyhow::Result<()> {
-    let r = row(view)?;
+pub async fn status(
+    client: &mut Control,
+    view: pb::ServiceView,
+    format: Format,
+) -> anyhow::Result<()> {
+    let r = row(view, &node_list(client).await?)?;
     if format == Format::Json {
         return print_json(&r);
     }
     say!("Service:   {} ({})", r.name, r.kind);
     say!("Address:   {}", r.cluster_ip);
+    if !r.external.is_empty() {
+        say!("External:  {}", r.external.join(", "));
+    }
     say!("Ports:     {}", r.ports.join(", "));
     say!("Selector:  {}", r.selector.join(", "));
     say!(

@@ -83,6 +83,13 @@ fn one_service_over_two_deployments_splits_by_weights_and_two_services_share_one
 
     let status = success(&coordinator.cli(&["status", "hello"]), "status of hello");
     assert!(status.contains("Workloads: hello-v1, hello-v2"), "{status}");
+    // NodePort and LoadBalancer services are reached on every node's address.
+    let services = coordinator.cli_json(&["get", "services"]);
+    for service in services.as_array().expect("services") {
+        assert_eq!(service["external"], serde_json::json!(ips), "{service}");
+    }
+    let table = success(&coordinator.cli(&["get", "services"]), "get services");
+    assert!(table.contains("127.0.0.191,127.0.0.192"), "{table}");
 }
 
 /// The cluster address of service `name` as `drover get services` shows it.
