@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use tracing::{debug, info, warn};
 
@@ -216,10 +217,18 @@ impl<L: LoopbackAddresses> ClusterAddresses<L> {
         }
     }
 
-    /// Adds every address of `wanted` not on `lo` yet. A failure (typically EPERM: the
-    /// agent lacks CAP_NET_ADMIN) is logged once per address; that service is then not
-    /// reachable on its cluster address here, and the add is retried on the next call.
+    /// Adds every address of `wanted` not on `lo` yet (looked up afresh: someone may have
+    /// removed one). A failure (typically EPERM: the agent lacks CAP_NET_ADMIN) is logged
+    /// once per address; that service is then not reachable on its cluster address here,
+    /// and the add is retried on the next call.
     pub async fn ensure(&mut self, wanted: &BTreeSet<Ipv4Addr>) {
+        if wanted.is_empty() {
+            return;
+        }
+        match self.lo.owned().await {
+            Ok(present) => self.present = present,
+            Err(e) => debug!(error = %e, "cannot list the cluster addresses on lo"),
+        }
         for ip in wanted.difference(&self.present.clone()) {
             match self.lo.add(*ip).await {
                 Ok(()) => {
@@ -242,9 +251,16 @@ impl<L: LoopbackAddresses> ClusterAddresses<L> {
         self.failing.retain(|ip| wanted.contains(ip));
     }
 
-    /// Removes every labelled address not in `keep`.
-    pub async fn release(&mut self, keep: &BTreeSet<Ipv4Addr>) {
-        let unused: Vec<Ipv4Addr> = self.present.difference(keep).copied().collect();
+    /// Removes every labelled address of `network` (this cluster's service network) not in
+    /// `keep`; addresses outside it are another cluster's, or an agent's of an earlier
+    /// network, and stay.
+    pub async fn release(&mut self, keep: &BTreeSet<Ipv4Addr>, network: Ipv4Net) {
+        let unused: Vec<Ipv4Addr> = self
+            .present
+            .difference(keep)
+            .filter(|ip| network.contains(*ip))
+            .copied()
+            .collect();
         for ip in unused {
             match self.lo.remove(ip).await {
                 Ok(()) => {
@@ -313,12 +329,31 @@ mod tests {
         assert_eq!(addresses.present(), &ips(&[1, 2, 3]));
         // Only .3 was missing: .2, from the earlier agent, is not added again.
         assert_eq!(addresses.lo.calls, ["add 10.96.0.3"]);
+        addresses.lo.calls.clear();
         // .1 is still in use by draining connections.
-        addresses.release(&ips(&[1, 2, 3])).await;
+        let network: Ipv4Net = "10.96.0.0/24".parse().expect("network");
+        addresses.release(&ips(&[1, 2, 3]), network).await;
         assert_eq!(addresses.present(), &ips(&[1, 2, 3]));
-        addresses.release(&ips(&[2, 3])).await;
+        addresses.release(&ips(&[2, 3]), network).await;
         assert_eq!(addresses.present(), &ips(&[2, 3]));
         assert_eq!(addresses.lo.addresses, ips(&[2, 3]));
+        // Another cluster's address on the same host is not this agent's to remove.
+        addresses.lo.addresses.insert(Ipv4Addr::new(10, 97, 0, 1));
+        addresses.ensure(&ips(&[2])).await;
+        addresses.release(&ips(&[2]), network).await;
+        assert_eq!(
+            addresses.lo.addresses,
+            BTreeSet::from([Ipv4Addr::new(10, 96, 0, 2), Ipv4Addr::new(10, 97, 0, 1)])
+        );
+        // One removed behind the agent's back is added again.
+        addresses.lo.addresses.remove(&Ipv4Addr::new(10, 96, 0, 2));
+        addresses.ensure(&ips(&[2])).await;
+        assert!(
+            addresses
+                .lo
+                .addresses
+                .contains(&Ipv4Addr::new(10, 96, 0, 2))
+        );
     }
 
     #[tokio::test]

@@ -492,6 +492,7 @@ mod tests {
                     port,
                     cluster_ip: "10.96.0.1".into(),
                     node_port: 0,
+                    service_port: 0,
                     port_name: None,
                     strategy: pb::Strategy::RoundRobin as i32,
                     pool_weights: Default::default(),

@@ -88,7 +88,15 @@ pub async fn run<L: LoopbackAddresses>(
             addresses.ensure(&wanted).await;
         }
         manager.apply(routes).await;
-        release_unused(&manager, &wanted, addresses.as_mut()).await;
+        let has_policy = policy.borrow().is_some();
+        release_unused(
+            &manager,
+            &wanted,
+            dns.as_ref(),
+            has_policy,
+            addresses.as_mut(),
+        )
+        .await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'routes,
@@ -109,7 +117,7 @@ pub async fn run<L: LoopbackAddresses>(
                 _ = tick.tick() => {
                     publish_traffic(&traffic, manager.traffic());
                     manager.reap();
-                    release_unused(&manager, &wanted, addresses.as_mut()).await;
+                    release_unused(&manager, &wanted, dns.as_ref(), has_policy, addresses.as_mut()).await;
                 }
             }
         }
@@ -174,11 +182,21 @@ fn cluster_addresses(
 async fn release_unused<L: LoopbackAddresses>(
     manager: &ProxyManager,
     wanted: &BTreeSet<Ipv4Addr>,
+    dns: Option<&ClusterDns>,
+    has_policy: bool,
     addresses: Option<&mut ClusterAddresses<L>>,
 ) {
     let Some(addresses) = addresses else {
         return;
     };
+    // Until this agent has heard the coordinator's policy and network, the addresses an
+    // earlier agent left are kept (they are what the host's containers use).
+    let Some(network) = dns.and_then(|d| d.service_network.parse::<ipnet::Ipv4Net>().ok()) else {
+        return;
+    };
+    if !has_policy {
+        return;
+    }
     let mut keep = wanted.clone();
     keep.extend(
         manager
@@ -190,7 +208,7 @@ async fn release_unused<L: LoopbackAddresses>(
             }),
     );
     if addresses.present().iter().any(|ip| !keep.contains(ip)) {
-        addresses.release(&keep).await;
+        addresses.release(&keep, network).await;
     }
 }
 

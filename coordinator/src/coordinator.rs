@@ -342,6 +342,7 @@ impl Coordinator {
         let cluster_dns = drover_proto::model::ClusterDns {
             address: settings.service_network.dns_address(),
             domain: settings.cluster_domain.as_str().to_string(),
+            service_network: settings.service_network.to_string(),
         };
         let routes = crate::routing::route_policy(&inner.state);
         let gossip_keys = crate::security::gossip_keys(&inner.state);

@@ -970,6 +970,7 @@ impl From<&crate::model::DesiredSet> for pb::DesiredSet {
             cluster_dns: s.cluster_dns.as_ref().map(|d| pb::ClusterDns {
                 address: d.address.to_string(),
                 domain: d.domain.clone(),
+                service_network: d.service_network.clone(),
             }),
         }
     }
@@ -1000,6 +1001,7 @@ impl TryFrom<pb::DesiredSet> for crate::model::DesiredSet {
                     )
                 })?,
                 domain: dns.domain,
+                service_network: dns.service_network,
             }),
         };
         Ok(crate::model::DesiredSet {
@@ -1062,6 +1064,7 @@ impl From<&crate::model::ServiceRoute> for pb::ServiceRoute {
     fn from(r: &crate::model::ServiceRoute) -> Self {
         pb::ServiceRoute {
             service: r.service.clone(),
+            service_port: r.node_port.unwrap_or(r.port).into(),
             node_port: r.node_port.map_or(0, u32::from),
             cluster_ip: r.cluster_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             port: r.port.into(),
@@ -1102,13 +1105,21 @@ impl TryFrom<pb::ServiceRoute> for crate::model::ServiceRoute {
                 )
             })?),
         };
-        let node_port = match r.node_port {
-            0 => None,
-            n => Some(port(M, "node_port", n)?),
+        // An older coordinator sends no `port`: every service on node addresses, at
+        // `service_port`.
+        let (service_port, node_port) = if r.port == 0 {
+            let listen = port(M, "service_port", r.service_port)?;
+            (listen, Some(listen))
+        } else {
+            let node_port = match r.node_port {
+                0 => None,
+                n => Some(port(M, "node_port", n)?),
+            };
+            (port(M, "port", r.port)?, node_port)
         };
         Ok(crate::model::ServiceRoute {
             service: r.service,
-            port: port(M, "port", r.port)?,
+            port: service_port,
             port_name: r.port_name,
             cluster_ip,
             node_port,
@@ -1211,6 +1222,20 @@ mod push_tests {
     }
 
     #[test]
+    fn route_policy_of_an_older_coordinator_puts_services_on_node_addresses() {
+        let mut wire = pb::RoutePolicy::from(&policy());
+        assert_eq!(
+            wire.services[0].service_port, 30080,
+            "what older agents listen on"
+        );
+        wire.services[0].port = 0;
+        wire.services[0].node_port = 0;
+        wire.services[0].service_port = 8080;
+        let route = &RoutePolicy::try_from(wire).expect("valid").services[0];
+        assert_eq!((route.port, route.node_port), (8080, Some(8080)));
+    }
+
+    #[test]
     fn route_policy_errors_name_the_field() {
         let check = |edit: fn(&mut pb::RoutePolicy), field: &str, text: &str| {
             let mut wire = pb::RoutePolicy::from(&policy());
@@ -1224,7 +1249,14 @@ mod push_tests {
             "services[0].node_port",
             "70000",
         );
-        check(|w| w.services[0].port = 0, "services[0].port", "port 0");
+        check(
+            |w| {
+                w.services[0].port = 0;
+                w.services[0].service_port = 0;
+            },
+            "services[0].service_port",
+            "port 0",
+        );
         check(
             |w| w.services[0].cluster_ip = "10.96.0.300".into(),
             "services[0].cluster_ip",
@@ -1287,6 +1319,7 @@ mod push_tests {
             cluster_dns: Some(crate::model::ClusterDns {
                 address: std::net::Ipv4Addr::new(10, 96, 0, 10),
                 domain: "cluster.local".into(),
+                service_network: "10.96.0.0/16".into(),
             }),
         }
     }

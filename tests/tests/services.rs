@@ -127,7 +127,7 @@ fn drover_addresses() -> String {
 #[test]
 fn cluster_ip_services_are_reached_on_their_own_addresses() {
     let ips = ["127.0.0.193", "127.0.0.194"];
-    let (dir, mut coordinator, _agents, _nodes) = nodes_cluster_with_cluster_ips("vip", &ips);
+    let (dir, mut coordinator, mut agents, _nodes) = nodes_cluster_with_cluster_ips("vip", &ips);
     let network = coordinator.service_network.clone();
     let prefix = network.trim_end_matches(".0/24");
     let fixed = format!("{prefix}.50");
@@ -167,6 +167,15 @@ fn cluster_ip_services_are_reached_on_their_own_addresses() {
             "a ClusterIP service on {ip}:80: {on_node:?}"
         );
     }
+
+    // The serving agent's restart keeps the addresses on lo, and it listens again.
+    agents[0].kill_and_restart();
+    assert!(drover_addresses().contains(&format!("{prefix}.1/32")));
+    wait_for(
+        "front through its address after an agent restart",
+        DEADLINE,
+        || http_get(&front).starts_with("user-service"),
+    );
 
     coordinator.kill_and_restart();
     assert_eq!(format!("{}:80", cluster_ip(&coordinator, "front")), front);

@@ -2,7 +2,7 @@
 //! [`ProxyManager::apply`] reconciles the running listeners with the routes the agent
 //! computed (endpoints = policy ∩ alive ∩ healthy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,8 @@ pub struct ProxyManager {
     /// Revision outcomes of proxies dropped since (stopped and drained), kept so that
     /// [`ProxyManager::traffic`] never goes down while the agent runs.
     ended: TrafficTotals,
+    /// Addresses two routes want, already reported (once each while the clash lasts).
+    clashes: BTreeSet<SocketAddr>,
 }
 
 /// A route's identity: service name and port.
@@ -93,6 +95,7 @@ impl ProxyManager {
             routes: BTreeMap::new(),
             retired: Vec::new(),
             ended: TrafficTotals::new(),
+            clashes: BTreeSet::new(),
         }
     }
 
@@ -104,11 +107,15 @@ impl ProxyManager {
     pub async fn apply(&mut self, routes: Vec<ServiceRoute>) {
         let mut claimed: BTreeMap<SocketAddr, String> = BTreeMap::new();
         let mut wanted: BTreeMap<RouteKey, ServiceRoute> = BTreeMap::new();
+        let mut clashes = BTreeSet::new();
         for mut route in routes {
             route.listen.retain(|address| match claimed.get(address) {
                 Some(kept) => {
-                    error!(%address, service = %route.service, %kept,
-                        "two services want the same address; ignoring the second");
+                    if !self.clashes.contains(address) {
+                        error!(%address, service = %route.service, %kept,
+                            "two services want the same address; ignoring the second");
+                    }
+                    clashes.insert(*address);
                     false
                 }
                 None => {
@@ -118,6 +125,7 @@ impl ProxyManager {
             });
             wanted.insert((route.service.clone(), route.port), route);
         }
+        self.clashes = clashes;
 
         let stale: Vec<RouteKey> = self
             .routes

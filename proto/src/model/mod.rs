@@ -872,6 +872,9 @@ pub struct ClusterDns {
     pub address: std::net::Ipv4Addr,
     /// The cluster domain, e.g. `cluster.local`.
     pub domain: String,
+    /// The service network (`a.b.c.d/len`) cluster addresses come from; agents remove only
+    /// addresses inside it from `lo`.
+    pub service_network: String,
 }
 
 /// One replica a service proxy may send traffic to, as the coordinator decides. Gossip may
