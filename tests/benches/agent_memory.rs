@@ -10,7 +10,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -31,11 +30,9 @@ const GOAL_BYTES: f64 = 15e6;
 /// What k3s documents for its agent.
 const K3S_AGENT_BYTES: f64 = 256e6;
 
-const BINARIES: [&str; 3] = ["drover", "drover-coordinator", "drover-agent"];
-
 fn main() {
     let window = window_arg();
-    check_binaries();
+    drover_tests::require_binaries("agent_memory");
     build_images();
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -174,27 +171,6 @@ fn window_arg() -> Duration {
         .filter(|s| s.is_finite() && *s > 0.0)
         .map(Duration::from_secs_f64)
         .unwrap_or(DEFAULT_WINDOW)
-}
-
-/// The binaries are found next to this program (target/release/ under `cargo bench`), which
-/// `cargo bench -p drover-tests` does not build.
-fn check_binaries() {
-    let exe = std::env::current_exe().expect("bench executable path");
-    let Some(dir) = exe.parent().and_then(Path::parent) else {
-        return;
-    };
-    let missing: Vec<&str> = BINARIES
-        .into_iter()
-        .filter(|b| !dir.join(b).exists())
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "agent_memory: {} not built in {}; run `cargo build --release` first",
-            missing.join(", "),
-            dir.display()
-        );
-        std::process::exit(2);
-    }
 }
 
 fn manifest_text() -> String {

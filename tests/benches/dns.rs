@@ -37,7 +37,6 @@ const LATENCY: [&str; 7] = ["-c", "1", "-q", "1", "-l", "3", "-v"];
 const FORWARDED: [&str; 11] = [
     "-c", "1", "-q", "1", "-l", "3", "-Q", "100", "-t", "1", "-v",
 ];
-const BINARIES: [&str; 3] = ["drover", "drover-coordinator", "drover-agent"];
 
 /// dnsmasq as a child process, killed when dropped (even on panic).
 #[derive(Debug)]
@@ -262,25 +261,6 @@ fn cluster_dns(service_network: &str) -> String {
     format!("{prefix}.10")
 }
 
-fn check_binaries() {
-    let exe = std::env::current_exe().expect("bench executable path");
-    let Some(dir) = exe.parent().and_then(Path::parent) else {
-        return;
-    };
-    let missing: Vec<&str> = BINARIES
-        .into_iter()
-        .filter(|b| !dir.join(b).exists())
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "dns: {} not built in {}; run `cargo build --release --workspace --bins` first",
-            missing.join(", "),
-            dir.display()
-        );
-        std::process::exit(2);
-    }
-}
-
 /// Latency summary of the pooled per-query latencies: (p50, p99) in µs.
 fn p50_p99(runs: &[Run]) -> (f64, f64) {
     let mut all: Vec<f64> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
@@ -311,7 +291,7 @@ fn main() {
         println!("dns: skipped: dnsmasq is not installed (apt-get install dnsmasq-base)");
         return;
     };
-    check_binaries();
+    drover_tests::require_binaries("dns");
 
     println!(
         "cluster DNS benchmark (release build): the agent's DNS against dnsmasq, dnsperf as the load"

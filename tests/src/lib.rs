@@ -23,6 +23,27 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Exits with a message naming what to build when a benchmark's binaries (Drover's three)
+/// are not next to it: `cargo bench` runs release programs, which it does not build.
+pub fn require_binaries(program: &str) {
+    let exe = std::env::current_exe().expect("bench executable path");
+    let Some(dir) = exe.parent().and_then(Path::parent) else {
+        return;
+    };
+    let missing: Vec<&str> = ["drover", "drover-coordinator", "drover-agent"]
+        .into_iter()
+        .filter(|b| !dir.join(b).exists())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "{program}: {} not built in {}; run `cargo build --release --workspace --bins` first",
+            missing.join(", "),
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+}
+
 /// Whether this run's processes are all insecure (`DROVER_INSECURE=true`, which the
 /// coordinator, the agents and the CLI all read): benchmarks use it for their anchor.
 pub fn insecure_run() -> bool {
