@@ -144,7 +144,15 @@ pub(crate) fn join(
                     TargetPort::Name(name) => {
                         if Service::target_port(port, spec).is_none() {
                             let base = format!("spec.ports[{index}]");
-                            errors.push((entry.origin.clone(), unknown_name(spec, &base, name)));
+                            let kind = if declared.deployment {
+                                "Deployment"
+                            } else {
+                                "workload"
+                            };
+                            errors.push((
+                                entry.origin.clone(),
+                                unknown_name(spec, kind, &base, name),
+                            ));
                         }
                     }
                 }
@@ -154,7 +162,12 @@ pub(crate) fn join(
     errors
 }
 
-fn unknown_name(spec: &crate::model::WorkloadSpec, base: &str, name: &str) -> FieldError {
+fn unknown_name(
+    spec: &crate::model::WorkloadSpec,
+    kind: &str,
+    base: &str,
+    name: &str,
+) -> FieldError {
     let names: Vec<&str> = spec
         .ports
         .iter()
@@ -168,7 +181,7 @@ fn unknown_name(spec: &crate::model::WorkloadSpec, base: &str, name: &str) -> Fi
     FieldError::new(
         at(base, "targetPort"),
         format!(
-            "targetPort \"{name}\" names no container port of Deployment {} (named ports: {names})",
+            "targetPort \"{name}\" names no container port of {kind} {} (named ports: {names})",
             spec.name
         ),
     )

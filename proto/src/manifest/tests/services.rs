@@ -364,6 +364,24 @@ fn a_kubernetes_service_may_select_several_deployments() {
         message,
         "c.yaml, document 3 (Service web): spec.ports[0].targetPort: targetPort \"http\" names no container port of Deployment web-v2 (named ports: none)"
     );
+    // A workload of Drover's own format is called a workload.
+    let drover = "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: api, labels: {app: api}}\n\
+                  spec:\n  image: api\n  ports: [{containerPort: 8080}]\n";
+    let message = refused(&[(
+        "d.yaml",
+        &documents(&[
+            drover,
+            &kube_service(
+                "front",
+                "{app: api}",
+                "  ports: [{port: 80, targetPort: http}]\n",
+            ),
+        ]),
+    )]);
+    assert!(
+        message.ends_with("names no container port of workload api (named ports: none)"),
+        "{message}"
+    );
 }
 
 #[test]
