@@ -304,11 +304,12 @@ fn a_records<'a>(
         .map(|ip| Record::from_rdata(name.clone(), TTL, RData::A(A(*ip))))
 }
 
-/// `text` lowercase if it is a DNS label of letters, digits and dashes.
+/// `text` if it is a DNS-1123 label (lowercase letters, digits and dashes).
 fn dns_label(text: &str) -> Option<String> {
-    let valid = (1..=63).contains(&text.len())
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    valid.then(|| text.to_ascii_lowercase())
+    // The rule services' and ports' names were checked against when applied.
+    drover_proto::manifest::dns_label(text)
+        .ok()
+        .map(|()| text.to_string())
 }
 
 /// An allocation id made a DNS label: lowercase, anything but letters, digits and dashes
