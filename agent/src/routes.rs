@@ -77,7 +77,7 @@ pub async fn run<L: LoopbackAddresses>(
             }
             service_routes(policy.as_ref(), &live, addressing)
         };
-        let mut wanted = cluster_addresses(&routes, &addressing, policy.borrow().as_ref());
+        let mut wanted = cluster_addresses(&addressing, policy.borrow().as_ref());
         // The cluster DNS's address, where this agent serves it.
         wanted.extend(
             dns.as_ref()
@@ -152,30 +152,16 @@ fn dns_records(
 }
 
 /// The cluster addresses the routes listen on.
-fn cluster_addresses(
-    routes: &[ServiceRoute],
-    addressing: &Addressing,
-    policy: Option<&RoutePolicy>,
-) -> BTreeSet<Ipv4Addr> {
-    if !addressing.cluster_ips {
-        return BTreeSet::new();
+fn cluster_addresses(addressing: &Addressing, policy: Option<&RoutePolicy>) -> BTreeSet<Ipv4Addr> {
+    match policy {
+        // What `listen_addresses` listens on besides the node's address.
+        Some(policy) if addressing.cluster_ips => policy
+            .services
+            .iter()
+            .filter_map(|s| s.cluster_ip)
+            .collect(),
+        _ => BTreeSet::new(),
     }
-    let Some(policy) = policy else {
-        return BTreeSet::new();
-    };
-    let ips: BTreeSet<Ipv4Addr> = policy
-        .services
-        .iter()
-        .filter_map(|s| s.cluster_ip)
-        .collect();
-    routes
-        .iter()
-        .flat_map(|r| &r.listen)
-        .filter_map(|a| match a.ip() {
-            IpAddr::V4(ip) if ips.contains(&ip) => Some(ip),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Removes the cluster addresses that neither the routes nor a draining connection use.
@@ -559,12 +545,8 @@ mod tests {
             ..NODE
         };
         assert_eq!(listen(&p, dev), ["10.0.0.1:80", "10.96.0.5:80"]);
-        let routes = service_routes(Some(&p), &BTreeMap::new(), NODE);
-        assert_eq!(
-            cluster_addresses(&routes, &NODE, Some(&p)),
-            BTreeSet::from([vip])
-        );
-        assert!(cluster_addresses(&routes, &cluster_ips_off, Some(&p)).is_empty());
+        assert_eq!(cluster_addresses(&NODE, Some(&p)), BTreeSet::from([vip]));
+        assert!(cluster_addresses(&cluster_ips_off, Some(&p)).is_empty());
         // Headless: nowhere.
         p.services[0].cluster_ip = None;
         assert!(listen(&p, dev).is_empty());

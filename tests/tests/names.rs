@@ -154,7 +154,8 @@ fn a_three_tier_application_calls_itself_by_name_through_failures() {
     backend_nodes.sort();
     backend_nodes.dedup();
     assert_eq!(resolve_in(&container, "backend-pods"), backend_nodes);
-    // Other names are still the host's resolvers' to answer.
+    // The container's own /etc/hosts still comes first (relaying other names to the host's
+    // resolvers is tested in agent/tests/dns.rs, against an upstream of its own).
     assert_eq!(resolve_in(&container, "localhost"), ["127.0.0.1"]);
 
     // SIGKILL of a node that runs a back-end and a cache replica (not the front end's, nor
