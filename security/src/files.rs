@@ -1,13 +1,15 @@
-//! Writing credentials to disk: private keys and tokens are created 0600 and replaced
-//! atomically (write a temporary file beside, fsync, rename), so a crash leaves the old file
-//! or the new one, never half of one.
+//! Writing credentials (and the agent's other kept state) to disk: private keys and tokens
+//! are created 0600 and replaced atomically and durably (write a temporary file beside,
+//! fsync, rename, fsync the directory), so a crash leaves the old file or the new one, never
+//! half of one.
 
 use std::io::Write as _;
 use std::path::Path;
 
 use crate::SecurityError;
 
-/// Writes `contents` to `path` atomically; `secret` files are created 0600, others 0644.
+/// Writes `contents` to `path` atomically and durably; `secret` files are created 0600,
+/// others 0644.
 pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), SecurityError> {
     let io = |action: &'static str| {
         move |source| SecurityError::Io {
@@ -41,6 +43,17 @@ pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), Se
     file.sync_all().map_err(io("sync"))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(io("replace"))?;
+    // The rename survives a power loss only once the directory is synced too.
+    #[cfg(unix)]
+    {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io("sync the directory of"))?;
+    }
     Ok(())
 }
 
