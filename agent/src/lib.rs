@@ -2,7 +2,10 @@
 //! health, restarts them, and gossips node and service health to its peers.
 //!
 //! [`supervisor`] is the reconcile loop over a [`runtime::ContainerRuntime`]; [`link`] is the
-//! stream to the coordinator; [`health`] probes replicas; [`server::run`] wires them.
+//! stream to the coordinator; [`health`] probes replicas; [`routes`] keeps the [`proxy`] and
+//! the cluster DNS ([`dns`]) in step with the route policy and gossip; [`saved_routing`]
+//! keeps the last policy on disk for a restart without the coordinator; [`server::run`]
+//! wires them.
 
 pub mod cluster_ips;
 pub mod config;
@@ -16,6 +19,7 @@ pub mod link;
 pub mod proxy;
 pub mod routes;
 pub mod runtime;
+pub mod saved_routing;
 pub mod server;
 pub mod supervisor;
 

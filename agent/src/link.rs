@@ -5,12 +5,18 @@
 //! on [`Link::traffic`] (at most once per [`crate::routes::TRAFFIC_INTERVAL`], only when they
 //! changed), go out in full in a `StatusUpdate` of their own: on each change, and at the start
 //! of every session so a coordinator that reconnected has the current totals at once.
+//!
+//! Routing: each accepted route policy goes to [`Link::routes`], and the cluster DNS of each
+//! accepted desired set to [`Link::cluster_dns`] when it changed; both are kept on disk
+//! ([`crate::saved_routing`]), so that an agent restarted without a coordinator starts from
+//! them.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{DesiredSet, NodeInfo, RevisionTraffic, RoutePolicy};
+use drover_proto::model::{ClusterDns, DesiredSet, NodeInfo, RevisionTraffic, RoutePolicy};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use tokio::sync::{mpsc, watch};
@@ -20,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::credentials::NodeCredentials;
+use crate::saved_routing;
 use crate::supervisor::{AllocReport, DesiredAlloc, DesiredUpdate, LinkState};
 
 /// What the link needs and feeds.
@@ -37,8 +44,15 @@ pub struct Link {
     pub desired: watch::Sender<Option<DesiredUpdate>>,
     /// Link state for the supervisor.
     pub link: watch::Sender<LinkState>,
-    /// Route policy for the service proxy: only valid ones, each newer than the last.
+    /// Route policy for the service proxy: only valid ones, each newer than the last (start
+    /// it with the saved one, which a policy must then be newer than, within its store).
     pub routes: watch::Sender<Option<RoutePolicy>>,
+    /// The cluster DNS of the last desired set, for the routing and DNS tasks: sent only when
+    /// it changes, as desired sets come often (start it with the saved one).
+    pub cluster_dns: watch::Sender<Option<ClusterDns>>,
+    /// Data dir where the routing is kept on every change, for a restart without the
+    /// coordinator; `None` keeps nothing.
+    pub saved: Option<PathBuf>,
     /// The proxy's cumulative connection outcomes per (service, revision), sent in full on
     /// every change (see the module docs).
     pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
@@ -244,6 +258,7 @@ impl Link {
                 match DesiredSet::try_from(set) {
                     Ok(set) => {
                         self.desired_store = Some(set.store_id.clone());
+                        let dns = set.cluster_dns.clone();
                         let update = desired_update(set, session);
                         info!(
                             version = update.version,
@@ -251,6 +266,16 @@ impl Link {
                             "desired set received"
                         );
                         self.desired.send_replace(Some(update));
+                        let changed = self.cluster_dns.send_if_modified(|current| {
+                            let changed = *current != dns;
+                            if changed {
+                                *current = dns;
+                            }
+                            changed
+                        });
+                        if changed {
+                            self.save_routing();
+                        }
                     }
                     Err(e) => warn!(version, error = %e, "invalid desired set ignored"),
                 }
@@ -294,11 +319,33 @@ impl Link {
                             "route policy received"
                         );
                         self.routes.send_replace(Some(policy));
+                        self.save_routing();
                     }
                     Err(e) => warn!(version, error = %e, "invalid route policy ignored"),
                 }
             }
             None => {}
+        }
+    }
+
+    /// Keeps the applied policy and cluster DNS in the data dir, if there is a policy (the
+    /// DNS alone restores nothing the agent could serve). Failing is not fatal: the agent
+    /// goes on with them in memory, and the next change tries again.
+    fn save_routing(&self) {
+        let Some(dir) = &self.saved else {
+            return;
+        };
+        let policy = self.routes.borrow();
+        let Some(policy) = policy.as_ref() else {
+            return;
+        };
+        let dns = self.cluster_dns.borrow();
+        if let Err(e) = saved_routing::save(dir, policy, dns.as_ref()) {
+            warn!(
+                path = %saved_routing::path(dir).display(),
+                error = %e,
+                "the routing is not kept for a restart"
+            );
         }
     }
 }
@@ -442,10 +489,26 @@ mod tests {
         watch::Receiver<Option<RoutePolicy>>,
         watch::Receiver<Option<DesiredUpdate>>,
     ) {
+        let (link, receivers) = link_keeping(None);
+        (link, receivers.routes, receivers.desired)
+    }
+
+    /// The receivers of what a link applies.
+    struct Applied {
+        routes: watch::Receiver<Option<RoutePolicy>>,
+        desired: watch::Receiver<Option<DesiredUpdate>>,
+        cluster_dns: watch::Receiver<Option<ClusterDns>>,
+    }
+
+    /// A link with no coordinator that keeps its routing in `saved`, and starts from what is
+    /// kept there, as the agent does.
+    fn link_keeping(saved: Option<&std::path::Path>) -> (Link, Applied) {
+        let (policy, dns) = saved.map(saved_routing::restore).unwrap_or_default();
         let (_statuses_tx, statuses) = watch::channel(BTreeMap::new());
         let (desired, desired_rx) = watch::channel(None);
         let (link, _link_rx) = watch::channel(LinkState::default());
-        let (routes, routes_rx) = watch::channel(None);
+        let (routes, routes_rx) = watch::channel(policy);
+        let (cluster_dns, cluster_dns_rx) = watch::channel(dns);
         let (_traffic_tx, traffic) = watch::channel(Vec::new());
         let link = Link {
             coordinators: Vec::new(),
@@ -461,6 +524,8 @@ mod tests {
             desired,
             link,
             routes,
+            cluster_dns,
+            saved: saved.map(std::path::Path::to_path_buf),
             traffic,
             source: None,
             desired_store: None,
@@ -470,7 +535,12 @@ mod tests {
             rejoin: None,
             refused_identity: false,
         };
-        (link, routes_rx, desired_rx)
+        let applied = Applied {
+            routes: routes_rx,
+            desired: desired_rx,
+            cluster_dns: cluster_dns_rx,
+        };
+        (link, applied)
     }
 
     fn routes_message(version: u64, service_port: u32, address: &str) -> pb::CoordinatorMessage {
@@ -538,6 +608,25 @@ mod tests {
 
     /// A desired set of `store` at `version` with one replica of `image`.
     fn desired_message(store: &str, version: u64, image: &str) -> pb::CoordinatorMessage {
+        desired_with_dns(store, version, image, None)
+    }
+
+    /// The cluster DNS at `address`.
+    fn dns(address: [u8; 4]) -> ClusterDns {
+        ClusterDns {
+            address: address.into(),
+            domain: "cluster.local".into(),
+            service_network: "10.96.0.0/16".into(),
+        }
+    }
+
+    /// [`desired_message`] naming `cluster_dns`.
+    fn desired_with_dns(
+        store: &str,
+        version: u64,
+        image: &str,
+        cluster_dns: Option<ClusterDns>,
+    ) -> pb::CoordinatorMessage {
         let mut spec = WorkloadSpec::new("web", "web:1");
         spec.image = image.into();
         let allocation = Allocation {
@@ -555,7 +644,7 @@ mod tests {
                     version,
                     allocations: vec![drover_proto::model::DesiredAllocation { allocation, spec }],
                     store_id: store.into(),
-                    cluster_dns: None,
+                    cluster_dns,
                 })
                     .into(),
             )),
@@ -610,6 +699,57 @@ mod tests {
         assert_eq!(applied(&desired), Some((5, 3, Some("web:2".into()))));
     }
 
+    #[test]
+    fn the_routing_is_kept_and_a_new_link_starts_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = || saved_routing::load(dir.path()).map(|r| (r.policy.version, r.cluster_dns));
+        let (mut link, mut applied) = link_keeping(Some(dir.path()));
+        // A cluster DNS without a policy restores nothing: not kept yet.
+        link.on_message(
+            desired_with_dns("s1", 3, "web:1", Some(dns([10, 96, 0, 10]))),
+            1,
+        );
+        assert_eq!(kept(), None);
+        link.on_message(routes_message(5, 80, "10.0.0.1:31000"), 1);
+        assert_eq!(kept(), Some((5, Some(dns([10, 96, 0, 10])))));
+        // The same cluster DNS again is no change: the tasks are not woken.
+        applied.cluster_dns.borrow_and_update();
+        link.on_message(
+            desired_with_dns("s1", 4, "web:1", Some(dns([10, 96, 0, 10]))),
+            1,
+        );
+        assert!(!applied.cluster_dns.has_changed().expect("open"));
+        // A new one is sent and kept.
+        link.on_message(
+            desired_with_dns("s1", 5, "web:1", Some(dns([10, 96, 0, 53]))),
+            1,
+        );
+        assert!(applied.cluster_dns.has_changed().expect("open"));
+        assert_eq!(kept(), Some((5, Some(dns([10, 96, 0, 53])))));
+        // An invalid policy is neither applied nor kept.
+        link.on_message(routes_message(6, 70_000, "10.0.0.1:31000"), 1);
+        assert_eq!(kept(), Some((5, Some(dns([10, 96, 0, 53])))));
+        drop((link, applied));
+
+        // The agent restarts with the coordinator away: it starts from what was kept.
+        let (mut link, applied) = link_keeping(Some(dir.path()));
+        let version =
+            |r: &watch::Receiver<Option<RoutePolicy>>| r.borrow().as_ref().map(|p| p.version);
+        assert_eq!(version(&applied.routes), Some(5));
+        assert_eq!(*applied.cluster_dns.borrow(), Some(dns([10, 96, 0, 53])));
+        assert_eq!(*applied.desired.borrow(), None, "no desired set is kept");
+        // The coordinator is back: a replay of the kept policy is older than the applied one,
+        // a newer one is applied and kept.
+        link.on_message(routes_message(5, 81, "10.0.0.1:31000"), 2);
+        assert_eq!(
+            applied.routes.borrow().as_ref().map(|p| p.services[0].port),
+            Some(80)
+        );
+        link.on_message(routes_message(7, 81, "10.0.0.1:31000"), 2);
+        assert_eq!(version(&applied.routes), Some(7));
+        assert_eq!(kept(), Some((7, Some(dns([10, 96, 0, 53])))));
+    }
+
     #[tokio::test]
     async fn traffic_is_sent_on_change_and_in_full_at_every_session_start() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -646,6 +786,8 @@ mod tests {
             desired: desired_tx,
             link: link_tx,
             routes: routes_tx,
+            cluster_dns: watch::channel(None).0,
+            saved: None,
             traffic: traffic_rx,
             source: None,
             desired_store: None,

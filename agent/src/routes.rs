@@ -28,7 +28,7 @@ use crate::cluster_ips::{ClusterAddresses, LoopbackAddresses};
 use crate::dns::Records;
 use crate::proxy::balancer::Endpoint;
 use crate::proxy::listeners::{ProxyManager, ServiceRoute};
-use crate::supervisor::{DesiredUpdate, NAMESPACE};
+use crate::supervisor::NAMESPACE;
 
 /// How often the proxy's traffic totals are published (when they changed): the batching of
 /// the link's traffic updates. Short, as a canary step may last only a few seconds.
@@ -50,9 +50,11 @@ pub struct Addressing {
 /// Keeps the proxy's listeners and balancers, and the cluster addresses on `lo`
 /// (`addresses`, when this agent serves them), in step with the policy and gossip until
 /// `shutdown`; then stops the listeners (open connections drain; the addresses stay for the
-/// next agent). Meanwhile publishes the node's cumulative traffic totals to `traffic` every
-/// [`TRAFFIC_INTERVAL`], when they changed, and removes the addresses of routes whose last
-/// connection has drained.
+/// next agent). `cluster_dns` is the cluster DNS the desired sets name (or the saved one),
+/// whose address this agent serves and whose network bounds what it removes. Meanwhile
+/// publishes the node's cumulative traffic totals to `traffic` every [`TRAFFIC_INTERVAL`],
+/// when they changed, and removes the addresses of routes whose last connection has
+/// drained.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<L: LoopbackAddresses>(
     mut manager: ProxyManager,
@@ -60,7 +62,7 @@ pub async fn run<L: LoopbackAddresses>(
     mut addresses: Option<ClusterAddresses<L>>,
     mut policy: watch::Receiver<Option<RoutePolicy>>,
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
-    mut desired: watch::Receiver<Option<DesiredUpdate>>,
+    mut cluster_dns: watch::Receiver<Option<ClusterDns>>,
     records: Option<watch::Sender<Arc<Records>>>,
     traffic: watch::Sender<Vec<RevisionTraffic>>,
     shutdown: CancellationToken,
@@ -68,7 +70,7 @@ pub async fn run<L: LoopbackAddresses>(
     let mut tick = tokio::time::interval(TRAFFIC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'routes: loop {
-        let dns = cluster_dns(&desired);
+        let dns = cluster_dns.borrow_and_update().clone();
         let routes = {
             let policy = policy.borrow_and_update();
             let live = live.borrow_and_update();
@@ -108,10 +110,9 @@ pub async fn run<L: LoopbackAddresses>(
                     Ok(()) => continue 'routes,
                     Err(_) => break 'routes,
                 },
-                // Desired sets come often; only a new cluster DNS matters here.
-                changed = desired.changed() => match changed {
-                    Ok(()) if cluster_dns(&desired) != dns => continue 'routes,
-                    Ok(()) => {}
+                // The link sends it only when it changed.
+                changed = cluster_dns.changed() => match changed {
+                    Ok(()) => continue 'routes,
                     Err(_) => break 'routes,
                 },
                 _ = tick.tick() => {
@@ -123,14 +124,6 @@ pub async fn run<L: LoopbackAddresses>(
         }
     }
     manager.shutdown().await;
-}
-
-/// The cluster DNS of the last desired set.
-fn cluster_dns(desired: &watch::Receiver<Option<DesiredUpdate>>) -> Option<ClusterDns> {
-    desired
-        .borrow()
-        .as_ref()
-        .and_then(|d| d.cluster_dns.clone())
 }
 
 /// What the cluster DNS answers: the services of the policy, headless ones with the
@@ -175,8 +168,9 @@ async fn release_unused<L: LoopbackAddresses>(
     let Some(addresses) = addresses else {
         return;
     };
-    // Until this agent has heard the coordinator's policy and network, the addresses an
-    // earlier agent left are kept (they are what the host's containers use).
+    // Until this agent has a policy and network (the coordinator's, or those an earlier
+    // agent kept), the addresses an earlier agent left are kept (they are what the host's
+    // containers use).
     let Some(network) = dns.and_then(|d| d.service_network.parse::<ipnet::Ipv4Net>().ok()) else {
         return;
     };
@@ -492,6 +486,78 @@ mod tests {
             fact.service = "db".into();
         }
         assert_eq!(routed(&p, &live(vec![("a", other)])), pairs(&[]));
+    }
+
+    #[tokio::test]
+    async fn a_restored_policy_is_served_without_the_coordinator() {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+        // A replica on loopback that greets every connection.
+        let backend = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind a backend");
+        let backend_address = backend.local_addr().expect("backend address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = backend.accept().await {
+                let _ = stream.write_all(b"web.1\n").await;
+            }
+        });
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut kept = policy(&[("web.1", "n1", &backend_address.to_string())]);
+        kept.services[0].node_port = Some(port);
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::saved_routing::save(dir.path(), &kept, None).expect("save");
+
+        // As the agent starts: the channels from what was kept, and no link at all.
+        let (policy, dns) = crate::saved_routing::restore(dir.path());
+        let (_policy_tx, policy) = watch::channel(policy);
+        let (_dns_tx, dns) = watch::channel(dns);
+        let healthy = member(&[("web.1", "", AllocState::Healthy)]);
+        let (_live_tx, live) = watch::channel(live(vec![("n1", healthy)]));
+        let (traffic, _traffic_rx) = watch::channel(Vec::new());
+        let addressing = Addressing {
+            node: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            cluster_ips: false,
+            cluster_services_on_node: false,
+        };
+        let shutdown = CancellationToken::new();
+        let routing = tokio::spawn(run(
+            ProxyManager::new(crate::proxy::ProxyConfig::default(), 1),
+            addressing,
+            None::<ClusterAddresses<crate::cluster_ips::Netlink>>,
+            policy,
+            live,
+            dns,
+            None,
+            traffic,
+            shutdown.clone(),
+        ));
+
+        // The node port answers, through the proxy, with the replica's greeting.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let greeting = loop {
+            let attempt = async {
+                let stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+                let mut line = String::new();
+                tokio::io::BufReader::new(stream)
+                    .read_line(&mut line)
+                    .await?;
+                Ok::<_, std::io::Error>(line)
+            };
+            match attempt.await {
+                Ok(line) if !line.is_empty() => break line,
+                _ if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("the restored route does not answer: {other:?}"),
+            }
+        };
+        assert_eq!(greeting, "web.1\n");
+        shutdown.cancel();
+        routing.await.expect("the routing task");
     }
 
     #[test]

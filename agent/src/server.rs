@@ -22,6 +22,7 @@ use crate::link::Link;
 use crate::proxy::{MIN_BUFFER_SIZE, ProxyConfig, ProxyManager};
 use crate::routes;
 use crate::runtime::ContainerRuntime;
+use crate::saved_routing;
 use crate::supervisor::{self, LinkState, Supervisor, SupervisorChannels};
 
 /// How long the agent's tasks get to stop after shutdown (the proxy bounds its own drain
@@ -88,11 +89,14 @@ pub async fn run(
             .unwrap_or_default(),
     );
     let (desired_tx, desired_rx) = watch::channel(None);
-    // The routing and DNS tasks follow the cluster DNS the desired sets name.
-    let (desired_for_routes, desired_for_dns) = (desired_rx.clone(), desired_rx.clone());
+    // The routing and DNS tasks start from the routing the last agent kept, so that they
+    // serve with the coordinator unreachable; then follow the route policies and the cluster
+    // DNS the desired sets name.
+    let (saved_policy, saved_dns) = saved_routing::restore(&config.data_dir);
+    let (routes_tx, routes_rx) = watch::channel(saved_policy);
+    let (cluster_dns_tx, cluster_dns_rx) = watch::channel(saved_dns);
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
-    let (routes_tx, routes_rx) = watch::channel(None);
     let (traffic_tx, traffic_rx) = watch::channel(Vec::new());
     let (ca_bundle_tx, ca_bundle_rx) = watch::channel(None);
 
@@ -166,6 +170,8 @@ pub async fn run(
         desired: desired_tx,
         link: link_tx,
         routes: routes_tx,
+        cluster_dns: cluster_dns_tx,
+        saved: Some(config.data_dir.clone()),
         traffic: traffic_rx,
         source: config.link_source,
         desired_store: None,
@@ -215,7 +221,7 @@ pub async fn run(
         )));
         tasks.spawn_infallible(
             "dns",
-            dns::run::run(desired_for_dns, records_rx, shutdown.clone()),
+            dns::run::run(cluster_dns_rx.clone(), records_rx, shutdown.clone()),
         );
         let addresses = ClusterAddresses::start(cluster_ips::Netlink::open()?).await;
         (Some(addresses), Some(records_tx))
@@ -230,7 +236,7 @@ pub async fn run(
             addresses,
             routes_rx,
             membership.live_members(),
-            desired_for_routes,
+            cluster_dns_rx,
             records,
             traffic_tx,
             shutdown.clone(),

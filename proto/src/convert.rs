@@ -967,11 +967,7 @@ impl From<&crate::model::DesiredSet> for pb::DesiredSet {
             version: s.version,
             allocations: s.allocations.iter().map(Into::into).collect(),
             store_id: s.store_id.clone(),
-            cluster_dns: s.cluster_dns.as_ref().map(|d| pb::ClusterDns {
-                address: d.address.to_string(),
-                domain: d.domain.clone(),
-                service_network: d.service_network.clone(),
-            }),
+            cluster_dns: s.cluster_dns.as_ref().map(Into::into),
         }
     }
 }
@@ -990,25 +986,45 @@ impl TryFrom<pb::DesiredSet> for crate::model::DesiredSet {
                     .map_err(|e| e.in_field(M, &format!("allocations[{i}]")))
             })
             .collect::<Result<_, _>>()?;
-        let cluster_dns = match s.cluster_dns {
-            None => None,
-            Some(dns) => Some(crate::model::ClusterDns {
-                address: dns.address.parse().map_err(|e| {
-                    ConvertError::new(
-                        M,
-                        "cluster_dns.address",
-                        format!("{:?} is not an IPv4 address: {e}", dns.address),
-                    )
-                })?,
-                domain: dns.domain,
-                service_network: dns.service_network,
-            }),
-        };
+        let cluster_dns = s
+            .cluster_dns
+            .map(crate::model::ClusterDns::try_from)
+            .transpose()
+            .map_err(|e| e.in_field(M, "cluster_dns"))?;
         Ok(crate::model::DesiredSet {
             version: s.version,
             allocations,
             store_id: s.store_id,
             cluster_dns,
+        })
+    }
+}
+
+impl From<&crate::model::ClusterDns> for pb::ClusterDns {
+    fn from(d: &crate::model::ClusterDns) -> Self {
+        pb::ClusterDns {
+            address: d.address.to_string(),
+            domain: d.domain.clone(),
+            service_network: d.service_network.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::ClusterDns> for crate::model::ClusterDns {
+    type Error = ConvertError;
+
+    fn try_from(d: pb::ClusterDns) -> Result<Self, ConvertError> {
+        let address = d.address.parse().map_err(|e| {
+            ConvertError::new(
+                "ClusterDns",
+                "address",
+                format!("{:?} is not an IPv4 address: {e}", d.address),
+            )
+        })?;
+        Ok(crate::model::ClusterDns {
+            address,
+            domain: d.domain,
+            service_network: d.service_network,
         })
     }
 }

@@ -1,18 +1,18 @@
 //! The agent's DNS task: serves the cluster's names on the cluster DNS address the
-//! coordinator names (in every desired set), from the records the routing task keeps
-//! current, rebinding when the address changes.
+//! coordinator names (in every desired set; at start, the saved one), from the records the
+//! routing task keeps current, rebinding when the address changes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_proto::model::ClusterDns;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{DnsListener, FORWARD_TIMEOUT, Records, host_upstreams};
-use crate::supervisor::DesiredUpdate;
 
 /// Wait between attempts to bind: the address appears on `lo` once the routing task has
 /// added it, usually within one route pass.
@@ -20,19 +20,15 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Failing to bind for this long is worth a warning (before, it is the usual start race).
 const WARN_AFTER: Duration = Duration::from_secs(10);
 
-/// The cluster DNS address of the last desired set.
-fn dns_address(desired: &watch::Receiver<Option<DesiredUpdate>>) -> Option<Ipv4Addr> {
-    desired
-        .borrow()
-        .as_ref()
-        .and_then(|d| d.cluster_dns.as_ref())
-        .map(|dns| dns.address)
+/// The address of the current cluster DNS.
+fn dns_address(cluster_dns: &watch::Receiver<Option<ClusterDns>>) -> Option<Ipv4Addr> {
+    cluster_dns.borrow().as_ref().map(|dns| dns.address)
 }
 
-/// Serves DNS on the address the desired sets name (port 53, UDP and TCP) until
-/// `shutdown`; the answers come from `records`.
+/// Serves DNS on the address of `cluster_dns` (port 53, UDP and TCP) until `shutdown`; the
+/// answers come from `records`.
 pub async fn run(
-    mut desired: watch::Receiver<Option<DesiredUpdate>>,
+    mut cluster_dns: watch::Receiver<Option<ClusterDns>>,
     records: watch::Receiver<Arc<Records>>,
     shutdown: CancellationToken,
 ) {
@@ -40,10 +36,10 @@ pub async fn run(
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
-        let Some(address) = dns_address(&desired) else {
+        let Some(address) = dns_address(&cluster_dns) else {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                changed = desired.changed() => match changed {
+                changed = cluster_dns.changed() => match changed {
                     Ok(()) => continue,
                     Err(_) => return,
                 },
@@ -64,8 +60,8 @@ pub async fn run(
                 let ended = loop {
                     tokio::select! {
                         result = &mut serving => break Some(result),
-                        changed = desired.changed() => {
-                            if changed.is_err() || dns_address(&desired) != Some(address) {
+                        changed = cluster_dns.changed() => {
+                            if changed.is_err() || dns_address(&cluster_dns) != Some(address) {
                                 stop.cancel();
                                 let _ = (&mut serving).await;
                                 break None;
