@@ -80,6 +80,14 @@ pub struct Config {
     /// transfers reach it; smaller saves memory per bulk connection, larger saves CPU per
     /// byte (docs/benchmarks.md).
     pub proxy_buffer_size: usize,
+    /// How long a stopping agent's keeper waits for the next agent to take the proxy's
+    /// listeners and open connections, so that a restart or an upgrade keeps established
+    /// connections and queues new ones instead of refusing them. Without a next agent, the
+    /// listeners close then and open connections go on for at most 30 s. 0 turns the
+    /// hand-off off: a stopping agent drains its connections itself.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub handoff_wait: Duration,
     /// Join token (`DRV1-…`, from `drover-coordinator token create --role agent`), used once
     /// to get this node's certificate; later starts use the certificate kept in data_dir.
     #[schemars(example = "DRV1-<CA digest>-<id>.<secret>")]
@@ -116,6 +124,7 @@ impl Default for Config {
             proxy_buffer_size: crate::proxy::ProxyConfig::default().buffer_size,
             link_source: None,
             drain_delay: Duration::from_secs(3),
+            handoff_wait: Duration::from_secs(10),
             token: None,
             token_file: None,
             insecure: false,
@@ -123,8 +132,9 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 23] = [
+const ENV_KEYS: [&str; 24] = [
     "insecure",
+    "handoff_wait",
     "cluster_ips",
     "cluster_services_on_node",
     "token",

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod dns;
 pub mod error;
 pub mod gossip;
+pub mod handoff;
 pub mod health;
 pub mod host;
 pub mod link;

@@ -65,12 +65,21 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<PathBuf>,
+    /// Run as the keeper of a stopped agent's proxy sockets (started by the agent itself).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    keep_connections: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     drover_daemon::init_logs();
     let args = Args::parse();
+    if args.keep_connections {
+        return drover_agent::handoff::keeper::run()
+            .await
+            .context("keeping the proxy's sockets");
+    }
     if args.print_default_config {
         print!("{}", Config::default_file()?);
         return Ok(());
@@ -86,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
     drover_daemon::raise_open_files_limit();
     let shutdown = CancellationToken::new();
     tokio::spawn(drover_daemon::watch_signals(shutdown.clone()));
-    drover_agent::run(config, Arc::new(runtime), shutdown).await?;
+    // The running binary, even once a package upgrade replaced the file.
+    let keeper = PathBuf::from("/proc/self/exe");
+    drover_agent::server::run_with_keeper(config, Arc::new(runtime), shutdown, keeper).await?;
     Ok(())
 }

@@ -30,6 +30,22 @@ use crate::proxy::balancer::Endpoint;
 use crate::proxy::listeners::{ProxyManager, ServiceRoute};
 use crate::supervisor::NAMESPACE;
 
+/// How long after the agent starts a node gossip has not reported on yet is taken at the
+/// policy's word: a restarted agent (its listeners and connections handed over, its policy
+/// restored from disk) routes at once instead of refusing connections until gossip has
+/// heard from every node. A replica that is in fact gone costs a connect, retried on
+/// another one.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the routes make of an endpoint on a node gossip has not reported on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownNodes {
+    /// Not routed: the node is not known to be alive (after [`STARTUP_GRACE`]).
+    Excluded,
+    /// Routed by the policy alone (within [`STARTUP_GRACE`]).
+    Routed,
+}
+
 /// How often the proxy's traffic totals are published (when they changed): the batching of
 /// the link's traffic updates. Short, as a canary step may last only a few seconds.
 pub const TRAFFIC_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,17 +83,24 @@ pub async fn run<L: LoopbackAddresses>(
     traffic: watch::Sender<Vec<RevisionTraffic>>,
     shutdown: CancellationToken,
 ) {
+    let grace_ends = tokio::time::Instant::now() + STARTUP_GRACE;
     let mut tick = tokio::time::interval(TRAFFIC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'routes: loop {
+        let in_grace = tokio::time::Instant::now() < grace_ends;
+        let unknown = if in_grace {
+            UnknownNodes::Routed
+        } else {
+            UnknownNodes::Excluded
+        };
         let dns = cluster_dns.borrow_and_update().clone();
         let routes = {
             let policy = policy.borrow_and_update();
             let live = live.borrow_and_update();
             if let (Some(records), Some(dns)) = (&records, &dns) {
-                records.send_replace(Arc::new(dns_records(policy.as_ref(), &live, dns)));
+                records.send_replace(Arc::new(dns_records(policy.as_ref(), &live, dns, unknown)));
             }
-            service_routes(policy.as_ref(), &live, addressing)
+            service_routes(policy.as_ref(), &live, addressing, unknown)
         };
         let mut wanted = cluster_addresses(&addressing, policy.borrow().as_ref());
         // The cluster DNS's address, where this agent serves it.
@@ -89,8 +112,12 @@ pub async fn run<L: LoopbackAddresses>(
         if let Some(addresses) = addresses.as_mut() {
             addresses.ensure(&wanted).await;
         }
-        manager.apply(routes).await;
         let has_policy = policy.borrow().is_some();
+        // Before the first policy there is nothing to route, and listeners taken over from
+        // the agent before a restart wait for it.
+        if has_policy {
+            manager.apply(routes).await;
+        }
         release_unused(
             &manager,
             &wanted,
@@ -102,6 +129,7 @@ pub async fn run<L: LoopbackAddresses>(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'routes,
+                () = tokio::time::sleep_until(grace_ends), if in_grace => continue 'routes,
                 changed = policy.changed() => match changed {
                     Ok(()) => continue 'routes,
                     Err(_) => break 'routes,
@@ -132,11 +160,12 @@ fn dns_records(
     policy: Option<&RoutePolicy>,
     live: &BTreeMap<String, MemberFacts>,
     dns: &ClusterDns,
+    unknown: UnknownNodes,
 ) -> Records {
     match policy {
         Some(policy) => Records::build(
             policy,
-            |e| endpoint(e, live).is_some(),
+            |e| endpoint(e, live, unknown).is_some(),
             &dns.domain,
             NAMESPACE,
         ),
@@ -213,6 +242,7 @@ pub fn service_routes(
     policy: Option<&RoutePolicy>,
     live: &BTreeMap<String, MemberFacts>,
     addressing: Addressing,
+    unknown: UnknownNodes,
 ) -> Vec<ServiceRoute> {
     let Some(policy) = policy else {
         return Vec::new();
@@ -229,7 +259,7 @@ pub fn service_routes(
             endpoints: service
                 .endpoints
                 .iter()
-                .filter_map(|e| endpoint(e, live))
+                .filter_map(|e| endpoint(e, live, unknown))
                 .collect(),
         })
         .collect()
@@ -251,26 +281,36 @@ fn listen_addresses(route: &PolicyRoute, addressing: Addressing) -> Vec<SocketAd
 
 /// An endpoint of the policy, at the policy's address, if gossip does not take it out: the
 /// member the policy names as its node is live and not leaving, and that member's fact about
-/// the allocation says healthy, for this workload and revision.
+/// the allocation says healthy, for this workload and revision. A node gossip has not
+/// reported on is as `unknown` says.
 ///
 /// The fact's own endpoint is ignored: it neither moves traffic (that would let a forged
 /// member send it anywhere) nor removes the endpoint, since it legitimately differs from the
 /// policy's address (it names the replica's first published port, whatever the service
 /// port; and the coordinator re-pushes the policy when a restarted replica reports a new
 /// host port, before its health checks pass).
-pub fn endpoint(e: &RouteEndpoint, live: &BTreeMap<String, MemberFacts>) -> Option<Endpoint> {
+pub fn endpoint(
+    e: &RouteEndpoint,
+    live: &BTreeMap<String, MemberFacts>,
+    unknown: UnknownNodes,
+) -> Option<Endpoint> {
     let address = e.address?;
-    let member = live.get(&e.node)?;
-    if member.is_leaving() {
-        return None;
-    }
-    let fact = member.allocations.get(&e.allocation_id)?;
-    // A fact about another workload or revision is not about this replica.
-    if fact.health != AllocState::Healthy
-        || fact.service != e.workload
-        || fact.revision != e.revision
-    {
-        return None;
+    match live.get(&e.node) {
+        None if unknown == UnknownNodes::Routed => {}
+        None => return None,
+        Some(member) => {
+            if member.is_leaving() {
+                return None;
+            }
+            let fact = member.allocations.get(&e.allocation_id)?;
+            // A fact about another workload or revision is not about this replica.
+            if fact.health != AllocState::Healthy
+                || fact.service != e.workload
+                || fact.revision != e.revision
+            {
+                return None;
+            }
+        }
     }
     Some(Endpoint {
         id: e.allocation_id.clone(),
@@ -352,7 +392,7 @@ mod tests {
 
     /// `(allocation, address)` of the one route's endpoints.
     fn routed(policy: &RoutePolicy, live: &BTreeMap<String, MemberFacts>) -> Vec<(String, String)> {
-        let routes = service_routes(Some(policy), live, NODE);
+        let routes = service_routes(Some(policy), live, NODE, UnknownNodes::Excluded);
         assert_eq!(routes.len(), 1);
         routes[0]
             .endpoints
@@ -366,6 +406,28 @@ mod tests {
             .iter()
             .map(|(id, addr)| (id.to_string(), addr.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn within_the_startup_grace_a_node_gossip_has_not_reported_on_is_routed() {
+        let p = policy(&[
+            ("web.1", "a", "10.0.0.1:3001"),
+            ("web.2", "b", "10.0.0.2:3002"),
+        ]);
+        // Gossip has heard from a (web.1 unhealthy there) but not yet from b.
+        let live = live(vec![(
+            "a",
+            member(&[("web.1", "10.0.0.1:3001", AllocState::Unhealthy)]),
+        )]);
+        let ids = |unknown| {
+            service_routes(Some(&p), &live, NODE, unknown)[0]
+                .endpoints
+                .iter()
+                .map(|e| e.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(UnknownNodes::Routed), ["web.2"]);
+        assert!(ids(UnknownNodes::Excluded).is_empty());
     }
 
     #[test]
@@ -386,7 +448,7 @@ mod tests {
             ("web.3", "b", "10.0.0.2:3003"),
             ("web.4", "dead", "10.0.0.3:3004"),
         ]);
-        let routes = service_routes(Some(&p), &live, NODE);
+        let routes = service_routes(Some(&p), &live, NODE, UnknownNodes::Excluded);
         assert_eq!(routes.len(), 1);
         assert_eq!((routes[0].port, routes[0].strategy), (80, Strategy::Random));
         // web.2 unhealthy, web.4's node not alive; web.3 has no gossip endpoint, which
@@ -581,7 +643,7 @@ mod tests {
 
     #[test]
     fn no_policy_no_routes() {
-        assert!(service_routes(None, &BTreeMap::new(), NODE).is_empty());
+        assert!(service_routes(None, &BTreeMap::new(), NODE, UnknownNodes::Excluded).is_empty());
     }
 
     #[test]
@@ -589,11 +651,16 @@ mod tests {
         let mut p = policy(&[]);
         let vip = Ipv4Addr::new(10, 96, 0, 5);
         let listen = |p: &RoutePolicy, addressing: Addressing| -> Vec<String> {
-            service_routes(Some(p), &BTreeMap::new(), addressing)[0]
-                .listen
-                .iter()
-                .map(ToString::to_string)
-                .collect()
+            service_routes(
+                Some(p),
+                &BTreeMap::new(),
+                addressing,
+                UnknownNodes::Excluded,
+            )[0]
+            .listen
+            .iter()
+            .map(ToString::to_string)
+            .collect()
         };
         // A LoadBalancer (node port = its port) with a cluster address.
         p.services[0].cluster_ip = Some(vip);

@@ -17,6 +17,7 @@ use crate::credentials;
 use crate::dns;
 use crate::error::Error;
 use crate::gossip;
+use crate::handoff;
 use crate::host;
 use crate::link::Link;
 use crate::proxy::{MIN_BUFFER_SIZE, ProxyConfig, ProxyManager};
@@ -30,11 +31,34 @@ use crate::supervisor::{self, LinkState, Supervisor, SupervisorChannels};
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Runs an agent with `runtime` until `shutdown` is cancelled. Containers keep running when
-/// the agent stops: a restarted agent adopts them.
+/// the agent stops: a restarted agent adopts them. The proxy's open connections drain when
+/// it stops (see [`run_with_keeper`]); it takes over a keeper's at start, whichever way it
+/// is run.
 pub async fn run(
     config: Config,
     runtime: Arc<dyn ContainerRuntime>,
     shutdown: CancellationToken,
+) -> Result<(), Error> {
+    run_as(config, runtime, shutdown, None).await
+}
+
+/// [`run`], and when it stops, the proxy's listeners and open connections go to a keeper
+/// started from `keeper` (the `drover-agent` binary) for the next agent
+/// ([`crate::handoff`]), unless `handoff_wait` is 0.
+pub async fn run_with_keeper(
+    config: Config,
+    runtime: Arc<dyn ContainerRuntime>,
+    shutdown: CancellationToken,
+    keeper: std::path::PathBuf,
+) -> Result<(), Error> {
+    run_as(config, runtime, shutdown, Some(keeper)).await
+}
+
+async fn run_as(
+    config: Config,
+    runtime: Arc<dyn ContainerRuntime>,
+    shutdown: CancellationToken,
+    keeper: Option<std::path::PathBuf>,
 ) -> Result<(), Error> {
     drover_security::install_crypto_provider();
     let node_id = config
@@ -206,7 +230,25 @@ pub async fn run(
     // Every node proxies each service's published port to healthy replicas anywhere:
     // policy from the coordinator, liveness and health from gossip.
     let proxy_bind = config.proxy_bind.unwrap_or(config.advertise);
-    let proxy = ProxyManager::new(proxy_config, generation);
+    let drain_timeout = proxy_config.drain_timeout;
+    let mut proxy = ProxyManager::new(proxy_config, generation);
+    // Last: the keeper goes on copying until this takes its connections over.
+    let handoff_socket = config.data_dir.join(handoff::SOCKET);
+    match handoff::take(&handoff_socket).await {
+        Ok(Some(handover)) => proxy.adopt(handover),
+        Ok(None) => {}
+        Err(e) => warn!(socket = %handoff_socket.display(), error = %e,
+            "cannot take over the previous agent's proxy sockets; starting afresh"),
+    }
+    if let Some(program) = keeper.filter(|_| !config.handoff_wait.is_zero()) {
+        proxy.hand_off_to(handoff::Keeper {
+            program,
+            socket: handoff_socket,
+            pause_within: handoff::PAUSE_WITHIN,
+            wait: config.handoff_wait,
+            drain: drain_timeout,
+        });
+    }
     let addressing = routes::Addressing {
         node: proxy_bind,
         cluster_ips: config.cluster_ips,

@@ -350,6 +350,27 @@ impl DroverProcess {
         self.spawn();
     }
 
+    /// Start the process again after [`DroverProcess::stop`], with the same arguments and
+    /// data dir.
+    pub fn start(&mut self) {
+        self.spawn();
+    }
+
+    /// SIGTERM the process (a graceful stop, as systemd's) and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// What the process has logged so far (all its runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGKILL the process.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

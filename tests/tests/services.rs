@@ -195,3 +195,99 @@ fn cluster_ip_services_are_reached_on_their_own_addresses() {
     assert!(drover_addresses().contains(&format!("{prefix}.1/32")));
     assert!(http_get(&front).starts_with("user-service"));
 }
+
+/// An echo server (busybox nc, one process per connection) labelled app=echo, two replicas,
+/// behind ClusterIP service `echo` on port 7000.
+const ECHO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: echo}\nspec:\n  \
+    replicas: 2\n  selector: {matchLabels: {app: echo}}\n  template:\n    \
+    metadata: {labels: {app: echo}}\n    spec:\n      containers:\n        \
+    - name: echo\n          image: drover-test-busybox:latest\n          \
+    command: [nc, -ll, -p, '8080', -e, cat]\n          ports: [{containerPort: 8080}]\n---\n\
+    apiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: echo}\n  \
+    ports: [{port: 7000, targetPort: 8080}]\n";
+
+/// One line through `stream` and back.
+fn echo_line(stream: &mut std::net::TcpStream, line: &str) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut got = String::new();
+    reader.read_line(&mut got)?;
+    if got.trim_end() == line {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("sent {line:?}, got {got:?}")))
+    }
+}
+
+/// A graceful restart of the agent that serves the service addresses (SIGTERM, then a new
+/// process, as `systemctl restart` does) keeps the connections open through them: they go
+/// on answering while the agent is down and after, and a connection opened while no agent
+/// runs waits in the listener's backlog and is served by the next one.
+#[test]
+fn an_agent_restart_keeps_connections_through_a_service_address() {
+    let ips = ["127.0.0.186", "127.0.0.187"];
+    let (dir, coordinator, mut agents, _nodes) = nodes_cluster_with_cluster_ips("keep", &ips);
+    let manifest = dir.path().join("echo.yaml");
+    std::fs::write(&manifest, ECHO).expect("write manifest");
+    coordinator.apply(&manifest);
+    wait_for("echo healthy", DEADLINE, || {
+        healthy_nodes(&coordinator, "echo").len() == 2
+    });
+    let address = format!("{}:7000", cluster_ip(&coordinator, "echo"));
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok::<_, std::io::Error>(stream)
+    };
+    wait_for("echo through its address", DEADLINE, || {
+        connect()
+            .and_then(|mut s| echo_line(&mut s, "ready"))
+            .is_ok()
+    });
+
+    // Clients that talk all the way through the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let mut stream = connect().expect("connect");
+            echo_line(&mut stream, &format!("{i} before")).expect("echo before the restart");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut lines = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    echo_line(&mut stream, &format!("{i} line {lines}"))
+                        .unwrap_or_else(|e| panic!("client {i}, line {lines}: {e}"));
+                    lines += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                (stream, lines)
+            })
+        })
+        .collect();
+
+    agents[0].stop();
+    // No agent runs: this one waits in the backlog of the listener the keeper holds.
+    let mut queued = connect().expect("connect while no agent runs");
+    std::thread::scope(|scope| {
+        let agent = &mut agents[0];
+        scope.spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            agent.start();
+        });
+        echo_line(&mut queued, "queued").expect("the queued connection is served");
+    });
+
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (i, client) in clients.into_iter().enumerate() {
+        let (mut stream, lines) = client.join().expect("a client failed during the restart");
+        assert!(lines > 20, "client {i} sent only {lines} lines");
+        echo_line(&mut stream, &format!("{i} after")).expect("echo after the restart");
+    }
+    let log = agents[0].log();
+    assert!(
+        log.contains("took over the previous agent's proxy sockets"),
+        "the new agent took the sockets over: {log}"
+    );
+}

@@ -486,7 +486,10 @@ impl Balancer {
     pub fn connection_opened(&mut self, id: &str) {
         if let Some(slot) = self.slot_mut(id) {
             slot.active = slot.active.saturating_add(1);
-        } else if let Some(n) = self.detached_active.get_mut(id) {
+        } else {
+            // Not (or no longer) listed: a connection taken over before the endpoint is
+            // known, or one to a removed endpoint; counted for when it is listed again.
+            let n = self.detached_active.entry(id.to_owned()).or_insert(0);
             *n = n.saturating_add(1);
         }
     }

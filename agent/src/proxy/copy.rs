@@ -8,6 +8,10 @@
 //! stream, the other side's write half is shut down and the opposite direction goes on. The
 //! direction that ends last skips its `shutdown`: both sockets are closed right after, and
 //! closing a socket with nothing left unread sends the same FIN ([`Ends`]).
+//!
+//! A copy can be paused ([`copy_bidirectional`]'s `pause`): each direction stops where its
+//! buffer is empty, waiting for a read, so nothing is held in the proxy and the two sockets
+//! can be handed to another process that carries on (an agent restart, `crate::handoff`).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio_util::sync::CancellationToken;
 
 use super::counters::ServiceCounters;
 
@@ -36,17 +41,40 @@ pub(super) enum Direction {
 /// runtime copied them several times (a profile showed those copies as most of the proxy's
 /// own instructions per short connection).
 #[derive(Debug)]
-pub(super) struct Buffers {
+pub(crate) struct Buffers {
     pub(super) inbound: Vec<u8>,
     pub(super) outbound: Vec<u8>,
 }
 
 impl Buffers {
-    pub(super) fn new() -> Buffers {
+    pub(crate) fn new() -> Buffers {
         Buffers {
             inbound: Vec::with_capacity(START),
             outbound: Vec::with_capacity(START),
         }
+    }
+}
+
+/// Which directions of a connection still carry bytes: both for a new connection, one
+/// after a half-close, none once it has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Open {
+    /// Client to replica.
+    pub inbound: bool,
+    /// Replica to client.
+    pub outbound: bool,
+}
+
+impl Open {
+    /// A connection whose two directions both carry bytes.
+    pub const BOTH: Open = Open {
+        inbound: true,
+        outbound: true,
+    };
+
+    /// Whether either direction is still open.
+    pub fn any(self) -> bool {
+        self.inbound || self.outbound
     }
 }
 
@@ -56,6 +84,12 @@ impl Buffers {
 pub(super) struct Ends(AtomicBool);
 
 impl Ends {
+    /// For a connection with `open` directions: one that ended before (a half-closed
+    /// connection taken over) already passed its end on.
+    pub(super) fn new(open: Open) -> Ends {
+        Ends(AtomicBool::new(!(open.inbound && open.outbound)))
+    }
+
     /// A direction read the end of its stream: pass it on by shutting down `to`'s write
     /// half, unless the other direction already ended. Then both sockets close right after
     /// and the close sends the same FIN, one system call fewer per connection.
@@ -76,60 +110,69 @@ impl Direction {
     }
 }
 
-/// Forward both directions between `client` and `upstream` until both have ended, or until
-/// either fails, then close both; `buffers` grow up to `max_buffer`. Returns the bytes
-/// moved (client → upstream, upstream → client).
-pub(super) async fn copy_bidirectional(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+/// Forward the `open` directions between `client` and `upstream` until both have ended, or
+/// until either fails, or until `pause` is cancelled and each has stopped where its buffer
+/// is empty; `buffers` grow up to `max_buffer`. Returns the directions still open: none when
+/// the connection ended, the ones to carry on with when it was paused. The caller closes both
+/// sockets (the last FIN goes with the close) or hands them on.
+pub(crate) async fn copy_bidirectional(
+    (client, upstream): (&mut TcpStream, &mut TcpStream),
     buffers: Buffers,
-    max_buffer: usize,
-    counters: &ServiceCounters,
-) -> io::Result<(u64, u64)> {
+    (max_buffer, counters): (usize, &ServiceCounters),
+    open: Open,
+    pause: &CancellationToken,
+) -> io::Result<Open> {
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
-    let ends = Ends::default();
-    tokio::try_join!(
+    let ends = Ends::new(open);
+    let (inbound, outbound) = tokio::try_join!(
         pump(
             (client_read, upstream_write),
             (buffers.inbound, max_buffer),
             (counters, Direction::In),
-            &ends
+            (open.inbound, &ends, pause)
         ),
         pump(
             (upstream_read, client_write),
             (buffers.outbound, max_buffer),
             (counters, Direction::Out),
-            &ends
+            (open.outbound, &ends, pause)
         ),
-    )
-    // Both sockets close here; the last FIN goes with the close.
+    )?;
+    Ok(Open { inbound, outbound })
 }
 
+/// Copies one direction; returns whether it is still open (paused) rather than ended.
 async fn pump(
     (mut from, mut to): (ReadHalf<'_>, WriteHalf<'_>),
     (mut buf, max_buffer): (Vec<u8>, usize),
     (counters, direction): (&ServiceCounters, Direction),
-    ends: &Ends,
-) -> io::Result<u64> {
-    let mut total = 0u64;
+    (open, ends, pause): (bool, &Ends, &CancellationToken),
+) -> io::Result<bool> {
+    if !open {
+        return Ok(false);
+    }
     loop {
         buf.clear();
         // Into the spare capacity (never zero, so never a 0 that is not an end of stream).
-        let n = from.read_buf(&mut buf).await?;
+        // Paused only here, with nothing read and not yet written.
+        let n = tokio::select! {
+            biased;
+            () = pause.cancelled() => return Ok(true),
+            n = from.read_buf(&mut buf) => n?,
+        };
         if n == 0 {
             break;
         }
         to.write_all(&buf).await?;
         direction.count(counters, n);
-        total += n as u64;
         if n == buf.capacity() && n < max_buffer {
             // A full read: more is coming than the buffer holds.
             buf.reserve_exact((n * 4).min(max_buffer) - n);
         }
     }
     ends.direction_ended(&mut to).await?;
-    Ok(total)
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -144,16 +187,24 @@ mod tests {
         let counters = ServiceCounters::default();
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let answer = vec![9u8; 1_000_000];
-        let proxy = copy_bidirectional(
-            proxy_client,
-            proxy_upstream,
-            Buffers::new(),
-            64 * 1024,
-            &counters,
-        );
+        let (mut proxy_client, mut proxy_upstream) = (proxy_client, proxy_upstream);
+        let never = CancellationToken::new();
+        let proxy = async {
+            let open = copy_bidirectional(
+                (&mut proxy_client, &mut proxy_upstream),
+                Buffers::new(),
+                (64 * 1024, &counters),
+                Open::BOTH,
+                &never,
+            )
+            .await;
+            // The last FIN goes with the close.
+            drop((proxy_client, proxy_upstream));
+            open
+        };
         let ends = exchange(&mut client_end, &mut server_end, &request, &answer);
-        let (moved, (got_answer, got_request)) = tokio::join!(proxy, ends);
-        assert_eq!(moved.expect("proxy"), (300_000, 1_000_000));
+        let (open, (got_answer, got_request)) = tokio::join!(proxy, ends);
+        assert!(!open.expect("proxy").any());
         assert_eq!(got_request, request);
         assert_eq!(got_answer, answer);
         let snapshot = counters.snapshot();

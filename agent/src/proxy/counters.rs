@@ -78,6 +78,11 @@ impl ServiceCounters {
         self.active.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection accepted by the agent before a restart, carried on here.
+    pub(crate) fn connection_adopted(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn connection_ended(&self) {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }

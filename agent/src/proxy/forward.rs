@@ -12,6 +12,10 @@
 //! every connect attempt is a connection, and it failed when the connect failed or the replica
 //! closed or reset it before answering (the case retried on another replica).
 //!
+//! Pausing ([`ServiceProxy::pause`]): copies stop where no byte is held in the proxy and their
+//! connections ([`HeldConnection`]) are handed to a sink, to go on in another process (an
+//! agent restart, `crate::handoff`); [`ServiceProxy::adopt`] carries on with one.
+//!
 //! Both sockets get `TCP_NODELAY`. Bytes are copied through a buffer per direction that
 //! grows to [`ProxyConfig::buffer_size`] ([`super::copy`]); with [`ProxyConfig::splice`] on
 //! Linux they move with `splice(2)` through pooled pipes instead ([`super::splice`]).
@@ -27,13 +31,13 @@ use std::time::Duration;
 use drover_proto::model::Strategy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::balancer::{Balancer, BalancerConfig, Endpoint, EndpointState};
-use super::copy::Buffers;
+use super::copy::{Buffers, Open};
 use super::counters::{CountersSnapshot, RevisionCounters, RevisionOutcomes, ServiceCounters};
 
 /// Most client bytes kept for a replay on another replica; a client that sends more before
@@ -99,6 +103,24 @@ pub struct ServiceProxy {
     /// Idle pipes for the splice path.
     #[cfg(target_os = "linux")]
     pipes: super::splice::PipePool,
+    /// Cancelled by [`ServiceProxy::pause`]: copies stop and hand their connection on.
+    pausing: CancellationToken,
+    /// Where paused connections go.
+    held: Mutex<Option<mpsc::UnboundedSender<HeldConnection>>>,
+}
+
+/// A connection between a client and a replica whose copy was paused with nothing held in
+/// the proxy: its two sockets and what routes it, to be carried on elsewhere.
+#[derive(Debug)]
+pub struct HeldConnection {
+    /// The client's socket.
+    pub client: TcpStream,
+    /// The socket to the replica.
+    pub upstream: TcpStream,
+    /// The replica it goes to (its drain follows the endpoint's).
+    pub endpoint: Endpoint,
+    /// The directions still carrying bytes.
+    pub open: Open,
 }
 
 impl fmt::Debug for ServiceProxy {
@@ -146,6 +168,8 @@ impl ServiceProxy {
             idle: Notify::new(),
             #[cfg(target_os = "linux")]
             pipes: super::splice::PipePool::default(),
+            pausing: CancellationToken::new(),
+            held: Mutex::new(None),
         }
     }
 
@@ -193,6 +217,29 @@ impl ServiceProxy {
         self.lock_balancer()
             .update(Vec::new(), &BTreeMap::new(), Instant::now());
         self.set_current(HashSet::new());
+    }
+
+    /// Pause every connection: each copy stops where no byte is held in the proxy and its
+    /// connection goes to `sink`, now or as soon as it is copying (one still connecting or
+    /// waiting for a first answer gets there first). Connections that end meanwhile just
+    /// end; [`ServiceProxy::closed`] tells when none is left. For a proxy that no longer
+    /// accepts.
+    pub fn pause(&self, sink: mpsc::UnboundedSender<HeldConnection>) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(sink);
+        self.pausing.cancel();
+    }
+
+    /// Carry on with a connection paused by another proxy (another agent's, before a
+    /// restart): it is counted as open, to its endpoint, and drains like the others.
+    pub fn adopt(self: &Arc<Self>, held: HeldConnection) {
+        let handling = Handling::adopted(self);
+        tokio::spawn(async move {
+            let proxy = &handling.0;
+            proxy.lock_balancer().connection_opened(&held.endpoint.id);
+            let lease = proxy.track(&held.endpoint.id);
+            proxy.forward(held, lease, Buffers::new()).await;
+            drop(handling);
+        });
     }
 
     /// Client connections being handled now.
@@ -393,20 +440,53 @@ impl ServiceProxy {
                     return;
                 }
             }
-            tokio::select! {
-                result = self.copy(client, upstream, buffers) => {
-                    if let Err(e) = result {
-                        debug!(service = %self.service, %peer, endpoint = %endpoint.id, error = %e,
-                            "connection ended with an error");
-                    }
-                }
-                () = lease.drain_deadline() => {
-                    self.counters.connection_drained();
-                    debug!(service = %self.service, %peer, endpoint = %endpoint.id,
-                        "drain deadline passed; closing the connection");
+            let held = HeldConnection {
+                client,
+                upstream,
+                endpoint,
+                open: Open::BOTH,
+            };
+            self.forward(held, lease, buffers).await;
+            return;
+        }
+    }
+
+    /// Copy a connection until it ends, its endpoint's drain deadline passes (then it is
+    /// closed) or the proxy is paused (then it goes to the sink).
+    async fn forward(&self, mut held: HeldConnection, mut lease: Lease<'_>, buffers: Buffers) {
+        let copied = tokio::select! {
+            result = self.copy(&mut held.client, &mut held.upstream, buffers, held.open) => {
+                Some(result)
+            }
+            () = lease.drain_deadline() => None,
+        };
+        let endpoint = &held.endpoint.id;
+        match copied {
+            Some(Ok(open)) if open.any() => {
+                held.open = open;
+                drop(lease);
+                let sink = self
+                    .held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let endpoint = held.endpoint.id.clone();
+                // Not taken: dropped, so closed.
+                if sink.is_none_or(|sink| sink.send(held).is_err()) {
+                    debug!(service = %self.service, %endpoint,
+                        "paused connection not taken; closing it");
                 }
             }
-            return;
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                debug!(service = %self.service, %endpoint, error = %e,
+                    "connection ended with an error");
+            }
+            None => {
+                self.counters.connection_drained();
+                debug!(service = %self.service, %endpoint,
+                    "drain deadline passed; closing the connection");
+            }
         }
     }
 
@@ -484,25 +564,27 @@ impl ServiceProxy {
         }
     }
 
-    /// Forward both directions until both have ended or either fails, then close both.
+    /// Forward the `open` directions until both have ended or either fails, or until the
+    /// proxy is paused; returns the directions still open (none when it ended).
     async fn copy(
         &self,
-        client: TcpStream,
-        upstream: TcpStream,
+        client: &mut TcpStream,
+        upstream: &mut TcpStream,
         buffers: Buffers,
-    ) -> io::Result<()> {
+        open: Open,
+    ) -> io::Result<Open> {
         #[cfg(target_os = "linux")]
         if self.config.splice {
             match self.pipes.take_pair() {
                 Ok(pipes) => {
                     return super::splice::copy_bidirectional(
-                        client,
-                        upstream,
+                        (client, upstream),
                         pipes,
                         &self.counters,
+                        open,
+                        &self.pausing,
                     )
-                    .await
-                    .map(drop);
+                    .await;
                 }
                 Err(e) => {
                     debug!(service = %self.service, error = %e,
@@ -511,14 +593,13 @@ impl ServiceProxy {
             }
         }
         super::copy::copy_bidirectional(
-            client,
-            upstream,
+            (client, upstream),
             buffers,
-            self.config.buffer_size,
-            &self.counters,
+            (self.config.buffer_size, &self.counters),
+            open,
+            &self.pausing,
         )
         .await
-        .map(drop)
     }
 }
 
@@ -589,6 +670,16 @@ struct Handling(Arc<ServiceProxy>);
 impl Handling {
     fn new(proxy: &Arc<ServiceProxy>) -> Handling {
         proxy.counters.connection_accepted();
+        Handling::counted(proxy)
+    }
+
+    /// A connection accepted elsewhere (by the agent before a restart).
+    fn adopted(proxy: &Arc<ServiceProxy>) -> Handling {
+        proxy.counters.connection_adopted();
+        Handling::counted(proxy)
+    }
+
+    fn counted(proxy: &Arc<ServiceProxy>) -> Handling {
         proxy.handling.fetch_add(1, Ordering::AcqRel);
         Handling(Arc::clone(proxy))
     }
@@ -604,9 +695,14 @@ impl Drop for Handling {
 }
 
 /// Accept clients on `listener` and forward each one through `proxy`, until `shutdown` is
-/// cancelled. The listener is closed on return; connections already accepted keep running
-/// (see [`ServiceProxy::drain_all`] and [`ServiceProxy::closed`]).
-pub async fn serve(listener: TcpListener, proxy: Arc<ServiceProxy>, shutdown: CancellationToken) {
+/// cancelled; then returns the listener (dropping it closes it; kept, new connections wait
+/// in its backlog). Connections already accepted keep running (see
+/// [`ServiceProxy::drain_all`] and [`ServiceProxy::closed`]).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<ServiceProxy>,
+    shutdown: CancellationToken,
+) -> TcpListener {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -635,6 +731,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<ServiceProxy>, shutdown: Ca
             }
         }
     }
+    listener
 }
 
 fn is_per_connection(e: &io::Error) -> bool {

@@ -1,6 +1,11 @@
 //! One balancer per port of a service and one listener per address it is reached on:
 //! [`ProxyManager::apply`] reconciles the running listeners with the routes the agent
 //! computed (endpoints = policy ∩ alive ∩ healthy).
+//!
+//! Across an agent restart ([`ProxyManager::shutdown`] with a [`crate::handoff::Keeper`]),
+//! the listening sockets and the open connections go to the next agent instead of being
+//! closed and drained: [`ProxyManager::adopt`] takes them, listeners are used for the same
+//! address, connections carry on at once in their route's proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -9,13 +14,15 @@ use std::time::Duration;
 
 use drover_proto::model::{RevisionTraffic, Strategy};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::balancer::Endpoint;
 use super::counters::{CountersSnapshot, RevisionOutcomes};
-use super::forward::{ProxyConfig, ServiceProxy, serve};
+use super::forward::{HeldConnection, ProxyConfig, ServiceProxy, serve};
+use crate::handoff::Keeper;
 
 /// What the proxy should do for one port of a service.
 #[derive(Debug, Clone)]
@@ -43,9 +50,13 @@ pub struct ProxyManager {
     config: ProxyConfig,
     seed: u64,
     routes: BTreeMap<RouteKey, Route>,
-    /// Proxies whose route was removed and that still have connections draining, with the
-    /// addresses they were reached on.
-    retired: Vec<(Arc<ServiceProxy>, Vec<SocketAddr>)>,
+    /// Proxies whose route was removed and that still have connections draining.
+    retired: Vec<Retired>,
+    /// Listening sockets the agent before a restart handed over, by address, until a
+    /// route listens there (or the first apply closes them).
+    adopted: BTreeMap<SocketAddr, std::net::TcpListener>,
+    /// Where the listeners and open connections go when the agent stops, if anywhere.
+    keeper: Option<Keeper>,
     /// Revision outcomes of proxies dropped since (stopped and drained), kept so that
     /// [`ProxyManager::traffic`] never goes down while the agent runs.
     ended: TrafficTotals,
@@ -54,7 +65,33 @@ pub struct ProxyManager {
 }
 
 /// A route's identity: service name and port.
-type RouteKey = (String, u16);
+pub type RouteKey = (String, u16);
+
+/// What an agent that stops hands to the next one: its listening sockets and its open
+/// connections, each with its route.
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// Listening sockets (not accepting meanwhile: new connections wait in the backlog).
+    pub listeners: Vec<(RouteKey, SocketAddr, std::net::TcpListener)>,
+    /// Connections paused with nothing held in the proxy.
+    pub connections: Vec<(RouteKey, HeldConnection)>,
+}
+
+impl Handover {
+    /// Nothing to hand over.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.connections.is_empty()
+    }
+}
+
+/// A removed route's proxy while its connections drain.
+#[derive(Debug)]
+struct Retired {
+    key: RouteKey,
+    proxy: Arc<ServiceProxy>,
+    /// The addresses it was reached on.
+    addresses: Vec<SocketAddr>,
+}
 
 /// Outcomes per (service, revision).
 type TrafficTotals = BTreeMap<(String, u64), RevisionOutcomes>;
@@ -70,16 +107,20 @@ struct Route {
 struct Listening {
     address: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<TcpListener>,
 }
 
 impl Listening {
-    async fn stop(self) {
+    /// Stops accepting; returns the listening socket (dropping it frees the address).
+    async fn stop(self) -> Option<TcpListener> {
         self.stop.cancel();
-        // The task drops the listening socket as it returns; wait so the port is free again.
-        if let Err(e) = self.task.await {
-            if e.is_panic() {
-                error!(address = %self.address, "proxy listener task panicked");
+        match self.task.await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                if e.is_panic() {
+                    error!(address = %self.address, "proxy listener task panicked");
+                }
+                None
             }
         }
     }
@@ -94,8 +135,44 @@ impl ProxyManager {
             seed,
             routes: BTreeMap::new(),
             retired: Vec::new(),
+            adopted: BTreeMap::new(),
+            keeper: None,
             ended: TrafficTotals::new(),
             clashes: BTreeSet::new(),
+        }
+    }
+
+    /// Hand the listeners and open connections to `keeper` when the agent stops, instead of
+    /// draining them (see [`ProxyManager::shutdown`]).
+    pub fn hand_off_to(&mut self, keeper: Keeper) {
+        self.keeper = Some(keeper);
+    }
+
+    /// Take over what the agent before a restart handed over: its connections carry on at
+    /// once, each in its route's proxy (one made for it when the route is not known yet:
+    /// the first [`ProxyManager::apply`] drains it if the route is gone); its listeners wait
+    /// for a route on their address.
+    pub fn adopt(&mut self, handover: Handover) {
+        for (key, address, listener) in handover.listeners {
+            info!(service = %key.0, port = key.1, %address, "listener taken over");
+            self.adopted.insert(address, listener);
+        }
+        let taken = handover.connections.len();
+        for (key, held) in handover.connections {
+            route_of(
+                &mut self.routes,
+                (&self.config, self.seed),
+                &key,
+                Strategy::default(),
+            )
+            .proxy
+            .adopt(held);
+        }
+        if taken > 0 {
+            info!(
+                connections = taken,
+                "open connections taken over from the previous agent"
+            );
         }
     }
 
@@ -138,20 +215,21 @@ impl ProxyManager {
                 let addresses: Vec<SocketAddr> = route.listeners.keys().copied().collect();
                 stop_listeners(&route.proxy, route.listeners.into_values()).await;
                 route.proxy.drain_all();
-                self.retired.push((route.proxy, addresses));
+                self.retired.push(Retired {
+                    key,
+                    proxy: route.proxy,
+                    addresses,
+                });
             }
         }
 
         for (key, route) in wanted {
-            let state = self.routes.entry(key).or_insert_with(|| Route {
-                proxy: Arc::new(ServiceProxy::new(
-                    route.service.clone(),
-                    route.strategy,
-                    self.config.clone(),
-                    service_seed(self.seed, &route.service, route.port),
-                )),
-                listeners: BTreeMap::new(),
-            });
+            let state = route_of(
+                &mut self.routes,
+                (&self.config, self.seed),
+                &key,
+                route.strategy,
+            );
             state
                 .proxy
                 .update(route.endpoints, &route.pool_weights, route.strategy);
@@ -169,9 +247,12 @@ impl ProxyManager {
             for address in route.listen {
                 let slot = state.listeners.entry(address).or_insert(None);
                 if slot.is_none() {
-                    *slot = listen(address, &state.proxy).await;
+                    *slot = listen(address, &state.proxy, self.adopted.remove(&address)).await;
                 }
             }
+        }
+        for (address, _) in std::mem::take(&mut self.adopted) {
+            info!(%address, "a listener taken over is no longer routed; closed");
         }
 
         self.reap();
@@ -182,10 +263,10 @@ impl ProxyManager {
     pub fn reap(&mut self) {
         let (drained, draining) = std::mem::take(&mut self.retired)
             .into_iter()
-            .partition(|(proxy, _)| proxy.open_connections() == 0);
+            .partition(|retired| retired.proxy.open_connections() == 0);
         self.retired = draining;
-        for (proxy, _) in drained {
-            add_traffic(&mut self.ended, proxy.revision_traffic());
+        for retired in drained {
+            add_traffic(&mut self.ended, retired.proxy.revision_traffic());
         }
     }
 
@@ -196,7 +277,11 @@ impl ProxyManager {
             .routes
             .values()
             .flat_map(|route| route.listeners.keys().copied())
-            .chain(self.retired.iter().flat_map(|(_, a)| a.iter().copied()))
+            .chain(
+                self.retired
+                    .iter()
+                    .flat_map(|r| r.addresses.iter().copied()),
+            )
             .collect();
         all.sort();
         all.dedup();
@@ -220,7 +305,7 @@ impl ProxyManager {
     pub fn traffic(&self) -> Vec<RevisionTraffic> {
         let mut totals = self.ended.clone();
         let proxies = self.routes.values().map(|route| &route.proxy);
-        for proxy in proxies.chain(self.retired.iter().map(|(proxy, _)| proxy)) {
+        for proxy in proxies.chain(self.retired.iter().map(|r| &r.proxy)) {
             add_traffic(&mut totals, proxy.revision_traffic());
         }
         totals
@@ -263,29 +348,126 @@ impl ProxyManager {
             .map(|(_, route)| &route.proxy)
     }
 
-    /// Stop every listener, drain every open connection (closed at the latest after the drain
-    /// timeout) and wait for them to end.
+    /// Stop the proxy. With a keeper ([`ProxyManager::hand_off_to`]), the listeners and the
+    /// open connections go to it, for the next agent; otherwise (or when the keeper cannot
+    /// be started) every listener closes and every open connection drains (closed at the
+    /// latest after the drain timeout) before this returns.
     pub async fn shutdown(mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            let handover = self.hand_over(keeper.pause_within).await;
+            if handover.is_empty() {
+                return;
+            }
+            let (listeners, connections) = (handover.listeners.len(), handover.connections.len());
+            match keeper.hold(handover).await {
+                Ok(()) => {
+                    info!(
+                        listeners,
+                        connections,
+                        "listeners and open connections handed to the keeper for the next agent"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    // Dropped with the handover: closed, as without a keeper.
+                    warn!(error = %e, listeners, connections,
+                        "cannot hand the proxy over; its connections are closed");
+                    return;
+                }
+            }
+        }
         let routes = std::mem::take(&mut self.routes);
-        for route in routes.into_values() {
+        for (key, route) in routes {
             stop_listeners(&route.proxy, route.listeners.into_values()).await;
             route.proxy.drain_all();
-            self.retired.push((route.proxy, Vec::new()));
+            self.retired.push(Retired {
+                key,
+                proxy: route.proxy,
+                addresses: Vec::new(),
+            });
         }
         // A connection still connecting when the drain started gets its deadline when it
         // registers, at most `attempts` connect timeouts later; allow a second of slack.
         let bound = self.config.drain_timeout
             + self.config.connect_timeout * self.config.attempts.max(1)
             + Duration::from_secs(1);
-        let all_closed = async {
-            for (proxy, _) in &self.retired {
-                proxy.closed().await;
-            }
-        };
-        if tokio::time::timeout(bound, all_closed).await.is_err() {
+        if tokio::time::timeout(bound, self.all_closed())
+            .await
+            .is_err()
+        {
             warn!("service proxy connections still open after the drain timeout; abandoning them");
         }
     }
+
+    /// Stop accepting (keeping the listening sockets) and pause every connection, waiting at
+    /// most `within` for those still connecting or copying a first answer; what is not
+    /// paused by then is closed.
+    async fn hand_over(&mut self, within: Duration) -> Handover {
+        let mut handover = Handover::default();
+        let mut sinks = Vec::new();
+        for (key, route) in std::mem::take(&mut self.routes) {
+            for listening in route.listeners.into_values().flatten() {
+                let address = listening.address;
+                if let Some(listener) = listening.stop().await {
+                    match listener.into_std() {
+                        Ok(listener) => handover.listeners.push((key.clone(), address, listener)),
+                        Err(e) => warn!(%address, error = %e, "cannot hand a listener over"),
+                    }
+                }
+            }
+            self.retired.push(Retired {
+                key,
+                proxy: route.proxy,
+                addresses: Vec::new(),
+            });
+        }
+        for retired in &self.retired {
+            let (sink, paused) = mpsc::unbounded_channel();
+            retired.proxy.pause(sink);
+            sinks.push((retired.key.clone(), paused));
+        }
+        if tokio::time::timeout(within, self.all_closed())
+            .await
+            .is_err()
+        {
+            let left: usize = self
+                .retired
+                .iter()
+                .map(|r| r.proxy.open_connections())
+                .sum();
+            warn!(left, "connections not paused in time are closed");
+        }
+        for (key, mut paused) in sinks {
+            while let Ok(held) = paused.try_recv() {
+                handover.connections.push((key.clone(), held));
+            }
+        }
+        handover
+    }
+
+    async fn all_closed(&self) {
+        for retired in &self.retired {
+            retired.proxy.closed().await;
+        }
+    }
+}
+
+/// The route of `key`, made with no endpoint and no listener if it is new.
+fn route_of<'a>(
+    routes: &'a mut BTreeMap<RouteKey, Route>,
+    (config, seed): (&ProxyConfig, u64),
+    key: &RouteKey,
+    strategy: Strategy,
+) -> &'a mut Route {
+    routes.entry(key.clone()).or_insert_with(|| Route {
+        proxy: Arc::new(ServiceProxy::new(
+            key.0.clone(),
+            strategy,
+            config.clone(),
+            service_seed(seed, &key.0, key.1),
+        )),
+        listeners: BTreeMap::new(),
+    })
 }
 
 async fn stop_listeners(
@@ -299,8 +481,19 @@ async fn stop_listeners(
     }
 }
 
-async fn listen(address: SocketAddr, proxy: &Arc<ServiceProxy>) -> Option<Listening> {
-    match TcpListener::bind(address).await {
+/// Listen on `address` for `proxy`, on the socket taken over for it if there is one.
+async fn listen(
+    address: SocketAddr,
+    proxy: &Arc<ServiceProxy>,
+    taken: Option<std::net::TcpListener>,
+) -> Option<Listening> {
+    let bound = match taken {
+        Some(listener) => listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener)),
+        None => TcpListener::bind(address).await,
+    };
+    match bound {
         Ok(listener) => {
             info!(service = %proxy.service(), %address, "service listener started");
             let stop = CancellationToken::new();

@@ -12,7 +12,7 @@
 //! - `splice` (Linux, opt-in): the zero-copy data path through pooled pipes.
 
 pub mod balancer;
-mod copy;
+pub(crate) mod copy;
 pub mod counters;
 pub mod forward;
 pub mod listeners;

@@ -10,6 +10,7 @@
 //!
 //! Half-close as in [`super::copy`]: when one side ends its stream, the other side's write
 //! half is shut down and the opposite direction goes on; the last FIN goes with the close.
+//! A pause stops each direction where its pipe is empty, as the copy path's does.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -20,8 +21,9 @@ use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio_util::sync::CancellationToken;
 
-use super::copy::{Direction, Ends};
+use super::copy::{Direction, Ends, Open};
 use super::counters::ServiceCounters;
 
 /// Capacity asked for each pipe: fewer system calls per megabyte than the 64 KiB default.
@@ -127,54 +129,64 @@ impl PipeLease<'_> {
     }
 }
 
-/// Forward both directions between `client` and `upstream` until both have ended, or
-/// until either fails, then close both. Returns the bytes moved (client → upstream,
-/// upstream → client).
+/// Forward the `open` directions between `client` and `upstream` until both have ended, or
+/// until either fails, or until `pause` is cancelled and each has stopped with its pipe
+/// empty. Returns the directions still open (none when the connection ended); the caller
+/// closes both sockets or hands them on.
 pub(super) async fn copy_bidirectional(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    (client, upstream): (&mut TcpStream, &mut TcpStream),
     pipes: (PipeLease<'_>, PipeLease<'_>),
     counters: &ServiceCounters,
-) -> io::Result<(u64, u64)> {
+    open: Open,
+    pause: &CancellationToken,
+) -> io::Result<Open> {
     let (mut inbound, mut outbound) = pipes;
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
-    let ends = Ends::default();
-    tokio::try_join!(
+    let ends = Ends::new(open);
+    let (inbound, outbound) = tokio::try_join!(
         pump(
-            client_read,
-            upstream_write,
+            (client_read, upstream_write),
             &mut inbound,
             (counters, Direction::In),
-            &ends
+            (open.inbound, &ends, pause)
         ),
         pump(
-            upstream_read,
-            client_write,
+            (upstream_read, client_write),
             &mut outbound,
             (counters, Direction::Out),
-            &ends
+            (open.outbound, &ends, pause)
         ),
-    )
+    )?;
+    Ok(Open { inbound, outbound })
 }
 
-/// Move bytes from `from` to `to` through `lease`'s pipe until `from` ends; then shut
-/// down `to`'s write half.
+/// Move bytes from `from` to `to` through `lease`'s pipe until `from` ends, then shut
+/// down `to`'s write half; or until `pause`. Returns whether it is still open (paused).
 async fn pump(
-    from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
+    (from, mut to): (ReadHalf<'_>, WriteHalf<'_>),
     lease: &mut PipeLease<'_>,
     (counters, direction): (&ServiceCounters, Direction),
-    ends: &Ends,
-) -> io::Result<u64> {
+    (open, ends, pause): (bool, &Ends, &CancellationToken),
+) -> io::Result<bool> {
+    if !open {
+        lease.release();
+        return Ok(false);
+    }
     let pipe = lease.pipe()?;
     let source = from.as_ref();
     let sink = to.as_ref();
-    let mut total = 0u64;
     loop {
         // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
         let filled = loop {
-            source.readable().await?;
+            tokio::select! {
+                biased;
+                () = pause.cancelled() => {
+                    lease.release();
+                    return Ok(true);
+                }
+                readable = source.readable() => readable?,
+            }
             match source.try_io(Interest::READABLE, || {
                 splice(
                     source,
@@ -216,11 +228,10 @@ async fn pump(
             }
         }
         direction.count(counters, filled);
-        total += filled as u64;
     }
     lease.release();
     ends.direction_ended(&mut to).await?;
-    Ok(total)
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -242,10 +253,23 @@ mod tests {
             let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 + round).collect();
             let answer = vec![round; 1_000_000];
 
-            let proxy = copy_bidirectional(proxy_client, proxy_upstream, pipes, &counters);
+            let (mut proxy_client, mut proxy_upstream) = (proxy_client, proxy_upstream);
+            let never = CancellationToken::new();
+            let proxy = async {
+                let open = copy_bidirectional(
+                    (&mut proxy_client, &mut proxy_upstream),
+                    pipes,
+                    &counters,
+                    Open::BOTH,
+                    &never,
+                )
+                .await;
+                drop((proxy_client, proxy_upstream));
+                open
+            };
             let ends = exchange(&mut client_end, &mut server_end, &request, &answer);
-            let (moved, (got_answer, got_request)) = tokio::join!(proxy, ends);
-            assert_eq!(moved.expect("proxy"), (300_000, 1_000_000));
+            let (open, (got_answer, got_request)) = tokio::join!(proxy, ends);
+            assert!(!open.expect("proxy").any());
             assert_eq!(got_request, request);
             assert_eq!(got_answer, answer);
             let snapshot = counters.snapshot();
@@ -270,7 +294,16 @@ mod tests {
             let chunk = vec![7u8; 64 * 1024];
             while server_end.write_all(&chunk).await.is_ok() {}
         });
-        let result = copy_bidirectional(proxy_client, proxy_upstream, pipes, &counters).await;
+        let (mut proxy_client, mut proxy_upstream) = (proxy_client, proxy_upstream);
+        let never = CancellationToken::new();
+        let result = copy_bidirectional(
+            (&mut proxy_client, &mut proxy_upstream),
+            pipes,
+            &counters,
+            Open::BOTH,
+            &never,
+        )
+        .await;
         server.abort();
         assert!(
             result.is_err(),
