@@ -7,6 +7,7 @@
 
 pub mod agent_link;
 pub mod api;
+pub mod autoscale;
 pub mod bootstrap;
 pub mod changes;
 pub mod cluster_ips;
