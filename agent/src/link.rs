@@ -312,10 +312,12 @@ impl Link {
                     return;
                 }
                 match RoutePolicy::try_from(policy) {
-                    Ok(policy) => {
+                    Ok(mut policy) => {
+                        let kept = keep_known_addresses(&mut policy, self.routes.borrow().as_ref());
                         info!(
                             version,
                             services = policy.services.len(),
+                            kept_addresses = kept,
                             "route policy received"
                         );
                         self.routes.send_replace(Some(policy));
@@ -348,6 +350,38 @@ impl Link {
             );
         }
     }
+}
+
+/// Gives an endpoint the new policy lists without an address the address the previous
+/// policy (of the same store) gave the same replica's port; returns how many. A coordinator
+/// that has just started knows no host port of a node that has not reconnected yet: without
+/// this, every proxy would stop routing to that node's replicas until it does, though
+/// nothing moved. An address is still only the coordinator's; gossip still decides health.
+fn keep_known_addresses(policy: &mut RoutePolicy, previous: Option<&RoutePolicy>) -> usize {
+    let Some(previous) = previous.filter(|p| p.store_id == policy.store_id) else {
+        return 0;
+    };
+    let known: BTreeMap<(&str, u16), std::net::SocketAddr> = previous
+        .services
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter_map(|e| Some(((e.allocation_id.as_str(), e.container_port), e.address?)))
+        .collect();
+    let mut kept = 0;
+    for endpoint in policy
+        .services
+        .iter_mut()
+        .flat_map(|s| s.endpoints.iter_mut())
+    {
+        if endpoint.address.is_none() {
+            let key = (endpoint.allocation_id.as_str(), endpoint.container_port);
+            if let Some(address) = known.get(&key) {
+                endpoint.address = Some(*address);
+                kept += 1;
+            }
+        }
+    }
+    kept
 }
 
 fn running(reports: &BTreeMap<String, AllocReport>) -> Vec<pb::RunningAllocation> {
@@ -602,8 +636,33 @@ mod tests {
         link.on_message(routes_message(4, 82, ""), 1);
         assert_eq!(applied(&routes), Some((5, 80, address)));
         // Newer and valid; an endpoint without an address is kept, with none.
-        link.on_message(routes_message(8, 82, ""), 1);
+        link.on_message(routes_of_store("s2", 8, 82, ""), 1);
         assert_eq!(applied(&routes), Some((8, 82, None)));
+    }
+
+    #[test]
+    fn an_endpoint_listed_without_an_address_keeps_the_one_it_had() {
+        let (mut link, routes, _desired) = idle_link();
+        let address = |routes: &watch::Receiver<Option<RoutePolicy>>| {
+            routes
+                .borrow()
+                .as_ref()
+                .map(|p| p.services[0].endpoints[0].address)
+        };
+        let known = Some("10.0.0.1:31000".parse().expect("address"));
+        link.on_message(routes_message(5, 80, "10.0.0.1:31000"), 1);
+        // A coordinator that just started has not heard from the replica's node yet.
+        link.on_message(routes_message(6, 80, ""), 1);
+        assert_eq!(address(&routes), Some(known));
+        // A new address replaces it.
+        link.on_message(routes_message(7, 80, "10.0.0.1:31001"), 1);
+        assert_eq!(
+            address(&routes),
+            Some(Some("10.0.0.1:31001".parse().expect("address")))
+        );
+        // Another store's replica of that id is another replica.
+        link.on_message(routes_of_store("s2", 1, 80, ""), 1);
+        assert_eq!(address(&routes), Some(None));
     }
 
     /// A desired set of `store` at `version` with one replica of `image`.
