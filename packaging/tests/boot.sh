@@ -117,7 +117,10 @@ in_ct 'drover nodes'
 in_ct 'for u in drover-agent drover-coordinator; do echo "$u restarts: $(systemctl show -P NRestarts $u)"; done'
 
 # A workload the agent runs on the host's engine (the test image itself, sleeping): stopping
-# the agent must leave its container running, and the restarted agent must adopt it.
+# the agent must leave its container running, and the restarted agent must adopt it. Its
+# port makes the agent's proxy listen (on the node's address): the stopped agent hands the
+# listener to its keeper, which the unit must let live (KillMode=process) until the next
+# agent takes it over.
 in_ct "cat >/root/sleeper.yaml <<EOF
 apiVersion: drover.dev/v1
 kind: Service
@@ -127,6 +130,7 @@ spec:
   image: $IMAGE
   command: [sleep, infinity]
   replicas: 1
+  ports: [{containerPort: 8080, servicePort: 7000}]
 EOF
 drover apply -f /root/sleeper.yaml" || fail "drover apply failed"
 workload() { docker ps -q --no-trunc --filter "label=drover.node=$NODE"; }
@@ -138,11 +142,16 @@ done
 CID=$(workload)
 STARTED=$(docker inspect -f '{{.State.StartedAt}}' "$CID")
 echo "workload container ${CID:0:12} runs, started by the agent"
+wait_for 30 'journalctl -u drover-agent | grep -q "service listener started service=pkg-boot-sleeper"' ||
+  fail "the agent's proxy does not listen for pkg-boot-sleeper: $(in_ct 'journalctl -u drover-agent | tail -20')"
 in_ct 'systemctl stop drover-agent'
 [ "$(docker inspect -f '{{.State.Running}}' "$CID")" = true ] || fail "the workload stopped with the agent"
 echo "agent stopped: workload ${CID:0:12} still running"
 in_ct 'systemctl start drover-agent'
 wait_for 30 'systemctl is-active -q drover-agent' || fail "drover-agent did not start again"
+wait_for 30 'journalctl -u drover-agent | grep -q "took over the previous agent.s proxy sockets listeners=1"' ||
+  fail "the restarted agent did not take the proxy's listener over from the keeper: $(in_ct 'journalctl -u drover-agent | grep -i -e keep -e hand -e took | tail -20')"
+echo "agent restarted: its proxy's listener went through the keeper to the new agent"
 wait_for 30 "drover status pkg-boot-sleeper | grep -Eq 'running|healthy'" ||
   fail "the restarted agent does not report the workload"
 [ "$(workload)" = "$CID" ] && [ "$(docker inspect -f '{{.State.StartedAt}}' "$CID")" = "$STARTED" ] ||

@@ -177,6 +177,8 @@ async fn pump(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::super::test_sockets::{exchange, pair};
     use super::*;
 
@@ -212,5 +214,65 @@ mod tests {
             (snapshot.bytes_in, snapshot.bytes_out),
             (300_000, 1_000_000)
         );
+    }
+
+    #[tokio::test]
+    async fn a_paused_copy_holds_nothing_and_carries_on_with_the_same_sockets() {
+        let (mut client_end, mut proxy_client) = pair().await;
+        let (mut proxy_upstream, mut server_end) = pair().await;
+        let counters = ServiceCounters::default();
+        let pause = CancellationToken::new();
+        let copy = copy_bidirectional(
+            (&mut proxy_client, &mut proxy_upstream),
+            Buffers::new(),
+            (64 * 1024, &counters),
+            Open::BOTH,
+            &pause,
+        );
+        let ends = async {
+            client_end.write_all(b"before").await.expect("write");
+            let mut got = [0u8; 6];
+            server_end.read_exact(&mut got).await.expect("read");
+            assert_eq!(&got, b"before");
+            // The client is done sending; the answer direction stays open.
+            client_end.shutdown().await.expect("shutdown");
+            let mut end = [0u8; 1];
+            assert_eq!(server_end.read(&mut end).await.expect("eof"), 0);
+            pause.cancel();
+        };
+        let (open, ()) = tokio::join!(copy, ends);
+        let open = open.expect("paused");
+        assert_eq!(
+            open,
+            Open {
+                inbound: false,
+                outbound: true
+            }
+        );
+        // Sent while paused: waits in the socket, not lost.
+        server_end.write_all(b"while paused").await.expect("write");
+        let never = CancellationToken::new();
+        let carry_on = async {
+            let open = copy_bidirectional(
+                (&mut proxy_client, &mut proxy_upstream),
+                Buffers::new(),
+                (64 * 1024, &counters),
+                open,
+                &never,
+            )
+            .await;
+            drop((proxy_client, proxy_upstream));
+            open
+        };
+        let ends = async {
+            server_end.write_all(b" and after").await.expect("write");
+            server_end.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            client_end.read_to_end(&mut got).await.expect("read");
+            got
+        };
+        let (open, got) = tokio::join!(carry_on, ends);
+        assert!(!open.expect("ended").any());
+        assert_eq!(got, b"while paused and after");
     }
 }

@@ -241,6 +241,24 @@ mod tests {
     use super::super::test_sockets::{exchange, pair};
     use super::*;
 
+    /// Copies both ways, never paused, then closes both sockets.
+    async fn copy_to_the_end(
+        mut client: TcpStream,
+        mut upstream: TcpStream,
+        pipes: (PipeLease<'_>, PipeLease<'_>),
+        counters: &ServiceCounters,
+    ) -> io::Result<Open> {
+        let never = CancellationToken::new();
+        copy_bidirectional(
+            (&mut client, &mut upstream),
+            pipes,
+            counters,
+            Open::BOTH,
+            &never,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn forwards_both_ways_with_half_close_and_reuses_pipes() {
         let pool = PipePool::default();
@@ -253,20 +271,7 @@ mod tests {
             let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 + round).collect();
             let answer = vec![round; 1_000_000];
 
-            let (mut proxy_client, mut proxy_upstream) = (proxy_client, proxy_upstream);
-            let never = CancellationToken::new();
-            let proxy = async {
-                let open = copy_bidirectional(
-                    (&mut proxy_client, &mut proxy_upstream),
-                    pipes,
-                    &counters,
-                    Open::BOTH,
-                    &never,
-                )
-                .await;
-                drop((proxy_client, proxy_upstream));
-                open
-            };
+            let proxy = copy_to_the_end(proxy_client, proxy_upstream, pipes, &counters);
             let ends = exchange(&mut client_end, &mut server_end, &request, &answer);
             let (open, (got_answer, got_request)) = tokio::join!(proxy, ends);
             assert!(!open.expect("proxy").any());
@@ -294,16 +299,7 @@ mod tests {
             let chunk = vec![7u8; 64 * 1024];
             while server_end.write_all(&chunk).await.is_ok() {}
         });
-        let (mut proxy_client, mut proxy_upstream) = (proxy_client, proxy_upstream);
-        let never = CancellationToken::new();
-        let result = copy_bidirectional(
-            (&mut proxy_client, &mut proxy_upstream),
-            pipes,
-            &counters,
-            Open::BOTH,
-            &never,
-        )
-        .await;
+        let result = copy_to_the_end(proxy_client, proxy_upstream, pipes, &counters).await;
         server.abort();
         assert!(
             result.is_err(),
