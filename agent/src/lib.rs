@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod saved_routing;
 pub mod server;
 pub mod supervisor;
+pub mod usage;
 
 pub use config::Config;
 pub use error::Error;
