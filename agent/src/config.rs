@@ -51,6 +51,11 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub reconcile_interval: Duration,
+    /// Time between two samples of every container's CPU and memory (read from its cgroup)
+    /// and the node's, which the coordinator gets for autoscaling; not 0.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub usage_interval: Duration,
     /// How long a replica being removed keeps serving its open connections (while getting
     /// no new ones) before its container is stopped.
     #[serde(with = "humantime_serde")]
@@ -117,6 +122,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/drover/agent"),
             engine: None,
             reconcile_interval: Duration::from_secs(1),
+            usage_interval: crate::usage::DEFAULT_INTERVAL,
             proxy_bind: None,
             proxy_splice: false,
             cluster_ips: true,
@@ -132,7 +138,7 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 24] = [
+const ENV_KEYS: [&str; 25] = [
     "insecure",
     "handoff_wait",
     "cluster_ips",
@@ -157,6 +163,7 @@ const ENV_KEYS: [&str; 24] = [
     "data_dir",
     "engine",
     "reconcile_interval",
+    "usage_interval",
 ];
 
 pub use drover_daemon::ConfigError;

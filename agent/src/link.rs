@@ -6,6 +6,10 @@
 //! changed), go out in full in a `StatusUpdate` of their own: on each change, and at the start
 //! of every session so a coordinator that reconnected has the current totals at once.
 //!
+//! Usage: each sampling round the supervisor publishes on [`Link::usage`] (every replica's
+//! last sample and the node's usage) goes out once, in a `StatusUpdate` of its own; a round
+//! published while the link was down goes out when it is back, statuses are not resent.
+//!
 //! Routing: each accepted route policy goes to [`Link::routes`], and the cluster DNS of each
 //! accepted desired set to [`Link::cluster_dns`] when it changed; both are kept on disk
 //! ([`crate::saved_routing`]), so that an agent restarted without a coordinator starts from
@@ -28,6 +32,7 @@ use tracing::{info, warn};
 use crate::credentials::NodeCredentials;
 use crate::saved_routing;
 use crate::supervisor::{AllocReport, DesiredAlloc, DesiredUpdate, LinkState};
+use crate::usage::UsageReport;
 
 /// What the link needs and feeds.
 #[derive(Debug)]
@@ -56,6 +61,8 @@ pub struct Link {
     /// The proxy's cumulative connection outcomes per (service, revision), sent in full on
     /// every change (see the module docs).
     pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
+    /// The supervisor's last sampling round, sent once per round (see the module docs).
+    pub usage: watch::Receiver<UsageReport>,
     /// Source address of the connection to the coordinator; `None` lets the kernel choose.
     pub source: Option<std::net::IpAddr>,
     /// The node's credentials, renewed while the agent runs; `None`: plain gRPC to an
@@ -183,6 +190,8 @@ impl Link {
         }
         // The proxy's side may end first at shutdown; that must not end the session.
         let mut traffic_open = true;
+        // So may the supervisor's.
+        let mut usage_open = true;
 
         loop {
             tokio::select! {
@@ -208,6 +217,7 @@ impl Link {
                         body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
                             allocations: running(&changes),
                             node_usage: None,
+                            usage: Vec::new(),
                             traffic: Vec::new(),
                         })),
                     };
@@ -223,6 +233,16 @@ impl Link {
                     }
                     let totals = self.traffic.borrow_and_update().clone();
                     if tx.send(traffic_update(&totals)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                changed = self.usage.changed(), if usage_open => {
+                    if changed.is_err() {
+                        usage_open = false;
+                        continue;
+                    }
+                    let update = usage_update(&self.usage.borrow_and_update());
+                    if tx.send(update).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -400,7 +420,25 @@ fn traffic_update(totals: &[RevisionTraffic]) -> pb::AgentMessage {
         body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
             allocations: Vec::new(),
             node_usage: None,
+            usage: Vec::new(),
             traffic: totals.iter().map(pb::RevisionTraffic::from).collect(),
+        })),
+    }
+}
+
+/// A status update carrying only a sampling round: the replicas' samples and the node's
+/// usage.
+fn usage_update(report: &UsageReport) -> pb::AgentMessage {
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
+            allocations: Vec::new(),
+            node_usage: report.node.map(pb::Resources::from),
+            usage: report
+                .allocations
+                .iter()
+                .map(pb::AllocUsage::from)
+                .collect(),
+            traffic: Vec::new(),
         })),
     }
 }
@@ -499,14 +537,21 @@ mod tests {
         }
     }
 
+    /// The next message the fake coordinator got, with its session.
+    async fn next_message(
+        received: &mut mpsc::UnboundedReceiver<(u64, pb::AgentMessage)>,
+    ) -> (u64, pb::AgentMessage) {
+        tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the fake is running")
+    }
+
     /// The next message: its session and, for a traffic update, the totals it carries.
     async fn next(
         received: &mut mpsc::UnboundedReceiver<(u64, pb::AgentMessage)>,
     ) -> (u64, Option<Vec<RevisionTraffic>>) {
-        let (session, message) = tokio::time::timeout(Duration::from_secs(5), received.recv())
-            .await
-            .expect("a message within 5 s")
-            .expect("the fake is running");
+        let (session, message) = next_message(received).await;
         let traffic = match message.body {
             Some(pb::agent_message::Body::Status(s)) => {
                 Some(s.traffic.into_iter().map(RevisionTraffic::from).collect())
@@ -544,6 +589,7 @@ mod tests {
         let (routes, routes_rx) = watch::channel(policy);
         let (cluster_dns, cluster_dns_rx) = watch::channel(dns);
         let (_traffic_tx, traffic) = watch::channel(Vec::new());
+        let (_usage_tx, usage) = watch::channel(UsageReport::default());
         let link = Link {
             coordinators: Vec::new(),
             cluster_id: "test".into(),
@@ -561,6 +607,7 @@ mod tests {
             cluster_dns,
             saved: saved.map(std::path::Path::to_path_buf),
             traffic,
+            usage,
             source: None,
             desired_store: None,
             credentials: None,
@@ -809,11 +856,16 @@ mod tests {
         assert_eq!(kept(), Some((7, Some(dns([10, 96, 0, 53])))));
     }
 
-    #[tokio::test]
-    async fn traffic_is_sent_on_change_and_in_full_at_every_session_start() {
+    /// A fake coordinator serving on a local port: its address, what it receives, and the
+    /// senders of its open sessions (dropping one ends that session).
+    async fn serve_fake_coordinator() -> (
+        std::net::SocketAddr,
+        mpsc::UnboundedReceiver<(u64, pb::AgentMessage)>,
+        Arc<Mutex<Vec<Outbound>>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let (received_tx, mut received) = mpsc::unbounded_channel();
+        let (received_tx, received) = mpsc::unbounded_channel();
         let open = Arc::new(Mutex::new(Vec::new()));
         let fake = FakeCoordinator {
             received: received_tx,
@@ -825,11 +877,23 @@ mod tests {
                 .add_service(AgentLinkServer::new(fake))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
+        (address, received, open)
+    }
 
-        let (traffic_tx, traffic_rx) = watch::channel(vec![web(1, 10, 1)]);
-        let (_statuses_tx, statuses_rx) = watch::channel(BTreeMap::new());
+    /// A link to the coordinator at `address`, fed `traffic` and `usage`; the receiver of
+    /// its link state, and the sender of its statuses (the session ends when it is dropped).
+    fn link_to(
+        address: std::net::SocketAddr,
+        traffic: watch::Receiver<Vec<RevisionTraffic>>,
+        usage: watch::Receiver<UsageReport>,
+    ) -> (
+        Link,
+        watch::Receiver<LinkState>,
+        watch::Sender<BTreeMap<String, AllocReport>>,
+    ) {
+        let (statuses_tx, statuses_rx) = watch::channel(BTreeMap::new());
         let (desired_tx, _desired_rx) = watch::channel(None);
-        let (link_tx, mut link_rx) = watch::channel(LinkState::default());
+        let (link_tx, link_rx) = watch::channel(LinkState::default());
         let (routes_tx, _routes_rx) = watch::channel(None);
         let link = Link {
             coordinators: vec![format!("http://{address}")],
@@ -847,7 +911,8 @@ mod tests {
             routes: routes_tx,
             cluster_dns: watch::channel(None).0,
             saved: None,
-            traffic: traffic_rx,
+            traffic,
+            usage,
             source: None,
             desired_store: None,
             credentials: None,
@@ -856,6 +921,15 @@ mod tests {
             rejoin: None,
             refused_identity: false,
         };
+        (link, link_rx, statuses_tx)
+    }
+
+    #[tokio::test]
+    async fn traffic_is_sent_on_change_and_in_full_at_every_session_start() {
+        let (address, mut received, open) = serve_fake_coordinator().await;
+        let (traffic_tx, traffic_rx) = watch::channel(vec![web(1, 10, 1)]);
+        let (_usage_tx, usage_rx) = watch::channel(UsageReport::default());
+        let (link, mut link_rx, _statuses_tx) = link_to(address, traffic_rx, usage_rx);
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(link.run(shutdown.clone()));
 
@@ -878,6 +952,88 @@ mod tests {
         // The next session starts with the current totals, and sends them once.
         assert_eq!(next(&mut received).await, (2, None));
         assert_eq!(next(&mut received).await, (2, Some(totals)));
+        let quiet = tokio::time::timeout(Duration::from_millis(300), received.recv()).await;
+        assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+        shutdown.cancel();
+        running.await.expect("link task");
+    }
+
+    #[tokio::test]
+    async fn a_published_sampling_round_becomes_one_status_update() {
+        let (address, mut received, open) = serve_fake_coordinator().await;
+        let (_traffic_tx, traffic_rx) = watch::channel(Vec::new());
+        let (usage_tx, usage_rx) = watch::channel(UsageReport::default());
+        let (link, mut link_rx, _statuses_tx) = link_to(address, traffic_rx, usage_rx);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(link.run(shutdown.clone()));
+        let (session, hello) = next_message(&mut received).await;
+        assert!(
+            matches!(hello.body, Some(pb::agent_message::Body::Hello(_))),
+            "{hello:?}"
+        );
+
+        let sample = |id: &str, cpu_millis| drover_proto::model::AllocUsage {
+            allocation_id: id.into(),
+            cpu_millis,
+            memory_working_set_bytes: 50 << 20,
+            memory_limit_bytes: Some(256 << 20),
+            oom_kills: 1,
+            window_ms: 5000,
+        };
+        let node = Resources {
+            cpu_millis: 1500,
+            memory_bytes: 3 << 30,
+        };
+        let round = UsageReport {
+            allocations: vec![sample("web.1", 250), sample("web.2", 40)],
+            node: Some(node),
+        };
+        usage_tx.send_replace(round.clone());
+        let (same_session, update) = next_message(&mut received).await;
+        assert_eq!(same_session, session);
+        let Some(pb::agent_message::Body::Status(status)) = update.body else {
+            panic!("not a status update: {update:?}");
+        };
+        assert!(status.allocations.is_empty(), "statuses resent: {status:?}");
+        assert!(status.traffic.is_empty(), "{status:?}");
+        assert_eq!(status.node_usage, Some(pb::Resources::from(node)));
+        let usage: Vec<drover_proto::model::AllocUsage> = status
+            .usage
+            .into_iter()
+            .map(drover_proto::model::AllocUsage::from)
+            .collect();
+        assert_eq!(usage, round.allocations);
+        // One update per round, nothing more.
+        let quiet = tokio::time::timeout(Duration::from_millis(300), received.recv()).await;
+        assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+        // A round published while the link is down goes out once it is back.
+        open.lock().expect("lock").clear();
+        link_rx
+            .wait_for(|state| state.session == session && !state.connected)
+            .await
+            .expect("link state");
+        let later = UsageReport {
+            allocations: vec![sample("web.1", 300)],
+            node: None,
+        };
+        usage_tx.send_replace(later.clone());
+        let (next_session, hello) = next_message(&mut received).await;
+        assert!(next_session > session);
+        assert!(
+            matches!(hello.body, Some(pb::agent_message::Body::Hello(_))),
+            "{hello:?}"
+        );
+        let (_, update) = next_message(&mut received).await;
+        let Some(pb::agent_message::Body::Status(status)) = update.body else {
+            panic!("not a status update: {update:?}");
+        };
+        assert_eq!(status.node_usage, None);
+        assert_eq!(
+            status.usage,
+            vec![pb::AllocUsage::from(&later.allocations[0])]
+        );
         let quiet = tokio::time::timeout(Duration::from_millis(300), received.recv()).await;
         assert!(quiet.is_err(), "unexpected message: {quiet:?}");
 

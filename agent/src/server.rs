@@ -71,6 +71,7 @@ async fn run_as(
         return Err(Error::Config("no coordinator URL configured".into()));
     }
     let proxy_config = proxy_config(&config)?;
+    let usage_interval = usage_interval(&config)?;
     let capacity = host::capacity(&config.reserved_cpu, &config.reserved_memory)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         Error::Config(format!(
@@ -178,6 +179,8 @@ async fn run_as(
         shutdown.clone(),
     );
     supervisor.set_drain(config.drain_delay);
+    supervisor.set_usage_interval(usage_interval);
+    let usage_rx = supervisor.usage_reports();
     tasks.spawn_infallible("supervisor", supervisor.run());
 
     let link = Link {
@@ -197,6 +200,7 @@ async fn run_as(
         cluster_dns: cluster_dns_tx,
         saved: Some(config.data_dir.clone()),
         traffic: traffic_rx,
+        usage: usage_rx,
         source: config.link_source,
         desired_store: None,
         credentials: credentials.as_ref().map(|(_, rx)| rx.clone()),
@@ -321,6 +325,17 @@ fn proxy_config(config: &Config) -> Result<ProxyConfig, Error> {
     })
 }
 
+/// The usage sampling interval, checked before anything starts: 0 would sample without a
+/// pause, and no interval to average CPU over.
+fn usage_interval(config: &Config) -> Result<std::time::Duration, Error> {
+    if config.usage_interval.is_zero() {
+        return Err(Error::Config(
+            "usage_interval 0s: must be longer than zero (e.g. \"5s\")".into(),
+        ));
+    }
+    Ok(config.usage_interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +379,31 @@ mod tests {
         );
         // Nothing changed on disk: the check comes before the data dir is made.
         assert!(!data_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn refuses_a_zero_usage_interval_before_starting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("state");
+        let config = Config {
+            node_id: Some("n1".into()),
+            data_dir: data_dir.clone(),
+            usage_interval: std::time::Duration::ZERO,
+            ..Config::default()
+        };
+        let result = run(
+            config,
+            Arc::new(FakeRuntime::new()),
+            CancellationToken::new(),
+        )
+        .await;
+        let message = result.expect_err("0 is refused").to_string();
+        assert!(message.contains("usage_interval 0s"), "{message}");
+        assert!(!data_dir.exists());
+        let config = Config::default();
+        assert_eq!(
+            usage_interval(&config).expect("the default is valid"),
+            crate::usage::DEFAULT_INTERVAL
+        );
     }
 }

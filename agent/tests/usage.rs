@@ -1,6 +1,7 @@
 //! Usage read from real containers' cgroup files: a CPU burner should use about one CPU and
 //! a container holding 50 MB should show it in its working set, whichever cgroup version
-//! and Docker cgroup driver the host has.
+//! and Docker cgroup driver the host has; and the agent's sampling round
+//! ([`UsageReader::round`]) finds a container's cgroup through the engine and reports it.
 //!
 //! Needs a Docker engine and busybox-static (examples/seed/build-images.sh builds the
 //! image); without a reachable engine the container tests print why and skip. Every
@@ -11,8 +12,11 @@ use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use drover_agent::runtime::{ContainerRuntime, DockerRuntime};
 use drover_agent::usage::node::read_node;
-use drover_agent::usage::{CgroupMounts, CgroupPaths, NodeSampler, Sampler, Usage};
+use drover_agent::usage::{
+    CgroupMounts, CgroupPaths, NodeSampler, Sampler, Usage, UsageReader, UsageTarget,
+};
 
 const TEST_IMAGE: &str = "drover-test-busybox:latest";
 const MB: u64 = 1_000_000;
@@ -248,4 +252,60 @@ fn the_node_reading_is_consistent() {
     assert!(usage.cpu_millis <= usage.cpu_capacity_millis, "{usage:?}");
     assert!(usage.memory_available_bytes <= usage.memory_total_bytes);
     assert!(usage.memory_total_bytes > 0);
+}
+
+#[tokio::test]
+async fn the_agents_round_reads_a_container_through_the_engine() {
+    if let Some(reason) = docker_unavailable() {
+        eprintln!("skipping the_agents_round_reads_a_container_through_the_engine: {reason}");
+        return;
+    }
+    build_images();
+    // Half a CPU at most: the round must see the limit's scale, whatever else the host runs.
+    let burner = Container::start(
+        "round",
+        &["--memory", "256m", "--cpus", "0.5"],
+        "while :; do :; done",
+    );
+    let runtime = DockerRuntime::connect(None)
+        .await
+        .expect("connect to the Docker engine");
+    let info = runtime.inspect(&burner.name).await.expect("inspect");
+    assert_eq!(info.pid, Some(burner.pid), "inspect gives the main process");
+    // As listed without a process: the round inspects the container for it.
+    let target = UsageTarget {
+        allocation_id: "burner.1".into(),
+        container_id: info.id.clone(),
+        pid: None,
+        started_at: info.started_at,
+    };
+    let mut reader = UsageReader::new();
+    assert!(reader.reads_cgroups(), "this host's cgroups are readable");
+    let first = reader.round(&runtime, std::slice::from_ref(&target)).await;
+    assert!(first.containers.is_empty(), "a first reading: {first:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = reader.round(&runtime, std::slice::from_ref(&target)).await;
+    eprintln!("{}: {second:?}", burner.name);
+    assert!(reader.reads_cgroups(), "the container's cgroup was found");
+    assert_eq!(second.containers.len(), 1, "{second:?}");
+    let sample = &second.containers[0];
+    assert_eq!(sample.container_id, info.id);
+    assert_eq!(sample.usage.allocation_id, "burner.1");
+    assert!(
+        (150..=650).contains(&sample.usage.cpu_millis),
+        "a busy loop held to half a CPU should use about 500 millicores: {sample:?}"
+    );
+    assert_eq!(sample.usage.memory_limit_bytes, Some(256 * MIB));
+    assert!(
+        sample.usage.memory_working_set_bytes > 0
+            && sample.usage.memory_working_set_bytes < 256 * MIB,
+        "{sample:?}"
+    );
+    assert_eq!(sample.usage.oom_kills, 0);
+    assert!(
+        (1900..=5000).contains(&sample.usage.window_ms),
+        "the time between the two readings: {sample:?}"
+    );
+    let node = second.node.expect("the node's usage");
+    assert!(node.cpu_millis > 0 && node.memory_bytes > 0, "{node:?}");
 }

@@ -8,6 +8,7 @@ mod output;
 mod rollout;
 mod services;
 mod tokens;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -87,6 +88,15 @@ enum Command {
     Status {
         /// Service name.
         service: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// What nodes and replicas use (CPU, memory working set, OOM kills), as their agents
+    /// last measured, beside what they request.
+    Top {
+        /// A workload or a service; default: every replica.
+        name: Option<String>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -408,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         }
         | Command::Nodes { output } => commands::nodes(&target, output).await,
+        Command::Top { name, output } => top::top(&target, name.as_deref(), output).await,
         Command::Status { service, output } => commands::status(&target, &service, output).await,
         Command::Cordon { node } => commands::node_action(&target, &node, "cordon").await,
         Command::Uncordon { node } => commands::node_action(&target, &node, "uncordon").await,

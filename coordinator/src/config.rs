@@ -48,6 +48,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub down_node_expiry: Duration,
+    /// How often autoscalers decide (Kubernetes' HPA sync period is 15 s).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub autoscale_interval: Duration,
     /// IPv4 network services' cluster addresses come from: every node makes each service's
     /// address reachable on its ports (its 10th address is the cluster's DNS). A service
     /// keeps its address when this changes.
@@ -91,6 +95,7 @@ impl Default for Config {
             gossip_seeds: Vec::new(),
             gossip_interval: Duration::from_millis(250),
             down_node_expiry: Duration::from_secs(600),
+            autoscale_interval: Duration::from_secs(15),
             service_network: ServiceNetwork::default(),
             cluster_domain: ClusterDomain::default(),
             limits: Limits::default(),
@@ -102,8 +107,9 @@ impl Default for Config {
 }
 
 /// Keys that `DROVER_<KEY>` environment variables may set.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "insecure",
+    "autoscale_interval",
     "service_network",
     "cluster_domain",
     "listen",
@@ -161,6 +167,9 @@ impl Config {
                 .unwrap_or(u64::MAX),
             service_network: self.service_network,
             cluster_domain: self.cluster_domain.clone(),
+            autoscale_interval_ms: u64::try_from(self.autoscale_interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
         }
     }
 

@@ -259,6 +259,21 @@ impl Control for ControlService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn top(
+        &self,
+        request: Request<pb::TopRequest>,
+    ) -> Result<Response<pb::TopResponse>, Status> {
+        let credentials = Credentials::of(&request);
+        let name = request.into_inner().name;
+        let top = self
+            .coordinator
+            .read(&credentials, |state, _| {
+                views::top(state, &name, now_unix_ms()).ok_or_else(|| not_found(&name))
+            })
+            .await?;
+        Ok(Response::new(top))
+    }
+
     async fn cordon(
         &self,
         request: Request<pb::NodeRequest>,

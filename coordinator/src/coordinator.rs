@@ -52,6 +52,8 @@ pub struct Inner {
     version: u64,
     /// Why rescheduling is held back, while it is (reported once).
     held_back: Option<String>,
+    /// The autoscalers' windows and when they decide next.
+    autoscalers: crate::autoscale::Autoscalers,
 }
 
 /// The coordinator shared by the gRPC services and the reconcile loop.
@@ -111,6 +113,7 @@ impl Coordinator {
                 // Versions of desired sets and routes start above any earlier boot's.
                 version: boots << 32,
                 held_back: None,
+                autoscalers: crate::autoscale::Autoscalers::default(),
             }),
             cluster_id: cluster_id.to_string(),
             shutdown,
@@ -246,6 +249,7 @@ impl Coordinator {
     pub async fn reconcile(&self) -> Result<Option<Duration>, Error> {
         let mut inner = self.inner.lock().await;
         self.detect_down(&mut inner).await?;
+        self.autoscale(&mut inner).await?;
         let mut wake_at = None;
         for _ in 0..8 {
             let plan = reconcile::plan(&inner.state, now_unix_ms());
@@ -258,12 +262,31 @@ impl Coordinator {
         }
         self.push(&mut inner).await;
         let now = now_unix_ms();
-        let next = [failure::next_deadline(&inner.state, now), wake_at]
-            .into_iter()
-            .flatten()
-            .filter(|at| *at > now)
-            .min();
+        let autoscaled = inner
+            .state
+            .stored
+            .workloads
+            .values()
+            .any(|r| r.autoscale.is_some());
+        let autoscale_at = autoscaled.then_some(inner.autoscalers.next_ms);
+        let next = [
+            failure::next_deadline(&inner.state, now),
+            wake_at,
+            autoscale_at,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|at| *at > now)
+        .min();
         Ok(next.map(|at| Duration::from_millis(at - now)))
+    }
+
+    /// Lets the autoscalers decide, when a period has passed.
+    async fn autoscale(&self, inner: &mut Inner) -> Result<(), Error> {
+        let now = now_unix_ms();
+        let mut changes = ChangeSet::new(&inner.state, now);
+        inner.autoscalers.run(&inner.state, now, &mut changes);
+        self.commit(inner, changes).await
     }
 
     /// Marks nodes down that the link and gossip both lost; their allocations become `lost`
@@ -535,10 +558,21 @@ impl Coordinator {
         updates: Vec<(String, AllocStatus)>,
         usage: Option<drover_proto::model::Resources>,
         traffic: Vec<RevisionTraffic>,
+        samples: Vec<drover_proto::model::AllocUsage>,
     ) -> Result<Reported, Error> {
         let mut inner = self.inner.lock().await;
-        let (updates, reported) = own_statuses(&inner.state, node, updates);
+        let (updates, mut reported) = own_statuses(&inner.state, node, updates);
         let now = now_unix_ms();
+        if !samples.is_empty() {
+            let state = &mut inner.state;
+            let allocations = &state.stored.allocations;
+            reported.foreign += state.usage.observe(
+                node,
+                samples,
+                |id| allocations.get(id).map(|a| a.node.as_str()),
+                now,
+            );
+        }
         let mut changes = ChangeSet::new(&inner.state, now);
         let mut wake = false;
         if !traffic.is_empty() {

@@ -66,3 +66,5 @@ pub const SERVICE_PUBLISHED: &str = "service_published";
 pub const SERVICE_CHANGED: &str = "service_changed";
 /// A workload was deleted.
 pub const SERVICE_REMOVED: &str = "service_removed";
+/// An autoscaler changed a workload's replica count.
+pub const AUTOSCALED: &str = "autoscaled";

@@ -28,6 +28,7 @@ pub mod security;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod usage;
 pub mod views;
 
 pub use config::Config;

@@ -102,6 +102,20 @@ fn apply_workloads(
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
         let existing = state.service(&spec.name);
+        // An autoscaled workload keeps the count its autoscaler set (within the new
+        // bounds); the manifest's is only the first one.
+        let autoscaled;
+        let spec = match (&spec.autoscale, &existing) {
+            (Some(a), existing) => {
+                let from = existing.as_ref().map_or(spec.replicas, |(r, _)| r.replicas);
+                autoscaled = WorkloadSpec {
+                    replicas: from.clamp(a.min_replicas, a.max_replicas),
+                    ..spec.clone()
+                };
+                &autoscaled
+            }
+            (None, _) => spec,
+        };
         let (revision, change) = match &existing {
             None => (1, ApplyChange::Created),
             Some((record, current)) if current.template_differs(spec) => {
@@ -136,6 +150,7 @@ fn apply_workloads(
         record.replicas = spec.replicas;
         record.traffic = spec.traffic.clone();
         record.update = spec.update.clone();
+        record.autoscale = spec.autoscale.clone();
         record.updated_unix_ms = now;
         if let Some(paused) = spec.update.paused {
             record.paused = paused;
@@ -548,6 +563,18 @@ pub fn scale(
     changes: &mut ChangeSet,
 ) -> Result<(), Error> {
     let current = record(state, name)?;
+    if let Some(autoscale) = &current.autoscale {
+        let by = autoscale.source.as_ref().map_or_else(
+            || "its spec.autoscale".to_string(),
+            |hpa| format!("HorizontalPodAutoscaler {hpa}"),
+        );
+        return Err(Error::InvalidArgument(format!(
+            "service {} is autoscaled between {} and {} replicas (by {by}): change minReplicas/maxReplicas, or remove the autoscaler, in its manifest and apply it",
+            quoted(name),
+            autoscale.min_replicas,
+            autoscale.max_replicas
+        )));
+    }
     if current.replicas == replicas {
         return Ok(());
     }

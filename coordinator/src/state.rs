@@ -43,6 +43,8 @@ pub struct Settings {
     pub service_network: crate::cluster_ips::ServiceNetwork,
     /// The DNS domain of services' names.
     pub cluster_domain: crate::cluster_ips::ClusterDomain,
+    /// How often autoscalers decide.
+    pub autoscale_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             down_node_expiry_ms: 600_000,
             service_network: crate::cluster_ips::ServiceNetwork::default(),
             cluster_domain: crate::cluster_ips::ClusterDomain::default(),
+            autoscale_interval_ms: 15_000,
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct ClusterState {
     pub traffic_reported: HashMap<(String, String, u64), (u64, u64)>,
     /// This coordinator's boot number (traffic counts of another boot are not comparable).
     pub boot: u64,
+    /// What replicas use, as their agents last measured.
+    pub usage: crate::usage::UsageHistory,
 }
 
 impl ClusterState {
@@ -100,6 +105,7 @@ impl ClusterState {
             if let Write::DeleteAllocation(id) = write {
                 self.status.remove(id);
                 self.ready_since.remove(id);
+                self.usage.forget(id);
             }
         }
     }
@@ -158,6 +164,7 @@ impl ClusterState {
         spec.replicas = record.replicas;
         spec.traffic = record.traffic.clone();
         spec.update = record.update.clone();
+        spec.autoscale = record.autoscale.clone();
         Some((record, spec))
     }
 

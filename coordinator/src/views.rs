@@ -240,3 +240,55 @@ fn node_reason(state: &ClusterState, id: &str) -> String {
     }
     parts.join("; ")
 }
+
+/// What nodes and replicas use (`drover top`): every node, and the replicas of `name` (a
+/// workload, or the workloads a service selects; every replica when empty) that should run.
+/// `None` when `name` is neither.
+pub fn top(state: &ClusterState, name: &str, now_ms: u64) -> Option<pb::TopResponse> {
+    let workloads: Vec<String> = if name.is_empty() {
+        state.stored.workloads.keys().cloned().collect()
+    } else if state.stored.workloads.contains_key(name) {
+        vec![name.to_string()]
+    } else {
+        let service = state.stored.services.get(name)?;
+        state
+            .selected_workloads(&service.service)
+            .into_iter()
+            .map(|w| w.name)
+            .collect()
+    };
+    let allocated = state.allocated_by_node();
+    let nodes = state
+        .nodes
+        .iter()
+        .map(|(id, entry)| pb::NodeTop {
+            node: id.clone(),
+            capacity: Some(entry.info.capacity.into()),
+            used: Some(entry.usage.into()),
+            requested: Some(
+                allocated
+                    .get(id.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .into(),
+            ),
+        })
+        .collect();
+    let replicas = workloads
+        .iter()
+        .flat_map(|w| state.allocations_of(w))
+        .filter(|a| a.desired == DesiredState::Run)
+        .map(|a| {
+            let observed = state.usage.latest(&a.id, now_ms);
+            pb::ReplicaTop {
+                allocation_id: a.id.clone(),
+                workload: a.service.clone(),
+                node: a.node.clone(),
+                usage: observed.map(|o| (&o.usage).into()),
+                requests: Some(a.resources.into()),
+                age_ms: observed.map_or(0, |o| now_ms.saturating_sub(o.at_ms)),
+            }
+        })
+        .collect();
+    Some(pb::TopResponse { nodes, replicas })
+}

@@ -91,6 +91,7 @@ async fn an_agent_speaks_only_for_its_own_node() {
             body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
                 allocations: failed(&forged),
                 node_usage: None,
+                usage: Vec::new(),
                 traffic: Vec::new(),
             })),
         })

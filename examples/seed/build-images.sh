@@ -57,6 +57,7 @@ FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 COPY call /www/cgi-bin/call
+COPY burn /www/cgi-bin/burn
 ARG SERVICE_NAME
 ENV SERVICE_NAME=${SERVICE_NAME}
 LABEL org.opencontainers.image.title=${SERVICE_NAME} \
@@ -84,9 +85,21 @@ answer=$(printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$target" | nc -w 3 "$addre
 echo "$SERVICE_NAME $(hostname) -> ${answer:-no answer from $target at $address}"
 EOF
 )
+# CPU per request, for the autoscaling tests and benchmarks: /cgi-bin/burn?N counts to N
+# (default 20000) in the shell before it answers.
+BURN=$(cat <<'EOF'
+#!/bin/sh
+n=${QUERY_STRING:-20000}
+case $n in *[!0-9]* | "") n=20000 ;; esac
+i=0
+while [ "$i" -lt "$n" ]; do i=$((i + 1)); done
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "$SERVICE_NAME $(hostname) burned $n"
+EOF
+)
 # Images built from another version of this recipe are rebuilt too.
 RECIPE_LABEL=dev.drover.seed.recipe
-recipe=$(printf '%s\n%s\n' "$DOCKERFILE" "$CALL" | cksum | cut -d' ' -f1)
+recipe=$(printf '%s\n%s\n%s\n' "$DOCKERFILE" "$CALL" "$BURN" | cksum | cut -d' ' -f1)
 
 missing=""
 for image in $IMAGES; do
@@ -119,7 +132,8 @@ trap 'exit 1' INT TERM
 cp "$BUSYBOX" "$context/busybox"
 printf '%s\n' "$DOCKERFILE" >"$context/Dockerfile"
 printf '%s\n' "$CALL" >"$context/call"
-chmod 755 "$context/call"
+printf '%s\n' "$BURN" >"$context/burn"
+chmod 755 "$context/call" "$context/burn"
 
 for image in $missing; do
     echo "build-images.sh: building $image:latest"

@@ -433,7 +433,124 @@ impl From<&WorkloadSpec> for pb::WorkloadSpec {
             stop_after_disconnect_ms: s.stop_after_disconnect.map(ms),
             labels: s.labels.clone().into_iter().collect(),
             pod_labels: s.pod_labels.clone().into_iter().collect(),
+            autoscale: s.autoscale.as_ref().map(Into::into),
         }
+    }
+}
+
+impl From<&crate::model::Autoscale> for pb::Autoscale {
+    fn from(a: &crate::model::Autoscale) -> Self {
+        use crate::model::{ScaleResource, ScaleTarget};
+        let rules = |r: &crate::model::ScaleRules| pb::ScaleRules {
+            stabilization_seconds: r.stabilization_seconds,
+            select: match r.select {
+                crate::model::ScaleSelect::Max => pb::scale_rules::Select::Max,
+                crate::model::ScaleSelect::Min => pb::scale_rules::Select::Min,
+                crate::model::ScaleSelect::Disabled => pb::scale_rules::Select::Disabled,
+            }
+            .into(),
+            policies: r
+                .policies
+                .iter()
+                .map(|p| pb::ScalePolicy {
+                    percent: p.percent,
+                    value: p.value,
+                    period_seconds: p.period_seconds,
+                })
+                .collect(),
+        };
+        pb::Autoscale {
+            min_replicas: a.min_replicas,
+            max_replicas: a.max_replicas,
+            metrics: a
+                .metrics
+                .iter()
+                .map(|m| pb::ScaleMetric {
+                    resource: match m.resource {
+                        ScaleResource::Cpu => pb::scale_metric::Resource::Cpu,
+                        ScaleResource::Memory => pb::scale_metric::Resource::Memory,
+                    }
+                    .into(),
+                    target: Some(match m.target {
+                        ScaleTarget::Utilization(p) => pb::scale_metric::Target::Utilization(p),
+                        ScaleTarget::AverageValue(v) => pb::scale_metric::Target::AverageValue(v),
+                    }),
+                })
+                .collect(),
+            scale_up: Some(rules(&a.scale_up)),
+            scale_down: Some(rules(&a.scale_down)),
+            source: a.source.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::Autoscale> for crate::model::Autoscale {
+    type Error = ConvertError;
+
+    fn try_from(a: pb::Autoscale) -> Result<Self, ConvertError> {
+        use crate::model::{ScaleMetric, ScaleResource, ScaleRules, ScaleSelect, ScaleTarget};
+        const M: &str = "Autoscale";
+        let rules = |r: Option<pb::ScaleRules>, field: &'static str, default: ScaleRules| {
+            let Some(r) = r else {
+                return Ok(default);
+            };
+            let select = match pb::scale_rules::Select::try_from(r.select) {
+                Ok(pb::scale_rules::Select::Max) => ScaleSelect::Max,
+                Ok(pb::scale_rules::Select::Min) => ScaleSelect::Min,
+                Ok(pb::scale_rules::Select::Disabled) => ScaleSelect::Disabled,
+                Err(_) => {
+                    return Err(ConvertError::new(
+                        M,
+                        field,
+                        format!("unknown select {}", r.select),
+                    ));
+                }
+            };
+            Ok(ScaleRules {
+                stabilization_seconds: r.stabilization_seconds,
+                select,
+                policies: r
+                    .policies
+                    .into_iter()
+                    .map(|p| crate::model::ScalePolicy {
+                        percent: p.percent,
+                        value: p.value,
+                        period_seconds: p.period_seconds,
+                    })
+                    .collect(),
+            })
+        };
+        let metrics = a
+            .metrics
+            .into_iter()
+            .map(|m| {
+                let resource = match pb::scale_metric::Resource::try_from(m.resource) {
+                    Ok(pb::scale_metric::Resource::Cpu) => ScaleResource::Cpu,
+                    Ok(pb::scale_metric::Resource::Memory) => ScaleResource::Memory,
+                    _ => {
+                        return Err(ConvertError::new(
+                            M,
+                            "metrics.resource",
+                            format!("unknown resource {}", m.resource),
+                        ));
+                    }
+                };
+                let target = match m.target {
+                    Some(pb::scale_metric::Target::Utilization(p)) => ScaleTarget::Utilization(p),
+                    Some(pb::scale_metric::Target::AverageValue(v)) => ScaleTarget::AverageValue(v),
+                    None => return Err(ConvertError::missing(M, "metrics.target")),
+                };
+                Ok(ScaleMetric { resource, target })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::model::Autoscale {
+            min_replicas: a.min_replicas,
+            max_replicas: a.max_replicas,
+            metrics,
+            scale_up: rules(a.scale_up, "scale_up", ScaleRules::default_up())?,
+            scale_down: rules(a.scale_down, "scale_down", ScaleRules::default_down())?,
+            source: Some(a.source).filter(|s| !s.is_empty()),
+        })
     }
 }
 
@@ -558,6 +675,11 @@ impl TryFrom<pb::WorkloadSpec> for WorkloadSpec {
             stop_after_disconnect: s.stop_after_disconnect_ms.map(Duration::from_millis),
             labels: s.labels.into_iter().collect(),
             pod_labels: s.pod_labels.into_iter().collect(),
+            autoscale: s
+                .autoscale
+                .map(crate::model::Autoscale::try_from)
+                .transpose()
+                .map_err(|e| e.in_field(M, "autoscale"))?,
         })
     }
 }
@@ -917,10 +1039,60 @@ impl From<pb::RevisionTraffic> for crate::model::RevisionTraffic {
     }
 }
 
+impl From<&crate::model::AllocUsage> for pb::AllocUsage {
+    fn from(u: &crate::model::AllocUsage) -> Self {
+        pb::AllocUsage {
+            allocation_id: u.allocation_id.clone(),
+            cpu_millis: u.cpu_millis,
+            memory_working_set_bytes: u.memory_working_set_bytes,
+            memory_limit_bytes: u.memory_limit_bytes.unwrap_or(0),
+            oom_kills: u.oom_kills,
+            window_ms: u.window_ms,
+        }
+    }
+}
+
+/// Infallible: every value is valid (0 is no memory limit); a receiver checks the
+/// allocation is its sender's.
+impl From<pb::AllocUsage> for crate::model::AllocUsage {
+    fn from(u: pb::AllocUsage) -> Self {
+        crate::model::AllocUsage {
+            allocation_id: u.allocation_id,
+            cpu_millis: u.cpu_millis,
+            memory_working_set_bytes: u.memory_working_set_bytes,
+            memory_limit_bytes: Some(u.memory_limit_bytes).filter(|&b| b > 0),
+            oom_kills: u.oom_kills,
+            window_ms: u.window_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod revision_traffic_tests {
     use super::*;
-    use crate::model::RevisionTraffic;
+    use crate::model::{AllocUsage, RevisionTraffic};
+
+    #[test]
+    fn alloc_usage_round_trips_and_0_is_no_limit() {
+        let usage = AllocUsage {
+            allocation_id: "web.1".into(),
+            cpu_millis: 250,
+            memory_working_set_bytes: 50 << 20,
+            memory_limit_bytes: Some(256 << 20),
+            oom_kills: 1,
+            window_ms: 5000,
+        };
+        assert_eq!(AllocUsage::from(pb::AllocUsage::from(&usage)), usage);
+        let unlimited = AllocUsage {
+            memory_limit_bytes: None,
+            ..usage
+        };
+        assert_eq!(pb::AllocUsage::from(&unlimited).memory_limit_bytes, 0);
+        assert_eq!(
+            AllocUsage::from(pb::AllocUsage::from(&unlimited)),
+            unlimited
+        );
+    }
 
     #[test]
     fn revision_traffic_round_trips() {

@@ -67,6 +67,7 @@ fn failed_statuses(ids: &[String]) -> pb::AgentMessage {
                 })
                 .collect(),
             node_usage: None,
+            usage: Vec::new(),
             traffic: Vec::new(),
         })),
     }

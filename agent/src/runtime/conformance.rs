@@ -120,7 +120,8 @@ pub async fn remove_all(runtime: &dyn ContainerRuntime, node: &str) -> anyhow::R
 }
 
 /// A created container is listed as created with its name, image and labels; once started,
-/// as running with a start time and its published port; inspect agrees with list.
+/// as running with a start time, its main process and its published port; inspect agrees
+/// with list.
 pub async fn create_start_list(
     runtime: &dyn ContainerRuntime,
     fixture: &Fixture,
@@ -153,6 +154,11 @@ pub async fn create_start_list(
             created.state
         );
         ensure!(created.started_at.is_none(), "a start time before start");
+        ensure!(
+            created.pid.is_none(),
+            "a main process {:?} before start",
+            created.pid
+        );
         for (key, value) in &spec.labels {
             ensure!(
                 created.labels.get(key) == Some(value),
@@ -169,6 +175,11 @@ pub async fn create_start_list(
             running.state
         );
         ensure!(running.started_at.is_some(), "no start time after start");
+        ensure!(
+            running.pid.is_some_and(|pid| pid > 0),
+            "no main process after start: {:?}",
+            running.pid
+        );
         let host_port = running.host_ports.get(&CONTAINER_PORT).copied();
         ensure!(
             host_port.is_some_and(|port| port > 0),
@@ -192,7 +203,7 @@ pub async fn create_start_list(
     .await
 }
 
-/// Stop leaves an exited container with no published port; stopping it again, or stopping a
+/// Stop leaves an exited container with no published port and no main process; stopping it again, or stopping a
 /// container never started, succeeds; exec in it fails; start runs it again.
 pub async fn stop_then_start_again(
     runtime: &dyn ContainerRuntime,
@@ -229,6 +240,11 @@ pub async fn stop_then_start_again(
             "ports {:?} after stop",
             stopped.host_ports
         );
+        ensure!(
+            stopped.pid.is_none(),
+            "main process {:?} after stop",
+            stopped.pid
+        );
         runtime
             .stop(&id, GRACE)
             .await
@@ -250,6 +266,11 @@ pub async fn stop_then_start_again(
             .started_at
             .context("no start time after restart")?;
         ensure!(second_start >= first_start, "start time went backwards");
+        ensure!(
+            restarted.pid.is_some_and(|pid| pid > 0),
+            "no main process after restart: {:?}",
+            restarted.pid
+        );
         Ok(())
     })
     .await

@@ -633,6 +633,11 @@ fn container_info(inspection: ContainerInspectResponse) -> ContainerInfo {
         // Never started: the engine reports year 1, before the epoch, so `None`.
         started_at: engine_state.started_at.as_deref().and_then(parse_rfc3339),
         host_ports,
+        // 0 while it does not run.
+        pid: engine_state
+            .pid
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid > 0),
     }
 }
 
@@ -828,6 +833,22 @@ mod tests {
             labels.remove(IMAGE_LABEL);
         }
         assert_eq!(container_info(old).image, "localhost/web:latest");
+    }
+
+    #[test]
+    fn the_main_process_is_known_only_while_it_runs() {
+        let with_pid = |status: &str, pid: Option<i64>| {
+            let mut inspection = podman_inspection(status);
+            if let Some(state) = inspection.state.as_mut() {
+                state.pid = pid;
+            }
+            container_info(inspection).pid
+        };
+        assert_eq!(with_pid("running", Some(4242)), Some(4242));
+        // The engine writes 0 for a container that does not run; older ones write nothing.
+        assert_eq!(with_pid("exited", Some(0)), None);
+        assert_eq!(with_pid("running", None), None);
+        assert_eq!(with_pid("running", Some(-1)), None);
     }
 
     #[test]

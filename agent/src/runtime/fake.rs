@@ -16,6 +16,10 @@ const FIRST_HOST_PORT: u16 = 30000;
 /// Memory a running fake container reports unless [`FakeRuntime::set_usage`] says otherwise.
 const DEFAULT_MEMORY_BYTES: u64 = 4 << 20;
 
+/// First main-process id handed out to a started container: above Linux's largest
+/// `pid_max` (2^22), so that it names no process of the host the tests run on.
+const FIRST_PID: u32 = 1 << 30;
+
 /// Exit code of a container stopped with [`ContainerRuntime::stop`]: it exits cleanly on
 /// SIGTERM, as the seed images do.
 const STOPPED_EXIT_CODE: i64 = 0;
@@ -78,6 +82,8 @@ impl FakeOp {
 ///   [`set_exec_hang`](FakeRuntime::set_exec_hang): what `exec` answers (by default 0, or 1
 ///   for the program `false`);
 /// - [`set_usage`](FakeRuntime::set_usage): what `usage` reports;
+/// - [`set_pid`](FakeRuntime::set_pid): the main process a running container reports (by
+///   default a new made-up one at every start, which no host process has);
 /// - [`set_fail_next`](FakeRuntime::set_fail_next): the next call of an operation fails;
 ///   [`set_unreachable`](FakeRuntime::set_unreachable): every call fails as if the engine
 ///   were down;
@@ -95,6 +101,9 @@ struct State {
     images: Option<BTreeSet<String>>,
     next_id: u64,
     next_host_port: u16,
+    next_pid: u32,
+    /// Main process ids set by [`FakeRuntime::set_pid`], by container id.
+    pids: BTreeMap<String, Option<u32>>,
     /// By container id or name; `None` = hang until the timeout.
     exec_results: BTreeMap<String, Option<i64>>,
     /// For containers without their own entry in `exec_results`.
@@ -127,6 +136,8 @@ impl FakeRuntime {
                 images: None,
                 next_id: 1,
                 next_host_port: FIRST_HOST_PORT,
+                next_pid: FIRST_PID,
+                pids: BTreeMap::new(),
                 exec_results: BTreeMap::new(),
                 exec_result_any: None,
                 usage: BTreeMap::new(),
@@ -184,6 +195,7 @@ impl FakeRuntime {
         };
         container.info.state = ContainerState::Exited { code };
         container.info.host_ports.clear();
+        container.info.pid = None;
         true
     }
 
@@ -208,6 +220,23 @@ impl FakeRuntime {
         };
         let id = container.info.id.clone();
         state.usage.insert(id, usage);
+        true
+    }
+
+    /// The main process id the container (id or name) reports while it runs, from now on
+    /// and at later starts (`None`: none, as an engine that does not say). A test that
+    /// gives its own process id has the agent read the test's own cgroup. Returns whether
+    /// there was such a container.
+    pub fn set_pid(&self, id: &str, pid: Option<u32>) -> bool {
+        let mut state = self.state();
+        let Ok(container) = state.container_mut(id) else {
+            return false;
+        };
+        if container.info.state == ContainerState::Running {
+            container.info.pid = pid;
+        }
+        let id = container.info.id.clone();
+        state.pids.insert(id, pid);
         true
     }
 
@@ -393,6 +422,7 @@ impl ContainerRuntime for FakeRuntime {
             state: ContainerState::Created,
             started_at: None,
             host_ports: BTreeMap::new(),
+            pid: None,
         };
         state
             .containers
@@ -402,11 +432,20 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let mut state = self.begin(FakeOp::Start, format!("start {id}"), id)?;
-        let container = state.container_mut(id)?;
+        let id = state
+            .resolve(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        let pid = match state.pids.get(&id) {
+            Some(pid) => *pid,
+            None => Some(state.next_pid),
+        };
+        let container = state.container_mut(&id)?;
         if container.info.state != ContainerState::Running {
             container.info.state = ContainerState::Running;
             container.info.started_at = Some(SystemTime::now());
             container.info.host_ports = container.ports.clone();
+            container.info.pid = pid;
+            state.next_pid = state.next_pid.wrapping_add(1).max(FIRST_PID);
         }
         Ok(())
     }
@@ -419,6 +458,7 @@ impl ContainerRuntime for FakeRuntime {
                 code: STOPPED_EXIT_CODE,
             };
             container.info.host_ports.clear();
+            container.info.pid = None;
         }
         Ok(())
     }
@@ -428,6 +468,7 @@ impl ContainerRuntime for FakeRuntime {
         if let Some(id) = state.resolve(id) {
             state.containers.remove(&id);
             state.usage.remove(&id);
+            state.pids.remove(&id);
         }
         Ok(())
     }
@@ -735,6 +776,39 @@ mod tests {
         let err = runtime.exec(&b, &probe, timeout).await.expect_err("hangs");
         assert_eq!(started.elapsed(), timeout);
         assert!(err.to_string().contains("timed out after 5s"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_container_has_a_main_process_of_its_own_or_the_one_set() {
+        let runtime = FakeRuntime::new();
+        let a = runtime.create(&spec("web.1", &[])).await.expect("create");
+        let b = runtime.create(&spec("web.2", &[])).await.expect("create");
+        let pid = |id: &str| {
+            let runtime = &runtime;
+            let id = id.to_owned();
+            async move { runtime.inspect(&id).await.expect("inspect").pid }
+        };
+        assert_eq!(pid(&a).await, None, "created, not started");
+        runtime.start(&a).await.expect("start");
+        runtime.start(&b).await.expect("start");
+        let (first_a, first_b) = (pid(&a).await, pid(&b).await);
+        assert!(first_a.is_some_and(|p| p >= FIRST_PID), "{first_a:?}");
+        assert_ne!(first_a, first_b);
+        // A restart is a new process.
+        runtime.stop(&a, Duration::ZERO).await.expect("stop");
+        assert_eq!(pid(&a).await, None);
+        runtime.start(&a).await.expect("start again");
+        assert_ne!(pid(&a).await, first_a);
+        // Set: at once while it runs, and at later starts.
+        assert!(runtime.set_pid("web.1", Some(4242)));
+        assert_eq!(pid(&a).await, Some(4242));
+        assert!(runtime.kill(&a, 137));
+        assert_eq!(pid(&a).await, None);
+        runtime.start(&a).await.expect("start after kill");
+        assert_eq!(pid(&a).await, Some(4242));
+        assert!(runtime.set_pid(&b, None));
+        assert_eq!(pid(&b).await, None);
+        assert!(!runtime.set_pid("web.3", Some(1)));
     }
 
     #[tokio::test(start_paused = true)]

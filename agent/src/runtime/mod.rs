@@ -99,6 +99,10 @@ pub struct ContainerInfo {
     pub started_at: Option<SystemTime>,
     /// Published ports: container port → host port.
     pub host_ports: BTreeMap<u16, u16>,
+    /// The container's main process (as seen from the host) while it runs: where its
+    /// cgroup, and so its usage, is found. `None` when it does not run or the engine does
+    /// not say.
+    pub pid: Option<u32>,
 }
 
 /// Errors of a container runtime. Messages name the container or image and the engine's

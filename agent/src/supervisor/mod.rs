@@ -14,11 +14,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{
-    AllocStatus, Allocation, ClusterDns, DesiredState, Resources, WorkloadSpec,
-};
-use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use drover_proto::model::{AllocStatus, Allocation, ClusterDns, DesiredState, WorkloadSpec};
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::health::{CheckKind, HealthEvent, HealthStatus};
 use crate::runtime::{ContainerInfo, ContainerRuntime, labels};
+use crate::usage::{UsageReader, UsageReport, UsageRound, UsageTarget};
 pub use backoff::{RestartDecision, after_exit, delay};
 pub use tracked::NAMESPACE;
 use tracked::Tracked;
@@ -88,13 +86,6 @@ pub struct SupervisorChannels {
     pub statuses: watch::Sender<BTreeMap<String, AllocReport>>,
 }
 
-/// How often container usage is sampled (the time from the end of one sampling round to the
-/// start of the next).
-const USAGE_INTERVAL: Duration = Duration::from_secs(5);
-/// Containers whose usage one sampling round reads at once. Docker takes about a second
-/// per sample (it waits for a second reading to compute the CPU share) and works for it:
-/// more at once slowed the engine's creates and starts of a large apply to half speed.
-const USAGE_CONCURRENCY: usize = 2;
 /// Grace period for containers whose spec is unknown (adopted, then undesired).
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
@@ -113,26 +104,28 @@ pub struct Supervisor {
     /// Since when the link to the coordinator is down (`None` while connected).
     cut_off_since: Option<Instant>,
     next_usage: Instant,
+    /// Time from the end of one sampling round to the start of the next.
+    usage_interval: Duration,
+    /// Reads the rounds, keeping each container's cgroup and baseline between them; a
+    /// round's task holds it while it runs.
+    usage: Arc<Mutex<UsageReader>>,
     /// The usage sampling round under way, if any: it runs beside the passes, which never
-    /// wait for it (a round over many containers takes seconds).
+    /// wait for it (a round that has to ask the engine takes seconds).
     sampling: Option<JoinHandle<()>>,
-    usage_tx: mpsc::Sender<Vec<UsageSample>>,
-    usage_rx: mpsc::Receiver<Vec<UsageSample>>,
+    usage_tx: mpsc::Sender<UsageRound>,
+    usage_rx: mpsc::Receiver<UsageRound>,
+    /// Each round's samples of the replicas still running, and the node's usage, for the
+    /// link to send.
+    usage_reports: watch::Sender<UsageReport>,
     /// From the last desired set: the resolver of the containers it creates.
     cluster_dns: Option<ClusterDns>,
     cancel: CancellationToken,
 }
 
-/// The usage of one container, read by a sampling round.
-#[derive(Debug)]
-struct UsageSample {
-    alloc: String,
-    container: String,
-    usage: Resources,
-}
-
 impl Supervisor {
-    /// A supervisor for `node`, binding published ports to `advertise`.
+    /// A supervisor for `node`, binding published ports to `advertise`. It reads container
+    /// usage from this host's cgroups (their mounts are read now), every
+    /// [`crate::usage::DEFAULT_INTERVAL`] unless told otherwise.
     pub fn new(
         node: String,
         advertise: IpAddr,
@@ -155,9 +148,12 @@ impl Supervisor {
             drain: Duration::ZERO,
             cut_off_since: None,
             next_usage: Instant::now(),
+            usage_interval: crate::usage::DEFAULT_INTERVAL,
+            usage: Arc::new(Mutex::new(UsageReader::new())),
             sampling: None,
             usage_tx,
             usage_rx,
+            usage_reports: watch::channel(UsageReport::default()).0,
             cluster_dns: None,
             cancel,
         }
@@ -167,6 +163,23 @@ impl Supervisor {
     /// (default: none).
     pub fn set_drain(&mut self, drain: Duration) {
         self.drain = drain;
+    }
+
+    /// Time from the end of one usage sampling round to the start of the next (default
+    /// [`crate::usage::DEFAULT_INTERVAL`]); must not be zero.
+    pub fn set_usage_interval(&mut self, interval: Duration) {
+        self.usage_interval = interval;
+    }
+
+    /// Reads usage with `reader` instead of this host's cgroups: from the engine, or from
+    /// given mounts (tests).
+    pub fn set_usage_reader(&mut self, reader: UsageReader) {
+        self.usage = Arc::new(Mutex::new(reader));
+    }
+
+    /// What each sampling round found, for the link to send: published after every round.
+    pub fn usage_reports(&self) -> watch::Receiver<UsageReport> {
+        self.usage_reports.subscribe()
     }
 
     /// Runs passes until cancelled: on every desired-set or link change, every health
@@ -185,7 +198,7 @@ impl Supervisor {
                     if changed.is_err() { break; }
                 }
                 Some(event) = self.health_rx.recv() => self.on_health(event).await,
-                Some(samples) = self.usage_rx.recv() => self.on_usage(samples),
+                Some(round) = self.usage_rx.recv() => self.on_usage(round),
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
@@ -410,57 +423,51 @@ impl Supervisor {
         }
     }
 
-    /// Starts a round that reads the usage of every running container, a few at a time, in
-    /// the background; [`Supervisor::on_usage`] takes the results.
+    /// Starts a round that reads the usage of every running container in the background;
+    /// [`Supervisor::on_usage`] takes the results.
     fn sample_usage(&mut self, containers: &HashMap<String, ContainerInfo>) {
-        let targets: Vec<(String, String)> = self
+        let targets: Vec<UsageTarget> = self
             .tracked
             .iter()
             .filter(|(_, t)| t.is_running())
             .filter_map(|(id, t)| {
                 let c = containers.get(id).filter(|c| t.container_is(&c.id))?;
-                Some((id.clone(), c.id.clone()))
+                Some(UsageTarget {
+                    allocation_id: id.clone(),
+                    container_id: c.id.clone(),
+                    pid: c.pid,
+                    started_at: c.started_at,
+                })
             })
             .collect();
         let runtime = self.runtime.clone();
+        let reader = self.usage.clone();
         let results = self.usage_tx.clone();
         self.sampling = Some(tokio::spawn(async move {
-            let samples: Vec<UsageSample> = futures_util::stream::iter(targets)
-                .map(|(alloc, container)| {
-                    let runtime = runtime.clone();
-                    async move {
-                        match runtime.usage(&container).await {
-                            Ok(usage) => Some(UsageSample {
-                                alloc,
-                                container,
-                                usage,
-                            }),
-                            Err(e) => {
-                                warn!(alloc = %alloc, container = %container, error = %e, "cannot read container usage");
-                                None
-                            }
-                        }
-                    }
-                })
-                .buffer_unordered(USAGE_CONCURRENCY)
-                .filter_map(std::future::ready)
-                .collect()
-                .await;
+            let round = reader.lock().await.round(runtime.as_ref(), &targets).await;
             // Fails only once the supervisor is gone.
-            let _ = results.send(samples).await;
+            let _ = results.send(round).await;
         }));
     }
 
-    /// Takes the results of a sampling round, for the containers that still run.
-    fn on_usage(&mut self, samples: Vec<UsageSample>) {
-        for sample in samples {
-            if let Some(t) = self.tracked.get_mut(&sample.alloc) {
-                if t.container_is(&sample.container) && t.is_running() {
-                    t.status.usage = sample.usage;
+    /// Takes the results of a sampling round, for the containers that still run, and
+    /// publishes them with the node's usage.
+    fn on_usage(&mut self, round: UsageRound) {
+        let mut allocations = Vec::with_capacity(round.containers.len());
+        for sample in round.containers {
+            if let Some(t) = self.tracked.get_mut(&sample.usage.allocation_id) {
+                if t.container_is(&sample.container_id) && t.is_running() {
+                    t.status.usage = sample.resources();
+                    allocations.push(sample.usage);
                 }
             }
         }
-        self.next_usage = Instant::now() + USAGE_INTERVAL;
+        allocations.sort_by(|a, b| a.allocation_id.cmp(&b.allocation_id));
+        self.usage_reports.send_replace(UsageReport {
+            allocations,
+            node: round.node,
+        });
+        self.next_usage = Instant::now() + self.usage_interval;
     }
 
     fn publish(&self) {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use drover_proto::model::{
-    AllocState, AllocStatus, Allocation, DesiredState, HealthCheck, PortSpec, ProbeAction,
-    Protocol, Resources, WorkloadSpec,
+    AllocState, AllocStatus, AllocUsage, Allocation, DesiredState, HealthCheck, PortSpec,
+    ProbeAction, Protocol, Resources, WorkloadSpec,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, FakeOp, FakeRuntime,
     RuntimeError, labels,
 };
+use crate::usage::{CgroupMounts, UsageReader, UsageReport};
 
 /// The fake engine plus what Docker does that the fake does not: calls that take time
 /// (`stats` takes about a second, `create` and `stop` a moment) and a new host port for
@@ -192,7 +193,7 @@ impl Harness {
         let (status_tx, statuses) = watch::channel(BTreeMap::new());
         let dyn_runtime: Arc<dyn ContainerRuntime> = engine.clone();
         let cancel = CancellationToken::new();
-        let supervisor = Supervisor::new(
+        let mut supervisor = Supervisor::new(
             "n1".into(),
             IpAddr::from([127, 0, 0, 1]),
             dyn_runtime,
@@ -204,6 +205,9 @@ impl Harness {
             Duration::from_secs(1),
             cancel.clone(),
         );
+        // As Docker's stats endpoint, which the engine stands for here; the cgroup path has
+        // tests of its own.
+        supervisor.set_usage_reader(UsageReader::from_engine());
         Harness {
             runtime: engine.fake.clone(),
             engine,
@@ -937,4 +941,131 @@ async fn usage_is_reported_without_holding_up_passes() {
         })
         .await;
     running.stop().await;
+}
+
+/// Passes a second apart (usage sampled every second) until a published usage report
+/// satisfies `done`, at most 20; that report.
+async fn pass_until_reported(
+    h: &mut Harness,
+    reports: &mut watch::Receiver<UsageReport>,
+    mut done: impl FnMut(&UsageReport) -> bool,
+) -> UsageReport {
+    for _ in 0..20 {
+        h.passes(1, Duration::from_secs(1)).await;
+        if reports.has_changed().unwrap_or(false) && done(&reports.borrow_and_update()) {
+            return reports.borrow().clone();
+        }
+    }
+    panic!("no such usage report: {:?}", *reports.borrow());
+}
+
+/// One running replica, web.1, sampled every second; its container's name.
+async fn one_sampled_replica(h: &mut Harness) -> String {
+    h.supervisor.set_usage_interval(Duration::from_secs(1));
+    h.connect(1);
+    h.want(1, &[("web.1", DesiredState::Run, spec("web:1"))]);
+    h.passes(1, Duration::from_millis(10)).await;
+    assert_eq!(h.status("web.1").state, AllocState::Healthy);
+    "drover-web.1-n1".to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_read_from_the_engine_is_published_for_the_link() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    let mut reports = h.supervisor.usage_reports();
+    let name = one_sampled_replica(&mut h).await;
+    let used = Resources {
+        cpu_millis: 120,
+        memory_bytes: 7 << 20,
+    };
+    assert!(h.runtime.set_usage(&name, used));
+    let report = pass_until_reported(&mut h, &mut reports, |r| {
+        r.allocations.iter().any(|u| u.cpu_millis == 120)
+    })
+    .await;
+    assert_eq!(report.allocations.len(), 1, "{report:?}");
+    let sample = &report.allocations[0];
+    assert!(sample.window_ms >= 1, "{sample:?}");
+    assert_eq!(
+        *sample,
+        AllocUsage {
+            allocation_id: "web.1".into(),
+            cpu_millis: 120,
+            memory_working_set_bytes: 7 << 20,
+            // The engine's stats give neither.
+            memory_limit_bytes: None,
+            oom_kills: 0,
+            window_ms: sample.window_ms,
+        }
+    );
+    assert_eq!(h.status("web.1").usage, used);
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_comes_from_the_engine_where_cgroups_are_not_mounted() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    // A host whose mountinfo has no cgroup hierarchy at all.
+    let mounts = CgroupMounts::from_mountinfo("").expect("an empty mountinfo");
+    h.supervisor
+        .set_usage_reader(UsageReader::with_mounts(mounts));
+    let mut reports = h.supervisor.usage_reports();
+    let name = one_sampled_replica(&mut h).await;
+    // A process that exists, with a /proc/<pid>/cgroup to read.
+    assert!(h.runtime.set_pid(&name, Some(std::process::id())));
+    let used = Resources {
+        cpu_millis: 80,
+        memory_bytes: 9 << 20,
+    };
+    assert!(h.runtime.set_usage(&name, used));
+    let report = pass_until_reported(&mut h, &mut reports, |r| !r.allocations.is_empty()).await;
+    assert_eq!(report.allocations[0].cpu_millis, 80, "{report:?}");
+    assert_eq!(report.allocations[0].memory_working_set_bytes, 9 << 20);
+    assert_eq!(h.status("web.1").usage, used);
+    assert!(!h.supervisor.usage.lock().await.reads_cgroups());
+}
+
+/// Whether this host lets this process read its own cgroup, as the agent reads a
+/// container's; why not, if not.
+fn own_cgroup_unreadable() -> Option<String> {
+    let read = CgroupMounts::read()
+        .and_then(|mounts| mounts.locate(std::process::id()))
+        .and_then(|paths| paths.read());
+    read.err().map(|e| e.to_string())
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_is_read_from_the_cgroup_of_the_containers_main_process() {
+    if let Some(reason) = own_cgroup_unreadable() {
+        eprintln!("skipping: this host's cgroups cannot be read: {reason}");
+        return;
+    }
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.supervisor.set_usage_reader(UsageReader::new());
+    let mut reports = h.supervisor.usage_reports();
+    let name = one_sampled_replica(&mut h).await;
+    // The test's own process stands for the container's.
+    assert!(h.runtime.set_pid(&name, Some(std::process::id())));
+    h.runtime.clear_calls();
+    let report = pass_until_reported(&mut h, &mut reports, |r| !r.allocations.is_empty()).await;
+    let sample = &report.allocations[0];
+    assert_eq!(sample.allocation_id, "web.1");
+    assert!(sample.memory_working_set_bytes > 0, "{sample:?}");
+    assert_eq!(
+        h.status("web.1").usage,
+        Resources {
+            cpu_millis: sample.cpu_millis,
+            memory_bytes: sample.memory_working_set_bytes,
+        }
+    );
+    let asked: Vec<String> = h
+        .runtime
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("usage") || c.starts_with("inspect"))
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "the listed process is enough, the engine's stats are not asked: {asked:?}"
+    );
+    assert!(h.supervisor.usage.lock().await.reads_cgroups());
 }

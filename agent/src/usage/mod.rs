@@ -8,7 +8,10 @@
 //!   systemd or cgroupfs driver alike) and reads its raw counters ([`cgroup::RawReading`]);
 //! - [`node`] reads the host's CPU times and memory from /proc;
 //! - [`sampler`] turns two raw readings into a [`sampler::Usage`] (millicores, working set,
-//!   OOM kills), starting a new series when a container restarts.
+//!   OOM kills), starting a new series when a container restarts;
+//! - [`reader`] is the supervisor's sampling round over its running containers: their main
+//!   processes from the engine, then cgroups, sampler and node together ([`UsageReader`]),
+//!   falling back to the engine's stats where this host's cgroups cannot be read.
 //!
 //! Reading and parsing are separate: every parser takes the file's contents, so the formats
 //! are tested on fixtures of both cgroup versions. Reads are blocking but tiny (`/proc` and
@@ -17,6 +20,7 @@
 
 pub mod cgroup;
 pub mod node;
+pub mod reader;
 pub mod sampler;
 
 use std::io;
@@ -25,6 +29,7 @@ use std::time::Duration;
 
 pub use cgroup::{CgroupMounts, CgroupPaths, CgroupVersion, RawReading};
 pub use node::NodeReading;
+pub use reader::{ContainerUsage, UsageReader, UsageReport, UsageRound, UsageTarget};
 pub use sampler::{NodeSampler, NodeUsage, Sampler, Usage};
 
 /// Time between two samples unless configured otherwise: often enough for autoscaling to

@@ -2,4 +2,7 @@
 //! functions (the replica calculation per metric, then stabilisation windows and scaling
 //! policies), so that a recorded metric trace gives the replica sequence Kubernetes would.
 
+pub mod controller;
 pub mod hpa;
+
+pub use controller::Autoscalers;

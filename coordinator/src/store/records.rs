@@ -42,6 +42,10 @@ pub struct WorkloadRecord {
     /// The current or last rollout.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// Horizontal autoscaling, as the last apply declared it (like `update`, it is the
+    /// workload's, not a revision's).
+    #[serde(default)]
+    pub autoscale: Option<drover_proto::model::Autoscale>,
 }
 
 impl WorkloadRecord {
@@ -66,6 +70,7 @@ impl WorkloadRecord {
             stable_revision: None,
             failed_revisions: BTreeMap::new(),
             rollout: None,
+            autoscale: None,
         }
     }
 

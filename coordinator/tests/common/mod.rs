@@ -274,6 +274,7 @@ impl FakeAgent {
                     traffic: Vec::new(),
                     allocations,
                     node_usage: None,
+                    usage: Vec::new(),
                 })),
             })
             .await

@@ -70,6 +70,7 @@ struct Spec {
     stop_grace_period: Option<Dur>,
     stop_after_disconnect: Option<Dur>,
     service: Option<ServiceInput>,
+    autoscale: Option<super::autoscale::AutoscaleInput>,
 }
 
 /// How the document's service is reached; it has one when a port has a `servicePort`.
@@ -263,6 +264,17 @@ impl Document {
             spec.stop_grace_period = period.0;
         }
         spec.stop_after_disconnect = input.stop_after_disconnect.map(|d| d.0);
+        if let Some(autoscale) = input.autoscale {
+            if autoscale.scale_target_ref.is_some() {
+                errors.push(
+                    "spec.autoscale.scaleTargetRef",
+                    "spec.autoscale scales the document's own workload; scaleTargetRef is for a HorizontalPodAutoscaler",
+                );
+            } else {
+                spec.autoscale =
+                    autoscale.convert(&mut errors, "spec.autoscale", spec.resources, None);
+            }
+        }
         let service = service(
             &mut errors,
             &spec.name,

@@ -122,7 +122,8 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// A quantity written as a string or a YAML number, kept as text for exact parsing.
-struct QuantityText(String);
+#[derive(Debug)]
+pub(crate) struct QuantityText(pub(crate) String);
 
 impl<'de> Deserialize<'de> for QuantityText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

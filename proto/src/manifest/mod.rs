@@ -24,6 +24,7 @@
 //! Parsing is all-or-nothing: every problem of every document is collected, and nothing is
 //! returned unless there are none.
 
+mod autoscale;
 mod constraint;
 mod deployment;
 mod drover;
@@ -99,6 +100,30 @@ struct Collected {
     problems: Vec<Problem>,
     declared: Vec<Declared>,
     services: Vec<join::ServiceEntry>,
+    autoscalers: Vec<AutoscalerEntry>,
+}
+
+/// A HorizontalPodAutoscaler, joined with its target workload once every document is read.
+#[derive(Debug)]
+struct AutoscalerEntry {
+    origin: Source,
+    object: String,
+    name: String,
+    spec: autoscale::AutoscaleInput,
+}
+
+/// A HorizontalPodAutoscaler document.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HorizontalPodAutoscaler {
+    #[serde(rename = "apiVersion")]
+    _api_version: serde::de::IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    metadata: kube::ObjectMeta,
+    spec: autoscale::AutoscaleInput,
+    #[serde(rename = "status")]
+    _status: Option<serde::de::IgnoredAny>,
 }
 
 fn parse_set(files: &[(&str, &str)]) -> Result<Manifest, ManifestError> {
@@ -110,7 +135,11 @@ fn parse_set(files: &[(&str, &str)]) -> Result<Manifest, ManifestError> {
         mut problems,
         mut declared,
         services,
+        autoscalers,
     } = collected;
+    for entry in autoscalers {
+        join_autoscaler(entry, &mut declared, &mut problems);
+    }
     let objects: HashMap<Source, String> = services
         .iter()
         .map(|s| (s.origin.clone(), s.object.clone()))
@@ -252,16 +281,19 @@ impl Collected {
             (drover::API_VERSION, "Service") => self.read_drover(origin, object, value),
             kube::DEPLOYMENT => self.read_deployment(origin, object, name, value),
             kube::SERVICE => self.read_service(origin, object, value),
+            autoscale::HPA_V2 | autoscale::HPA_V1 => self.read_autoscaler(origin, object, value),
             _ => {
                 let error = FieldError::new(
                     "kind",
                     format!(
-                        "kind {kind} of apiVersion {api_version} is not supported: Drover reads {} Service, {} {} and {} {}",
+                        "kind {kind} of apiVersion {api_version} is not supported: Drover reads {} Service, {} {}, {} {} and {} {}",
                         drover::API_VERSION,
                         kube::DEPLOYMENT.0,
                         kube::DEPLOYMENT.1,
                         kube::SERVICE.0,
-                        kube::SERVICE.1
+                        kube::SERVICE.1,
+                        autoscale::HPA_V2.0,
+                        autoscale::HPA_V2.1
                     ),
                 );
                 self.problem(origin, Some(object), vec![error]);
@@ -328,6 +360,18 @@ impl Collected {
         }
     }
 
+    fn read_autoscaler(&mut self, origin: Source, object: String, value: Value) {
+        match typed::<HorizontalPodAutoscaler>(value) {
+            Ok(hpa) => self.autoscalers.push(AutoscalerEntry {
+                origin,
+                object,
+                name: hpa.metadata.name,
+                spec: hpa.spec,
+            }),
+            Err(error) => self.problem(origin, Some(object), vec![error]),
+        }
+    }
+
     fn problem(&mut self, origin: Source, object: Option<String>, errors: Vec<FieldError>) {
         self.problems
             .extend(errors.into_iter().map(|error| Problem {
@@ -336,6 +380,63 @@ impl Collected {
                 error,
             }));
     }
+}
+
+/// Gives a HorizontalPodAutoscaler's target, declared in the same set, its autoscaling.
+fn join_autoscaler(entry: AutoscalerEntry, declared: &mut [Declared], problems: &mut Vec<Problem>) {
+    let mut errors = error::Errors::default();
+    let problem = |error: FieldError| Problem {
+        origin: entry.origin.clone(),
+        object: Some(entry.object.clone()),
+        error,
+    };
+    let Some(target) = &entry.spec.scale_target_ref else {
+        problems.push(problem(FieldError::new(
+            "spec.scaleTargetRef",
+            "required field is missing",
+        )));
+        return;
+    };
+    if target.kind != "Deployment" {
+        problems.push(problem(FieldError::new(
+            "spec.scaleTargetRef.kind",
+            format!(
+                "{}: Drover scales Deployments (and its own Services, through spec.autoscale)",
+                target.kind
+            ),
+        )));
+        return;
+    }
+    let Some(workload) = declared
+        .iter_mut()
+        .find(|d| d.deployment && d.spec.name == target.name)
+    else {
+        problems.push(problem(FieldError::new(
+            "spec.scaleTargetRef.name",
+            format!(
+                "Deployment {:?} is not in this apply: Drover keeps an autoscaler with its workload, so apply the HorizontalPodAutoscaler together with its Deployment",
+                target.name
+            ),
+        )));
+        return;
+    };
+    if workload.spec.autoscale.is_some() {
+        problems.push(problem(FieldError::new(
+            "spec.scaleTargetRef.name",
+            format!(
+                "Deployment {:?} already has an autoscaler in this apply",
+                target.name
+            ),
+        )));
+        return;
+    }
+    let resources = workload.spec.resources;
+    let name = entry.name.clone();
+    let autoscale = entry
+        .spec
+        .convert(&mut errors, "spec", resources, Some(name));
+    problems.extend(errors.0.into_iter().map(problem));
+    workload.spec.autoscale = autoscale;
 }
 
 /// A document's `apiVersion` or `kind`.

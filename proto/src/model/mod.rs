@@ -522,6 +522,8 @@ pub struct WorkloadSpec {
     /// implicit [`WORKLOAD_LABEL`].
     #[serde(default)]
     pub pod_labels: BTreeMap<String, String>,
+    /// Horizontal autoscaling; `None`: the replica count is the operator's.
+    pub autoscale: Option<Autoscale>,
 }
 
 impl WorkloadSpec {
@@ -558,17 +560,19 @@ impl WorkloadSpec {
             stop_after_disconnect: None,
             labels: BTreeMap::new(),
             pod_labels: BTreeMap::new(),
+            autoscale: None,
         }
     }
 
     /// Whether `other` differs from `self` in what its containers run (anything but the
-    /// replica count, the update strategy and the traffic policy). Such a change makes a
+    /// replica count, the update strategy, the traffic policy and autoscaling). Such a change makes a
     /// new revision.
     pub fn template_differs(&self, other: &WorkloadSpec) -> bool {
         let strip = |spec: &WorkloadSpec| WorkloadSpec {
             replicas: 0,
             traffic: Traffic::default(),
             update: UpdateStrategy::default(),
+            autoscale: None,
             ..spec.clone()
         };
         strip(self) != strip(other)
@@ -578,6 +582,134 @@ impl WorkloadSpec {
     pub fn host_ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.ports.iter().filter_map(|p| p.host_port)
     }
+}
+
+/// Horizontal autoscaling of a workload: Drover's `autoscale:`, or a
+/// HorizontalPodAutoscaler (autoscaling/v2) targeting it; the coordinator runs the
+/// Kubernetes algorithm on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Autoscale {
+    /// Fewest replicas (≥ 1).
+    pub min_replicas: u32,
+    /// Most replicas (≥ min).
+    pub max_replicas: u32,
+    /// What it scales on; the largest proposal wins.
+    pub metrics: Vec<ScaleMetric>,
+    /// Scaling up.
+    pub scale_up: ScaleRules,
+    /// Scaling down.
+    pub scale_down: ScaleRules,
+    /// The HorizontalPodAutoscaler it came from; `None`: the workload's own spec.
+    pub source: Option<String>,
+}
+
+/// A resource an autoscaler measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleResource {
+    /// CPU (millicores).
+    Cpu,
+    /// Memory working set (bytes).
+    Memory,
+}
+
+impl ScaleResource {
+    /// Its name in manifests and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleResource::Cpu => "cpu",
+            ScaleResource::Memory => "memory",
+        }
+    }
+}
+
+/// What one metric aims at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTarget {
+    /// Average usage as a percent of the replicas' requests.
+    Utilization(u32),
+    /// Average per replica: millicores, or bytes.
+    AverageValue(u64),
+}
+
+/// One metric of an autoscaler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScaleMetric {
+    /// What is measured.
+    pub resource: ScaleResource,
+    /// Its target.
+    pub target: ScaleTarget,
+}
+
+/// How proposals in one direction combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleSelect {
+    /// The largest change.
+    #[default]
+    Max,
+    /// The smallest change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// One direction's behaviour (a HorizontalPodAutoscaler's `HPAScalingRules`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScaleRules {
+    /// Recommendations over this long are considered.
+    pub stabilization_seconds: u32,
+    /// How the policies combine.
+    pub select: ScaleSelect,
+    /// Rate limits.
+    pub policies: Vec<ScalePolicy>,
+}
+
+impl ScaleRules {
+    /// Kubernetes' default for scaling up: at once, by max(4 replicas, 100 %) per 15 s.
+    pub fn default_up() -> ScaleRules {
+        ScaleRules {
+            stabilization_seconds: 0,
+            select: ScaleSelect::Max,
+            policies: vec![
+                ScalePolicy {
+                    percent: false,
+                    value: 4,
+                    period_seconds: 15,
+                },
+                ScalePolicy {
+                    percent: true,
+                    value: 100,
+                    period_seconds: 15,
+                },
+            ],
+        }
+    }
+
+    /// Kubernetes' default for scaling down: after 300 s, by 100 % per 15 s.
+    pub fn default_down() -> ScaleRules {
+        ScaleRules {
+            stabilization_seconds: 300,
+            select: ScaleSelect::Max,
+            policies: vec![ScalePolicy {
+                percent: true,
+                value: 100,
+                period_seconds: 15,
+            }],
+        }
+    }
+}
+
+/// A rate limit: `value` replicas (or percent) per `period_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScalePolicy {
+    /// `value` is a percent of the replicas at the period's start.
+    pub percent: bool,
+    /// Replicas or percent.
+    pub value: u32,
+    /// The period.
+    pub period_seconds: u32,
 }
 
 /// What the coordinator wants of an allocation.
@@ -840,6 +972,23 @@ pub struct RevisionTraffic {
     /// Of those: the connect failed (refused, timed out), or the replica closed or reset the
     /// connection before its first answer byte.
     pub failed: u64,
+}
+
+/// What one replica used over its agent's last sampling interval, from its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AllocUsage {
+    /// The allocation.
+    pub allocation_id: String,
+    /// CPU, averaged over the interval, in millicores.
+    pub cpu_millis: u64,
+    /// Memory that cannot be reclaimed (usage minus inactive file cache), in bytes.
+    pub memory_working_set_bytes: u64,
+    /// The container's memory limit, if any.
+    pub memory_limit_bytes: Option<u64>,
+    /// OOM kills in the container's cgroup since the container started.
+    pub oom_kills: u64,
+    /// The interval, in milliseconds.
+    pub window_ms: u64,
 }
 
 /// One allocation of a node's desired set, with the spec of the revision it runs.

@@ -1,5 +1,6 @@
 //! Tests of manifest parsing through the public API, one per behaviour and error class.
 
+mod autoscale;
 mod drover;
 mod kube;
 mod services;
@@ -280,7 +281,7 @@ fn unknown_kinds_and_bad_documents_are_refused() {
     let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b}\n";
     assert_eq!(
         refused(&[("k.yaml", config_map)]),
-        "k.yaml, document 1 (ConfigMap cfg): kind: kind ConfigMap of apiVersion v1 is not supported: Drover reads drover.dev/v1 Service, apps/v1 Deployment and v1 Service"
+        "k.yaml, document 1 (ConfigMap cfg): kind: kind ConfigMap of apiVersion v1 is not supported: Drover reads drover.dev/v1 Service, apps/v1 Deployment, v1 Service and autoscaling/v2 HorizontalPodAutoscaler"
     );
     let old = DEPLOYMENT.replace("apps/v1", "extensions/v1beta1");
     assert_contains(

@@ -1,0 +1,132 @@
+//! Autoscaling from Drover's `spec.autoscale` and from HorizontalPodAutoscalers.
+
+use super::*;
+use crate::model::{Autoscale, ScaleMetric, ScaleResource, ScaleRules, ScaleSelect, ScaleTarget};
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: web:1
+          resources: {requests: {cpu: 200m, memory: 64Mi}}
+";
+
+const HPA: &str = "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web-hpa}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 2
+  maxReplicas: 10
+  metrics:
+    - type: Resource
+      resource: {name: cpu, target: {type: Utilization, averageUtilization: 60}}
+    - type: Resource
+      resource: {name: memory, target: {type: AverageValue, averageValue: 100Mi}}
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 60
+      policies: [{type: Pods, value: 1, periodSeconds: 30}]
+";
+
+fn autoscale_of(text: &str) -> Option<Autoscale> {
+    let manifest = parse_files(&files(&[("app.yaml", text)])).expect("parses");
+    manifest.workloads[0].autoscale.clone()
+}
+
+#[test]
+fn a_horizontal_pod_autoscaler_gives_its_deployment_autoscaling() {
+    let autoscale = autoscale_of(&format!("{DEPLOYMENT}---\n{HPA}")).expect("autoscaled");
+    assert_eq!(autoscale.min_replicas, 2);
+    assert_eq!(autoscale.max_replicas, 10);
+    assert_eq!(
+        autoscale.metrics,
+        [
+            ScaleMetric {
+                resource: ScaleResource::Cpu,
+                target: ScaleTarget::Utilization(60),
+            },
+            ScaleMetric {
+                resource: ScaleResource::Memory,
+                target: ScaleTarget::AverageValue(100 << 20),
+            },
+        ]
+    );
+    assert_eq!(autoscale.scale_up, ScaleRules::default_up());
+    assert_eq!(autoscale.scale_down.stabilization_seconds, 60);
+    assert_eq!(autoscale.scale_down.select, ScaleSelect::Max);
+    assert_eq!(autoscale.scale_down.policies.len(), 1);
+    assert_eq!(autoscale.source.as_deref(), Some("web-hpa"));
+    // Either order.
+    assert_eq!(
+        autoscale_of(&format!("{HPA}---\n{DEPLOYMENT}")).map(|a| a.max_replicas),
+        Some(10)
+    );
+}
+
+#[test]
+fn without_metrics_it_is_80_percent_cpu_and_v1_has_its_one_field() {
+    let hpa = "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  \
+               scaleTargetRef: {kind: Deployment, name: web}\n  maxReplicas: 4\n  targetCPUUtilizationPercentage: 50\n";
+    let autoscale = autoscale_of(&format!("{DEPLOYMENT}---\n{hpa}")).expect("autoscaled");
+    assert_eq!(autoscale.min_replicas, 1);
+    assert_eq!(autoscale.metrics[0].target, ScaleTarget::Utilization(50));
+    let bare = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  \
+                scaleTargetRef: {kind: Deployment, name: web}\n  maxReplicas: 4\n";
+    let autoscale = autoscale_of(&format!("{DEPLOYMENT}---\n{bare}")).expect("autoscaled");
+    assert_eq!(autoscale.metrics[0].target, ScaleTarget::Utilization(80));
+}
+
+#[test]
+fn drovers_own_document_has_spec_autoscale() {
+    let text = "apiVersion: drover.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: web:1\n  \
+                resources: {cpu: 500m}\n  autoscale:\n    minReplicas: 2\n    maxReplicas: 6\n    metrics:\n      \
+                - type: Resource\n        resource: {name: cpu, target: {type: Utilization, averageUtilization: 70}}\n";
+    let autoscale = autoscale_of(text).expect("autoscaled");
+    assert_eq!((autoscale.min_replicas, autoscale.max_replicas), (2, 6));
+    assert_eq!(autoscale.source, None);
+}
+
+#[test]
+fn every_problem_of_an_autoscaler_is_named() {
+    let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  \
+               scaleTargetRef: {kind: Deployment, name: web}\n  minReplicas: 5\n  maxReplicas: 3\n  metrics:\n    \
+               - type: Pods\n      pods: {}\n    - type: Resource\n      resource: {name: gpu, target: {type: Utilization, averageUtilization: 5}}\n  \
+               behavior:\n    scaleUp: {selectPolicy: Fastest, policies: [{type: Pods, value: 0, periodSeconds: 4000}]}\n";
+    let message = refused(&[("app.yaml", &format!("{DEPLOYMENT}---\n{hpa}"))]);
+    for expected in [
+        "spec.maxReplicas",
+        "metrics of type Pods are not supported",
+        "resource \"gpu\" is not measured",
+        "spec.behavior.scaleUp.selectPolicy",
+        "spec.behavior.scaleUp.policies[0].value",
+        "spec.behavior.scaleUp.policies[0].periodSeconds",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+}
+
+#[test]
+fn a_target_outside_the_apply_or_without_a_request_is_refused() {
+    let message = refused(&[("hpa.yaml", HPA)]);
+    assert!(
+        message.contains("Deployment \"web\" is not in this apply"),
+        "{message}"
+    );
+    let no_request = DEPLOYMENT.replace(
+        "          resources: {requests: {cpu: 200m, memory: 64Mi}}\n",
+        "",
+    );
+    let message = refused(&[("app.yaml", &format!("{no_request}---\n{HPA}"))]);
+    assert!(
+        message.contains("a cpu utilization target needs the workload to request cpu"),
+        "{message}"
+    );
+}
