@@ -227,6 +227,41 @@ struct StatusView {
     secret_env: Vec<String>,
     allocations: Vec<AllocationRow>,
     rollout: Option<crate::rollout::RolloutView>,
+    /// The autoscaler, in words (`2..10 replicas on cpu 60%`).
+    autoscale: Option<String>,
+}
+
+/// An autoscaler in words: its bounds, metrics and source.
+fn autoscale_line(autoscale: &pb::Autoscale) -> String {
+    let metrics: Vec<String> = autoscale
+        .metrics
+        .iter()
+        .map(|m| {
+            let cpu = m.resource == pb::scale_metric::Resource::Cpu as i32;
+            let name = if cpu { "cpu" } else { "memory" };
+            match m.target {
+                Some(pb::scale_metric::Target::Utilization(p)) => format!("{name} {p}% of request"),
+                Some(pb::scale_metric::Target::AverageValue(v)) if cpu => {
+                    format!("{name} {} per replica", format_cpu(v))
+                }
+                Some(pb::scale_metric::Target::AverageValue(v)) => {
+                    format!("{name} {} per replica", format_bytes(v))
+                }
+                None => format!("{name} ?"),
+            }
+        })
+        .collect();
+    let source = if autoscale.source.is_empty() {
+        "spec.autoscale".to_string()
+    } else {
+        format!("HorizontalPodAutoscaler {}", autoscale.source)
+    };
+    format!(
+        "{}..{} replicas on {} ({source})",
+        autoscale.min_replicas,
+        autoscale.max_replicas,
+        metrics.join(", ")
+    )
 }
 
 /// `drover status NAME`: the workload of that name; or the service, when only a service
@@ -270,6 +305,11 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .unwrap_or_default(),
         allocations,
         rollout: response.rollout.as_ref().map(crate::rollout::view),
+        autoscale: response
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.autoscale.as_ref())
+            .map(autoscale_line),
     };
     if format == Format::Json {
         return print_json(&view);
@@ -311,6 +351,9 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .join(" ")
     };
     say!("Traffic:   {weights}");
+    if let Some(autoscale) = &view.autoscale {
+        say!("Autoscale: {autoscale}");
+    }
     if !s.services.is_empty() {
         say!("Services:  {}", s.services.join(", "));
     }

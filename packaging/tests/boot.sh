@@ -149,7 +149,7 @@ in_ct 'systemctl stop drover-agent'
 echo "agent stopped: workload ${CID:0:12} still running"
 in_ct 'systemctl start drover-agent'
 wait_for 30 'systemctl is-active -q drover-agent' || fail "drover-agent did not start again"
-wait_for 30 'journalctl -u drover-agent | grep -q "took over the previous agent.s proxy sockets listeners=1"' ||
+wait_for 30 'journalctl -u drover-agent | grep -q "took over the previous agent.s proxy sockets listeners=[1-9]"' ||
   fail "the restarted agent did not take the proxy's listener over from the keeper: $(in_ct 'journalctl -u drover-agent | grep -i -e keep -e hand -e took | tail -20')"
 echo "agent restarted: its proxy's listener went through the keeper to the new agent"
 wait_for 30 "drover status pkg-boot-sleeper | grep -Eq 'running|healthy'" ||

@@ -131,6 +131,13 @@ fn a_cpu_bound_service_scales_out_under_load_and_back_without_a_failed_connectio
     wait_for("two burners healthy", Duration::from_secs(60), || {
         healthy_nodes(&coordinator, "burn").len() == 2
     });
+    let status = success(&coordinator.cli(&["status", "burn"]), "drover status burn");
+    assert!(
+        status.contains(
+            "Autoscale: 2..5 replicas on cpu 50% of request (HorizontalPodAutoscaler burn)"
+        ),
+        "{status}"
+    );
     let front = format!("{}:8090", ips[0]);
     wait_for("burn through the service", Duration::from_secs(30), || {
         try_http_get_path(&front, "/").is_ok_and(|b| b.contains("user-service"))
