@@ -484,3 +484,39 @@ async fn a_bind_failure_names_the_address() {
         .expect_err("the port is taken");
     assert!(error.to_string().contains(&address.to_string()), "{error}");
 }
+
+/// The DNS task serves the address the cluster DNS names, and ends once the link that
+/// feeds it is gone (the agent stopping) instead of rebinding over and over.
+#[tokio::test]
+async fn the_dns_task_serves_its_address_and_ends_when_the_link_is_gone() {
+    let address = Ipv4Addr::new(127, 0, 0, 249);
+    let (cluster_dns, watched) = watch::channel(Some(drover_proto::model::ClusterDns {
+        address,
+        domain: "cluster.local".into(),
+        service_network: "127.0.0.0/8".into(),
+    }));
+    let (_records, records_rx) = watch::channel(records(WEB_IP));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(drover_agent::dns::run::run(
+        watched,
+        records_rx,
+        shutdown.clone(),
+    ));
+    let server = SocketAddr::from((address, 53));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(server).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the DNS task never listened on {server}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = ask(server, "web.", RecordType::A).await;
+    assert_eq!(addresses(&response.answers), vec![WEB_IP]);
+    drop(cluster_dns);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the DNS task ends once its link is gone")
+        .expect("the DNS task did not panic");
+    shutdown.cancel();
+}

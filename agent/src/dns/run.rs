@@ -36,6 +36,9 @@ pub async fn run(
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
     loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
         let Some(address) = dns_address(&cluster_dns) else {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -61,7 +64,15 @@ pub async fn run(
                     tokio::select! {
                         result = &mut serving => break Some(result),
                         changed = cluster_dns.changed() => {
-                            if changed.is_err() || dns_address(&cluster_dns) != Some(address) {
+                            // The link is gone: the agent is stopping. (Taken as a change, it
+                            // rebound at once, over and over, until the shutdown reached the
+                            // server: a busy loop and a log line per turn.)
+                            if changed.is_err() {
+                                stop.cancel();
+                                let _ = (&mut serving).await;
+                                return;
+                            }
+                            if dns_address(&cluster_dns) != Some(address) {
                                 stop.cancel();
                                 let _ = (&mut serving).await;
                                 break None;
