@@ -257,15 +257,31 @@ impl ContainerRuntime for DockerRuntime {
     async fn list(&self, node: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let selector = format!("{}={node}", labels::NODE);
         let filters = HashMap::from([("label", vec![selector.as_str()])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|err| self.error("list containers", &format!("labelled {selector}"), err))?;
+        // Podman's Docker API reports a container whose process it is cleaning up after as
+        // `stopped`, a state bollard does not know, so the whole list fails to parse; the
+        // state lasts milliseconds, and the list is read again a moment later.
+        let mut attempts = 0;
+        let summaries = loop {
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            match self.docker.list_containers(Some(options)).await {
+                Ok(summaries) => break summaries,
+                Err(err) if attempts < LIST_RETRIES && is_unknown_state(&err) => {
+                    attempts += 1;
+                    debug!(node, error = %err, attempts, "a container in a state bollard does not know; listing again");
+                    tokio::time::sleep(LIST_RETRY_PAUSE).await;
+                }
+                Err(err) => {
+                    return Err(self.error(
+                        "list containers",
+                        &format!("labelled {selector}"),
+                        err,
+                    ));
+                }
+            }
+        };
         // The list lacks start times and exit codes (API 1.41): a container is inspected,
         // a few at a time, unless it runs as it did at its last inspection.
         let mut containers = Vec::with_capacity(summaries.len());
@@ -495,6 +511,16 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|err| self.error("read usage of container", id, err))?;
         Ok(resources(&stats))
     }
+}
+
+/// Lists read again when one failed to parse for a state bollard does not know.
+const LIST_RETRIES: u32 = 20;
+/// Pause between those reads.
+const LIST_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Whether the engine's answer named a state bollard does not know (Podman's `stopped`).
+fn is_unknown_state(err: &BollardError) -> bool {
+    matches!(err, BollardError::JsonDataError { message, .. } if message.contains("unknown variant"))
 }
 
 /// Whether bollard failed to reach the engine at all, rather than the engine refusing.
