@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{ClusterDns, DesiredSet, NodeInfo, RevisionTraffic, RoutePolicy};
+use drover_proto::model::{ClusterDns, DesiredSet, NodeInfo, RoutePolicy};
 use drover_proto::pb;
 use drover_proto::pb::agent_link_client::AgentLinkClient;
 use tokio::sync::{mpsc, watch};
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::credentials::NodeCredentials;
+use crate::proxy::NodeTraffic;
 use crate::saved_routing;
 use crate::supervisor::{AllocReport, DesiredAlloc, DesiredUpdate, LinkState};
 use crate::usage::UsageReport;
@@ -60,7 +61,7 @@ pub struct Link {
     pub saved: Option<PathBuf>,
     /// The proxy's cumulative connection outcomes per (service, revision), sent in full on
     /// every change (see the module docs).
-    pub traffic: watch::Receiver<Vec<RevisionTraffic>>,
+    pub traffic: watch::Receiver<NodeTraffic>,
     /// The supervisor's last sampling round, sent once per round (see the module docs).
     pub usage: watch::Receiver<UsageReport>,
     /// Source address of the connection to the coordinator; `None` lets the kernel choose.
@@ -219,6 +220,7 @@ impl Link {
                             node_usage: None,
                             usage: Vec::new(),
                             traffic: Vec::new(),
+                            replica_traffic: Vec::new(),
                         })),
                     };
                     if tx.send(update).await.is_err() {
@@ -415,13 +417,22 @@ fn running(reports: &BTreeMap<String, AllocReport>) -> Vec<pb::RunningAllocation
 }
 
 /// A status update carrying only the traffic totals, in full.
-fn traffic_update(totals: &[RevisionTraffic]) -> pb::AgentMessage {
+fn traffic_update(totals: &NodeTraffic) -> pb::AgentMessage {
     pb::AgentMessage {
         body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
             allocations: Vec::new(),
             node_usage: None,
             usage: Vec::new(),
-            traffic: totals.iter().map(pb::RevisionTraffic::from).collect(),
+            traffic: totals
+                .revisions
+                .iter()
+                .map(pb::RevisionTraffic::from)
+                .collect(),
+            replica_traffic: totals
+                .replicas
+                .iter()
+                .map(pb::ReplicaTraffic::from)
+                .collect(),
         })),
     }
 }
@@ -439,6 +450,7 @@ fn usage_update(report: &UsageReport) -> pb::AgentMessage {
                 .map(pb::AllocUsage::from)
                 .collect(),
             traffic: Vec::new(),
+            replica_traffic: Vec::new(),
         })),
     }
 }
@@ -477,7 +489,9 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use drover_proto::model::{Allocation, Resources, WorkloadSpec};
+    use drover_proto::model::{
+        Allocation, ReplicaTraffic, Resources, RevisionTraffic, WorkloadSpec,
+    };
     use drover_proto::pb::agent_link_server::{AgentLink, AgentLinkServer};
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -537,6 +551,19 @@ mod tests {
         }
     }
 
+    /// Totals with `revisions` and one replica counted as often as their connections.
+    fn totals(revisions: Vec<RevisionTraffic>) -> NodeTraffic {
+        let connections = revisions.iter().map(|r| r.connections).sum();
+        NodeTraffic {
+            revisions,
+            replicas: vec![ReplicaTraffic {
+                allocation_id: "web.1".into(),
+                connections,
+                active: 1,
+            }],
+        }
+    }
+
     /// The next message the fake coordinator got, with its session.
     async fn next_message(
         received: &mut mpsc::UnboundedReceiver<(u64, pb::AgentMessage)>,
@@ -550,12 +577,17 @@ mod tests {
     /// The next message: its session and, for a traffic update, the totals it carries.
     async fn next(
         received: &mut mpsc::UnboundedReceiver<(u64, pb::AgentMessage)>,
-    ) -> (u64, Option<Vec<RevisionTraffic>>) {
+    ) -> (u64, Option<NodeTraffic>) {
         let (session, message) = next_message(received).await;
         let traffic = match message.body {
-            Some(pb::agent_message::Body::Status(s)) => {
-                Some(s.traffic.into_iter().map(RevisionTraffic::from).collect())
-            }
+            Some(pb::agent_message::Body::Status(s)) => Some(NodeTraffic {
+                revisions: s.traffic.into_iter().map(RevisionTraffic::from).collect(),
+                replicas: s
+                    .replica_traffic
+                    .into_iter()
+                    .map(ReplicaTraffic::from)
+                    .collect(),
+            }),
             Some(pb::agent_message::Body::Hello(_)) => None,
             None => panic!("empty message"),
         };
@@ -588,7 +620,7 @@ mod tests {
         let (link, _link_rx) = watch::channel(LinkState::default());
         let (routes, routes_rx) = watch::channel(policy);
         let (cluster_dns, cluster_dns_rx) = watch::channel(dns);
-        let (_traffic_tx, traffic) = watch::channel(Vec::new());
+        let (_traffic_tx, traffic) = watch::channel(NodeTraffic::default());
         let (_usage_tx, usage) = watch::channel(UsageReport::default());
         let link = Link {
             coordinators: Vec::new(),
@@ -884,7 +916,7 @@ mod tests {
     /// its link state, and the sender of its statuses (the session ends when it is dropped).
     fn link_to(
         address: std::net::SocketAddr,
-        traffic: watch::Receiver<Vec<RevisionTraffic>>,
+        traffic: watch::Receiver<NodeTraffic>,
         usage: watch::Receiver<UsageReport>,
     ) -> (
         Link,
@@ -927,7 +959,7 @@ mod tests {
     #[tokio::test]
     async fn traffic_is_sent_on_change_and_in_full_at_every_session_start() {
         let (address, mut received, open) = serve_fake_coordinator().await;
-        let (traffic_tx, traffic_rx) = watch::channel(vec![web(1, 10, 1)]);
+        let (traffic_tx, traffic_rx) = watch::channel(totals(vec![web(1, 10, 1)]));
         let (_usage_tx, usage_rx) = watch::channel(UsageReport::default());
         let (link, mut link_rx, _statuses_tx) = link_to(address, traffic_rx, usage_rx);
         let shutdown = CancellationToken::new();
@@ -935,11 +967,14 @@ mod tests {
 
         // Hello, then the totals at once.
         assert_eq!(next(&mut received).await, (1, None));
-        assert_eq!(next(&mut received).await, (1, Some(vec![web(1, 10, 1)])));
+        assert_eq!(
+            next(&mut received).await,
+            (1, Some(totals(vec![web(1, 10, 1)])))
+        );
         // A change goes out in full: every (service, revision), cumulative.
-        let totals = vec![web(1, 12, 1), web(2, 3, 3)];
-        traffic_tx.send_replace(totals.clone());
-        assert_eq!(next(&mut received).await, (1, Some(totals)));
+        let now = totals(vec![web(1, 12, 1), web(2, 3, 3)]);
+        traffic_tx.send_replace(now.clone());
+        assert_eq!(next(&mut received).await, (1, Some(now)));
 
         // The coordinator ends the session; totals change while the link is down.
         open.lock().expect("lock").clear();
@@ -947,11 +982,11 @@ mod tests {
             .wait_for(|state| state.session == 1 && !state.connected)
             .await
             .expect("link state");
-        let totals = vec![web(1, 20, 1), web(2, 3, 3)];
-        traffic_tx.send_replace(totals.clone());
+        let now = totals(vec![web(1, 20, 1), web(2, 3, 3)]);
+        traffic_tx.send_replace(now.clone());
         // The next session starts with the current totals, and sends them once.
         assert_eq!(next(&mut received).await, (2, None));
-        assert_eq!(next(&mut received).await, (2, Some(totals)));
+        assert_eq!(next(&mut received).await, (2, Some(now)));
         let quiet = tokio::time::timeout(Duration::from_millis(300), received.recv()).await;
         assert!(quiet.is_err(), "unexpected message: {quiet:?}");
 
@@ -962,7 +997,7 @@ mod tests {
     #[tokio::test]
     async fn a_published_sampling_round_becomes_one_status_update() {
         let (address, mut received, open) = serve_fake_coordinator().await;
-        let (_traffic_tx, traffic_rx) = watch::channel(Vec::new());
+        let (_traffic_tx, traffic_rx) = watch::channel(NodeTraffic::default());
         let (usage_tx, usage_rx) = watch::channel(UsageReport::default());
         let (link, mut link_rx, _statuses_tx) = link_to(address, traffic_rx, usage_rx);
         let shutdown = CancellationToken::new();

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use drover_proto::gossip::MemberFacts;
 use drover_proto::model::{
-    AllocState, ClusterDns, RevisionTraffic, RouteEndpoint, RoutePolicy,
-    ServiceRoute as PolicyRoute,
+    AllocState, ClusterDns, RouteEndpoint, RoutePolicy, ServiceRoute as PolicyRoute,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster_ips::{ClusterAddresses, LoopbackAddresses};
 use crate::dns::Records;
 use crate::proxy::balancer::Endpoint;
-use crate::proxy::listeners::{ProxyManager, ServiceRoute};
+use crate::proxy::listeners::{NodeTraffic, ProxyManager, ServiceRoute};
 use crate::supervisor::NAMESPACE;
 
 /// How long after the agent starts a node gossip has not reported on yet is taken at the
@@ -80,7 +79,7 @@ pub async fn run<L: LoopbackAddresses>(
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
     mut cluster_dns: watch::Receiver<Option<ClusterDns>>,
     records: Option<watch::Sender<Arc<Records>>>,
-    traffic: watch::Sender<Vec<RevisionTraffic>>,
+    traffic: watch::Sender<NodeTraffic>,
     shutdown: CancellationToken,
 ) {
     let grace_ends = tokio::time::Instant::now() + STARTUP_GRACE;
@@ -144,7 +143,7 @@ pub async fn run<L: LoopbackAddresses>(
                     Err(_) => break 'routes,
                 },
                 _ = tick.tick() => {
-                    publish_traffic(&traffic, manager.traffic());
+                    publish_traffic(&traffic, manager.node_traffic());
                     manager.reap();
                     release_unused(&manager, &wanted, dns.as_ref(), has_policy, addresses.as_mut()).await;
                 }
@@ -223,10 +222,7 @@ async fn release_unused<L: LoopbackAddresses>(
 
 /// Replaces the published totals with `totals` if they differ, so receivers wake only on a
 /// change. Returns whether they did.
-fn publish_traffic(
-    traffic: &watch::Sender<Vec<RevisionTraffic>>,
-    totals: Vec<RevisionTraffic>,
-) -> bool {
+fn publish_traffic(traffic: &watch::Sender<NodeTraffic>, totals: NodeTraffic) -> bool {
     traffic.send_if_modified(|published| {
         let changed = *published != totals;
         if changed {
@@ -325,7 +321,7 @@ pub fn endpoint(
 #[cfg(test)]
 mod tests {
     use drover_proto::gossip::AllocFact;
-    use drover_proto::model::Strategy;
+    use drover_proto::model::{RevisionTraffic, Strategy};
 
     use super::*;
 
@@ -579,7 +575,7 @@ mod tests {
         let (_dns_tx, dns) = watch::channel(dns);
         let healthy = member(&[("web.1", "", AllocState::Healthy)]);
         let (_live_tx, live) = watch::channel(live(vec![("n1", healthy)]));
-        let (traffic, _traffic_rx) = watch::channel(Vec::new());
+        let (traffic, _traffic_rx) = watch::channel(NodeTraffic::default());
         let addressing = Addressing {
             node: IpAddr::V4(Ipv4Addr::LOCALHOST),
             cluster_ips: false,
@@ -624,21 +620,31 @@ mod tests {
 
     #[test]
     fn traffic_is_published_only_when_it_changed() {
-        let (tx, mut rx) = watch::channel(Vec::new());
-        let web = |connections, failed| RevisionTraffic {
-            service: "web".into(),
-            revision: 2,
-            connections,
-            failed,
+        let (tx, mut rx) = watch::channel(NodeTraffic::default());
+        let web = |connections, failed, active| NodeTraffic {
+            revisions: vec![RevisionTraffic {
+                service: "web".into(),
+                revision: 2,
+                connections,
+                failed,
+            }],
+            replicas: vec![drover_proto::model::ReplicaTraffic {
+                allocation_id: "web.1".into(),
+                connections,
+                active,
+            }],
         };
-        assert!(!publish_traffic(&tx, Vec::new()));
+        assert!(!publish_traffic(&tx, NodeTraffic::default()));
         assert!(!rx.has_changed().expect("open"));
-        assert!(publish_traffic(&tx, vec![web(5, 1)]));
-        assert_eq!(*rx.borrow_and_update(), vec![web(5, 1)]);
-        assert!(!publish_traffic(&tx, vec![web(5, 1)]));
+        assert!(publish_traffic(&tx, web(5, 1, 1)));
+        assert_eq!(*rx.borrow_and_update(), web(5, 1, 1));
+        assert!(!publish_traffic(&tx, web(5, 1, 1)));
         assert!(!rx.has_changed().expect("open"));
-        assert!(publish_traffic(&tx, vec![web(6, 1)]));
+        assert!(publish_traffic(&tx, web(6, 1, 1)));
         assert!(rx.has_changed().expect("open"));
+        rx.borrow_and_update();
+        // A connection that ended is a change too (active goes down).
+        assert!(publish_traffic(&tx, web(6, 1, 0)));
     }
 
     #[test]

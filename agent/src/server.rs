@@ -122,7 +122,7 @@ async fn run_as(
     let (cluster_dns_tx, cluster_dns_rx) = watch::channel(saved_dns);
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
-    let (traffic_tx, traffic_rx) = watch::channel(Vec::new());
+    let (traffic_tx, traffic_rx) = watch::channel(crate::proxy::NodeTraffic::default());
     let (ca_bundle_tx, ca_bundle_rx) = watch::channel(None);
 
     // Gossip seals with the keyring the join gave (kept in the data dir); the coordinator

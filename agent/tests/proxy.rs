@@ -630,6 +630,24 @@ async fn connection_outcomes_are_counted_per_revision() {
             })
             .to_vec()
     );
+    // Per replica: every connection that reached it, none open once the last one's task
+    // is done; a refused connect never reached its replica.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.replica_traffic().iter().any(|r| r.active > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let replicas: BTreeMap<String, (u64, u64)> = proxy
+        .replica_traffic()
+        .into_iter()
+        .map(|r| (r.allocation_id, (r.connections, r.active)))
+        .collect();
+    assert_eq!(
+        replicas,
+        BTreeMap::from([
+            ("good".to_string(), (60, 0)),
+            ("mute".to_string(), (mute.connections, 0)),
+        ])
+    );
     proxy.shutdown().await;
     mute_task.abort();
     good.kill().await;

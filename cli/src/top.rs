@@ -1,5 +1,6 @@
 //! `drover top [NAME]`: what nodes and replicas use, as their agents last measured (cgroup
-//! samples every few seconds), beside what they request.
+//! samples every few seconds), beside what they request, and the connections every node's
+//! proxy makes to each replica.
 
 use drover_proto::model::{format_bytes, format_cpu};
 use drover_proto::pb;
@@ -33,6 +34,9 @@ struct ReplicaRow {
     memory_request_bytes: u64,
     oom_kills: Option<u64>,
     sample_age_ms: Option<u64>,
+    /// New connections per second through the proxies, in thousandths.
+    connections_per_second_milli: Option<u64>,
+    active_connections: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,7 +92,8 @@ pub async fn top(target: &str, name: Option<&str>, format: Format) -> anyhow::Re
         return Ok(());
     }
     let mut replicas = table(&[
-        "REPLICA", "WORKLOAD", "NODE", "CPU", "CPU/REQ", "MEMORY", "LIMIT", "OOM", "AGE",
+        "REPLICA", "WORKLOAD", "NODE", "CPU", "CPU/REQ", "MEMORY", "LIMIT", "OOM", "CONN/S",
+        "ACTIVE", "AGE",
     ]);
     let mut waiting = 0;
     for r in &top.replicas {
@@ -106,6 +111,9 @@ pub async fn top(target: &str, name: Option<&str>, format: Format) -> anyhow::Re
             r.memory_working_set_bytes.map_or_else(dash, format_bytes),
             r.memory_limit_bytes.map_or_else(dash, format_bytes),
             r.oom_kills.map_or_else(dash, |k| k.to_string()),
+            r.connections_per_second_milli
+                .map_or_else(dash, |c| format!("{:.1}", c as f64 / 1000.0)),
+            r.active_connections.map_or_else(dash, |a| a.to_string()),
             r.sample_age_ms
                 .map_or_else(dash, |ms| format!("{:.0}s", ms as f64 / 1000.0)),
         ]);
@@ -160,6 +168,8 @@ fn rows(response: pb::TopResponse) -> Top {
                     memory_request_bytes: requests.memory_bytes,
                     oom_kills: usage.as_ref().map(|u| u.oom_kills),
                     sample_age_ms: usage.as_ref().map(|_| r.age_ms),
+                    connections_per_second_milli: r.connections.map(|c| c.per_second_milli),
+                    active_connections: r.connections.map(|c| c.active),
                 }
             })
             .collect(),
@@ -198,6 +208,7 @@ mod tests {
                     memory_bytes: 1 << 28,
                 }),
                 age_ms: 0,
+                connections: None,
             }],
         });
         let r = &top.replicas[0];

@@ -156,8 +156,10 @@ impl AgentLink for AgentLinkService {
                             let usage = update.node_usage.map(Into::into);
                             let traffic = update.traffic.into_iter().map(Into::into).collect();
                             let samples = update.usage.into_iter().map(Into::into).collect();
+                            let replicas =
+                                update.replica_traffic.into_iter().map(Into::into).collect();
                             match coordinator
-                                .agent_status(&node, updates, usage, traffic, samples)
+                                .agent_status(&node, updates, usage, (traffic, replicas), samples)
                                 .await
                             {
                                 Ok(reported) if reported.foreign > 0 => {

@@ -551,13 +551,18 @@ impl Coordinator {
         Ok(serial)
     }
 
-    /// Records allocation status and proxy traffic reported by an agent.
+    /// Records allocation status and proxy traffic reported by an agent. `traffic` is the
+    /// node's proxy counts per revision and per replica, a full list in a traffic update
+    /// (never empty then) and empty in the others.
     pub async fn agent_status(
         &self,
         node: &str,
         updates: Vec<(String, AllocStatus)>,
         usage: Option<drover_proto::model::Resources>,
-        traffic: Vec<RevisionTraffic>,
+        traffic: (
+            Vec<RevisionTraffic>,
+            Vec<drover_proto::model::ReplicaTraffic>,
+        ),
         samples: Vec<drover_proto::model::AllocUsage>,
     ) -> Result<Reported, Error> {
         let mut inner = self.inner.lock().await;
@@ -570,6 +575,17 @@ impl Coordinator {
                 node,
                 samples,
                 |id| allocations.get(id).map(|a| a.node.as_str()),
+                now,
+            );
+        }
+        let (traffic, replicas) = traffic;
+        if !traffic.is_empty() {
+            let state = &mut inner.state;
+            let allocations = &state.stored.allocations;
+            reported.unknown += state.usage.observe_connections(
+                node,
+                replicas,
+                |id| allocations.contains_key(id),
                 now,
             );
         }
@@ -631,6 +647,7 @@ impl Coordinator {
             return;
         };
         inner.agents.remove(node);
+        inner.state.usage.forget_node(node);
         if let Some(entry) = inner.state.nodes.get_mut(node) {
             entry.health = NodeHealth::Disconnected;
             entry.reason = format!("agent stream ended: {cause}");

@@ -287,6 +287,12 @@ pub fn top(state: &ClusterState, name: &str, now_ms: u64) -> Option<pb::TopRespo
                 usage: observed.map(|o| (&o.usage).into()),
                 requests: Some(a.resources.into()),
                 age_ms: observed.map_or(0, |o| now_ms.saturating_sub(o.at_ms)),
+                connections: state.usage.connections(&a.id, now_ms).map(|load| {
+                    pb::ReplicaConnections {
+                        per_second_milli: load.per_second_milli,
+                        active: load.active,
+                    }
+                }),
             }
         })
         .collect();

@@ -93,6 +93,7 @@ async fn an_agent_speaks_only_for_its_own_node() {
                 node_usage: None,
                 usage: Vec::new(),
                 traffic: Vec::new(),
+                replica_traffic: Vec::new(),
             })),
         })
         .await

@@ -469,6 +469,12 @@ impl From<&crate::model::Autoscale> for pb::Autoscale {
                     resource: match m.resource {
                         ScaleResource::Cpu => pb::scale_metric::Resource::Cpu,
                         ScaleResource::Memory => pb::scale_metric::Resource::Memory,
+                        ScaleResource::ConnectionsPerSecond => {
+                            pb::scale_metric::Resource::ConnectionsPerSecond
+                        }
+                        ScaleResource::ActiveConnections => {
+                            pb::scale_metric::Resource::ActiveConnections
+                        }
                     }
                     .into(),
                     target: Some(match m.target {
@@ -527,6 +533,12 @@ impl TryFrom<pb::Autoscale> for crate::model::Autoscale {
                 let resource = match pb::scale_metric::Resource::try_from(m.resource) {
                     Ok(pb::scale_metric::Resource::Cpu) => ScaleResource::Cpu,
                     Ok(pb::scale_metric::Resource::Memory) => ScaleResource::Memory,
+                    Ok(pb::scale_metric::Resource::ConnectionsPerSecond) => {
+                        ScaleResource::ConnectionsPerSecond
+                    }
+                    Ok(pb::scale_metric::Resource::ActiveConnections) => {
+                        ScaleResource::ActiveConnections
+                    }
                     _ => {
                         return Err(ConvertError::new(
                             M,
@@ -1028,6 +1040,26 @@ impl From<&crate::model::RevisionTraffic> for pb::RevisionTraffic {
 }
 
 /// Infallible: every value is valid; a receiver ignores entries with an empty service name.
+impl From<&crate::model::ReplicaTraffic> for pb::ReplicaTraffic {
+    fn from(t: &crate::model::ReplicaTraffic) -> Self {
+        pb::ReplicaTraffic {
+            allocation_id: t.allocation_id.clone(),
+            connections: t.connections,
+            active: t.active,
+        }
+    }
+}
+
+impl From<pb::ReplicaTraffic> for crate::model::ReplicaTraffic {
+    fn from(t: pb::ReplicaTraffic) -> Self {
+        crate::model::ReplicaTraffic {
+            allocation_id: t.allocation_id,
+            connections: t.connections,
+            active: t.active,
+        }
+    }
+}
+
 impl From<pb::RevisionTraffic> for crate::model::RevisionTraffic {
     fn from(t: pb::RevisionTraffic) -> Self {
         crate::model::RevisionTraffic {

@@ -1,6 +1,7 @@
 //! Autoscaling through the real binaries: a CPU-burning Deployment behind its service, a
 //! HorizontalPodAutoscaler over it, a load generator; agents sample the replicas' cgroups,
-//! the coordinator decides with the HPA algorithm (decisions every 3 s here, not 15 s).
+//! the coordinator decides with the HPA algorithm (decisions every 3 s here, not 15 s). And
+//! a service scaled on the connections its proxies hold open to each replica.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,9 +52,14 @@ spec:
 
 /// The replica count of `burn` the coordinator wants.
 fn desired(coordinator: &DroverProcess) -> u64 {
+    desired_of(coordinator, "burn")
+}
+
+/// The replica count of `name` the coordinator wants.
+fn desired_of(coordinator: &DroverProcess, name: &str) -> u64 {
     let out = success(
-        &coordinator.cli(&["status", "burn", "-o", "json"]),
-        "drover status burn",
+        &coordinator.cli(&["status", name, "-o", "json"]),
+        &format!("drover status {name}"),
     );
     let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
     status["desired"]
@@ -230,5 +236,133 @@ fn a_cpu_bound_service_scales_out_under_load_and_back_without_a_failed_connectio
         "{message}"
     );
     assert_eq!(desired(&coordinator), 2);
+    drop(agents);
+}
+
+/// One replica of the seed's web server behind a LoadBalancer service on 8091, autoscaled
+/// 1 to 4 on the connections the proxies hold open to each replica (2 per replica).
+const CONNECTIONS_MANIFEST: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: conns}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: conns}}
+  template:
+    metadata: {labels: {app: conns}}
+    spec:
+      containers:
+        - name: web
+          image: user-service:latest
+          ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: conns}
+spec:
+  type: LoadBalancer
+  selector: {app: conns}
+  ports: [{port: 8091, targetPort: http}]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: conns}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: conns}
+  minReplicas: 1
+  maxReplicas: 4
+  metrics:
+    - type: Pods
+      pods:
+        metric: {name: active_connections}
+        target: {type: AverageValue, averageValue: 2}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 5}
+";
+
+/// The replicas of `conns` as `drover top -o json` lists them.
+fn top_replicas(coordinator: &DroverProcess) -> Vec<serde_json::Value> {
+    let top = success(
+        &coordinator.cli(&["top", "conns", "-o", "json"]),
+        "drover top conns",
+    );
+    let top: serde_json::Value = serde_json::from_str(&top).expect("top json");
+    top["replicas"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn open_connections_counted_by_the_proxies_scale_a_service() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("dir");
+    let coordinator =
+        DroverProcess::coordinator_with(&coordinator_dir, "autoscale_interval = \"2s\"\n");
+    let ips = ["127.0.0.201", "127.0.0.202"];
+    let mut agents = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let agent_dir = dir.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&agent_dir).expect("dir");
+        agents.push(DroverProcess::agent_with(
+            &agent_dir,
+            ip,
+            &unique_node(&format!("hpc{i}")),
+            &coordinator,
+            "cluster_ips = false\n",
+        ));
+    }
+    let manifest = dir.path().join("conns.yaml");
+    std::fs::write(&manifest, CONNECTIONS_MANIFEST).expect("write manifest");
+    coordinator.apply(&manifest);
+    wait_for("one replica healthy", Duration::from_secs(60), || {
+        healthy_nodes(&coordinator, "conns").len() == 1
+    });
+    let front = format!("{}:8091", ips[0]);
+    wait_for("the service answers", Duration::from_secs(30), || {
+        try_http_get_path(&front, "/").is_ok_and(|b| b.contains("user-service"))
+    });
+
+    // Six clients connect and send nothing yet: the proxy holds six connections to the one
+    // replica (busybox httpd waits 60 s for a request), 3 per replica of the target 2 ...
+    let idle: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| std::net::TcpStream::connect(&front).expect("connect"))
+        .collect();
+    wait_for(
+        "six open connections in drover top",
+        Duration::from_secs(20),
+        || {
+            top_replicas(&coordinator)
+                .iter()
+                .any(|r| r["active_connections"] == 6)
+        },
+    );
+    // ... so ceil(1 × 6/2) = 3 replicas.
+    wait_for("a scale-up to 3", Duration::from_secs(20), || {
+        desired_of(&coordinator, "conns") == 3
+    });
+    let events = success(&coordinator.cli(&["events"]), "drover events");
+    assert!(
+        events.contains("scaled conns 1 → 3: active_connections 6 per replica, target 2"),
+        "{events}"
+    );
+    wait_for("three replicas healthy", Duration::from_secs(60), || {
+        healthy_nodes(&coordinator, "conns").len() == 3
+    });
+    // The six stay on the first replica: 2 per replica on average, on target.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(desired_of(&coordinator, "conns"), 3);
+
+    // The clients finish their requests: nothing open, back to 1 after the 5 s window.
+    for mut stream in idle {
+        use std::io::{Read, Write};
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+            .expect("request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        assert!(answer.contains("user-service"), "{answer}");
+    }
+    wait_for("scaled back to 1", Duration::from_secs(60), || {
+        desired_of(&coordinator, "conns") == 1
+    });
     drop(agents);
 }

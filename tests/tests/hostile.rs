@@ -69,6 +69,7 @@ fn failed_statuses(ids: &[String]) -> pb::AgentMessage {
             node_usage: None,
             usage: Vec::new(),
             traffic: Vec::new(),
+            replica_traffic: Vec::new(),
         })),
     }
 }

@@ -139,6 +139,9 @@ struct Connections {
     current: HashSet<String>,
     /// Endpoints with at least one open connection.
     open: HashMap<String, Tracked>,
+    /// Connections handed to each endpoint since this proxy was created, for endpoints that
+    /// are current or still have open connections (the autoscalers' per-replica traffic).
+    handed: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -252,6 +255,22 @@ impl ServiceProxy {
         self.lock_balancer().endpoints_at(Instant::now())
     }
 
+    /// Per endpoint id: connections handed to it since this proxy was created (each connect
+    /// attempt that succeeded; adopted connections are not new) and how many are open now,
+    /// for endpoints that are current or still have open connections.
+    pub fn replica_traffic(&self) -> BTreeMap<String, (u64, u64)> {
+        let connections = self.lock_connections();
+        let mut all: BTreeMap<String, (u64, u64)> = connections
+            .handed
+            .iter()
+            .map(|(id, &handed)| (id.clone(), (handed, 0)))
+            .collect();
+        for (id, tracked) in &connections.open {
+            all.entry(id.clone()).or_default().1 = tracked.count as u64;
+        }
+        all
+    }
+
     /// Open connections per endpoint id (only endpoints with at least one).
     pub fn open_by_endpoint(&self) -> BTreeMap<String, usize> {
         self.lock_connections()
@@ -299,6 +318,12 @@ impl ServiceProxy {
             }
         }
         connections.current = current;
+        let Connections {
+            current,
+            open,
+            handed,
+        } = &mut *connections;
+        handed.retain(|id, _| current.contains(id) || open.contains_key(id));
     }
 
     fn lock_balancer(&self) -> MutexGuard<'_, Balancer> {
@@ -409,6 +434,11 @@ impl ServiceProxy {
                 return;
             };
             let mut lease = self.track(&endpoint.id);
+            *self
+                .lock_connections()
+                .handed
+                .entry(endpoint.id.clone())
+                .or_default() += 1;
             if let Err(e) = upstream.set_nodelay(true) {
                 debug!(service = %self.service, endpoint = %endpoint.id, error = %e,
                     "cannot set TCP_NODELAY on upstream");

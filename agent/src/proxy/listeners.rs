@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{RevisionTraffic, Strategy};
+use drover_proto::model::{ReplicaTraffic, RevisionTraffic, Strategy};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -62,6 +62,23 @@ pub struct ProxyManager {
     ended: TrafficTotals,
     /// Addresses two routes want, already reported (once each while the clash lasts).
     clashes: BTreeSet<SocketAddr>,
+}
+
+/// What a node's proxies counted, as the link sends it: outcomes per revision (canary
+/// analysis) and connections per replica (autoscaling), both cumulative.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeTraffic {
+    /// [`ProxyManager::traffic`].
+    pub revisions: Vec<RevisionTraffic>,
+    /// [`ProxyManager::replica_traffic`].
+    pub replicas: Vec<ReplicaTraffic>,
+}
+
+impl NodeTraffic {
+    /// Nothing counted yet.
+    pub fn is_empty(&self) -> bool {
+        self.revisions.is_empty() && self.replicas.is_empty()
+    }
 }
 
 /// A route's identity: service name and port.
@@ -295,6 +312,37 @@ impl ProxyManager {
             *all.entry(route.proxy.service().to_owned()).or_default() += route.proxy.snapshot();
         }
         all
+    }
+
+    /// Both kinds of counts, for the link.
+    pub fn node_traffic(&self) -> NodeTraffic {
+        NodeTraffic {
+            revisions: self.traffic(),
+            replicas: self.replica_traffic(),
+        }
+    }
+
+    /// What this node's proxies handed each replica, summed over every port of every
+    /// service selecting it (routes and removed routes still draining), sorted by
+    /// allocation id. A replica no proxy lists any more drops out, so its count may restart.
+    pub fn replica_traffic(&self) -> Vec<ReplicaTraffic> {
+        let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let proxies = self.routes.values().map(|route| &route.proxy);
+        for proxy in proxies.chain(self.retired.iter().map(|r| &r.proxy)) {
+            for (id, (handed, open)) in proxy.replica_traffic() {
+                let total = totals.entry(id).or_default();
+                total.0 += handed;
+                total.1 += open;
+            }
+        }
+        totals
+            .into_iter()
+            .map(|(allocation_id, (connections, active))| ReplicaTraffic {
+                allocation_id,
+                connections,
+                active,
+            })
+            .collect()
     }
 
     /// The node's connection outcomes per (workload, revision) since the manager was

@@ -24,4 +24,4 @@ mod test_sockets;
 pub use copy::START as MIN_BUFFER_SIZE;
 pub use counters::{CountersSnapshot, RevisionCounters, RevisionOutcomes, ServiceCounters};
 pub use forward::{ProxyConfig, ServiceProxy, serve};
-pub use listeners::{ProxyManager, ServiceRoute};
+pub use listeners::{NodeTraffic, ProxyManager, ServiceRoute};

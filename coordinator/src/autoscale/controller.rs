@@ -112,6 +112,8 @@ fn decide(
                 let request = match resource {
                     ScaleResource::Cpu => a.resources.cpu_millis,
                     ScaleResource::Memory => a.resources.memory_bytes.saturating_mul(1000),
+                    // No request: these take average-value targets only.
+                    ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections => 0,
                 };
                 Replica {
                     id: a.id.clone(),
@@ -131,30 +133,44 @@ fn decide(
         let samples: BTreeMap<String, Sample> = allocations
             .iter()
             .filter_map(|a| {
-                let observed = state.usage.latest(&a.id, now_ms)?;
-                let value = match metric.resource {
-                    ScaleResource::Cpu => observed.usage.cpu_millis,
-                    ScaleResource::Memory => {
-                        observed.usage.memory_working_set_bytes.saturating_mul(1000)
+                let (value, at, window) = match metric.resource {
+                    ScaleResource::Cpu | ScaleResource::Memory => {
+                        let observed = state.usage.latest(&a.id, now_ms)?;
+                        let value = if metric.resource == ScaleResource::Cpu {
+                            observed.usage.cpu_millis
+                        } else {
+                            observed.usage.memory_working_set_bytes.saturating_mul(1000)
+                        };
+                        (value, observed.at_ms, observed.usage.window_ms)
+                    }
+                    ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections => {
+                        let load = state.usage.connections(&a.id, now_ms)?;
+                        let value = if metric.resource == ScaleResource::ActiveConnections {
+                            load.active.saturating_mul(1000)
+                        } else {
+                            load.per_second_milli
+                        };
+                        (value, load.at_ms, load.window_ms)
                     }
                 };
                 Some((
                     a.id.clone(),
                     Sample {
                         value_milli: i64::try_from(value).unwrap_or(i64::MAX),
-                        at: observed.at_ms,
-                        window: observed.usage.window_ms,
+                        at,
+                        window,
                     },
                 ))
             })
             .collect();
         let target = match (metric.target, metric.resource) {
             (ScaleTarget::Utilization(p), _) => Target::Utilization(p),
-            (ScaleTarget::AverageValue(v), ScaleResource::Cpu) => {
-                Target::AverageValue(i64::try_from(v).unwrap_or(i64::MAX))
-            }
             (ScaleTarget::AverageValue(v), ScaleResource::Memory) => {
                 Target::AverageValue(i64::try_from(v.saturating_mul(1000)).unwrap_or(i64::MAX))
+            }
+            // Millicores, and thousandths of a connection: already in thousandths.
+            (ScaleTarget::AverageValue(v), _) => {
+                Target::AverageValue(i64::try_from(v).unwrap_or(i64::MAX))
             }
         };
         let input = Metric {
@@ -234,11 +250,14 @@ fn why(reason: hpa::Reason, measured: &[Measured], autoscale: &Autoscale) -> Str
                     let show = |v: u64| match m.resource {
                         ScaleResource::Cpu => format_cpu(v),
                         ScaleResource::Memory => format_bytes(v),
+                        ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections => {
+                            format_thousandths(v)
+                        }
                     };
                     let current = u64::try_from(current).unwrap_or(0);
                     let current = match m.resource {
-                        ScaleResource::Cpu => current,
                         ScaleResource::Memory => current / 1000,
+                        _ => current,
                     };
                     format!(
                         "{name} {} per replica, target {}",
@@ -260,6 +279,16 @@ fn why(reason: hpa::Reason, measured: &[Measured], autoscale: &Autoscale) -> Str
         _ => String::new(),
     };
     format!("{}{held}", metrics.join(", "))
+}
+
+/// A count kept in thousandths, as a person writes it: 2500 is "2.5", 20000 is "20".
+fn format_thousandths(v: u64) -> String {
+    let (whole, rest) = (v / 1000, v % 1000);
+    if rest == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{rest:03}").trim_end_matches('0'))
+    }
 }
 
 #[cfg(test)]

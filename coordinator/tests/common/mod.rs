@@ -272,6 +272,7 @@ impl FakeAgent {
             .send(pb::AgentMessage {
                 body: Some(pb::agent_message::Body::Status(pb::StatusUpdate {
                     traffic: Vec::new(),
+                    replica_traffic: Vec::new(),
                     allocations,
                     node_usage: None,
                     usage: Vec::new(),

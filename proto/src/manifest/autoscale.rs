@@ -52,8 +52,8 @@ struct MetricInput {
     #[serde(rename = "type")]
     kind: String,
     resource: Option<ResourceMetricInput>,
+    pods: Option<PodsMetricInput>,
     // Named so that a refusal can say what would be lost.
-    pods: Option<IgnoredAny>,
     object: Option<IgnoredAny>,
     external: Option<IgnoredAny>,
     #[serde(rename = "containerResource")]
@@ -65,6 +65,22 @@ struct MetricInput {
 struct ResourceMetricInput {
     name: String,
     target: TargetInput,
+}
+
+/// A `Pods` metric: an average over the replicas of a metric each one has; Drover's proxies
+/// give every replica `connections_per_second` and `active_connections`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodsMetricInput {
+    metric: MetricIdentifier,
+    target: TargetInput,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricIdentifier {
+    name: String,
+    selector: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +169,7 @@ impl AutoscaleInput {
             let requested = match metric.resource {
                 ScaleResource::Cpu => resources.cpu_millis,
                 ScaleResource::Memory => resources.memory_bytes,
+                ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections => continue,
             };
             if matches!(metric.target, ScaleTarget::Utilization(_)) && requested == 0 {
                 let name = metric.resource.as_str();
@@ -186,28 +203,125 @@ impl AutoscaleInput {
 }
 
 fn convert_metric(errors: &mut Errors, path: &str, metric: MetricInput) -> Option<ScaleMetric> {
-    if metric.kind != "Resource" {
+    let others = |kind: &str| match kind {
+        "Resource" => [
+            metric.pods.is_some(),
+            metric.object.is_some(),
+            metric.external.is_some(),
+            metric.container_resource.is_some(),
+        ],
+        _ => [
+            metric.resource.is_some(),
+            metric.object.is_some(),
+            metric.external.is_some(),
+            metric.container_resource.is_some(),
+        ],
+    };
+    match metric.kind.as_str() {
+        "Resource" | "Pods" if others(&metric.kind).contains(&true) => {
+            let field = if metric.kind == "Pods" {
+                "pods"
+            } else {
+                "resource"
+            };
+            errors.push(path, format!("a {} metric has only `{field}`", metric.kind));
+            None
+        }
+        "Resource" => {
+            let Some(resource) = metric.resource else {
+                errors.push(at(path, "resource"), "a Resource metric needs `resource`");
+                return None;
+            };
+            convert_resource_metric(errors, path, resource)
+        }
+        "Pods" => {
+            let Some(pods) = metric.pods else {
+                errors.push(at(path, "pods"), "a Pods metric needs `pods`");
+                return None;
+            };
+            convert_pods_metric(errors, &at(path, "pods"), pods)
+        }
+        other => {
+            errors.push(
+                at(path, "type"),
+                format!(
+                    "metrics of type {other} are not supported: Drover measures each replica's cpu and memory itself (type: Resource) and its proxies count each replica's connections (type: Pods, connections_per_second or active_connections); no metrics pipeline feeds Object or External metrics"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A `Pods` metric, from the proxies' counts.
+fn convert_pods_metric(
+    errors: &mut Errors,
+    path: &str,
+    pods: PodsMetricInput,
+) -> Option<ScaleMetric> {
+    let metric_path = at(path, "metric");
+    if pods.metric.selector.is_some() {
         errors.push(
-            at(path, "type"),
-            format!(
-                "metrics of type {} are not supported: Drover measures each replica's cpu and memory itself (type: Resource); no metrics pipeline feeds Pods, Object or External metrics",
-                metric.kind
-            ),
+            at(&metric_path, "selector"),
+            "a metric selector is not supported: the proxies' metrics have no labels to select on",
         );
         return None;
     }
-    if metric.pods.is_some()
-        || metric.object.is_some()
-        || metric.external.is_some()
-        || metric.container_resource.is_some()
-    {
-        errors.push(path, "a Resource metric has only `resource`");
-        return None;
-    }
-    let Some(resource) = metric.resource else {
-        errors.push(at(path, "resource"), "a Resource metric needs `resource`");
+    let resource = match pods.metric.name.as_str() {
+        "connections_per_second" => ScaleResource::ConnectionsPerSecond,
+        "active_connections" => ScaleResource::ActiveConnections,
+        other => {
+            errors.push(
+                at(&metric_path, "name"),
+                format!(
+                    "pod metric {other:?} is not measured: Drover's proxies count connections_per_second and active_connections"
+                ),
+            );
+            return None;
+        }
+    };
+    let path = at(path, "target");
+    let target = pods.target;
+    let (kind, Some(text), None, None) = (
+        target.kind.as_str(),
+        target.average_value,
+        target.average_utilization,
+        target.value,
+    ) else {
+        errors.push(
+            &path,
+            "a Pods metric's target is type AverageValue with averageValue (per replica), and only it",
+        );
         return None;
     };
+    if kind != "AverageValue" {
+        errors.push(
+            at(&path, "type"),
+            format!("target type {kind:?}: a Pods metric takes AverageValue"),
+        );
+        return None;
+    }
+    // A plain quantity in thousandths: "10" is 10000, "500m" is 500 (as CPU is written).
+    let value = errors.check(
+        at(&path, "averageValue"),
+        parse_cpu(&text.0).map_err(|e| e.to_string()),
+    )?;
+    if value == 0 {
+        errors.push(at(&path, "averageValue"), "must be more than 0");
+        return None;
+    }
+    Some(ScaleMetric {
+        resource,
+        target: ScaleTarget::AverageValue(value),
+    })
+}
+
+/// A `Resource` metric: cpu or memory, from the cgroups.
+fn convert_resource_metric(
+    errors: &mut Errors,
+    path: &str,
+    resource: ResourceMetricInput,
+) -> Option<ScaleMetric> {
     let path = at(path, "resource");
     let name = match resource.name.as_str() {
         "cpu" => ScaleResource::Cpu,
@@ -239,8 +353,8 @@ fn convert_metric(errors: &mut Errors, path: &str, metric: MetricInput) -> Optio
         ),
         ("AverageValue", None, Some(text)) => {
             let parsed = match name {
-                ScaleResource::Cpu => parse_cpu(&text.0),
                 ScaleResource::Memory => parse_memory(&text.0),
+                _ => parse_cpu(&text.0),
             };
             let value =
                 errors.check(at(&path, "averageValue"), parsed.map_err(|e| e.to_string()))?;

@@ -611,6 +611,10 @@ pub enum ScaleResource {
     Cpu,
     /// Memory working set (bytes).
     Memory,
+    /// New connections per second handed to a replica by every node's proxy (thousandths).
+    ConnectionsPerSecond,
+    /// Connections open to a replica through the proxies (thousandths).
+    ActiveConnections,
 }
 
 impl ScaleResource {
@@ -619,7 +623,17 @@ impl ScaleResource {
         match self {
             ScaleResource::Cpu => "cpu",
             ScaleResource::Memory => "memory",
+            ScaleResource::ConnectionsPerSecond => "connections_per_second",
+            ScaleResource::ActiveConnections => "active_connections",
         }
+    }
+
+    /// Measured by the proxies rather than the container's cgroup.
+    pub fn is_traffic(self) -> bool {
+        matches!(
+            self,
+            ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections
+        )
     }
 }
 
@@ -972,6 +986,18 @@ pub struct RevisionTraffic {
     /// Of those: the connect failed (refused, timed out), or the replica closed or reset the
     /// connection before its first answer byte.
     pub failed: u64,
+}
+
+/// Connections one node's proxies made to one replica (on any node), counted since the
+/// agent started: the per-replica traffic an autoscaler can target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaTraffic {
+    /// The allocation.
+    pub allocation_id: String,
+    /// Connections handed to it (cumulative).
+    pub connections: u64,
+    /// Of those, open now.
+    pub active: u64,
 }
 
 /// What one replica used over its agent's last sampling interval, from its cgroup.

@@ -151,3 +151,46 @@ fn an_operator_scale_of_an_autoscaled_workload_is_refused() {
     );
     assert!(changes.is_empty());
 }
+
+#[test]
+fn the_proxies_connection_counts_are_targets_too() {
+    let mut state = state(2);
+    let record = state.stored.workloads.get_mut("web").expect("web");
+    if let Some(autoscale) = record.autoscale.as_mut() {
+        autoscale.metrics = vec![
+            ScaleMetric {
+                resource: ScaleResource::ActiveConnections,
+                target: ScaleTarget::AverageValue(2_000),
+            },
+            ScaleMetric {
+                resource: ScaleResource::ConnectionsPerSecond,
+                target: ScaleTarget::AverageValue(100_000),
+            },
+        ];
+    }
+    let known = |id: &str| id.starts_with("web.");
+    let count = |id: &str, connections, active| drover_proto::model::ReplicaTraffic {
+        allocation_id: id.into(),
+        connections,
+        active,
+    };
+    // Two nodes' proxies: web.1 has 3 + 2 open, web.2 has 1 + 0; over 10 s, 300 + 200 new
+    // connections to web.1 and 100 to web.2 (50/s and 10/s).
+    for (at, new) in [(NOW - 10_000, 0), (NOW, 1)] {
+        let n1 = vec![count("web.1", 300 * new, 3), count("web.2", 100 * new, 1)];
+        let n2 = vec![count("web.1", 200 * new, 2), count("web.2", 0, 0)];
+        state.usage.observe_connections("n1", n1, known, at);
+        state.usage.observe_connections("n2", n2, known, at);
+    }
+    let mut autoscalers = Autoscalers::default();
+    let (writes, events) = run(&state, &mut autoscalers, NOW);
+    // Active: 6 over 2 replicas = 3 per replica, target 2: ceil(2 × 3/2) = 3. The rate (30/s
+    // per replica, target 100/s) proposes fewer; the largest proposal wins.
+    assert_eq!(replicas_written(&writes), Some(3));
+    assert_eq!(
+        events,
+        [
+            "scaled web 2 → 3: active_connections 3 per replica, target 2, connections_per_second 30 per replica, target 100"
+        ]
+    );
+}

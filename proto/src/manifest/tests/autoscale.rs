@@ -98,12 +98,13 @@ fn drovers_own_document_has_spec_autoscale() {
 fn every_problem_of_an_autoscaler_is_named() {
     let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  \
                scaleTargetRef: {kind: Deployment, name: web}\n  minReplicas: 5\n  maxReplicas: 3\n  metrics:\n    \
-               - type: Pods\n      pods: {}\n    - type: Resource\n      resource: {name: gpu, target: {type: Utilization, averageUtilization: 5}}\n  \
+               - type: Object\n      object: {}\n    - type: Pods\n      pods: {metric: {name: qps}, target: {type: AverageValue, averageValue: 10}}\n    - type: Resource\n      resource: {name: gpu, target: {type: Utilization, averageUtilization: 5}}\n  \
                behavior:\n    scaleUp: {selectPolicy: Fastest, policies: [{type: Pods, value: 0, periodSeconds: 4000}]}\n";
     let message = refused(&[("app.yaml", &format!("{DEPLOYMENT}---\n{hpa}"))]);
     for expected in [
         "spec.maxReplicas",
-        "metrics of type Pods are not supported",
+        "metrics of type Object are not supported",
+        "spec.metrics[1].pods.metric.name: pod metric \"qps\" is not measured",
         "resource \"gpu\" is not measured",
         "spec.behavior.scaleUp.selectPolicy",
         "spec.behavior.scaleUp.policies[0].value",
@@ -127,6 +128,38 @@ fn a_target_outside_the_apply_or_without_a_request_is_refused() {
     let message = refused(&[("app.yaml", &format!("{no_request}---\n{HPA}"))]);
     assert!(
         message.contains("a cpu utilization target needs the workload to request cpu"),
+        "{message}"
+    );
+}
+
+#[test]
+fn pods_metrics_are_the_proxies_connection_counts() {
+    let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  \
+               scaleTargetRef: {kind: Deployment, name: web}\n  maxReplicas: 8\n  metrics:\n    \
+               - type: Pods\n      pods: {metric: {name: connections_per_second}, target: {type: AverageValue, averageValue: 50}}\n    \
+               - type: Pods\n      pods: {metric: {name: active_connections}, target: {type: AverageValue, averageValue: 2500m}}\n";
+    let autoscale = autoscale_of(&format!("{DEPLOYMENT}---\n{hpa}")).expect("autoscaled");
+    assert_eq!(
+        autoscale.metrics,
+        [
+            ScaleMetric {
+                resource: ScaleResource::ConnectionsPerSecond,
+                target: ScaleTarget::AverageValue(50_000),
+            },
+            ScaleMetric {
+                resource: ScaleResource::ActiveConnections,
+                target: ScaleTarget::AverageValue(2_500),
+            },
+        ]
+    );
+    let utilization = hpa.replace(
+        "{type: AverageValue, averageValue: 50}",
+        "{type: Utilization, averageUtilization: 50}",
+    );
+    let message = refused(&[("app.yaml", &format!("{DEPLOYMENT}---\n{utilization}"))]);
+    assert!(
+        message
+            .contains("spec.metrics[0].pods.target: a Pods metric's target is type AverageValue"),
         "{message}"
     );
 }
