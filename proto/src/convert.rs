@@ -1039,7 +1039,8 @@ impl From<&crate::model::RevisionTraffic> for pb::RevisionTraffic {
     }
 }
 
-/// Infallible: every value is valid; a receiver ignores entries with an empty service name.
+/// Infallible: every value is valid; a receiver ignores entries for allocations it does not
+/// know.
 impl From<&crate::model::ReplicaTraffic> for pb::ReplicaTraffic {
     fn from(t: &crate::model::ReplicaTraffic) -> Self {
         pb::ReplicaTraffic {

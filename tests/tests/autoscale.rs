@@ -110,27 +110,51 @@ fn client(
     })
 }
 
+/// A coordinator deciding every `interval` and one agent per address of `ips` (nodes named
+/// `prefix0`, `prefix1`, …, each with `agent_config`), all under `dir`.
+fn cluster(
+    dir: &std::path::Path,
+    interval: &str,
+    ips: &[&str],
+    prefix: &str,
+    agent_config: &str,
+) -> (DroverProcess, Vec<DroverProcess>) {
+    let coordinator_dir = dir.join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("dir");
+    let coordinator = DroverProcess::coordinator_with(
+        &coordinator_dir,
+        &format!("autoscale_interval = \"{interval}\"\n"),
+    );
+    let agents = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let agent_dir = dir.join(format!("agent{i}"));
+            std::fs::create_dir_all(&agent_dir).expect("dir");
+            DroverProcess::agent_with(
+                &agent_dir,
+                ip,
+                &unique_node(&format!("{prefix}{i}")),
+                &coordinator,
+                agent_config,
+            )
+        })
+        .collect();
+    (coordinator, agents)
+}
+
 #[test]
 fn a_cpu_bound_service_scales_out_under_load_and_back_without_a_failed_connection() {
     build_images();
     let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("dir");
-    let coordinator =
-        DroverProcess::coordinator_with(&coordinator_dir, "autoscale_interval = \"3s\"\n");
     let ips = ["127.0.0.185", "127.0.0.190"];
-    let mut agents = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let agent_dir = dir.path().join(format!("agent{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("dir");
-        agents.push(DroverProcess::agent_with(
-            &agent_dir,
-            ip,
-            &unique_node(&format!("hpa{i}")),
-            &coordinator,
-            "cluster_ips = false\nusage_interval = \"1s\"\n",
-        ));
-    }
+    let (coordinator, agents) = cluster(
+        dir.path(),
+        "3s",
+        &ips,
+        "hpa",
+        "cluster_ips = false\nusage_interval = \"1s\"\n",
+    );
     let manifest = dir.path().join("burn.yaml");
     std::fs::write(&manifest, MANIFEST).expect("write manifest");
     coordinator.apply(&manifest);
@@ -293,23 +317,8 @@ fn top_replicas(coordinator: &DroverProcess) -> Vec<serde_json::Value> {
 fn open_connections_counted_by_the_proxies_scale_a_service() {
     build_images();
     let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coordinator_dir).expect("dir");
-    let coordinator =
-        DroverProcess::coordinator_with(&coordinator_dir, "autoscale_interval = \"2s\"\n");
     let ips = ["127.0.0.201", "127.0.0.202"];
-    let mut agents = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let agent_dir = dir.path().join(format!("agent{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("dir");
-        agents.push(DroverProcess::agent_with(
-            &agent_dir,
-            ip,
-            &unique_node(&format!("hpc{i}")),
-            &coordinator,
-            "cluster_ips = false\n",
-        ));
-    }
+    let (coordinator, agents) = cluster(dir.path(), "2s", &ips, "hpc", "cluster_ips = false\n");
     let manifest = dir.path().join("conns.yaml");
     std::fs::write(&manifest, CONNECTIONS_MANIFEST).expect("write manifest");
     coordinator.apply(&manifest);
