@@ -772,7 +772,7 @@ mod tests {
             service: "web".into(),
             revision: 1,
             node: "n1".into(),
-            resources: Resources::default(),
+            resources: spec.resources,
             desired: drover_proto::model::DesiredState::Run,
             created_unix_ms: 0,
         };

@@ -91,6 +91,7 @@ conformance_tests!(
     exec_exit_codes,
     usage,
     fixed_host_port,
+    update_resources_in_place,
 );
 
 #[tokio::test]
@@ -244,14 +245,15 @@ async fn limits_and_no_restart_policy_reach_the_engine() {
         .args([
             "inspect",
             "--format",
-            "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.Init}}",
+            "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.Init}}",
             &id,
         ])
         .output()
         .expect("docker inspect");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
-        "250000000 67108864 no false"
+        // No swap beyond the memory limit, as an update in place sets it.
+        "250000000 67108864 67108864 no false"
     );
 
     runtime.start(&id).await.expect("start");

@@ -53,6 +53,31 @@ fn require_podman() {
     }
 }
 
+/// Whether this Podman's Docker-compatible API can change a running container's limits:
+/// its container update endpoint came with Podman 5.1.
+fn podman_updates_limits() -> bool {
+    let output = Command::new("podman")
+        .args(["version", "--format", "{{.Client.Version}}"])
+        .output()
+        .expect("podman version");
+    let version = String::from_utf8_lossy(&output.stdout);
+    let mut parts = version.trim().split(['.', '-']);
+    let mut number = || parts.next().and_then(|part| part.parse::<u32>().ok());
+    let (major, minor) = (number(), number());
+    let (Some(major), Some(minor)) = (major, minor) else {
+        panic!("podman version {:?}: not MAJOR.MINOR…", version.trim());
+    };
+    eprintln!(
+        "podman {major}.{minor}: container updates {}",
+        if (major, minor) >= (5, 1) {
+            "expected to work"
+        } else {
+            "expected unsupported"
+        }
+    );
+    (major, minor) >= (5, 1)
+}
+
 /// Builds the images into Podman's storage once per test binary; the script is idempotent
 /// and locked.
 fn build_images() {
@@ -203,9 +228,13 @@ async fn setup() -> Setup {
         .await
         .unwrap_or_else(|err| panic!("connect to podman: {err}\n{}", service.log_text()));
     let node = unique_node("podman");
+    let mut fixture = Fixture::new(&node, TEST_IMAGE);
+    if !podman_updates_limits() {
+        fixture = fixture.without_limit_updates();
+    }
     Setup {
         runtime,
-        fixture: Fixture::new(&node, TEST_IMAGE),
+        fixture,
         _cleanup: Cleanup {
             cli: "podman",
             node,
@@ -237,6 +266,7 @@ conformance_tests!(
     exec_exit_codes,
     usage,
     fixed_host_port,
+    update_resources_in_place,
 );
 
 #[tokio::test]

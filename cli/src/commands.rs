@@ -229,6 +229,80 @@ struct StatusView {
     rollout: Option<crate::rollout::RolloutView>,
     /// The autoscaler, in words (`2..10 replicas on cpu 60%`).
     autoscale: Option<String>,
+    /// The vertical autoscaler, in words (`InPlace on cpu and memory (spec.verticalAutoscale)`).
+    vertical_autoscale: Option<String>,
+    /// Its recommendation per replica, once it has samples.
+    recommendation: Option<RecommendationView>,
+}
+
+/// A vertical autoscaler's recommendation per replica.
+#[derive(Debug, serde::Serialize)]
+struct RecommendationView {
+    target: Resources,
+    lower: Resources,
+    upper: Resources,
+}
+
+/// A vertical autoscaler in words: its mode, resources, bounds and source.
+fn vertical_line(vertical: &pb::VerticalAutoscale) -> String {
+    let mode = match pb::vertical_autoscale::Mode::try_from(vertical.mode) {
+        Ok(pb::vertical_autoscale::Mode::Off) => "Off (recommends only)",
+        Ok(pb::vertical_autoscale::Mode::Initial) => "Initial (new replicas)",
+        Ok(pb::vertical_autoscale::Mode::InPlace) => "InPlace",
+        Ok(pb::vertical_autoscale::Mode::Recreate) => "Recreate",
+        Err(_) => "unknown mode",
+    };
+    let controls = match (vertical.controls_cpu, vertical.controls_memory) {
+        (true, true) => "cpu and memory",
+        (true, false) => "cpu",
+        _ => "memory",
+    };
+    let (min, max) = (
+        vertical.min_allowed.unwrap_or_default(),
+        vertical.max_allowed.unwrap_or_default(),
+    );
+    let bound = |min: u64, max: u64, format: fn(u64) -> String| match (min, max) {
+        (0, 0) => None,
+        (min, 0) => Some(format!("at least {}", format(min))),
+        (0, max) => Some(format!("at most {}", format(max))),
+        (min, max) => Some(format!("{}..{}", format(min), format(max))),
+    };
+    let bounds: Vec<String> = [
+        bound(min.cpu_millis, max.cpu_millis, format_cpu).map(|b| format!("cpu {b}")),
+        bound(min.memory_bytes, max.memory_bytes, format_bytes).map(|b| format!("memory {b}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let bounds = if bounds.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", bounds.join(", "))
+    };
+    let source = if vertical.source.is_empty() {
+        "spec.verticalAutoscale".to_string()
+    } else {
+        format!("VerticalPodAutoscaler {}", vertical.source)
+    };
+    format!("{mode} on {controls}{bounds} ({source})")
+}
+
+/// An upper bound: unbounded while the history is too short to trust.
+fn upper_text(r: &Resources) -> String {
+    if r.cpu_millis == u64::MAX || r.memory_bytes == u64::MAX {
+        "none yet: the history is too short".to_string()
+    } else {
+        resources_text(r)
+    }
+}
+
+/// `cpu 250m, memory 64Mi`.
+fn resources_text(r: &Resources) -> String {
+    format!(
+        "cpu {}, memory {}",
+        format_cpu(r.cpu_millis),
+        format_bytes(r.memory_bytes)
+    )
 }
 
 /// An autoscaler in words: its bounds, metrics and source.
@@ -237,15 +311,25 @@ fn autoscale_line(autoscale: &pb::Autoscale) -> String {
         .metrics
         .iter()
         .map(|m| {
-            let cpu = m.resource == pb::scale_metric::Resource::Cpu as i32;
-            let name = if cpu { "cpu" } else { "memory" };
+            use pb::scale_metric::Resource;
+            let resource = Resource::try_from(m.resource).unwrap_or(Resource::Unspecified);
+            let name = match resource {
+                Resource::Cpu => "cpu",
+                Resource::Memory => "memory",
+                Resource::ConnectionsPerSecond => "connections_per_second",
+                Resource::ActiveConnections => "active_connections",
+                Resource::Unspecified => "unknown metric",
+            };
+            let value = |v: u64| match resource {
+                Resource::Cpu => format_cpu(v),
+                Resource::Memory => format_bytes(v),
+                // Thousandths of a connection, as Kubernetes quantities write them.
+                _ => format_cpu(v),
+            };
             match m.target {
                 Some(pb::scale_metric::Target::Utilization(p)) => format!("{name} {p}% of request"),
-                Some(pb::scale_metric::Target::AverageValue(v)) if cpu => {
-                    format!("{name} {} per replica", format_cpu(v))
-                }
                 Some(pb::scale_metric::Target::AverageValue(v)) => {
-                    format!("{name} {} per replica", format_bytes(v))
+                    format!("{name} {} per replica", value(v))
                 }
                 None => format!("{name} ?"),
             }
@@ -310,6 +394,19 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
             .as_ref()
             .and_then(|spec| spec.autoscale.as_ref())
             .map(autoscale_line),
+        vertical_autoscale: response
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.vertical_autoscale.as_ref())
+            .map(vertical_line),
+        recommendation: response
+            .recommendation
+            .as_ref()
+            .map(|r| RecommendationView {
+                target: r.target.unwrap_or_default().into(),
+                lower: r.lower.unwrap_or_default().into(),
+                upper: r.upper.unwrap_or_default().into(),
+            }),
     };
     if format == Format::Json {
         return print_json(&view);
@@ -353,6 +450,18 @@ pub async fn status(target: &str, service: &str, format: Format) -> anyhow::Resu
     say!("Traffic:   {weights}");
     if let Some(autoscale) = &view.autoscale {
         say!("Autoscale: {autoscale}");
+    }
+    if let Some(vertical) = &view.vertical_autoscale {
+        say!("Vertical:  {vertical}");
+        match &view.recommendation {
+            Some(r) => say!(
+                "Recommend: {} per replica (lower bound {}; upper bound {})",
+                resources_text(&r.target),
+                resources_text(&r.lower),
+                upper_text(&r.upper)
+            ),
+            None => say!("Recommend: none yet (no usage sample)"),
+        }
     }
     if !s.services.is_empty() {
         say!("Services:  {}", s.services.join(", "));

@@ -267,7 +267,7 @@ impl Coordinator {
             .stored
             .workloads
             .values()
-            .any(|r| r.autoscale.is_some());
+            .any(|r| r.autoscale.is_some() || r.vertical_autoscale.is_some());
         let autoscale_at = autoscaled.then_some(inner.autoscalers.next_ms);
         let next = [
             failure::next_deadline(&inner.state, now),
@@ -285,7 +285,9 @@ impl Coordinator {
     async fn autoscale(&self, inner: &mut Inner) -> Result<(), Error> {
         let now = now_unix_ms();
         let mut changes = ChangeSet::new(&inner.state, now);
-        inner.autoscalers.run(&inner.state, now, &mut changes);
+        if let Some(recommendations) = inner.autoscalers.run(&inner.state, now, &mut changes) {
+            inner.state.recommendations = recommendations;
+        }
         self.commit(inner, changes).await
     }
 

@@ -68,3 +68,5 @@ pub const SERVICE_CHANGED: &str = "service_changed";
 pub const SERVICE_REMOVED: &str = "service_removed";
 /// An autoscaler changed a workload's replica count.
 pub const AUTOSCALED: &str = "autoscaled";
+/// A vertical autoscaler changed a running replica's resources in place.
+pub const RESIZED: &str = "resized";

@@ -151,6 +151,7 @@ fn apply_workloads(
         record.traffic = spec.traffic.clone();
         record.update = spec.update.clone();
         record.autoscale = spec.autoscale.clone();
+        record.vertical_autoscale = spec.vertical_autoscale.clone();
         record.updated_unix_ms = now;
         if let Some(paused) = spec.update.paused {
             record.paused = paused;

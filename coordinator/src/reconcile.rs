@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drover_proto::model::{AllocState, Allocation, DesiredState, NodeHealth, WorkloadSpec};
 
+use crate::autoscale::resize;
 use crate::changes::ChangeSet;
 use crate::events;
 use crate::rollout;
@@ -69,6 +70,7 @@ pub fn rollout_input<'a>(
             image_failure: status.is_some_and(|s| s.image_failure),
             ready_since_ms: state.ready_since.get(&alloc.id).copied(),
             draining: state.node_flags(&alloc.node).draining,
+            resize: resize::replacement(state, record, alloc),
             node_ready: state.node_health(&alloc.node) == NodeHealth::Ready,
         });
     }
@@ -138,7 +140,7 @@ pub fn plan(state: &ClusterState, now_unix_ms: u64) -> Plan {
                 continue;
             };
             wanted.push(Wanted {
-                spec: spec.clone(),
+                spec: resize::sized(state, name, spec),
                 revision: placing.revision,
                 count: placing.count,
                 failed: placing.failed,

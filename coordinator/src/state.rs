@@ -87,6 +87,8 @@ pub struct ClusterState {
     pub boot: u64,
     /// What replicas use, as their agents last measured.
     pub usage: crate::usage::UsageHistory,
+    /// The vertical autoscalers' last recommendations, by workload.
+    pub recommendations: BTreeMap<String, crate::autoscale::vpa::Recommendation>,
 }
 
 impl ClusterState {
@@ -165,6 +167,7 @@ impl ClusterState {
         spec.traffic = record.traffic.clone();
         spec.update = record.update.clone();
         spec.autoscale = record.autoscale.clone();
+        spec.vertical_autoscale = record.vertical_autoscale.clone();
         Some((record, spec))
     }
 

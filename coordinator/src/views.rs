@@ -128,6 +128,14 @@ pub fn service_status(
         allocations,
         rollout: rollout_status(state, name, now_unix_ms()),
         stable_revision: record.stable_revision.unwrap_or(0),
+        recommendation: state
+            .recommendations
+            .get(name)
+            .map(|r| pb::ResourceRecommendation {
+                target: Some(r.target.into()),
+                lower: Some(r.lower.into()),
+                upper: Some(r.upper.into()),
+            }),
     })
 }
 

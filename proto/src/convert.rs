@@ -434,6 +434,7 @@ impl From<&WorkloadSpec> for pb::WorkloadSpec {
             labels: s.labels.clone().into_iter().collect(),
             pod_labels: s.pod_labels.clone().into_iter().collect(),
             autoscale: s.autoscale.as_ref().map(Into::into),
+            vertical_autoscale: s.vertical_autoscale.as_ref().map(Into::into),
         }
     }
 }
@@ -487,6 +488,74 @@ impl From<&crate::model::Autoscale> for pb::Autoscale {
             scale_down: Some(rules(&a.scale_down)),
             source: a.source.clone().unwrap_or_default(),
         }
+    }
+}
+
+impl From<&crate::model::VerticalAutoscale> for pb::VerticalAutoscale {
+    fn from(v: &crate::model::VerticalAutoscale) -> Self {
+        use crate::model::VerticalMode;
+        pb::VerticalAutoscale {
+            mode: match v.mode {
+                VerticalMode::Off => pb::vertical_autoscale::Mode::Off,
+                VerticalMode::Initial => pb::vertical_autoscale::Mode::Initial,
+                VerticalMode::InPlace => pb::vertical_autoscale::Mode::InPlace,
+                VerticalMode::Recreate => pb::vertical_autoscale::Mode::Recreate,
+            }
+            .into(),
+            min_allowed: Some(v.min_allowed.into()),
+            max_allowed: Some(v.max_allowed.into()),
+            controls_cpu: v.controls_cpu,
+            controls_memory: v.controls_memory,
+            source: v.source.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::VerticalAutoscale> for crate::model::VerticalAutoscale {
+    type Error = ConvertError;
+
+    fn try_from(v: pb::VerticalAutoscale) -> Result<Self, ConvertError> {
+        use crate::model::VerticalMode;
+        const M: &str = "VerticalAutoscale";
+        let mode = match pb::vertical_autoscale::Mode::try_from(v.mode) {
+            Ok(pb::vertical_autoscale::Mode::Off) => VerticalMode::Off,
+            Ok(pb::vertical_autoscale::Mode::Initial) => VerticalMode::Initial,
+            Ok(pb::vertical_autoscale::Mode::InPlace) => VerticalMode::InPlace,
+            Ok(pb::vertical_autoscale::Mode::Recreate) => VerticalMode::Recreate,
+            Err(_) => {
+                return Err(ConvertError::new(
+                    M,
+                    "mode",
+                    format!("unknown mode {}", v.mode),
+                ));
+            }
+        };
+        if !v.controls_cpu && !v.controls_memory {
+            return Err(ConvertError::new(
+                M,
+                "controls_cpu",
+                "controls neither cpu nor memory",
+            ));
+        }
+        let (min_allowed, max_allowed) = (resources(v.min_allowed), resources(v.max_allowed));
+        let above = |min: u64, max: u64| max != 0 && min > max;
+        if above(min_allowed.cpu_millis, max_allowed.cpu_millis)
+            || above(min_allowed.memory_bytes, max_allowed.memory_bytes)
+        {
+            return Err(ConvertError::new(
+                M,
+                "min_allowed",
+                format!("{min_allowed:?} is above max_allowed {max_allowed:?}"),
+            ));
+        }
+        Ok(crate::model::VerticalAutoscale {
+            mode,
+            min_allowed,
+            max_allowed,
+            controls_cpu: v.controls_cpu,
+            controls_memory: v.controls_memory,
+            source: (!v.source.is_empty()).then_some(v.source),
+        })
     }
 }
 
@@ -692,6 +761,11 @@ impl TryFrom<pb::WorkloadSpec> for WorkloadSpec {
                 .map(crate::model::Autoscale::try_from)
                 .transpose()
                 .map_err(|e| e.in_field(M, "autoscale"))?,
+            vertical_autoscale: s
+                .vertical_autoscale
+                .map(crate::model::VerticalAutoscale::try_from)
+                .transpose()
+                .map_err(|e| e.in_field(M, "vertical_autoscale"))?,
         })
     }
 }
@@ -923,6 +997,20 @@ mod tests {
         spec.pod_labels.insert("app".into(), "web".into());
         spec.secret_env
             .insert("TOKEN".into(), Secret::new("s3cret"));
+        spec.vertical_autoscale = Some(crate::model::VerticalAutoscale {
+            mode: crate::model::VerticalMode::Recreate,
+            min_allowed: Resources {
+                cpu_millis: 50,
+                memory_bytes: 0,
+            },
+            max_allowed: Resources {
+                cpu_millis: 0,
+                memory_bytes: 1 << 30,
+            },
+            controls_cpu: false,
+            controls_memory: true,
+            source: Some("web-vpa".into()),
+        });
         spec
     }
 
@@ -970,6 +1058,21 @@ mod tests {
         wire.health.as_mut().expect("health set").action = None;
         let err = WorkloadSpec::try_from(wire).expect_err("probe action is required");
         assert_eq!(err.field, "health.action");
+
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
+        let vertical = wire.vertical_autoscale.as_mut().expect("vertical set");
+        vertical.controls_memory = false;
+        let err = WorkloadSpec::try_from(wire).expect_err("controls nothing");
+        assert_eq!(err.field, "vertical_autoscale.controls_cpu");
+
+        let mut wire = pb::WorkloadSpec::from(&full_spec());
+        let vertical = wire.vertical_autoscale.as_mut().expect("vertical set");
+        vertical.min_allowed = Some(pb::Resources {
+            cpu_millis: 0,
+            memory_bytes: 2 << 30,
+        });
+        let err = WorkloadSpec::try_from(wire).expect_err("min above max");
+        assert_eq!(err.field, "vertical_autoscale.min_allowed");
     }
 
     #[test]

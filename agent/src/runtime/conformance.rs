@@ -1,5 +1,6 @@
 //! The behaviour every [`ContainerRuntime`] shares, as checks that run against any of them:
-//! the fake in its unit tests, Docker in `agent/tests/docker.rs`. Test support, not API.
+//! the fake in its unit tests, Docker in `agent/tests/docker.rs`, Podman in
+//! `agent/tests/podman.rs`. Test support, not API.
 //!
 //! Each check creates containers named after and labelled with the fixture's node, returns
 //! what went wrong as an error, and removes its containers whether it passed or not.
@@ -10,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use drover_proto::model::Resources;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, PortBinding, RuntimeError,
@@ -32,6 +34,10 @@ pub struct Fixture {
     /// An image present on the engine whose default command runs until stopped, serves
     /// [`CONTAINER_PORT`], and which has `true` and `false` (drover-test-busybox).
     pub image: String,
+    /// Whether the engine can change a running container's limits. Podman's
+    /// Docker-compatible API cannot before Podman 5.1: [`update_resources_in_place`] then
+    /// expects [`RuntimeError::Unsupported`] and the container left as it was.
+    pub updates_limits: bool,
 }
 
 impl Fixture {
@@ -40,6 +46,15 @@ impl Fixture {
         Fixture {
             node: node.to_owned(),
             image: image.to_owned(),
+            updates_limits: true,
+        }
+    }
+
+    /// This fixture on an engine that cannot change a running container's limits.
+    pub fn without_limit_updates(self) -> Fixture {
+        Fixture {
+            updates_limits: false,
+            ..self
         }
     }
 
@@ -105,6 +120,9 @@ pub async fn run_all(runtime: &dyn ContainerRuntime, fixture: &Fixture) -> anyho
     fixed_host_port(runtime, fixture)
         .await
         .context("fixed_host_port")?;
+    update_resources_in_place(runtime, fixture)
+        .await
+        .context("update_resources_in_place")?;
     Ok(())
 }
 
@@ -429,6 +447,14 @@ pub async fn missing_container(
             .map(drop),
     )?;
     not_found("usage", runtime.usage(&ghost).await.map(drop))?;
+    let limits = Resources {
+        cpu_millis: 100,
+        memory_bytes: 32 << 20,
+    };
+    not_found(
+        "update_resources",
+        runtime.update_resources(&ghost, limits).await,
+    )?;
     runtime
         .remove(&ghost)
         .await
@@ -485,6 +511,116 @@ pub async fn fixed_host_port(
             running.host_ports.get(&CONTAINER_PORT) == Some(&port),
             "asked for host port {port}, got {:?}",
             running.host_ports
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// A running container's limits change in place: inspect and list report the new ones, and
+/// it is the same container, still running, not restarted. A 0 leaves that limit as it is.
+/// On an engine that cannot ([`Fixture::updates_limits`]), the update fails as
+/// [`RuntimeError::Unsupported`], naming the container, which keeps its limits and runs on.
+pub async fn update_resources_in_place(
+    runtime: &dyn ContainerRuntime,
+    fixture: &Fixture,
+) -> anyhow::Result<()> {
+    cleaning_up(runtime, &[&fixture.node], async {
+        let mut spec = fixture.spec("resized");
+        spec.cpu_millis = 500;
+        spec.memory_bytes = 64 << 20;
+        let id = runtime.create(&spec).await?;
+        runtime.start(&id).await?;
+        let before = runtime.inspect(&id).await?;
+        let created = Resources {
+            cpu_millis: 500,
+            memory_bytes: 64 << 20,
+        };
+        ensure!(
+            before.limits == created,
+            "created with {created:?}, inspect reports {:?}",
+            before.limits
+        );
+        // Listed before the update as well: a list that reuses earlier inspections must not
+        // report the old limits after it.
+        let listed = only(runtime.list(&fixture.node).await?)?;
+        ensure!(
+            listed.limits == created,
+            "created with {created:?}, list reports {:?}",
+            listed.limits
+        );
+
+        let wanted = Resources {
+            cpu_millis: 250,
+            memory_bytes: 96 << 20,
+        };
+        let outcome = runtime.update_resources(&id, wanted).await;
+        let expected = if fixture.updates_limits {
+            outcome.with_context(|| format!("updating the limits of {id} to {wanted:?}"))?;
+            wanted
+        } else {
+            match outcome {
+                Err(RuntimeError::Unsupported { target, .. }) => {
+                    ensure!(target == id, "the error names {target:?}, not {id}")
+                }
+                other => bail!("update on an engine that cannot: {other:?}"),
+            }
+            created
+        };
+        let after = runtime.inspect(&id).await?;
+        ensure!(
+            after.limits == expected,
+            "inspect reports {:?} after the update, not {expected:?}",
+            after.limits
+        );
+        ensure!(after.id == id, "inspected {} for {id}", after.id);
+        ensure!(
+            after.state == ContainerState::Running,
+            "state {:?} after the update",
+            after.state
+        );
+        ensure!(
+            after.started_at == before.started_at && after.pid == before.pid,
+            "restarted by the update: started {:?} (pid {:?}), then {:?} (pid {:?})",
+            before.started_at,
+            before.pid,
+            after.started_at,
+            after.pid
+        );
+        let listed = only(runtime.list(&fixture.node).await?)?;
+        ensure!(
+            listed.limits == expected,
+            "list reports {:?} after the update, not {expected:?}",
+            listed.limits
+        );
+        if !fixture.updates_limits {
+            return Ok(());
+        }
+
+        // Memory only: the CPU limit stays.
+        let more_memory = Resources {
+            cpu_millis: 0,
+            memory_bytes: 128 << 20,
+        };
+        runtime
+            .update_resources(&id, more_memory)
+            .await
+            .context("updating the memory limit alone")?;
+        let expected = Resources {
+            cpu_millis: 250,
+            memory_bytes: 128 << 20,
+        };
+        let again = runtime.inspect(&id).await?;
+        ensure!(
+            again.limits == expected,
+            "inspect reports {:?} after a memory-only update, not {expected:?}",
+            again.limits
+        );
+        ensure!(
+            again.state == ContainerState::Running && again.started_at == before.started_at,
+            "state {:?}, started {:?} after a memory-only update",
+            again.state,
+            again.started_at
         );
         Ok(())
     })

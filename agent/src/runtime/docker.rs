@@ -8,8 +8,8 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-    ContainerStatsResponse, HostConfig, PortBinding as DockerPortBinding, PortMap, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerStatsResponse, ContainerUpdateBody, HostConfig, PortBinding as DockerPortBinding,
+    PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -50,6 +50,9 @@ const EXEC_OUTPUT_KEPT: usize = 2048;
 /// resolved instead ("user-service" becomes "localhost/user-service:latest"), Docker the one
 /// it was given; the label makes both report the latter.
 const IMAGE_LABEL: &str = "drover.image";
+
+/// What [`ContainerRuntime::update_resources`] is called in errors.
+const UPDATE_OPERATION: &str = "update limits of container";
 
 /// A container engine reached over the Docker Engine API.
 #[derive(Debug, Clone)]
@@ -198,6 +201,13 @@ impl DockerRuntime {
                 reason: err.to_string(),
             },
         }
+    }
+
+    /// Drops the list's last inspection of a container (by id or name): it shows what the
+    /// container was, e.g. its limits before an update, while the list still says the same.
+    fn forget_inspection(&self, id_or_name: &str) {
+        let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|id, (_, info)| id != id_or_name && info.name != id_or_name);
     }
 
     /// Pulls `image`, logging each layer's status changes.
@@ -511,6 +521,34 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|err| self.error("read usage of container", id, err))?;
         Ok(resources(&stats))
     }
+
+    async fn update_resources(&self, id: &str, limits: Resources) -> Result<(), RuntimeError> {
+        match self.docker.update_container(id, update_body(limits)).await {
+            Ok(()) => {
+                self.forget_inspection(id);
+                debug!(container = %id, cpu_millis = limits.cpu_millis, memory_bytes = limits.memory_bytes, "container limits updated");
+                Ok(())
+            }
+            // A 404 is a missing container, or an engine without the endpoint: Podman's
+            // Docker-compatible API before 5.1 answers a plain "Not Found" for any container.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) => match self.inspect(id).await {
+                Ok(_) => Err(RuntimeError::Unsupported {
+                    operation: UPDATE_OPERATION,
+                    target: id.to_owned(),
+                    reason: format!(
+                        "{} has no container update endpoint (404 {message:?} for a container \
+                         it has); Podman's Docker-compatible API has one from Podman 5.1 on",
+                        self.endpoint
+                    ),
+                }),
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(self.error(UPDATE_OPERATION, id, err)),
+        }
+    }
 }
 
 /// Lists read again when one failed to parse for a state bollard does not know.
@@ -560,6 +598,9 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let host_config = HostConfig {
         nano_cpus: positive_i64(spec.cpu_millis.saturating_mul(1_000_000)),
         memory: positive_i64(spec.memory_bytes),
+        // No swap beyond the limit, as `update_body` sets it: left unset, Docker would allow
+        // as much swap again, which a later update would take away.
+        memory_swap: positive_i64(spec.memory_bytes),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),
@@ -597,12 +638,50 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
 }
 
+/// The update request for `limits`. CPU only as `NanoCpus`: the engine refuses it beside a
+/// CPU period or quota. Memory always with an equal memory-and-swap limit (no swap):
+/// alone, raising it above the memory-and-swap limit the container has fails. A dimension
+/// that is 0 is left out, which the engine reads as "no change".
+fn update_body(limits: Resources) -> ContainerUpdateBody {
+    ContainerUpdateBody {
+        nano_cpus: positive_i64(limits.cpu_millis.saturating_mul(1_000_000)),
+        memory: positive_i64(limits.memory_bytes),
+        memory_swap: positive_i64(limits.memory_bytes),
+        ..Default::default()
+    }
+}
+
+/// The limits an inspection reports: `NanoCpus` (or, for a container created with them, a
+/// CPU quota over its period) in millicores, and `Memory`; 0 where there is none.
+fn limits(host: Option<&HostConfig>) -> Resources {
+    let Some(host) = host else {
+        return Resources::default();
+    };
+    let positive = |value: Option<i64>| value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    let nano_cpus = positive(host.nano_cpus);
+    let cpu_millis = if nano_cpus > 0 {
+        nano_cpus.saturating_add(500_000) / 1_000_000
+    } else {
+        match (positive(host.cpu_quota), positive(host.cpu_period)) {
+            (quota, period) if quota > 0 && period > 0 => {
+                quota.saturating_mul(1000).saturating_add(period / 2) / period
+            }
+            _ => 0,
+        }
+    };
+    Resources {
+        cpu_millis,
+        memory_bytes: positive(host.memory),
+    }
+}
+
 /// `value` as the engine's i64, `None` for 0 (no limit).
 fn positive_i64(value: u64) -> Option<i64> {
     (value > 0).then(|| i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 fn container_info(inspection: ContainerInspectResponse) -> ContainerInfo {
+    let limits = limits(inspection.host_config.as_ref());
     let config = inspection.config.unwrap_or_default();
     let engine_state = inspection.state.unwrap_or_default();
     let state = match engine_state.status {
@@ -664,6 +743,7 @@ fn container_info(inspection: ContainerInspectResponse) -> ContainerInfo {
             .pid
             .and_then(|pid| u32::try_from(pid).ok())
             .filter(|&pid| pid > 0),
+        limits,
     }
 }
 
@@ -902,6 +982,71 @@ mod tests {
     }
 
     #[test]
+    fn update_body_sets_nano_cpus_and_memory_with_an_equal_swap_limit() {
+        let body = update_body(Resources {
+            cpu_millis: 250,
+            memory_bytes: 96 << 20,
+        });
+        assert_eq!(
+            body,
+            ContainerUpdateBody {
+                nano_cpus: Some(250_000_000),
+                memory: Some(96 << 20),
+                memory_swap: Some(96 << 20),
+                ..Default::default()
+            }
+        );
+        // A 0 is left out: the engine reads that as "no change".
+        let memory_only = update_body(Resources {
+            cpu_millis: 0,
+            memory_bytes: 64 << 20,
+        });
+        assert_eq!(memory_only.nano_cpus, None);
+        assert_eq!(memory_only.cpu_quota, None);
+        assert_eq!(memory_only.cpu_period, None);
+        assert_eq!(
+            update_body(Resources::default()),
+            ContainerUpdateBody::default()
+        );
+    }
+
+    #[test]
+    fn inspected_limits_in_millicores_and_bytes() {
+        let host = |nano_cpus, cpu_quota, cpu_period, memory| HostConfig {
+            nano_cpus,
+            cpu_quota,
+            cpu_period,
+            memory,
+            ..Default::default()
+        };
+        let of = |h: HostConfig| limits(Some(&h));
+        assert_eq!(
+            of(host(Some(500_000_000), None, None, Some(64 << 20))),
+            Resources {
+                cpu_millis: 500,
+                memory_bytes: 64 << 20,
+            }
+        );
+        // Created with a quota (`--cpu-quota`), as Podman may also report it.
+        assert_eq!(
+            of(host(Some(0), Some(25_000), Some(100_000), Some(0))).cpu_millis,
+            250
+        );
+        assert_eq!(of(host(None, None, None, Some(-1))), Resources::default());
+        assert_eq!(limits(None), Resources::default());
+        // The inspection's HostConfig reaches ContainerInfo.
+        let mut inspection = podman_inspection("running");
+        inspection.host_config = Some(host(Some(1_500_000_000), None, None, Some(1 << 30)));
+        assert_eq!(
+            container_info(inspection).limits,
+            Resources {
+                cpu_millis: 1500,
+                memory_bytes: 1 << 30,
+            }
+        );
+    }
+
+    #[test]
     fn tagged_references() {
         assert!(!is_tagged("user-service"));
         assert!(!is_tagged("registry.local:5000/team/user-service"));
@@ -960,6 +1105,7 @@ mod tests {
         let host = body.host_config.expect("host config");
         assert_eq!(host.nano_cpus, Some(500_000_000));
         assert_eq!(host.memory, None);
+        assert_eq!(host.memory_swap, None);
         assert_eq!(host.init, Some(false));
         assert_eq!(
             host.restart_policy.and_then(|policy| policy.name),

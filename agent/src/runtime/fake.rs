@@ -45,6 +45,8 @@ pub enum FakeOp {
     Exec,
     /// [`ContainerRuntime::usage`].
     Usage,
+    /// [`ContainerRuntime::update_resources`].
+    UpdateResources,
 }
 
 impl FakeOp {
@@ -60,6 +62,7 @@ impl FakeOp {
             FakeOp::Inspect => "inspect container",
             FakeOp::Exec => "exec in container",
             FakeOp::Usage => "read usage of container",
+            FakeOp::UpdateResources => "update limits of container",
         }
     }
 }
@@ -71,7 +74,8 @@ impl FakeOp {
 /// container, `stop` of a stopped one and `remove` of a missing one succeed; `stop` leaves a
 /// container exited with code 0 (a clean exit on SIGTERM); published ports are reported only
 /// while a container runs; `exec` in a container that is not running fails; an image is
-/// "name" or "name:latest" alike.
+/// "name" or "name:latest" alike; `update_resources` changes the limits `inspect` and `list`
+/// report (a 0 leaves that one as it is), in any state, without a restart.
 ///
 /// Test controls:
 /// - images: [`FakeRuntime::new`] has every image, [`FakeRuntime::with_images`] only those
@@ -164,7 +168,8 @@ impl FakeRuntime {
 
     /// Every call so far, in order: `list <node>`, `ensure_image <image>`, `create <name>`,
     /// `start <id>`, `stop <id>`, `remove <id>`, `inspect <id>`, `exec <id> <command…>`,
-    /// `usage <id>` (with the id or name the caller passed). Failed calls are recorded too.
+    /// `usage <id>`, `update_resources <id> cpu=<millicores> memory=<bytes>` (with the id or
+    /// name the caller passed). Failed calls are recorded too.
     pub fn calls(&self) -> Vec<String> {
         self.state().calls.clone()
     }
@@ -423,6 +428,10 @@ impl ContainerRuntime for FakeRuntime {
             started_at: None,
             host_ports: BTreeMap::new(),
             pid: None,
+            limits: Resources {
+                cpu_millis: spec.cpu_millis,
+                memory_bytes: spec.memory_bytes,
+            },
         };
         state
             .containers
@@ -537,6 +546,23 @@ impl ContainerRuntime for FakeRuntime {
                 memory_bytes: DEFAULT_MEMORY_BYTES,
             }))
     }
+
+    async fn update_resources(&self, id: &str, limits: Resources) -> Result<(), RuntimeError> {
+        let call = format!(
+            "update_resources {id} cpu={} memory={}",
+            limits.cpu_millis, limits.memory_bytes
+        );
+        let mut state = self.begin(FakeOp::UpdateResources, call, id)?;
+        let current = &mut state.container_mut(id)?.info.limits;
+        // As the engine: 0 is "no change".
+        if limits.cpu_millis > 0 {
+            current.cpu_millis = limits.cpu_millis;
+        }
+        if limits.memory_bytes > 0 {
+            current.memory_bytes = limits.memory_bytes;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -632,6 +658,14 @@ mod tests {
     async fn conformance_fixed_host_port() {
         let (runtime, fixture) = fixture();
         conformance::fixed_host_port(&runtime, &fixture)
+            .await
+            .expect("conformance");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conformance_update_resources_in_place() {
+        let (runtime, fixture) = fixture();
+        conformance::update_resources_in_place(&runtime, &fixture)
             .await
             .expect("conformance");
     }

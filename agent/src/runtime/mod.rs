@@ -103,6 +103,9 @@ pub struct ContainerInfo {
     /// cgroup, and so its usage, is found. `None` when it does not run or the engine does
     /// not say.
     pub pid: Option<u32>,
+    /// The limits it runs with, as the engine reports them: CPU in millicores, memory in
+    /// bytes; 0 = no limit in that dimension.
+    pub limits: Resources,
 }
 
 /// Errors of a container runtime. Messages name the container or image and the engine's
@@ -135,6 +138,17 @@ pub enum RuntimeError {
         /// Container id.
         target: String,
         /// The engine's message.
+        reason: String,
+    },
+    /// The engine does not implement the operation at all (e.g. Podman's Docker-compatible
+    /// API before 5.1 has no container update): asking again cannot help.
+    #[error("{operation} {target}: the engine does not support it: {reason}")]
+    Unsupported {
+        /// What was attempted, e.g. "update limits of container".
+        operation: &'static str,
+        /// Container id.
+        target: String,
+        /// What the engine answered, and what would support it.
         reason: String,
     },
     /// The engine refused or failed an operation.
@@ -176,6 +190,15 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<i64, RuntimeError>;
     /// CPU (millicores, averaged since the previous sample) and memory in use.
     async fn usage(&self, id: &str) -> Result<Resources, RuntimeError>;
+    /// Changes a container's CPU limit (millicores) and memory limit (bytes) in place,
+    /// without restarting it; the new limits outlast later restarts.
+    ///
+    /// A dimension that is 0 in `limits` is left as it is: the engine's update reads 0 as
+    /// "no change", so a limit cannot be removed this way (Drover never asks for that).
+    /// Memory is limited without swap (the memory-and-swap limit is set to the same value).
+    /// Lowering memory below what the container uses fails (cgroup v1) or has the kernel
+    /// kill it (cgroup v2): the caller checks its usage first.
+    async fn update_resources(&self, id: &str, limits: Resources) -> Result<(), RuntimeError>;
 }
 
 #[doc(hidden)]

@@ -368,6 +368,9 @@ impl Supervisor {
         }
         t.spec = Some(want.spec.clone());
         t.revision = want.allocation.revision;
+        // Vertical scaling changes only these (same id, revision and spec): the next look at
+        // a running container changes its limits in place.
+        t.resources = want.allocation.resources;
         match container {
             None => {
                 let placement = tracked::Placement {
@@ -458,6 +461,11 @@ impl Supervisor {
             if let Some(t) = self.tracked.get_mut(&sample.usage.allocation_id) {
                 if t.container_is(&sample.container_id) && t.is_running() {
                     t.status.usage = sample.resources();
+                    // What a lower memory limit must leave room for.
+                    t.working_set = Some((
+                        sample.container_id.clone(),
+                        sample.usage.memory_working_set_bytes,
+                    ));
                     allocations.push(sample.usage);
                 }
             }

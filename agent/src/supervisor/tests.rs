@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +35,14 @@ struct Engine {
     start_ports: Mutex<VecDeque<u16>>,
     /// Host port of 8080 by container id, as handed out at its last start.
     ports: Mutex<BTreeMap<String, u16>>,
+    /// Whether `update_resources` fails as on an engine without the endpoint (Podman's
+    /// Docker-compatible API before 5.1).
+    updates_unsupported: AtomicBool,
+    /// Calls of `update_resources`, whatever their outcome.
+    update_calls: AtomicUsize,
+    /// Limits `list` reports for these containers whatever they are, as the Docker runtime's
+    /// list may from an earlier inspection.
+    listed_limits: Mutex<BTreeMap<String, Resources>>,
 }
 
 impl Engine {
@@ -43,6 +52,9 @@ impl Engine {
             delays: Mutex::new(BTreeMap::new()),
             start_ports: Mutex::new(VecDeque::new()),
             ports: Mutex::new(BTreeMap::new()),
+            updates_unsupported: AtomicBool::new(false),
+            update_calls: AtomicUsize::new(0),
+            listed_limits: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -82,7 +94,17 @@ impl ContainerRuntime for Engine {
     async fn list(&self, node: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
         self.delay(FakeOp::List).await;
         let listed = self.fake.list(node).await?;
-        Ok(listed.into_iter().map(|c| self.rewrite(c)).collect())
+        let stale = lock(&self.listed_limits).clone();
+        Ok(listed
+            .into_iter()
+            .map(|c| self.rewrite(c))
+            .map(|mut c| {
+                if let Some(limits) = stale.get(&c.id) {
+                    c.limits = *limits;
+                }
+                c
+            })
+            .collect())
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
@@ -142,6 +164,23 @@ impl ContainerRuntime for Engine {
         self.delay(FakeOp::Usage).await;
         self.fake.usage(id).await
     }
+
+    async fn update_resources(&self, id: &str, limits: Resources) -> Result<(), RuntimeError> {
+        self.delay(FakeOp::UpdateResources).await;
+        self.update_calls.fetch_add(1, Ordering::Relaxed);
+        if self.updates_unsupported.load(Ordering::Relaxed) {
+            // As Podman 4's Docker-compatible API: a 404 for a container that exists.
+            return match self.fake.inspect(id).await {
+                Ok(_) => Err(RuntimeError::Unsupported {
+                    operation: "update limits of container",
+                    target: id.to_owned(),
+                    reason: "no container update endpoint".to_owned(),
+                }),
+                Err(e) => Err(e),
+            };
+        }
+        self.fake.update_resources(id, limits).await
+    }
 }
 
 struct Harness {
@@ -169,13 +208,14 @@ fn spec(image: &str) -> WorkloadSpec {
     spec
 }
 
-fn alloc(id: &str, desired: DesiredState) -> Allocation {
+/// Allocation `id` of `spec`, reserving what the spec asks, as the coordinator places it.
+fn alloc(id: &str, desired: DesiredState, spec: &WorkloadSpec) -> Allocation {
     Allocation {
         id: id.into(),
         service: "web".into(),
         revision: 1,
         node: "n1".into(),
-        resources: Default::default(),
+        resources: spec.resources,
         desired,
         created_unix_ms: 0,
     }
@@ -229,18 +269,20 @@ impl Harness {
     }
 
     fn want(&mut self, session: u64, allocs: &[(&str, DesiredState, WorkloadSpec)]) {
+        let allocs: Vec<(Allocation, WorkloadSpec)> = allocs
+            .iter()
+            .map(|(id, d, s)| (alloc(id, *d, s), s.clone()))
+            .collect();
+        self.want_allocations(session, allocs);
+    }
+
+    /// Sends a desired set of these allocations, as they are (their resources may differ
+    /// from their specs', as after a vertical scaling).
+    fn want_allocations(&mut self, session: u64, allocs: Vec<(Allocation, WorkloadSpec)>) {
         self.version += 1;
         let allocations = allocs
-            .iter()
-            .map(|(id, d, s)| {
-                (
-                    id.to_string(),
-                    DesiredAlloc {
-                        allocation: alloc(id, *d),
-                        spec: s.clone(),
-                    },
-                )
-            })
+            .into_iter()
+            .map(|(allocation, spec)| (allocation.id.clone(), DesiredAlloc { allocation, spec }))
             .collect();
         self.desired.send_replace(Some(DesiredUpdate {
             version: self.version,
@@ -337,7 +379,7 @@ impl Running {
             .iter()
             .map(|(id, d, s)| {
                 let desired = DesiredAlloc {
-                    allocation: alloc(id, *d),
+                    allocation: alloc(id, *d, s),
                     spec: s.clone(),
                 };
                 (id.clone(), desired)
@@ -1068,4 +1110,302 @@ async fn usage_is_read_from_the_cgroup_of_the_containers_main_process() {
         "the listed process is enough, the engine's stats are not asked: {asked:?}"
     );
     assert!(h.supervisor.usage.lock().await.reads_cgroups());
+}
+
+/// `spec("web:1")` reserving 500m and 64 MiB.
+fn limited_spec() -> WorkloadSpec {
+    let mut spec = spec("web:1");
+    spec.resources = Resources {
+        cpu_millis: 500,
+        memory_bytes: 64 << 20,
+    };
+    spec
+}
+
+/// Allocation web.1 of `spec`, resized to `resources` (same id, revision and spec).
+fn resized(spec: &WorkloadSpec, resources: Resources) -> Vec<(Allocation, WorkloadSpec)> {
+    let mut allocation = alloc("web.1", DesiredState::Run, spec);
+    allocation.resources = resources;
+    vec![(allocation, spec.clone())]
+}
+
+/// The calls of `runtime` that changed limits.
+fn updates(runtime: &FakeRuntime) -> Vec<String> {
+    runtime
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("update_resources"))
+        .collect()
+}
+
+/// The one container on the fake engine.
+fn only_container(runtime: &FakeRuntime) -> ContainerInfo {
+    let mut containers = runtime.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    containers.remove(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resized_allocation_changes_its_containers_limits_in_place() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.connect(1);
+    let spec = limited_spec();
+    h.want(1, &[("web.1", DesiredState::Run, spec.clone())]);
+    h.passes(2, Duration::from_millis(10)).await;
+    assert_eq!(h.status("web.1").state, AllocState::Healthy);
+    let before = only_container(&h.runtime);
+    assert_eq!(
+        before.limits, spec.resources,
+        "created with the allocation's"
+    );
+
+    let bigger = Resources {
+        cpu_millis: 250,
+        memory_bytes: 96 << 20,
+    };
+    h.runtime.clear_calls();
+    // The list goes on reporting the limits the container was created with, as a list
+    // reusing an earlier inspection would: the agent goes by what it set.
+    lock(&h.engine.listed_limits).insert(before.id.clone(), before.limits);
+    h.want_allocations(1, resized(&spec, bigger));
+    h.passes(3, Duration::from_secs(1)).await;
+
+    let after = only_container(&h.runtime);
+    assert_eq!(after.limits, bigger);
+    assert_eq!(after.id, before.id, "the same container");
+    assert_eq!(after.started_at, before.started_at, "not restarted");
+    assert_eq!(after.state, ContainerState::Running);
+    let status = h.status("web.1");
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert_eq!(status.restarts, 0);
+    assert_eq!(status.message, "");
+    assert_eq!(
+        updates(&h.runtime),
+        vec![format!(
+            "update_resources {} cpu=250 memory={}",
+            before.id,
+            96 << 20
+        )],
+        "one update, not one per pass"
+    );
+    let acted: Vec<String> = h
+        .runtime
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("list") && !c.starts_with("update") && !c.starts_with("usage"))
+        .collect();
+    assert!(acted.is_empty(), "nothing else done to it: {acted:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lower_memory_limit_than_the_replica_uses_is_refused() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.supervisor.set_usage_interval(Duration::from_secs(1));
+    let mut reports = h.supervisor.usage_reports();
+    h.connect(1);
+    let spec = limited_spec();
+    h.want(1, &[("web.1", DesiredState::Run, spec.clone())]);
+    h.passes(1, Duration::from_millis(10)).await;
+    let id = only_container(&h.runtime).id;
+    let used = Resources {
+        cpu_millis: 100,
+        memory_bytes: 52 << 20,
+    };
+    assert!(h.runtime.set_usage(&id, used));
+    pass_until_reported(&mut h, &mut reports, |r| {
+        r.allocations
+            .iter()
+            .any(|u| u.memory_working_set_bytes == 52 << 20)
+    })
+    .await;
+
+    // 40 MiB: below the 52 MiB it uses. The CPU half of the change is safe and made.
+    let smaller = Resources {
+        cpu_millis: 250,
+        memory_bytes: 40 << 20,
+    };
+    h.runtime.clear_calls();
+    h.want_allocations(1, resized(&spec, smaller));
+    h.passes(3, Duration::from_secs(1)).await;
+    let status = h.status("web.1");
+    assert_eq!(
+        status.message,
+        "memory limit 40 MiB is below what the replica uses (52 MiB): kept 64 MiB"
+    );
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert_eq!(
+        only_container(&h.runtime).limits,
+        Resources {
+            cpu_millis: 250,
+            memory_bytes: 64 << 20,
+        }
+    );
+    assert_eq!(
+        updates(&h.runtime),
+        vec![format!("update_resources {id} cpu=250 memory=0")]
+    );
+
+    // Once the replica uses less, the lower limit is applied.
+    assert!(h.runtime.set_usage(
+        &id,
+        Resources {
+            cpu_millis: 100,
+            memory_bytes: 20 << 20,
+        }
+    ));
+    pass_until_reported(&mut h, &mut reports, |r| {
+        r.allocations
+            .iter()
+            .any(|u| u.memory_working_set_bytes == 20 << 20)
+    })
+    .await;
+    h.passes(1, Duration::from_secs(1)).await;
+    assert_eq!(only_container(&h.runtime).limits, smaller);
+    assert_eq!(h.status("web.1").message, "");
+    assert_eq!(only_container(&h.runtime).id, id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_allocation_makes_no_update_call() {
+    let engine = Engine::new(FakeRuntime::with_images(&["web:1"]));
+    let mut h = Harness::new_sharing(engine.clone());
+    h.connect(1);
+    let spec = limited_spec();
+    h.want(1, &[("web.1", DesiredState::Run, spec.clone())]);
+    h.passes(3, Duration::from_secs(1)).await;
+    // The same set again, as the coordinator sends it after any change of another service.
+    h.want(1, &[("web.1", DesiredState::Run, spec.clone())]);
+    h.passes(3, Duration::from_secs(1)).await;
+    assert_eq!(h.status("web.1").state, AllocState::Healthy);
+    assert!(updates(&h.runtime).is_empty(), "{:?}", h.runtime.calls());
+
+    // A new agent adopts the container: it reads the limits from the engine, which match.
+    let mut again = Harness::new_sharing(engine);
+    again.connect(1);
+    again.want(1, &[("web.1", DesiredState::Run, spec)]);
+    again.passes(3, Duration::from_secs(1)).await;
+    assert_eq!(again.status("web.1").state, AllocState::Healthy);
+    assert!(
+        updates(&again.runtime).is_empty(),
+        "{:?}",
+        again.runtime.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_update_is_reported_and_tried_again_after_the_backoff() {
+    let mut h = Harness::new(FakeRuntime::with_images(&["web:1"]));
+    h.connect(1);
+    let spec = limited_spec();
+    h.want(1, &[("web.1", DesiredState::Run, spec.clone())]);
+    h.passes(1, Duration::from_millis(10)).await;
+    let id = only_container(&h.runtime).id;
+    h.runtime
+        .set_fail_next(FakeOp::UpdateResources, "cgroup write refused");
+    h.runtime.clear_calls();
+    let bigger = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 128 << 20,
+    };
+    h.want_allocations(1, resized(&spec, bigger));
+    // Passes 100 ms apart, within the first backoff (1 s): one try only.
+    h.passes(3, Duration::from_millis(100)).await;
+    let status = h.status("web.1");
+    assert!(
+        status
+            .message
+            .starts_with("cannot change limits to CPU 1, memory 128 MiB:")
+            && status.message.contains(&id)
+            && status.message.contains("cgroup write refused")
+            && status.message.ends_with("retrying in 1s"),
+        "{status:?}"
+    );
+    assert_eq!(status.state, AllocState::Healthy, "it runs on: {status:?}");
+    assert_eq!(updates(&h.runtime).len(), 1, "{:?}", h.runtime.calls());
+    assert_eq!(only_container(&h.runtime).limits, spec.resources);
+
+    h.passes(2, Duration::from_secs(1)).await;
+    assert_eq!(updates(&h.runtime).len(), 2, "{:?}", h.runtime.calls());
+    assert_eq!(only_container(&h.runtime).limits, bigger);
+    assert_eq!(h.status("web.1").message, "");
+}
+
+#[test]
+fn limits_plans_leave_zeros_raise_freely_and_lower_with_room_only() {
+    use super::tracked::plan_limits;
+    let mib = |n: u64| n << 20;
+    let limits = |cpu_millis: u64, memory: u64| Resources {
+        cpu_millis,
+        memory_bytes: mib(memory),
+    };
+    let current = limits(500, 64);
+    // Nothing wanted, or a 0 (no change), or what it has: nothing to do.
+    for wanted in [limits(0, 0), current, limits(500, 0), limits(0, 64)] {
+        let plan = plan_limits(current, wanted, None);
+        assert_eq!(plan.update, Resources::default(), "{wanted:?}");
+        assert_eq!(plan.note, "");
+    }
+    // Raising memory needs no sample; CPU changes either way.
+    let plan = plan_limits(current, limits(250, 96), None);
+    assert_eq!((plan.update, plan.note.as_str()), (limits(250, 96), ""));
+    // Lowering waits for a sample, then needs 10% over the working set.
+    let plan = plan_limits(current, limits(250, 40), None);
+    assert_eq!(plan.update, limits(250, 0));
+    assert_eq!(
+        plan.note,
+        "memory limit 40 MiB waits for a first usage sample of the replica: kept 64 MiB"
+    );
+    let plan = plan_limits(current, limits(0, 40), Some(mib(37)));
+    assert_eq!(plan.update, Resources::default());
+    assert_eq!(
+        plan.note,
+        "memory limit 40 MiB leaves less than 10% over what the replica uses (37 MiB): kept 64 MiB"
+    );
+    let plan = plan_limits(current, limits(0, 40), Some(mib(36)));
+    assert_eq!((plan.update, plan.note.as_str()), (limits(0, 40), ""));
+    // A first limit on a container without one is a lowering too.
+    let plan = plan_limits(limits(0, 0), limits(0, 40), Some(mib(52)));
+    assert_eq!(plan.update, Resources::default());
+    assert_eq!(
+        plan.note,
+        "memory limit 40 MiB is below what the replica uses (52 MiB): kept no limit"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_that_cannot_update_is_not_asked_again_for_the_same_limits() {
+    let engine = Engine::new(FakeRuntime::with_images(&["web:1"]));
+    engine.updates_unsupported.store(true, Ordering::Relaxed);
+    let mut h = Harness::new_sharing(engine);
+    h.connect(1);
+    let spec = limited_spec();
+    h.want(1, &[("web.1", DesiredState::Run, spec.clone())]);
+    h.passes(1, Duration::from_millis(10)).await;
+    let asked = |h: &Harness| h.engine.update_calls.load(Ordering::Relaxed);
+    let bigger = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 128 << 20,
+    };
+    h.want_allocations(1, resized(&spec, bigger));
+    h.passes(60, Duration::from_secs(1)).await;
+    assert_eq!(asked(&h), 1, "asked once: {:?}", h.runtime.calls());
+    let status = h.status("web.1");
+    assert_eq!(status.state, AllocState::Healthy, "{status:?}");
+    assert!(
+        status
+            .message
+            .starts_with("cannot change limits to CPU 1, memory 128 MiB:")
+            && status.message.contains("no container update endpoint")
+            && !status.message.contains("retrying"),
+        "{status:?}"
+    );
+    // Other limits are asked for once more.
+    let other = Resources {
+        cpu_millis: 2000,
+        memory_bytes: 128 << 20,
+    };
+    h.want_allocations(1, resized(&spec, other));
+    h.passes(3, Duration::from_secs(1)).await;
+    assert_eq!(asked(&h), 2, "{:?}", h.runtime.calls());
+    assert_eq!(only_container(&h.runtime).limits, spec.resources);
 }

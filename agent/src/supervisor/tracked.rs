@@ -5,7 +5,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{AllocState, AllocStatus, Allocation, ClusterDns, WorkloadSpec};
+use drover_proto::model::{
+    AllocState, AllocStatus, Allocation, ClusterDns, Resources, RestartPolicy, WorkloadSpec,
+    format_bytes, format_cpu,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,12 +46,130 @@ pub(super) struct Tracked {
     /// Identity of the coordinator store whose desired set named it; `None` for one adopted
     /// and not yet named. Allocation ids are unique within one store only.
     pub store: Option<String>,
+    /// The allocation's resources from the last desired set that named it: the limits its
+    /// container is created with and kept at (0 in a dimension: no limit at create, the
+    /// running container's left as it is).
+    pub resources: Resources,
+    /// The limits the agent last set on a container, with its id (at create or by an
+    /// update in place), until the engine reports them: a list may reuse an inspection
+    /// from before the update.
+    applied: Option<(String, Resources)>,
+    /// The last memory working set sampled, with the container it was sampled in.
+    pub working_set: Option<(String, u64)>,
+    /// What the last look at the container's limits has to say (a lowering refused, an
+    /// update that failed): part of the status message while the container runs.
+    limits_note: String,
+    /// The last failed update in place, if the limits still differ.
+    limits_retry: Option<LimitsRetry>,
+}
+
+/// An update of a container's limits that failed: what it asked, how often, and when it
+/// may be asked again (`None`: never, the engine cannot do it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LimitsRetry {
+    update: Resources,
+    failures: u32,
+    at: Option<Instant>,
+}
+
+/// What to change of a running container's limits: `update` (0 in a dimension: leave it),
+/// and why some wanted change is held back, if one is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LimitsPlan {
+    pub update: Resources,
+    pub note: String,
+}
+
+/// Decides how to bring a running container's `current` limits to `wanted` (0 in a
+/// dimension of `wanted`: leave it). A lower memory limit is applied only with room over
+/// the container's last sampled `working_set`: 10% at least, since cgroup v2 kills a
+/// container whose usage is above a new limit (v1 refuses the limit) and the sample is a
+/// few seconds old; without a sample it waits for one.
+pub(super) fn plan_limits(
+    current: Resources,
+    wanted: Resources,
+    working_set: Option<u64>,
+) -> LimitsPlan {
+    let mut update = Resources::default();
+    let mut note = String::new();
+    if wanted.cpu_millis != 0 && wanted.cpu_millis != current.cpu_millis {
+        update.cpu_millis = wanted.cpu_millis;
+    }
+    let memory = wanted.memory_bytes;
+    if memory != 0 && memory != current.memory_bytes {
+        let lowering = current.memory_bytes == 0 || memory < current.memory_bytes;
+        let kept = if current.memory_bytes == 0 {
+            "no limit".to_string()
+        } else {
+            format_bytes(current.memory_bytes)
+        };
+        match working_set {
+            _ if !lowering => update.memory_bytes = memory,
+            Some(used) if memory >= used.saturating_add(used / 10) => update.memory_bytes = memory,
+            Some(used) if memory < used => {
+                note = format!(
+                    "memory limit {} is below what the replica uses ({}): kept {kept}",
+                    format_bytes(memory),
+                    format_bytes(used)
+                );
+            }
+            Some(used) => {
+                note = format!(
+                    "memory limit {} leaves less than 10% over what the replica uses ({}): \
+                     kept {kept}",
+                    format_bytes(memory),
+                    format_bytes(used)
+                );
+            }
+            None => {
+                note = format!(
+                    "memory limit {} waits for a first usage sample of the replica: kept {kept}",
+                    format_bytes(memory)
+                );
+            }
+        }
+    }
+    LimitsPlan { update, note }
+}
+
+/// Limits for logs and messages: "CPU 250m, memory 96 MiB", naming only the non-zero ones.
+fn describe_limits(limits: Resources) -> String {
+    let mut parts = Vec::new();
+    if limits.cpu_millis > 0 {
+        parts.push(format!("CPU {}", format_cpu(limits.cpu_millis)));
+    }
+    if limits.memory_bytes > 0 {
+        parts.push(format!("memory {}", format_bytes(limits.memory_bytes)));
+    }
+    if parts.is_empty() {
+        "no limits".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `current` with the non-zero dimensions of `update`, as the engine applies an update.
+fn merge_limits(current: Resources, update: Resources) -> Resources {
+    Resources {
+        cpu_millis: if update.cpu_millis > 0 {
+            update.cpu_millis
+        } else {
+            current.cpu_millis
+        },
+        memory_bytes: if update.memory_bytes > 0 {
+            update.memory_bytes
+        } else {
+            current.memory_bytes
+        },
+    }
 }
 
 impl Tracked {
     /// A new allocation, no container yet.
     pub fn new(alloc: &Allocation) -> Tracked {
-        Tracked::blank(&alloc.id, alloc.service.clone(), alloc.revision)
+        let mut t = Tracked::blank(&alloc.id, alloc.service.clone(), alloc.revision);
+        t.resources = alloc.resources;
+        t
     }
 
     fn blank(id: &str, service: String, revision: u64) -> Tracked {
@@ -66,6 +187,11 @@ impl Tracked {
             checks: None,
             stop_started: None,
             store: None,
+            resources: Resources::default(),
+            applied: None,
+            working_set: None,
+            limits_note: String::new(),
+            limits_retry: None,
         }
     }
 
@@ -165,6 +291,11 @@ impl Tracked {
             ),
             (true, _) => (AllocState::Running, "waiting for readiness check".into()),
         };
+        let message = match (message.is_empty(), self.limits_note.is_empty()) {
+            (_, true) => message,
+            (true, false) => self.limits_note.clone(),
+            (false, false) => format!("{message}; {}", self.limits_note),
+        };
         self.set_state(state, message);
     }
 
@@ -194,7 +325,7 @@ impl Tracked {
             self.retry_later(format!("cannot prepare image: {e}"));
             return;
         }
-        let container = container_spec(&self.id, placement, self.revision, &spec);
+        let container = container_spec(&self.id, placement, self.revision, self.resources, &spec);
         let id = match runtime.create(&container).await {
             Ok(id) => id,
             Err(e) => {
@@ -203,6 +334,14 @@ impl Tracked {
             }
         };
         self.status.container_id = id.clone();
+        // A new container: what was said or tried about the limits of an earlier one is over.
+        let limits = Resources {
+            cpu_millis: container.cpu_millis,
+            memory_bytes: container.memory_bytes,
+        };
+        self.applied = Some((id.clone(), limits));
+        self.limits_note.clear();
+        self.limits_retry = None;
         match runtime.start(&id).await {
             Ok(()) => {
                 info!(alloc = %self.id, container = %id, "container started");
@@ -276,6 +415,7 @@ impl Tracked {
                 if !self.is_running() {
                     self.set_state(AllocState::Running, String::new());
                 }
+                self.reconcile_limits(c, runtime, &policy).await;
                 self.refresh_health_state();
             }
             ContainerState::Created => self.start_again(c, runtime, false).await,
@@ -317,6 +457,103 @@ impl Tracked {
                 self.status.message = format!("container is {state}");
             }
         }
+    }
+
+    /// The limits `c` runs with: those the agent set on it, until the engine reports them
+    /// (then the engine's word, so that a change made behind the agent's back is seen).
+    fn limits_of(&mut self, c: &ContainerInfo) -> Resources {
+        match &self.applied {
+            Some((id, applied)) if *id == c.id && *applied != c.limits => *applied,
+            _ => {
+                self.applied = None;
+                c.limits
+            }
+        }
+    }
+
+    /// Brings the running container `c`'s limits to the allocation's resources in place (no
+    /// restart), as far as [`plan_limits`] finds it safe. A failed update is asked again
+    /// after the restart policy's backoff, or never if the engine cannot do it; a new target
+    /// is asked at once.
+    async fn reconcile_limits(
+        &mut self,
+        c: &ContainerInfo,
+        runtime: &dyn ContainerRuntime,
+        policy: &RestartPolicy,
+    ) {
+        let current = self.limits_of(c);
+        let working_set = self
+            .working_set
+            .as_ref()
+            .filter(|(id, _)| *id == c.id)
+            .map(|(_, bytes)| *bytes);
+        let plan = plan_limits(current, self.resources, working_set);
+        if plan.update == Resources::default() {
+            self.limits_retry = None;
+            self.set_limits_note(plan.note);
+            return;
+        }
+        if let Some(retry) = &self.limits_retry {
+            let waiting = retry.at.is_none_or(|at| Instant::now() < at);
+            if retry.update == plan.update && waiting {
+                return;
+            }
+        }
+        match runtime.update_resources(&c.id, plan.update).await {
+            Ok(()) => {
+                let new = merge_limits(current, plan.update);
+                info!(
+                    alloc = %self.id,
+                    container = %c.id,
+                    old = %describe_limits(current),
+                    new = %describe_limits(new),
+                    "container limits changed in place"
+                );
+                self.applied = Some((c.id.clone(), new));
+                self.limits_retry = None;
+                self.set_limits_note(plan.note);
+            }
+            Err(e) => {
+                let failures = match &self.limits_retry {
+                    Some(retry) if retry.update == plan.update => retry.failures + 1,
+                    _ => 1,
+                };
+                let wait = (!matches!(e, RuntimeError::Unsupported { .. }))
+                    .then(|| delay(policy, failures - 1));
+                warn!(
+                    alloc = %self.id,
+                    container = %c.id,
+                    limits = %describe_limits(plan.update),
+                    error = %e,
+                    retry_in = ?wait,
+                    "cannot change container limits in place"
+                );
+                let mut note = format!(
+                    "cannot change limits to {}: {e}",
+                    describe_limits(plan.update)
+                );
+                if let Some(wait) = wait {
+                    note.push_str(&format!("; retrying in {}", humanize(wait)));
+                }
+                if !plan.note.is_empty() {
+                    note = format!("{}; {note}", plan.note);
+                }
+                self.limits_retry = Some(LimitsRetry {
+                    update: plan.update,
+                    failures,
+                    at: wait.map(|wait| Instant::now() + wait),
+                });
+                self.limits_note = note;
+            }
+        }
+    }
+
+    /// Sets what is said about the limits, warning when it says something new.
+    fn set_limits_note(&mut self, note: String) {
+        if !note.is_empty() && note != self.limits_note {
+            warn!(alloc = %self.id, reason = %note, "container limits not changed");
+        }
+        self.limits_note = note;
     }
 
     async fn start_again(
@@ -503,10 +740,13 @@ pub struct Placement<'a> {
 /// `NAME.default.svc.DOMAIN`).
 pub const NAMESPACE: &str = "default";
 
+/// The container of allocation `alloc`: `spec`'s image, command and ports, the allocation's
+/// `resources` as its limits (they follow the allocation when it is resized, not the spec).
 fn container_spec(
     alloc: &str,
     placement: &Placement<'_>,
     revision: u64,
+    resources: Resources,
     spec: &WorkloadSpec,
 ) -> ContainerSpec {
     let (node, advertise) = (placement.node, placement.advertise);
@@ -527,8 +767,8 @@ fn container_spec(
         args: spec.args.clone(),
         env: spec.container_env(),
         labels,
-        cpu_millis: spec.resources.cpu_millis,
-        memory_bytes: spec.resources.memory_bytes,
+        cpu_millis: resources.cpu_millis,
+        memory_bytes: resources.memory_bytes,
         ports: spec
             .ports
             .iter()

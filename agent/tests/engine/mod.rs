@@ -131,7 +131,8 @@ impl Agent {
                     service: spec.name.clone(),
                     revision: 1,
                     node: node.to_owned(),
-                    resources: Default::default(),
+                    // What the spec asks, as the coordinator reserves it.
+                    resources: spec.resources,
                     desired,
                     created_unix_ms: 0,
                 };

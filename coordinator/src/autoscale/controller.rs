@@ -18,21 +18,30 @@ use crate::store::Write;
 
 /// What the autoscalers remember between decisions (in memory, as Kubernetes' controller:
 /// a restarted coordinator starts its windows afresh).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Autoscalers {
     histories: BTreeMap<String, History>,
+    /// The vertical autoscalers, deciding on the same period.
+    resizers: super::resize::Resizers,
     /// When the next decisions are due.
     pub next_ms: u64,
 }
 
 impl Autoscalers {
-    /// Decides for every autoscaled workload if a period has passed since the last time;
-    /// writes go to `changes`.
-    pub fn run(&mut self, state: &ClusterState, now_ms: u64, changes: &mut ChangeSet) {
+    /// Decides for every autoscaled workload, horizontally and vertically, if a period has
+    /// passed since the last time; writes go to `changes`. Returns the vertical
+    /// autoscalers' recommendations when it decided.
+    pub fn run(
+        &mut self,
+        state: &ClusterState,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Option<BTreeMap<String, super::vpa::Recommendation>> {
         if now_ms < self.next_ms {
-            return;
+            return None;
         }
         self.next_ms = now_ms + state.settings.autoscale_interval_ms;
+        let recommendations = self.resizers.run(state, now_ms, changes);
         self.histories
             .retain(|name, _| autoscale_of(state, name).is_some());
         for (name, record) in &state.stored.workloads {
@@ -60,6 +69,7 @@ impl Autoscalers {
                 ),
             );
         }
+        Some(recommendations)
     }
 }
 

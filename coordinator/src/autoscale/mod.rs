@@ -4,5 +4,7 @@
 
 pub mod controller;
 pub mod hpa;
+pub mod resize;
+pub mod vpa;
 
 pub use controller::Autoscalers;

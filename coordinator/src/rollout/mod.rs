@@ -51,6 +51,10 @@ pub struct Replica<'a> {
     pub ready_since_ms: Option<u64>,
     /// Its node is draining.
     pub draining: bool,
+    /// Why it is to be replaced by a replica of other resources (its vertical
+    /// autoscaler's `Recreate`, or an in-place growth its node cannot hold); replaced as a
+    /// replica of a draining node is, the new one available first.
+    pub resize: Option<String>,
     /// Its node is connected (a replica on a node that is not is never stopped to make
     /// room: it may be lost, or come back as it was).
     pub node_ready: bool,
@@ -219,7 +223,8 @@ pub fn canary_replicas(replicas: u32, weight: u32) -> u32 {
 struct Classes<'r, 'a> {
     /// Live replicas of the service's revision on nodes that keep them.
     incoming: Vec<&'r Replica<'a>>,
-    /// Live replicas of the service's revision on draining nodes.
+    /// Live replicas of the service's revision on draining nodes, or to be resized by
+    /// replacement.
     migrating: Vec<&'r Replica<'a>>,
     /// Live replicas of other revisions.
     old: Vec<&'r Replica<'a>>,
@@ -267,7 +272,7 @@ fn classify<'r, 'a>(record: &WorkloadRecord, replicas: &'r [Replica<'a>]) -> Cla
                 };
                 c.ended.push((r.alloc, reason));
             }
-            _ if current && r.draining => c.migrating.push(r),
+            _ if current && (r.draining || r.resize.is_some()) => c.migrating.push(r),
             _ if current => c.incoming.push(r),
             _ if record
                 .traffic

@@ -160,7 +160,9 @@ pub(super) fn replace<'a>(
             }
             available -= 1;
         }
-        let why = if r.draining && r.alloc.revision == revision {
+        let why = if let Some(why) = r.resize.as_ref().filter(|_| !r.draining) {
+            why.clone()
+        } else if r.draining && r.alloc.revision == revision {
             format!("node {} is draining", r.alloc.node)
         } else {
             format!("revision {} is replaced by {revision}", r.alloc.revision)

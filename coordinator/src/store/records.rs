@@ -46,6 +46,10 @@ pub struct WorkloadRecord {
     /// workload's, not a revision's).
     #[serde(default)]
     pub autoscale: Option<drover_proto::model::Autoscale>,
+    /// Vertical autoscaling, as the last apply declared it (the workload's, like
+    /// `autoscale`).
+    #[serde(default)]
+    pub vertical_autoscale: Option<drover_proto::model::VerticalAutoscale>,
 }
 
 impl WorkloadRecord {
@@ -71,6 +75,7 @@ impl WorkloadRecord {
             failed_revisions: BTreeMap::new(),
             rollout: None,
             autoscale: None,
+            vertical_autoscale: None,
         }
     }
 

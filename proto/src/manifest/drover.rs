@@ -71,6 +71,7 @@ struct Spec {
     stop_after_disconnect: Option<Dur>,
     service: Option<ServiceInput>,
     autoscale: Option<super::autoscale::AutoscaleInput>,
+    vertical_autoscale: Option<super::vertical::VerticalInput>,
 }
 
 /// How the document's service is reached; it has one when a port has a `servicePort`.
@@ -274,6 +275,15 @@ impl Document {
                 spec.autoscale =
                     autoscale.convert(&mut errors, "spec.autoscale", spec.resources, None);
             }
+        }
+        if let Some(vertical) = input.vertical_autoscale {
+            if vertical.target_ref.is_some() {
+                errors.push(
+                    "spec.verticalAutoscale.targetRef",
+                    "spec.verticalAutoscale resizes the document's own workload; targetRef is for a VerticalPodAutoscaler",
+                );
+            }
+            spec.vertical_autoscale = vertical.convert(&mut errors, "spec.verticalAutoscale", None);
         }
         let service = service(
             &mut errors,

@@ -3,6 +3,8 @@
 //! `drover apply -f` takes YAML files of several documents each (`---` separated). A document
 //! is one of:
 //! - `apiVersion: drover.dev/v1`, `kind: Service`: Drover's own spec (see `examples/web.yaml`);
+//! - `autoscaling/v2` (or `v1`) `HorizontalPodAutoscaler` and `autoscaling.k8s.io/v1`
+//!   `VerticalPodAutoscaler`, each joined with the Deployment of the same apply it targets;
 //! - `apiVersion: apps/v1`, `kind: Deployment`, and `apiVersion: v1`, `kind: Service`: the
 //!   Kubernetes subset. A Deployment is a [`WorkloadSpec`] (its pod template labels are the
 //!   replicas' labels); a Service is a [`Service`] of its own name that selects, by labels,
@@ -34,6 +36,7 @@ mod join;
 mod kube;
 mod quantity;
 mod validate;
+mod vertical;
 
 #[cfg(test)]
 mod tests;
@@ -101,6 +104,7 @@ struct Collected {
     declared: Vec<Declared>,
     services: Vec<join::ServiceEntry>,
     autoscalers: Vec<AutoscalerEntry>,
+    vertical: Vec<VerticalEntry>,
 }
 
 /// A HorizontalPodAutoscaler, joined with its target workload once every document is read.
@@ -110,6 +114,29 @@ struct AutoscalerEntry {
     object: String,
     name: String,
     spec: autoscale::AutoscaleInput,
+}
+
+/// A VerticalPodAutoscaler, joined with its target workload once every document is read.
+#[derive(Debug)]
+struct VerticalEntry {
+    origin: Source,
+    object: String,
+    name: String,
+    spec: vertical::VerticalInput,
+}
+
+/// A VerticalPodAutoscaler document.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerticalPodAutoscaler {
+    #[serde(rename = "apiVersion")]
+    _api_version: serde::de::IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    metadata: kube::ObjectMeta,
+    spec: vertical::VerticalInput,
+    #[serde(rename = "status")]
+    _status: Option<serde::de::IgnoredAny>,
 }
 
 /// A HorizontalPodAutoscaler document.
@@ -136,9 +163,13 @@ fn parse_set(files: &[(&str, &str)]) -> Result<Manifest, ManifestError> {
         mut declared,
         services,
         autoscalers,
+        vertical,
     } = collected;
     for entry in autoscalers {
         join_autoscaler(entry, &mut declared, &mut problems);
+    }
+    for entry in vertical {
+        join_vertical(entry, &mut declared, &mut problems);
     }
     let objects: HashMap<Source, String> = services
         .iter()
@@ -282,18 +313,21 @@ impl Collected {
             kube::DEPLOYMENT => self.read_deployment(origin, object, name, value),
             kube::SERVICE => self.read_service(origin, object, value),
             autoscale::HPA_V2 | autoscale::HPA_V1 => self.read_autoscaler(origin, object, value),
+            vertical::VPA => self.read_vertical(origin, object, value),
             _ => {
                 let error = FieldError::new(
                     "kind",
                     format!(
-                        "kind {kind} of apiVersion {api_version} is not supported: Drover reads {} Service, {} {}, {} {} and {} {}",
+                        "kind {kind} of apiVersion {api_version} is not supported: Drover reads {} Service, {} {}, {} {}, {} {} and {} {}",
                         drover::API_VERSION,
                         kube::DEPLOYMENT.0,
                         kube::DEPLOYMENT.1,
                         kube::SERVICE.0,
                         kube::SERVICE.1,
                         autoscale::HPA_V2.0,
-                        autoscale::HPA_V2.1
+                        autoscale::HPA_V2.1,
+                        vertical::VPA.0,
+                        vertical::VPA.1
                     ),
                 );
                 self.problem(origin, Some(object), vec![error]);
@@ -372,6 +406,18 @@ impl Collected {
         }
     }
 
+    fn read_vertical(&mut self, origin: Source, object: String, value: Value) {
+        match typed::<VerticalPodAutoscaler>(value) {
+            Ok(vpa) => self.vertical.push(VerticalEntry {
+                origin,
+                object,
+                name: vpa.metadata.name,
+                spec: vpa.spec,
+            }),
+            Err(error) => self.problem(origin, Some(object), vec![error]),
+        }
+    }
+
     fn problem(&mut self, origin: Source, object: Option<String>, errors: Vec<FieldError>) {
         self.problems
             .extend(errors.into_iter().map(|error| Problem {
@@ -390,43 +436,20 @@ fn join_autoscaler(entry: AutoscalerEntry, declared: &mut [Declared], problems: 
         object: Some(entry.object.clone()),
         error,
     };
-    let Some(target) = &entry.spec.scale_target_ref else {
-        problems.push(problem(FieldError::new(
-            "spec.scaleTargetRef",
-            "required field is missing",
-        )));
-        return;
+    let workload = match target_of(
+        entry.spec.scale_target_ref.as_ref(),
+        "spec.scaleTargetRef",
+        ("HorizontalPodAutoscaler", "spec.autoscale"),
+        declared,
+    ) {
+        Ok(workload) => workload,
+        Err(error) => return problems.push(problem(error)),
     };
-    if target.kind != "Deployment" {
-        problems.push(problem(FieldError::new(
-            "spec.scaleTargetRef.kind",
-            format!(
-                "{}: Drover scales Deployments (and its own Services, through spec.autoscale)",
-                target.kind
-            ),
-        )));
-        return;
-    }
-    let Some(workload) = declared
-        .iter_mut()
-        .find(|d| d.deployment && d.spec.name == target.name)
-    else {
-        problems.push(problem(FieldError::new(
-            "spec.scaleTargetRef.name",
-            format!(
-                "Deployment {:?} is not in this apply: Drover keeps an autoscaler with its workload, so apply the HorizontalPodAutoscaler together with its Deployment",
-                target.name
-            ),
-        )));
-        return;
-    };
+    let target = &workload.spec.name;
     if workload.spec.autoscale.is_some() {
         problems.push(problem(FieldError::new(
             "spec.scaleTargetRef.name",
-            format!(
-                "Deployment {:?} already has an autoscaler in this apply",
-                target.name
-            ),
+            format!("Deployment {target:?} already has an autoscaler in this apply"),
         )));
         return;
     }
@@ -450,4 +473,70 @@ fn header(value: &Value, key: &str) -> Result<String, FieldError> {
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(error::from_serde)
+}
+
+/// The Deployment of this apply an autoscaler's `target` (at `path`) names. `kinds`: the
+/// autoscaler's kind and the field of Drover's own document that does the same.
+fn target_of<'a>(
+    target: Option<&autoscale::TargetRef>,
+    path: &str,
+    (kind, own_field): (&str, &str),
+    declared: &'a mut [Declared],
+) -> Result<&'a mut Declared, FieldError> {
+    let Some(target) = target else {
+        return Err(FieldError::new(path, "required field is missing"));
+    };
+    if target.kind != "Deployment" {
+        return Err(FieldError::new(
+            format!("{path}.kind"),
+            format!(
+                "{}: Drover autoscales Deployments (and its own Services, through {own_field})",
+                target.kind
+            ),
+        ));
+    }
+    declared
+        .iter_mut()
+        .find(|d| d.deployment && d.spec.name == target.name)
+        .ok_or_else(|| {
+            FieldError::new(
+                format!("{path}.name"),
+                format!(
+                    "Deployment {:?} is not in this apply: Drover keeps an autoscaler with its workload, so apply the {kind} together with its Deployment",
+                    target.name
+                ),
+            )
+        })
+}
+
+/// Gives a VerticalPodAutoscaler's target, declared in the same set, its vertical
+/// autoscaling.
+fn join_vertical(entry: VerticalEntry, declared: &mut [Declared], problems: &mut Vec<Problem>) {
+    let problem = |error: FieldError| Problem {
+        origin: entry.origin.clone(),
+        object: Some(entry.object.clone()),
+        error,
+    };
+    let workload = match target_of(
+        entry.spec.target_ref.as_ref(),
+        "spec.targetRef",
+        ("VerticalPodAutoscaler", "spec.verticalAutoscale"),
+        declared,
+    ) {
+        Ok(workload) => workload,
+        Err(error) => return problems.push(problem(error)),
+    };
+    if workload.spec.vertical_autoscale.is_some() {
+        let target = &workload.spec.name;
+        problems.push(problem(FieldError::new(
+            "spec.targetRef.name",
+            format!("Deployment {target:?} already has a vertical autoscaler in this apply"),
+        )));
+        return;
+    }
+    let mut errors = error::Errors::default();
+    let name = entry.name.clone();
+    let vertical = entry.spec.convert(&mut errors, "spec", Some(name));
+    problems.extend(errors.0.into_iter().map(problem));
+    workload.spec.vertical_autoscale = vertical;
 }

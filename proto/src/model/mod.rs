@@ -524,6 +524,9 @@ pub struct WorkloadSpec {
     pub pod_labels: BTreeMap<String, String>,
     /// Horizontal autoscaling; `None`: the replica count is the operator's.
     pub autoscale: Option<Autoscale>,
+    /// Vertical autoscaling; `None`: the resources are the operator's.
+    #[serde(default)]
+    pub vertical_autoscale: Option<VerticalAutoscale>,
 }
 
 impl WorkloadSpec {
@@ -561,18 +564,20 @@ impl WorkloadSpec {
             labels: BTreeMap::new(),
             pod_labels: BTreeMap::new(),
             autoscale: None,
+            vertical_autoscale: None,
         }
     }
 
     /// Whether `other` differs from `self` in what its containers run (anything but the
-    /// replica count, the update strategy, the traffic policy and autoscaling). Such a change makes a
-    /// new revision.
+    /// replica count, the update strategy, the traffic policy and autoscaling, horizontal or
+    /// vertical). Such a change makes a new revision.
     pub fn template_differs(&self, other: &WorkloadSpec) -> bool {
         let strip = |spec: &WorkloadSpec| WorkloadSpec {
             replicas: 0,
             traffic: Traffic::default(),
             update: UpdateStrategy::default(),
             autoscale: None,
+            vertical_autoscale: None,
             ..spec.clone()
         };
         strip(self) != strip(other)
@@ -601,6 +606,52 @@ pub struct Autoscale {
     pub scale_down: ScaleRules,
     /// The HorizontalPodAutoscaler it came from; `None`: the workload's own spec.
     pub source: Option<String>,
+}
+
+/// Vertical autoscaling of a workload: Drover's `verticalAutoscale:`, or a
+/// VerticalPodAutoscaler (autoscaling.k8s.io/v1) targeting it. The coordinator recommends
+/// CPU and memory per replica from the replicas' usage, as VPA's recommender does, and
+/// `mode` says what happens with the recommendation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VerticalAutoscale {
+    /// What the recommendation changes.
+    pub mode: VerticalMode,
+    /// Floors; a zero dimension has none.
+    pub min_allowed: Resources,
+    /// Ceilings; a zero dimension has none.
+    pub max_allowed: Resources,
+    /// Whether it sets the CPU limit.
+    pub controls_cpu: bool,
+    /// Whether it sets the memory limit.
+    pub controls_memory: bool,
+    /// The VerticalPodAutoscaler it came from; `None`: the workload's own spec.
+    pub source: Option<String>,
+}
+
+/// What a vertical autoscaler does with its recommendation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VerticalMode {
+    /// Recommend only (shown in `drover status`).
+    Off,
+    /// New replicas start with the recommendation; running ones keep theirs.
+    Initial,
+    /// Running replicas' limits change in place, without a restart; a replica whose node
+    /// cannot hold the increase is replaced on another node.
+    InPlace,
+    /// Replicas are replaced, one at a time, by replicas with the recommendation.
+    Recreate,
+}
+
+impl VerticalMode {
+    /// The mode as manifests spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerticalMode::Off => "Off",
+            VerticalMode::Initial => "Initial",
+            VerticalMode::InPlace => "InPlace",
+            VerticalMode::Recreate => "Recreate",
+        }
+    }
 }
 
 /// A resource an autoscaler measures.

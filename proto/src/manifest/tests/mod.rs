@@ -4,6 +4,7 @@ mod autoscale;
 mod drover;
 mod kube;
 mod services;
+mod vertical;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -281,7 +282,7 @@ fn unknown_kinds_and_bad_documents_are_refused() {
     let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b}\n";
     assert_eq!(
         refused(&[("k.yaml", config_map)]),
-        "k.yaml, document 1 (ConfigMap cfg): kind: kind ConfigMap of apiVersion v1 is not supported: Drover reads drover.dev/v1 Service, apps/v1 Deployment, v1 Service and autoscaling/v2 HorizontalPodAutoscaler"
+        "k.yaml, document 1 (ConfigMap cfg): kind: kind ConfigMap of apiVersion v1 is not supported: Drover reads drover.dev/v1 Service, apps/v1 Deployment, v1 Service, autoscaling/v2 HorizontalPodAutoscaler and autoscaling.k8s.io/v1 VerticalPodAutoscaler"
     );
     let old = DEPLOYMENT.replace("apps/v1", "extensions/v1beta1");
     assert_contains(
