@@ -44,14 +44,21 @@ pub async fn apply(
     // Parsed and validated here first, so errors name files and documents; nothing is
     // sent unless every document is valid.
     let manifest = manifest::parse_files(&files)?;
-    if manifest.workloads.is_empty() && manifest.services.is_empty() {
-        anyhow::bail!("no workloads or services found in {}", paths.join(", "));
+    if manifest.workloads.is_empty()
+        && manifest.services.is_empty()
+        && manifest.autoscalers.is_empty()
+    {
+        anyhow::bail!(
+            "no workloads, services or autoscalers found in {}",
+            paths.join(", ")
+        );
     }
     let mut client = connect(target).await?;
     let response = client
         .apply(pb::ApplyRequest {
             workloads: manifest.workloads.iter().map(Into::into).collect(),
             services: manifest.services.iter().map(Into::into).collect(),
+            autoscalers: manifest.autoscalers.iter().map(Into::into).collect(),
             dry_run,
             cause: cause.to_string(),
         })
@@ -69,6 +76,10 @@ pub async fn apply(
         };
         if result.kind == "service" {
             say!("service/{} {change}{suffix}", result.name);
+            continue;
+        }
+        if result.kind == "autoscaler" {
+            say!("autoscaler/{} {change}{suffix}", result.name);
             continue;
         }
         say!(
@@ -116,6 +127,9 @@ pub async fn delete(target: &str, name: &str, kind: Option<&str>) -> anyhow::Res
     }
     if response.service_deleted {
         say!("service/{name} deleted");
+    }
+    if !response.autoscaler_deleted.is_empty() {
+        say!("{}/{name} deleted", response.autoscaler_deleted);
     }
     Ok(())
 }

@@ -67,12 +67,14 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
-    /// Delete the workload (stopping its replicas) and the service of a name.
+    /// Delete the workload (stopping its replicas), the service and the autoscalers of a
+    /// name.
     Delete {
-        /// Workload or service name.
+        /// Workload, service or autoscaler name.
         service: String,
-        /// Delete only the workload, or only the service, of that name.
-        #[arg(long, value_parser = ["workload", "service"])]
+        /// Delete only the workload, only the service, or only the autoscalers (an HPA or
+        /// VPA applied on its own), of that name.
+        #[arg(long, value_parser = ["workload", "service", "autoscaler"])]
         only: Option<String>,
     },
     /// List objects.

@@ -146,10 +146,20 @@ impl Control for ControlService {
                     .map_err(|e| Status::invalid_argument(format!("services[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let autoscalers = request
+            .autoscalers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                drover_proto::model::Autoscaler::try_from(a)
+                    .map_err(|e| Status::invalid_argument(format!("autoscalers[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let command = Command::Apply {
             manifest: Manifest {
                 workloads,
                 services,
+                autoscalers,
             },
             cause: request.cause,
             dry_run: request.dry_run,
@@ -188,9 +198,10 @@ impl Control for ControlService {
             "" => None,
             "workload" => Some(ObjectKind::Workload),
             "service" => Some(ObjectKind::Service),
+            "autoscaler" => Some(ObjectKind::Autoscaler),
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "kind {:?} is not \"workload\" or \"service\"",
+                    "kind {:?} is not \"workload\", \"service\" or \"autoscaler\"",
                     drover_proto::manifest::excerpt(other)
                 )));
             }
@@ -202,7 +213,7 @@ impl Control for ControlService {
         let deleted = self
             .coordinator
             .execute(&credentials, command, |_, outcome| match outcome {
-                Outcome::Deleted(deleted) => Ok(*deleted),
+                Outcome::Deleted(deleted) => Ok(deleted.clone()),
                 other => Err(unexpected(other)),
             })
             .await?;
@@ -210,6 +221,7 @@ impl Control for ControlService {
             stopped_allocations: deleted.stopped,
             workload_deleted: deleted.workload,
             service_deleted: deleted.service,
+            autoscaler_deleted: deleted.autoscalers.join(", "),
         }))
     }
 

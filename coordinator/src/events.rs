@@ -70,3 +70,5 @@ pub const SERVICE_REMOVED: &str = "service_removed";
 pub const AUTOSCALED: &str = "autoscaled";
 /// A vertical autoscaler changed a running replica's resources in place.
 pub const RESIZED: &str = "resized";
+/// An autoscaler applied without its workload was applied, changed or deleted.
+pub const AUTOSCALER_CHANGED: &str = "autoscaler_changed";

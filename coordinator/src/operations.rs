@@ -13,6 +13,7 @@ use crate::rollout;
 use crate::state::ClusterState;
 use crate::store::{RevisionRecord, RolloutPhase, WorkloadRecord, Write};
 
+mod autoscalers;
 mod services;
 
 pub use services::{assign_missing_addresses, set_workload_weights};
@@ -24,6 +25,8 @@ pub enum ObjectKind {
     Workload,
     /// A name and ports over workloads' replicas.
     Service,
+    /// A HorizontalPodAutoscaler or VerticalPodAutoscaler applied without its workload.
+    Autoscaler,
 }
 
 impl ObjectKind {
@@ -32,17 +35,20 @@ impl ObjectKind {
         match self {
             ObjectKind::Workload => "workload",
             ObjectKind::Service => "service",
+            ObjectKind::Autoscaler => "autoscaler",
         }
     }
 }
 
 /// What a delete removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Deleted {
     /// A workload was deleted.
     pub workload: bool,
     /// A service was deleted.
     pub service: bool,
+    /// The kinds of the autoscalers deleted by that name.
+    pub autoscalers: Vec<&'static str>,
     /// Allocations of the workload told to stop.
     pub stopped: u32,
 }
@@ -82,11 +88,13 @@ pub fn apply(
 ) -> Result<Vec<ApplyOutcome>, Error> {
     let mut problems = check_specs(state, &manifest.workloads);
     let services = services::check(state, &manifest.services, &mut problems);
+    autoscalers::check(state, manifest, &mut problems);
     if !problems.is_empty() {
         return Err(Error::InvalidArgument(problems.join("; ")));
     }
     let mut outcomes = apply_workloads(state, &manifest.workloads, cause, changes)?;
     outcomes.extend(services::apply(state, services, changes));
+    outcomes.extend(autoscalers::apply(state, &manifest.autoscalers, changes));
     Ok(outcomes)
 }
 
@@ -102,20 +110,27 @@ fn apply_workloads(
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
         let existing = state.service(&spec.name);
-        // An autoscaled workload keeps the count its autoscaler set (within the new
-        // bounds); the manifest's is only the first one.
-        let autoscaled;
-        let spec = match (&spec.autoscale, &existing) {
-            (Some(a), existing) => {
-                let from = existing.as_ref().map_or(spec.replicas, |(r, _)| r.replicas);
-                autoscaled = WorkloadSpec {
-                    replicas: from.clamp(a.min_replicas, a.max_replicas),
-                    ..spec.clone()
-                };
-                &autoscaled
-            }
-            (None, _) => spec,
+        // Autoscalers applied on their own stay; an autoscaled workload keeps the count its
+        // autoscaler set (within the new bounds): the manifest's is only the first one.
+        let (autoscale, vertical_autoscale) = autoscalers::kept(
+            existing.as_ref().map(|(r, _)| *r),
+            &spec.autoscale,
+            &spec.vertical_autoscale,
+        );
+        let replicas = match &autoscale {
+            Some(a) => existing
+                .as_ref()
+                .map_or(spec.replicas, |(r, _)| r.replicas)
+                .clamp(a.min_replicas, a.max_replicas),
+            None => spec.replicas,
         };
+        let autoscaled = WorkloadSpec {
+            replicas,
+            autoscale,
+            vertical_autoscale,
+            ..spec.clone()
+        };
+        let spec = &autoscaled;
         let (revision, change) = match &existing {
             None => (1, ApplyChange::Created),
             Some((record, current)) if current.template_differs(spec) => {
@@ -515,16 +530,19 @@ pub fn delete(
     changes: &mut ChangeSet,
 ) -> Result<Deleted, Error> {
     let mut deleted = Deleted::default();
-    if kind != Some(ObjectKind::Service) && state.stored.workloads.contains_key(name) {
+    if kind.is_none_or(|k| k == ObjectKind::Workload) && state.stored.workloads.contains_key(name) {
         deleted.workload = true;
         deleted.stopped = delete_workload(state, name, changes)?;
     }
-    if kind != Some(ObjectKind::Workload) {
+    if kind.is_none() || kind == Some(ObjectKind::Service) {
         deleted.service = services::delete(state, name, changes);
     }
-    if !deleted.workload && !deleted.service {
+    if kind.is_none() || kind == Some(ObjectKind::Autoscaler) {
+        deleted.autoscalers = autoscalers::delete(state, name, changes);
+    }
+    if !deleted.workload && !deleted.service && deleted.autoscalers.is_empty() {
         return Err(Error::NotFound {
-            kind: kind.map_or("workload or service", ObjectKind::as_str),
+            kind: kind.map_or("workload, service or autoscaler", ObjectKind::as_str),
             name: name.to_string(),
         });
     }

@@ -16,6 +16,7 @@ async fn apply_place_report_scale_delete() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: vec![web_service()],
+            autoscalers: Vec::new(),
             workloads: vec![web(3)],
             dry_run: false,
         })
@@ -220,6 +221,7 @@ async fn invalid_apply_changes_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: vec![web_service()],
+            autoscalers: Vec::new(),
             workloads: vec![web(1)],
             dry_run: false,
         })
@@ -237,6 +239,7 @@ async fn invalid_apply_changes_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: vec![other],
+            autoscalers: Vec::new(),
             workloads: vec![bad.clone(), worse],
             dry_run: false,
         })
@@ -260,6 +263,7 @@ async fn invalid_apply_changes_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![missing_image],
             dry_run: false,
         })
@@ -286,6 +290,7 @@ async fn invalid_apply_changes_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![new],
             dry_run: true,
         })
@@ -312,6 +317,7 @@ async fn revisions_and_weights() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(2)],
             dry_run: false,
         })
@@ -322,6 +328,7 @@ async fn revisions_and_weights() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(2)],
             dry_run: false,
         })
@@ -333,6 +340,7 @@ async fn revisions_and_weights() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(4)],
             dry_run: false,
         })
@@ -347,6 +355,7 @@ async fn revisions_and_weights() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![pb::WorkloadSpec {
                 image: "web:2".into(),
                 ..web(4)
@@ -415,6 +424,7 @@ async fn drain_moves_replicas_before_stopping_them() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(1)],
             dry_run: false,
         })

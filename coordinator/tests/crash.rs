@@ -60,6 +60,7 @@ async fn sigkill_loses_no_acknowledged_apply() {
                     .apply(pb::ApplyRequest {
                         cause: String::new(),
                         services: Vec::new(),
+                        autoscalers: Vec::new(),
                         workloads: vec![spec(next)],
                         dry_run: false,
                     })

@@ -19,6 +19,7 @@ async fn two_nodes_serving(server: &Server, replicas: u32) -> [(FakeAgent, Vec<S
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(replicas)],
             dry_run: false,
         })
@@ -161,6 +162,7 @@ async fn an_older_generation_does_not_replace_a_live_session() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(1)],
             dry_run: false,
         })
@@ -227,6 +229,7 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![huge],
             dry_run: false,
         })
@@ -246,6 +249,7 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![long],
             dry_run: false,
         })
@@ -270,6 +274,7 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![web(1)],
             dry_run: false,
         })
@@ -302,6 +307,7 @@ async fn requests_over_a_limit_are_refused_naming_it_and_change_nothing() {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![big],
             dry_run: false,
         })

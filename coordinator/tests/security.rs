@@ -199,6 +199,7 @@ async fn a_secret_reaches_only_the_node_that_runs_it_and_only_admins_see_its_val
     admin
         .apply(pb::ApplyRequest {
             services: vec![common::web_service()],
+            autoscalers: Vec::new(),
             workloads: vec![spec],
             dry_run: false,
             cause: String::new(),
@@ -265,6 +266,7 @@ async fn a_secret_reaches_only_the_node_that_runs_it_and_only_admins_see_its_val
     let refused = ops
         .apply(pb::ApplyRequest {
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![withheld],
             dry_run: false,
             cause: String::new(),

@@ -104,6 +104,7 @@ async fn cluster_with_web(data_dir: &Path) {
         .apply(pb::ApplyRequest {
             cause: String::new(),
             services: Vec::new(),
+            autoscalers: Vec::new(),
             workloads: vec![(&spec).into()],
             dry_run: false,
         })

@@ -491,6 +491,51 @@ impl From<&crate::model::Autoscale> for pb::Autoscale {
     }
 }
 
+impl From<&crate::model::Autoscaler> for pb::Autoscaler {
+    fn from(a: &crate::model::Autoscaler) -> Self {
+        use crate::model::AutoscalerKind;
+        pb::Autoscaler {
+            target: a.target.clone(),
+            kind: Some(match &a.kind {
+                AutoscalerKind::Horizontal(h) => pb::autoscaler::Kind::Horizontal(h.into()),
+                AutoscalerKind::Vertical(v) => pb::autoscaler::Kind::Vertical(v.into()),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::Autoscaler> for crate::model::Autoscaler {
+    type Error = ConvertError;
+
+    fn try_from(a: pb::Autoscaler) -> Result<Self, ConvertError> {
+        use crate::model::AutoscalerKind;
+        const M: &str = "Autoscaler";
+        let kind = match a.kind {
+            Some(pb::autoscaler::Kind::Horizontal(h)) => AutoscalerKind::Horizontal(
+                h.try_into()
+                    .map_err(|e: ConvertError| e.in_field(M, "horizontal"))?,
+            ),
+            Some(pb::autoscaler::Kind::Vertical(v)) => AutoscalerKind::Vertical(
+                v.try_into()
+                    .map_err(|e: ConvertError| e.in_field(M, "vertical"))?,
+            ),
+            None => return Err(ConvertError::missing(M, "kind")),
+        };
+        let autoscaler = crate::model::Autoscaler {
+            target: a.target,
+            kind,
+        };
+        if autoscaler.name().is_empty() {
+            return Err(ConvertError::new(
+                M,
+                "source",
+                "an autoscaler applied on its own needs its name",
+            ));
+        }
+        Ok(autoscaler)
+    }
+}
+
 impl From<&crate::model::VerticalAutoscale> for pb::VerticalAutoscale {
     fn from(v: &crate::model::VerticalAutoscale) -> Self {
         use crate::model::VerticalMode;

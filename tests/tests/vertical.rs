@@ -1,7 +1,8 @@
 //! Vertical autoscaling through the real binaries: a replica whose memory grows under a
 //! VerticalPodAutoscaler in place mode gets a higher memory limit from the engine's update
 //! call, in the same container that keeps running; a replica whose processes are
-//! OOM-killed under an `Off` autoscaler gets a higher recommendation and nothing else.
+//! OOM-killed under an `Off` autoscaler (applied on its own, after its Deployment) gets a
+//! higher recommendation and nothing else.
 //! Decisions every 2 s here, samples every second.
 
 use std::process::Command;
@@ -52,8 +53,10 @@ spec:
           image: drover-test-busybox:latest
           command: ["/bin/sh", "-c", "while :; do sh -c 'x=$(head -c 40000000 /dev/zero | tr \"\\0\" a)'; sleep 2; done"]
           resources: {limits: {cpu: 100m, memory: 32Mi}}
----
-apiVersion: autoscaling.k8s.io/v1
+"#;
+
+/// `oom`'s autoscaler, applied on its own once the Deployment runs.
+const OOM_VPA: &str = r#"apiVersion: autoscaling.k8s.io/v1
 kind: VerticalPodAutoscaler
 metadata: {name: oom-vpa}
 spec:
@@ -129,6 +132,10 @@ fn a_growing_replica_gets_more_memory_in_place_and_an_oom_kill_raises_the_recomm
     assert_eq!(limit, 48 * MIB);
     assert!(running);
     let (oom_container, _, _) = replica(&coordinator, "oom").expect("oom replica");
+    let vpa = dir.path().join("oom-vpa.yaml");
+    std::fs::write(&vpa, OOM_VPA).expect("write vpa");
+    let applied = coordinator.apply(&vpa);
+    assert!(applied.contains("autoscaler/oom-vpa created"), "{applied}");
 
     // 72 MiB written under 48 MiB: only growing limits keep it alive to the end.
     wait_for(
@@ -177,5 +184,13 @@ fn a_growing_replica_gets_more_memory_in_place_and_an_oom_kill_raises_the_recomm
         "{status}"
     );
     assert!(status.contains("Recommend: cpu "), "{status}");
+    let out = coordinator.cli(&["delete", "oom-vpa", "--only", "autoscaler"]);
+    let deleted = success(&out, "drover delete oom-vpa");
+    assert!(
+        deleted.contains("VerticalPodAutoscaler/oom-vpa deleted"),
+        "{deleted}"
+    );
+    let status = success(&coordinator.cli(&["status", "oom"]), "drover status oom");
+    assert!(!status.contains("Vertical:"), "{status}");
     drop(agent);
 }

@@ -59,6 +59,7 @@ impl Sim {
         let manifest = drover_proto::manifest::Manifest {
             workloads: vec![spec.clone()],
             services: Vec::new(),
+            autoscalers: Vec::new(),
         };
         operations::apply(&self.state, &manifest, "", &mut changes).expect("apply");
         self.commit(changes);

@@ -19,6 +19,30 @@ pub(crate) const HPA_V2: (&str, &str) = ("autoscaling/v2", "HorizontalPodAutosca
 /// The older version, with only `targetCPUUtilizationPercentage`.
 pub(crate) const HPA_V1: (&str, &str) = ("autoscaling/v1", "HorizontalPodAutoscaler");
 
+/// The resources `metrics` target by utilization that `resources` does not request
+/// (utilization is usage over request, so such a target cannot be measured).
+pub fn unrequested(metrics: &[ScaleMetric], resources: Resources) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = metrics
+        .iter()
+        .filter(|m| matches!(m.target, ScaleTarget::Utilization(_)))
+        .filter(|m| match m.resource {
+            ScaleResource::Cpu => resources.cpu_millis == 0,
+            ScaleResource::Memory => resources.memory_bytes == 0,
+            ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections => false,
+        })
+        .map(|m| m.resource.as_str())
+        .collect();
+    names.dedup();
+    names
+}
+
+/// Why a utilization target of `name` is refused on a workload that does not request it.
+pub fn utilization_needs_request(name: &str) -> String {
+    format!(
+        "a {name} utilization target needs the workload to request {name} (resources.{name}, or the container's resources.requests.{name}): utilization is usage over request"
+    )
+}
+
 /// Kubernetes' default when an autoscaler names no metric.
 const DEFAULT_CPU_UTILIZATION: u32 = 80;
 
@@ -120,12 +144,13 @@ struct PolicyInput {
 
 impl AutoscaleInput {
     /// The autoscaler, its problems recorded under `base`; `resources` are the workload's
-    /// requests (a utilization target needs one). `source`: the HorizontalPodAutoscaler.
+    /// requests (a utilization target needs one), `None` when the workload is not in the
+    /// apply (the coordinator checks them). `source`: the HorizontalPodAutoscaler.
     pub(crate) fn convert(
         self,
         errors: &mut Errors,
         base: &str,
-        resources: Resources,
+        resources: Option<Resources>,
         source: Option<String>,
     ) -> Option<Autoscale> {
         let before = errors.0.len();
@@ -165,20 +190,9 @@ impl AutoscaleInput {
                 target: ScaleTarget::Utilization(DEFAULT_CPU_UTILIZATION),
             });
         }
-        for metric in &metrics {
-            let requested = match metric.resource {
-                ScaleResource::Cpu => resources.cpu_millis,
-                ScaleResource::Memory => resources.memory_bytes,
-                ScaleResource::ConnectionsPerSecond | ScaleResource::ActiveConnections => continue,
-            };
-            if matches!(metric.target, ScaleTarget::Utilization(_)) && requested == 0 {
-                let name = metric.resource.as_str();
-                errors.push(
-                    at(base, "metrics"),
-                    format!(
-                        "a {name} utilization target needs the workload to request {name} (resources.{name}, or the container's resources.requests.{name}): utilization is usage over request"
-                    ),
-                );
+        if let Some(resources) = resources {
+            for name in unrequested(&metrics, resources) {
+                errors.push(at(base, "metrics"), utilization_needs_request(name));
             }
         }
         let (mut scale_up, mut scale_down) = (ScaleRules::default_up(), ScaleRules::default_down());

@@ -273,7 +273,7 @@ impl Document {
                 );
             } else {
                 spec.autoscale =
-                    autoscale.convert(&mut errors, "spec.autoscale", spec.resources, None);
+                    autoscale.convert(&mut errors, "spec.autoscale", Some(spec.resources), None);
             }
         }
         if let Some(vertical) = input.vertical_autoscale {

@@ -47,6 +47,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+pub use autoscale::{unrequested, utilization_needs_request};
 pub use constraint::parse_constraint;
 pub use error::{FieldError, ManifestError, Problem, Source, ValueError};
 pub use quantity::{parse_cpu, parse_memory};
@@ -55,7 +56,7 @@ pub use validate::{
     validate,
 };
 
-use crate::model::{Service, WorkloadSpec};
+use crate::model::{Autoscaler, AutoscalerKind, Service, WorkloadSpec};
 
 /// Parses every YAML document of one file. Empty documents are skipped but still counted
 /// in [`Source::document`]. Kubernetes Deployments and Services are joined within the file.
@@ -71,6 +72,9 @@ pub struct Manifest {
     pub workloads: Vec<WorkloadSpec>,
     /// Services: those of Drover's documents that publish a port, and Kubernetes Services.
     pub services: Vec<Service>,
+    /// HorizontalPodAutoscalers and VerticalPodAutoscalers whose Deployment is not in the
+    /// apply: for workloads already in the cluster.
+    pub autoscalers: Vec<Autoscaler>,
 }
 
 /// Parses several files, `(name, text)`, as one apply: Kubernetes Deployments and Services
@@ -165,11 +169,12 @@ fn parse_set(files: &[(&str, &str)]) -> Result<Manifest, ManifestError> {
         autoscalers,
         vertical,
     } = collected;
+    let mut standalone = Vec::new();
     for entry in autoscalers {
-        join_autoscaler(entry, &mut declared, &mut problems);
+        standalone.extend(join_autoscaler(entry, &mut declared, &mut problems));
     }
     for entry in vertical {
-        join_vertical(entry, &mut declared, &mut problems);
+        standalone.extend(join_vertical(entry, &mut declared, &mut problems));
     }
     let objects: HashMap<Source, String> = services
         .iter()
@@ -198,6 +203,7 @@ fn parse_set(files: &[(&str, &str)]) -> Result<Manifest, ManifestError> {
         return Ok(Manifest {
             workloads: declared.into_iter().map(|d| d.spec).collect(),
             services: services.into_iter().map(|s| s.service).collect(),
+            autoscalers: standalone,
         });
     }
     let file_position = |file: &str| files.iter().position(|(name, _)| *name == file);
@@ -428,38 +434,59 @@ impl Collected {
     }
 }
 
-/// Gives a HorizontalPodAutoscaler's target, declared in the same set, its autoscaling.
-fn join_autoscaler(entry: AutoscalerEntry, declared: &mut [Declared], problems: &mut Vec<Problem>) {
+/// Gives a HorizontalPodAutoscaler's target, declared in the same set, its autoscaling;
+/// one whose Deployment is not in the set is returned, for a workload of the cluster.
+fn join_autoscaler(
+    entry: AutoscalerEntry,
+    declared: &mut [Declared],
+    problems: &mut Vec<Problem>,
+) -> Option<Autoscaler> {
     let mut errors = error::Errors::default();
     let problem = |error: FieldError| Problem {
         origin: entry.origin.clone(),
         object: Some(entry.object.clone()),
         error,
     };
-    let workload = match target_of(
+    let name = entry.name.clone();
+    let target = match target_of(
         entry.spec.scale_target_ref.as_ref(),
         "spec.scaleTargetRef",
-        ("HorizontalPodAutoscaler", "spec.autoscale"),
+        "spec.autoscale",
         declared,
     ) {
-        Ok(workload) => workload,
-        Err(error) => return problems.push(problem(error)),
+        Ok(target) => target,
+        Err(error) => {
+            problems.push(problem(error));
+            return None;
+        }
     };
-    let target = &workload.spec.name;
-    if workload.spec.autoscale.is_some() {
-        problems.push(problem(FieldError::new(
-            "spec.scaleTargetRef.name",
-            format!("Deployment {target:?} already has an autoscaler in this apply"),
-        )));
-        return;
-    }
-    let resources = workload.spec.resources;
-    let name = entry.name.clone();
-    let autoscale = entry
-        .spec
-        .convert(&mut errors, "spec", resources, Some(name));
+    let standalone = match target {
+        Target::Declared(workload) => {
+            if workload.spec.autoscale.is_some() {
+                let target = &workload.spec.name;
+                problems.push(problem(FieldError::new(
+                    "spec.scaleTargetRef.name",
+                    format!("Deployment {target:?} already has an autoscaler in this apply"),
+                )));
+                return None;
+            }
+            let resources = workload.spec.resources;
+            workload.spec.autoscale =
+                entry
+                    .spec
+                    .convert(&mut errors, "spec", Some(resources), Some(name));
+            None
+        }
+        Target::Elsewhere(target) => entry
+            .spec
+            .convert(&mut errors, "spec", None, Some(name))
+            .map(|autoscale| Autoscaler {
+                target,
+                kind: AutoscalerKind::Horizontal(autoscale),
+            }),
+    };
     problems.extend(errors.0.into_iter().map(problem));
-    workload.spec.autoscale = autoscale;
+    standalone
 }
 
 /// A document's `apiVersion` or `kind`.
@@ -475,14 +502,21 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(error::from_serde)
 }
 
-/// The Deployment of this apply an autoscaler's `target` (at `path`) names. `kinds`: the
-/// autoscaler's kind and the field of Drover's own document that does the same.
+/// What an autoscaler's target names: a Deployment of this apply, or (by name) a workload
+/// it is not in, which the coordinator looks for in the cluster.
+enum Target<'a> {
+    Declared(&'a mut Declared),
+    Elsewhere(String),
+}
+
+/// The workload an autoscaler's `target` (at `path`) names. `own_field`: the field of
+/// Drover's own document that does the same.
 fn target_of<'a>(
     target: Option<&autoscale::TargetRef>,
     path: &str,
-    (kind, own_field): (&str, &str),
+    own_field: &str,
     declared: &'a mut [Declared],
-) -> Result<&'a mut Declared, FieldError> {
+) -> Result<Target<'a>, FieldError> {
     let Some(target) = target else {
         return Err(FieldError::new(path, "required field is missing"));
     };
@@ -495,48 +529,67 @@ fn target_of<'a>(
             ),
         ));
     }
-    declared
-        .iter_mut()
-        .find(|d| d.deployment && d.spec.name == target.name)
-        .ok_or_else(|| {
-            FieldError::new(
-                format!("{path}.name"),
-                format!(
-                    "Deployment {:?} is not in this apply: Drover keeps an autoscaler with its workload, so apply the {kind} together with its Deployment",
-                    target.name
-                ),
-            )
-        })
+    if let Err(reason) = dns_label(&target.name) {
+        return Err(FieldError::new(format!("{path}.name"), reason));
+    }
+    Ok(
+        match declared
+            .iter_mut()
+            .find(|d| d.deployment && d.spec.name == target.name)
+        {
+            Some(workload) => Target::Declared(workload),
+            None => Target::Elsewhere(target.name.clone()),
+        },
+    )
 }
 
 /// Gives a VerticalPodAutoscaler's target, declared in the same set, its vertical
-/// autoscaling.
-fn join_vertical(entry: VerticalEntry, declared: &mut [Declared], problems: &mut Vec<Problem>) {
+/// autoscaling; one whose Deployment is not in the set is returned, for a workload of the
+/// cluster.
+fn join_vertical(
+    entry: VerticalEntry,
+    declared: &mut [Declared],
+    problems: &mut Vec<Problem>,
+) -> Option<Autoscaler> {
     let problem = |error: FieldError| Problem {
         origin: entry.origin.clone(),
         object: Some(entry.object.clone()),
         error,
     };
-    let workload = match target_of(
+    let target = match target_of(
         entry.spec.target_ref.as_ref(),
         "spec.targetRef",
-        ("VerticalPodAutoscaler", "spec.verticalAutoscale"),
+        "spec.verticalAutoscale",
         declared,
     ) {
-        Ok(workload) => workload,
-        Err(error) => return problems.push(problem(error)),
+        Ok(target) => target,
+        Err(error) => {
+            problems.push(problem(error));
+            return None;
+        }
     };
-    if workload.spec.vertical_autoscale.is_some() {
+    if let Target::Declared(workload) = &target
+        && workload.spec.vertical_autoscale.is_some()
+    {
         let target = &workload.spec.name;
         problems.push(problem(FieldError::new(
             "spec.targetRef.name",
             format!("Deployment {target:?} already has a vertical autoscaler in this apply"),
         )));
-        return;
+        return None;
     }
     let mut errors = error::Errors::default();
     let name = entry.name.clone();
     let vertical = entry.spec.convert(&mut errors, "spec", Some(name));
     problems.extend(errors.0.into_iter().map(problem));
-    workload.spec.vertical_autoscale = vertical;
+    match target {
+        Target::Declared(workload) => {
+            workload.spec.vertical_autoscale = vertical;
+            None
+        }
+        Target::Elsewhere(target) => vertical.map(|v| Autoscaler {
+            target,
+            kind: AutoscalerKind::Vertical(v),
+        }),
+    }
 }

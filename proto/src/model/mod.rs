@@ -628,6 +628,46 @@ pub struct VerticalAutoscale {
     pub source: Option<String>,
 }
 
+/// An autoscaler applied on its own, for a workload already in the cluster: a
+/// HorizontalPodAutoscaler or VerticalPodAutoscaler whose Deployment is not in the same
+/// apply. Like Kubernetes' own objects it outlives applies of its Deployment, until it is
+/// deleted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoscaler {
+    /// The workload it scales.
+    pub target: String,
+    /// Its kind and settings (their `source` is its name).
+    pub kind: AutoscalerKind,
+}
+
+/// A horizontal or a vertical autoscaler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AutoscalerKind {
+    /// A HorizontalPodAutoscaler.
+    Horizontal(Autoscale),
+    /// A VerticalPodAutoscaler.
+    Vertical(VerticalAutoscale),
+}
+
+impl Autoscaler {
+    /// Its name (the manifest's `metadata.name`).
+    pub fn name(&self) -> &str {
+        let source = match &self.kind {
+            AutoscalerKind::Horizontal(a) => &a.source,
+            AutoscalerKind::Vertical(v) => &v.source,
+        };
+        source.as_deref().unwrap_or_default()
+    }
+
+    /// Its Kubernetes kind.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            AutoscalerKind::Horizontal(_) => "HorizontalPodAutoscaler",
+            AutoscalerKind::Vertical(_) => "VerticalPodAutoscaler",
+        }
+    }
+}
+
 /// What a vertical autoscaler does with its recommendation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum VerticalMode {

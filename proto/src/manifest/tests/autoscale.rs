@@ -115,12 +115,20 @@ fn every_problem_of_an_autoscaler_is_named() {
 }
 
 #[test]
-fn a_target_outside_the_apply_or_without_a_request_is_refused() {
-    let message = refused(&[("hpa.yaml", HPA)]);
-    assert!(
-        message.contains("Deployment \"web\" is not in this apply"),
-        "{message}"
-    );
+fn an_autoscaler_alone_is_for_a_workload_of_the_cluster_and_one_without_a_request_is_refused() {
+    let manifest = parse_files(&files(&[("hpa.yaml", HPA)])).expect("parses");
+    assert!(manifest.workloads.is_empty());
+    assert_eq!(manifest.autoscalers.len(), 1);
+    let autoscaler = &manifest.autoscalers[0];
+    assert_eq!(autoscaler.target, "web");
+    assert_eq!(autoscaler.name(), "web-hpa");
+    assert_eq!(autoscaler.kind_name(), "HorizontalPodAutoscaler");
+    let crate::model::AutoscalerKind::Horizontal(autoscale) = &autoscaler.kind else {
+        panic!("horizontal: {autoscaler:?}");
+    };
+    assert_eq!(autoscale.max_replicas, 10);
+    let message = refused(&[("hpa.yaml", &HPA.replace("name: web}", "name: Web_1}"))]);
+    assert!(message.contains("spec.scaleTargetRef.name"), "{message}");
     let no_request = DEPLOYMENT.replace(
         "          resources: {requests: {cpu: 200m, memory: 64Mi}}\n",
         "",

@@ -76,6 +76,7 @@ fn drover_example_parses_every_field() {
         Manifest {
             workloads: vec![expected],
             services: vec![web],
+            autoscalers: Vec::new(),
         }
     );
 }

@@ -44,6 +44,7 @@ fn seed_parses_to_a_workload_and_a_service() {
         Manifest {
             workloads: vec![expected],
             services: vec![service],
+            autoscalers: Vec::new(),
         }
     );
 }

@@ -145,14 +145,15 @@ fn every_problem_is_named() {
 }
 
 #[test]
-fn a_target_outside_the_apply_or_of_another_kind_is_refused() {
-    let message = refused(&[("vpa.yaml", VPA)]);
-    assert!(
-        message.contains(
-            "spec.targetRef.name: Deployment \"web\" is not in this apply: Drover keeps an autoscaler with its workload, so apply the VerticalPodAutoscaler together with its Deployment"
-        ),
-        "{message}"
-    );
+fn an_autoscaler_alone_is_for_a_workload_of_the_cluster_and_another_kind_is_refused() {
+    let manifest = parse_files(&files(&[("vpa.yaml", VPA)])).expect("parses");
+    assert_eq!(manifest.autoscalers.len(), 1);
+    assert_eq!(manifest.autoscalers[0].target, "web");
+    assert_eq!(manifest.autoscalers[0].name(), "web-vpa");
+    assert!(matches!(
+        &manifest.autoscalers[0].kind,
+        crate::model::AutoscalerKind::Vertical(v) if v.mode == VerticalMode::InPlace
+    ));
     let stateful = VPA.replace("kind: Deployment", "kind: StatefulSet");
     let message = refused(&[("app.yaml", &format!("{DEPLOYMENT}---\n{stateful}"))]);
     assert!(
