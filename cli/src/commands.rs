@@ -108,6 +108,65 @@ pub async fn apply(
     Ok(())
 }
 
+/// `drover autoscale WORKLOAD`: a HorizontalPodAutoscaler `name` on CPU for a workload of
+/// the cluster, as `kubectl autoscale` makes one.
+pub async fn autoscale(
+    target: &str,
+    workload: &str,
+    name: &str,
+    replicas: std::ops::RangeInclusive<u32>,
+    cpu_percent: u32,
+) -> anyhow::Result<()> {
+    use drover_proto::model::{
+        Autoscale, Autoscaler, AutoscalerKind, ScaleMetric, ScaleResource, ScaleRules, ScaleTarget,
+    };
+    let (min, max) = (*replicas.start(), *replicas.end());
+    if min < 1 || max < min {
+        anyhow::bail!("--min {min} --max {max}: need 1 <= min <= max");
+    }
+    if cpu_percent < 1 {
+        anyhow::bail!("--cpu-percent {cpu_percent}: need at least 1");
+    }
+    if let Err(reason) = manifest::dns_label(name) {
+        anyhow::bail!("autoscaler name {name:?}: {reason}");
+    }
+    let autoscaler = Autoscaler {
+        target: workload.to_string(),
+        kind: AutoscalerKind::Horizontal(Autoscale {
+            min_replicas: min,
+            max_replicas: max,
+            metrics: vec![ScaleMetric {
+                resource: ScaleResource::Cpu,
+                target: ScaleTarget::Utilization(cpu_percent),
+            }],
+            scale_up: ScaleRules::default_up(),
+            scale_down: ScaleRules::default_down(),
+            source: Some(name.to_string()),
+        }),
+    };
+    let mut client = connect(target).await?;
+    let response = client
+        .apply(pb::ApplyRequest {
+            autoscalers: vec![(&autoscaler).into()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| refused(&format!("autoscale {workload}"), s))?
+        .into_inner();
+    for result in response.results {
+        let change = match pb::ApplyChange::try_from(result.change) {
+            Ok(pb::ApplyChange::Created) => "created",
+            Ok(pb::ApplyChange::Updated) => "updated",
+            _ => "unchanged",
+        };
+        say!(
+            "autoscaler/{} {change}: {workload} between {min} and {max} replicas at {cpu_percent}% of its CPU request",
+            result.name
+        );
+    }
+    Ok(())
+}
+
 /// `drover delete NAME`: the workload and the service of that name, or only `kind`'s.
 pub async fn delete(target: &str, name: &str, kind: Option<&str>) -> anyhow::Result<()> {
     let mut client = connect(target).await?;

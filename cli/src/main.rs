@@ -136,6 +136,25 @@ enum Command {
         /// Number of replicas.
         replicas: u32,
     },
+    /// Autoscale a workload horizontally on CPU, as `kubectl autoscale` does: a
+    /// HorizontalPodAutoscaler named after it (or --name) keeping the replicas' CPU at
+    /// --cpu-percent of their request, between --min and --max replicas.
+    Autoscale {
+        /// Workload name.
+        workload: String,
+        /// Most replicas.
+        #[arg(long)]
+        max: u32,
+        /// Fewest replicas.
+        #[arg(long, default_value_t = 1)]
+        min: u32,
+        /// Target CPU utilization, percent of the request (Kubernetes' default: 80).
+        #[arg(long, default_value_t = 80)]
+        cpu_percent: u32,
+        /// The autoscaler's name (default: the workload's).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Set traffic weights: between a workload's revisions (`drover weights web 1=90 2=10`)
     /// or between the workloads a service selects (`drover weights front v1=90 v2=10`).
     Weights {
@@ -429,6 +448,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: NodeCommand::Rm { node },
         } => commands::remove_node(&target, &node).await,
         Command::Scale { service, replicas } => commands::scale(&target, &service, replicas).await,
+        Command::Autoscale {
+            workload,
+            max,
+            min,
+            cpu_percent,
+            name,
+        } => {
+            let name = name.unwrap_or_else(|| workload.clone());
+            commands::autoscale(&target, &workload, &name, min..=max, cpu_percent).await
+        }
         Command::Weights { service, weights } => {
             commands::weights(&target, &service, weights).await
         }

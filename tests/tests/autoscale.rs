@@ -260,6 +260,41 @@ fn a_cpu_bound_service_scales_out_under_load_and_back_without_a_failed_connectio
         "{message}"
     );
     assert_eq!(desired(&coordinator), 2);
+
+    // Its HPA deleted by name, and one made as `kubectl autoscale` makes one.
+    let deleted = success(
+        &coordinator.cli(&["delete", "burn", "--only", "autoscaler"]),
+        "drover delete burn --only autoscaler",
+    );
+    assert!(
+        deleted.contains("HorizontalPodAutoscaler/burn deleted"),
+        "{deleted}"
+    );
+    let status = success(&coordinator.cli(&["status", "burn"]), "drover status burn");
+    assert!(!status.contains("Autoscale:"), "{status}");
+    let made = success(
+        &coordinator.cli(&[
+            "autoscale",
+            "burn",
+            "--min",
+            "3",
+            "--max",
+            "4",
+            "--cpu-percent",
+            "70",
+        ]),
+        "drover autoscale burn",
+    );
+    assert!(made.contains("autoscaler/burn created"), "{made}");
+    let status = success(&coordinator.cli(&["status", "burn"]), "drover status burn");
+    assert!(
+        status.contains(
+            "Autoscale: 3..4 replicas on cpu 70% of request (HorizontalPodAutoscaler burn)"
+        ),
+        "{status}"
+    );
+    // Within its bounds at once.
+    assert_eq!(desired(&coordinator), 3);
     drop(agents);
 }
 
