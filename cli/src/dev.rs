@@ -33,6 +33,9 @@ pub struct DevArgs {
     /// Container engine endpoint (default: Docker's, or $DOCKER_HOST).
     #[arg(long)]
     engine: Option<String>,
+    /// Address of the coordinator's HTTP side (healthz, readyz, metrics).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    coordinator_http: SocketAddr,
     /// UDP address of the coordinator's gossip.
     #[arg(long, default_value = "127.0.0.1:7402")]
     coordinator_gossip: SocketAddr,
@@ -61,6 +64,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let coordinator_gossip = args.coordinator_gossip;
     let coordinator_config = drover_coordinator::Config {
         listen: args.listen,
+        http_listen: Some(args.coordinator_http),
         data_dir: data_dir.clone(),
         gossip_listen: Some(coordinator_gossip),
         service_network: args.service_network,

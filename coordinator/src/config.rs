@@ -18,6 +18,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/coordinator.toml";
 pub struct Config {
     /// Address of the gRPC API (operators and agents).
     pub listen: SocketAddr,
+    /// Address of the HTTP side: /healthz, /readyz (no token) and /metrics (Prometheus;
+    /// a token of the read role or above), over TLS with the API's certificate unless
+    /// `insecure`; `None` serves none.
+    pub http_listen: Option<SocketAddr>,
     /// Directory of the state file.
     pub data_dir: PathBuf,
     /// Name of the cluster; agents of another cluster are refused.
@@ -86,6 +90,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            http_listen: Some(SocketAddr::from(([0, 0, 0, 0], 7401))),
             data_dir: PathBuf::from("/var/lib/drover"),
             cluster_id: "drover".into(),
             reconcile_interval: Duration::from_secs(2),
@@ -107,8 +112,9 @@ impl Default for Config {
 }
 
 /// Keys that `DROVER_<KEY>` environment variables may set.
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 14] = [
     "insecure",
+    "http_listen",
     "autoscale_interval",
     "service_network",
     "cluster_domain",

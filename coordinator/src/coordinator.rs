@@ -56,6 +56,14 @@ pub struct Inner {
     autoscalers: crate::autoscale::Autoscalers,
 }
 
+impl Coordinator {
+    /// The metrics registry now: the counters, and the gauges of the state.
+    pub async fn metrics_registry(&self) -> prometheus_client::registry::Registry {
+        let inner = self.inner.lock().await;
+        self.metrics.registry(&inner.state, inner.agents.len())
+    }
+}
+
 /// The coordinator shared by the gRPC services and the reconcile loop.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -69,6 +77,62 @@ pub struct Coordinator {
     authority: Option<Arc<Authority>>,
     /// The keyring this coordinator's gossip seals with, kept equal to the stored one.
     keyring: std::sync::OnceLock<drover_membership::KeyringHandle>,
+    /// What Prometheus scrapes.
+    pub metrics: crate::metrics::Metrics,
+    /// What `/readyz` reports.
+    pub health: Health,
+}
+
+/// The coordinator's readiness, kept as it works (read without the state's lock).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last store commit failed (with why), if it did.
+    store_error: std::sync::Mutex<Option<String>>,
+    /// When the last reconcile round finished, ms since the Unix epoch (0: none yet).
+    reconciled_ms: std::sync::atomic::AtomicU64,
+    /// Gossip has reported its members at least once.
+    gossip_seen: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    /// The readiness checks: the store commits, reconcile rounds run (one within
+    /// `reconcile_interval` × 3 and 10 s), and gossip has joined (when `in_gossip`).
+    pub fn checks(
+        &self,
+        reconcile_interval: Duration,
+        in_gossip: bool,
+    ) -> Vec<drover_daemon::http::Check> {
+        use std::sync::atomic::Ordering;
+        let store = match &*self.store_error.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(format!("the last commit failed: {why}")),
+            None => Ok(()),
+        };
+        let last = self.reconciled_ms.load(Ordering::Relaxed);
+        let limit = u64::try_from((reconcile_interval * 3).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(10_000);
+        let now = now_unix_ms();
+        let reconcile = if last == 0 {
+            Err("no reconcile round has finished yet".to_string())
+        } else if now.saturating_sub(last) > limit {
+            Err(format!(
+                "no reconcile round for {} ms",
+                now.saturating_sub(last)
+            ))
+        } else {
+            Ok(())
+        };
+        let gossip = if !in_gossip || self.gossip_seen.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("gossip has not reported its members yet".to_string())
+        };
+        vec![
+            ("store", store),
+            ("reconcile", reconcile),
+            ("gossip", gossip),
+        ]
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -122,6 +186,8 @@ impl Coordinator {
             wake: Notify::new(),
             authority,
             keyring: std::sync::OnceLock::new(),
+            metrics: crate::metrics::Metrics::default(),
+            health: Health::default(),
         });
         let mut inner = coordinator.inner.lock().await;
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());
@@ -183,6 +249,9 @@ impl Coordinator {
 
     /// Records which members gossip says are alive.
     pub async fn set_gossip_live(&self, live: std::collections::BTreeSet<String>) {
+        self.health
+            .gossip_seen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.inner.lock().await;
         let changed = inner.state.gossip_live.as_ref() != Some(&live);
         for (id, entry) in inner.state.nodes.iter_mut() {
@@ -216,9 +285,18 @@ impl Coordinator {
         }
         let (writes, events) = changes.finish();
         let store = self.store.clone();
-        let writes = tokio::task::spawn_blocking(move || store.commit(&writes).map(|()| writes))
+        let started = std::time::Instant::now();
+        let committed = tokio::task::spawn_blocking(move || store.commit(&writes).map(|()| writes))
             .await
-            .map_err(|e| Error::Internal(format!("store commit task: {e}")))??;
+            .map_err(|e| Error::Internal(format!("store commit task: {e}")))?;
+        *self
+            .health
+            .store_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = committed.as_ref().err().map(|e| e.to_string());
+        let writes = committed?;
+        self.metrics.committed(started.elapsed());
+        self.metrics.observe_events(&events);
         inner.state.apply(&writes);
         let keys_changed = writes.iter().any(|w| {
             matches!(
@@ -342,8 +420,13 @@ impl Coordinator {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(next) => {}
             }
+            let started = std::time::Instant::now();
             match self.reconcile().await {
                 Ok(deadline) => {
+                    self.metrics.reconciled(started.elapsed());
+                    self.health
+                        .reconciled_ms
+                        .store(now_unix_ms(), std::sync::atomic::Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
                     // Wake early when a failure deadline (a link grace ending) falls in the
                     // interval.

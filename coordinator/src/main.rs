@@ -32,6 +32,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
+    /// Address of the HTTP side (healthz, readyz, metrics).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<SocketAddr>,
     /// UDP address gossip listens on.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -180,6 +180,38 @@ pub fn authenticate(
     })
 }
 
+/// Authenticates a bearer token alone (the HTTP side: Prometheus and browsers present no
+/// client certificate), for a caller of `needed` role or above; `what` names the request.
+pub fn authenticate_bearer(
+    state: &ClusterState,
+    bearer: Option<&str>,
+    needed: Role,
+    what: &str,
+    now_unix_ms: u64,
+) -> Result<Caller, Error> {
+    let Some(bearer) = bearer else {
+        return Err(Error::Unauthenticated(format!(
+            "{what} needs a token: send `Authorization: Bearer TOKEN` (a read token will do)"
+        )));
+    };
+    let token = parse_token(bearer.trim())?;
+    let record = token_record(state, &token, now_unix_ms)?;
+    let role = role_of(record)?;
+    if role == Role::Agent {
+        return Err(Error::Forbidden(format!(
+            "token {:?} is an agent join token; {what} needs an admin, operator or read token",
+            record.name
+        )));
+    }
+    let caller = Caller {
+        token_id: record.id.clone(),
+        name: record.name.clone(),
+        role,
+    };
+    caller.require(needed, what)?;
+    Ok(caller)
+}
+
 /// Checks that a node's session comes with a certificate the CA issued for that node and
 /// that is neither revoked nor expired.
 pub fn check_node_certificate(

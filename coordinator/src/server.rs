@@ -110,10 +110,26 @@ pub async fn run(
     let request_bytes = usize::try_from(config.limits.request_bytes).unwrap_or(usize::MAX);
     let closing = coordinator.clone();
     let signal = shutdown.clone();
+    if let Some(http_listen) = config.http_listen {
+        serve_http(
+            &mut tasks,
+            http_listen,
+            tls.clone(),
+            crate::http::router(
+                coordinator.clone(),
+                tls.is_some(),
+                config.reconcile_interval,
+                config.gossip_listen.is_some(),
+            ),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     let router = tonic::transport::Server::builder()
         // A partitioned agent's stream must end in seconds, not at the TCP timeout.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+        .layer(crate::http::CountRequests::new(coordinator.metrics.clone()))
         .add_service(
             ControlServer::new(ControlService::new(coordinator.clone()))
                 .max_decoding_message_size(request_bytes),
@@ -156,6 +172,33 @@ pub async fn run(
     failed
         .and(stopped)
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Binds `address` and serves the HTTP side there, over TLS with `tls` when given.
+async fn serve_http(
+    tasks: &mut Tasks,
+    address: std::net::SocketAddr,
+    tls: Option<drover_security::transport::ServerTls>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::Internal(format!("binding the HTTP address {address}: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(address);
+    info!(address = %bound, tls = tls.is_some(), "serving http (healthz, readyz, metrics)");
+    tasks.spawn("http-server", async move {
+        let served = match tls {
+            Some(tls) => {
+                let incoming =
+                    drover_daemon::http::StreamListener::new(tls.incoming(listener), bound);
+                drover_daemon::http::serve(incoming, router, shutdown).await
+            }
+            None => drover_daemon::http::serve(listener, router, shutdown).await,
+        };
+        served.map_err(|e| format!("http server on {bound}: {e}"))
+    });
+    Ok(())
 }
 
 /// Makes the admin token and this host's agent join token on first start (or when their

@@ -26,6 +26,8 @@ fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
         // Gossip on the same port number over UDP: free while the TCP port is ours.
         .arg("--gossip-listen")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--http-listen")
+        .arg("127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

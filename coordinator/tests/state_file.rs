@@ -30,6 +30,8 @@ fn command(data_dir: &Path, port: u16) -> Command {
         // Gossip on the same port number over UDP: free while the TCP port is ours.
         .arg("--gossip-listen")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--http-listen")
+        .arg("127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     command

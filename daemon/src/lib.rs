@@ -1,8 +1,10 @@
 //! What Drover's daemons (`drover-coordinator`, `drover-agent`, `drover dev`) share: layered
 //! configuration (and the commented default config files rendered from it), logging to
-//! stderr, signal handling, and the supervised set of a daemon's long-lived tasks.
+//! stderr, signal handling, the supervised set of a daemon's long-lived tasks, and the HTTP
+//! side (health, readiness, metrics).
 
 mod default_config;
+pub mod http;
 mod tasks;
 
 pub use default_config::{RenderError, render_default_config, uncomment_options};

@@ -87,6 +87,8 @@ pub struct DroverProcess {
     pub service_network: String,
     /// Whether it puts cluster addresses on `lo` (removed when it is dropped).
     serves_cluster_ips: bool,
+    /// The HTTP port (healthz, readyz, metrics) of a coordinator; 0 for others.
+    pub http_port: u16,
 }
 
 /// A service network no other coordinator of this test run has: 10.(240 + pid % 16).n.0/24.
@@ -116,6 +118,7 @@ impl DroverProcess {
 
     fn start_coordinator(data_dir: &Path, config: &str) -> DroverProcess {
         let port = free_port();
+        let http_port = free_port();
         let file = data_dir.join("coordinator.toml");
         let network = unique_service_network();
         let config = if config.contains("service_network") {
@@ -133,9 +136,12 @@ impl DroverProcess {
             format!("127.0.0.1:{port}"),
             "--gossip-listen".into(),
             format!("127.0.0.1:{}", free_udp_port()),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http_port}"),
         ];
         let mut process = DroverProcess::prepare("drover-coordinator", args, port, data_dir, None);
         process.service_network = network;
+        process.http_port = http_port;
         process.spawn();
         process
     }
@@ -169,8 +175,11 @@ impl DroverProcess {
     /// tests running side by side (all on port 80 for the seed) never meet.
     pub fn dev(data_dir: &Path, ip: &str, node: &str, apply: &[&Path]) -> DroverProcess {
         let port = free_port();
+        let http_port = free_port();
         let mut args = vec![
             "dev".to_string(),
+            "--coordinator-http".into(),
+            format!("{ip}:{http_port}"),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--listen".into(),
@@ -194,6 +203,7 @@ impl DroverProcess {
         process.host = ip.to_string();
         process.service_network = network;
         process.serves_cluster_ips = true;
+        process.http_port = http_port;
         process.spawn();
         process.wait_for_tokens();
         process
@@ -285,6 +295,7 @@ impl DroverProcess {
             coordinator_dir: data_dir.to_path_buf(),
             service_network: String::new(),
             serves_cluster_ips: false,
+            http_port: 0,
         }
     }
 

@@ -38,6 +38,7 @@ pub async fn start() -> Server {
         reconcile_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_millis(500),
         gossip_listen: None,
+        http_listen: Some("127.0.0.1:0".parse().expect("address")),
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
