@@ -768,6 +768,85 @@ pub async fn node_action(target: &str, node: &str, action: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// Follows a drain of `node` until it is done: the node no longer draining and no replica
+/// left on it. Shows what is left, by workload, and what each one's rollout waits for.
+pub async fn follow_drain(
+    target: &str,
+    node: &str,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let mut progress = crate::progress::Progress::new();
+    let started = std::time::Instant::now();
+    loop {
+        let nodes = client
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .map_err(|s| refused("list nodes", s))?
+            .into_inner()
+            .nodes;
+        let Some(status) = nodes
+            .iter()
+            .find(|n| n.info.as_ref().is_some_and(|i| i.id == node))
+        else {
+            anyhow::bail!("node {node} is gone from the cluster's list while draining");
+        };
+        if !status.draining && status.allocations == 0 {
+            progress.finish(&format!(
+                "node/{node} drained: cordoned, no replica left on it"
+            ));
+            return Ok(());
+        }
+        let left = replicas_on(&mut client, node).await?;
+        let status_line = if left.is_empty() {
+            format!("node/{node} draining: its last replicas are stopping")
+        } else {
+            format!("node/{node} draining: {}", left.join("; "))
+        };
+        progress.update(&status_line);
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            anyhow::bail!(
+                "node {node} not drained after {} (the drain goes on): {status_line}",
+                humantime::format_duration(limit)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// The workloads with replicas that should run on `node`: `web ×2 (rollout: why it waits)`.
+async fn replicas_on(
+    client: &mut crate::client::Control,
+    node: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut left = Vec::new();
+    for name in service_names(client).await? {
+        let Ok(status) = crate::client::service_status(client, &name, "status").await else {
+            continue;
+        };
+        let count = status
+            .allocations
+            .iter()
+            .filter_map(|v| v.allocation.as_ref())
+            .filter(|a| a.node == node && a.desired == pb::DesiredState::Run as i32)
+            .count();
+        if count == 0 {
+            continue;
+        }
+        let waits = status
+            .rollout
+            .as_ref()
+            .map(|r| r.message.clone())
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
+        left.push(format!("{name} ×{count}{waits}"));
+    }
+    Ok(left)
+}
+
 /// `drover node rm NODE`.
 pub async fn remove_node(target: &str, node: &str) -> anyhow::Result<()> {
     let mut client = connect(target).await?;

@@ -5,6 +5,7 @@ mod commands;
 mod dev;
 mod files;
 mod output;
+mod progress;
 mod rollout;
 mod services;
 mod tokens;
@@ -119,10 +120,17 @@ enum Command {
         /// Node id.
         node: String,
     },
-    /// Move a node's replicas elsewhere, then leave it cordoned.
+    /// Move a node's replicas elsewhere, then leave it cordoned; follows the drain until
+    /// the node is empty.
     Drain {
         /// Node id.
         node: String,
+        /// Start the drain and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// Give up following after this long (e.g. 5m); the drain goes on.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Manage nodes: `drover node rm NODE` forgets a down node for good.
     Node {
@@ -443,7 +451,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { service, output } => commands::status(&target, &service, output).await,
         Command::Cordon { node } => commands::node_action(&target, &node, "cordon").await,
         Command::Uncordon { node } => commands::node_action(&target, &node, "uncordon").await,
-        Command::Drain { node } => commands::node_action(&target, &node, "drain").await,
+        Command::Drain {
+            node,
+            detach,
+            timeout,
+        } => {
+            commands::node_action(&target, &node, "drain").await?;
+            if detach {
+                return Ok(());
+            }
+            commands::follow_drain(&target, &node, timeout).await
+        }
         Command::Node {
             command: NodeCommand::Rm { node },
         } => commands::remove_node(&target, &node).await,

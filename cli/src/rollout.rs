@@ -136,7 +136,7 @@ pub async fn follow(
     timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut last = String::new();
+    let mut progress = crate::progress::Progress::new();
     let mut watched = revision;
     loop {
         let status = get(client, service).await?;
@@ -163,14 +163,12 @@ pub async fn follow(
                 status.started_by
             );
         }
-        let now = line(&status);
-        if now != last {
-            say!("{service}: {now}");
-            last = now;
-        }
+        progress.update(&format!("{service}: {}", line(&status)));
         match pb::RolloutPhase::try_from(status.phase) {
             Ok(pb::RolloutPhase::Complete) => {
-                say!("rollout of {service} to revision {revision} complete");
+                progress.finish(&format!(
+                    "rollout of {service} to revision {revision} complete"
+                ));
                 return Ok(());
             }
             Ok(pb::RolloutPhase::Failed) => {

@@ -371,29 +371,44 @@ fn drain_moves_replicas_without_dropping_below_the_minimum_healthy() {
     };
 
     let drained = nodes[2].clone();
-    success(&coordinator.cli(&["drain", &drained]), "drover drain");
     let running = || -> usize { nodes.iter().map(|n| node_containers(n, false).len()).sum() };
     let mut fewest_healthy = usize::MAX;
     let mut fewest_running = usize::MAX;
     let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let healthy = healthy_nodes(&coordinator, "user-service");
-        fewest_healthy = fewest_healthy.min(healthy.len());
-        fewest_running = fewest_running.min(running());
-        let allocs = allocations(&coordinator, "user-service");
-        if healthy.len() == 3
-            && allocs.len() == 3
-            && allocs.iter().all(|a| a["node"] != drained.as_str())
-            && node_containers(&drained, false).is_empty()
-        {
-            break;
+    // `drover drain` follows the drain to its end, saying what is left, while this thread
+    // samples the service.
+    std::thread::scope(|scope| {
+        let follow = scope.spawn(|| coordinator.cli(&["drain", &drained]));
+        loop {
+            let healthy = healthy_nodes(&coordinator, "user-service");
+            fewest_healthy = fewest_healthy.min(healthy.len());
+            fewest_running = fewest_running.min(running());
+            let allocs = allocations(&coordinator, "user-service");
+            if healthy.len() == 3
+                && allocs.len() == 3
+                && allocs.iter().all(|a| a["node"] != drained.as_str())
+                && node_containers(&drained, false).is_empty()
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "drain did not finish in time: {allocs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let out = success(&follow.join().expect("drover drain"), "drover drain");
         assert!(
-            std::time::Instant::now() < deadline,
-            "drain did not finish in time: {allocs:?}"
+            out.contains(&format!("node/{drained} draining: user-service ×1")),
+            "{out}"
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        assert!(
+            out.trim_end().ends_with(&format!(
+                "node/{drained} drained: cordoned, no replica left on it"
+            )),
+            "{out}"
+        );
+    });
     // The client keeps going a moment after the old replica is gone.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

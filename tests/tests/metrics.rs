@@ -1,8 +1,8 @@
 //! The coordinator's HTTP side through the real binaries: `/healthz` and `/readyz` without
 //! a token, `/metrics` over TLS with the API's certificate (checked against the cluster CA
 //! in the data dir) and a read token, refused without one; the text passes Prometheus'
-//! own linter (`promtool check metrics`, from Debian's prometheus package) and carries the
-//! cluster's state.
+//! own linter (`promtool check metrics`, from Debian's prometheus package), carries the
+//! cluster's state, and a real Prometheus server scrapes it as the README says to.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -145,5 +145,82 @@ fn the_coordinator_serves_health_and_metrics_that_prometheus_accepts() {
     let read = read.trim().to_string();
     assert!(read.starts_with("DRV1-"), "{read}");
     assert_eq!(get(&coordinator, "/metrics", Some(&read)).0, 200);
+
+    // A real Prometheus server scrapes it as the README's job does, and answers a query.
+    let prometheus = Prometheus::start(dir.path(), &coordinator, &read);
+    let mut answer = String::new();
+    wait_for(
+        "Prometheus to have scraped the coordinator",
+        Duration::from_secs(60),
+        || {
+            answer = prometheus.query("drover_coordinator_workload_healthy_replicas");
+            answer.contains("\"workload\":\"web\"") && answer.contains(",\"2\"]")
+        },
+    );
+    let targets = prometheus.get("/api/v1/targets");
+    assert!(targets.contains("\"health\":\"up\""), "{targets}");
+    drop(prometheus);
     drop(agent);
+}
+
+/// A Prometheus server (Debian's package) on a free port, scraping `coordinator` every
+/// second over TLS with `token`; stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, coordinator: &DroverProcess, token: &str) -> Prometheus {
+        let port = drover_tests::free_port();
+        let token_file = dir.join("prometheus.token");
+        std::fs::write(&token_file, token).expect("write token");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: drover-coordinator\n    scheme: https\n    \
+                 tls_config: {{ca_file: {ca}, server_name: coordinator.drover}}\n    \
+                 authorization: {{credentials_file: {token}}}\n    \
+                 static_configs: [{{targets: ['127.0.0.1:{http}']}}]\n",
+                ca = coordinator.coordinator_dir.join("ca.crt").display(),
+                token = token_file.display(),
+                http = coordinator.http_port,
+            ),
+        )
+        .expect("write prometheus.yml");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run prometheus (Debian's prometheus package; .ci/run installs it)");
+        Prometheus { child, port }
+    }
+
+    fn get(&self, path: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn query(&self, query: &str) -> String {
+        self.get(&format!("/api/v1/query?query={query}"))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
