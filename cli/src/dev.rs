@@ -149,6 +149,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         commands::apply(&url, &args.apply, false, "", None).await?;
         wait_and_show_endpoints(&url, args.listen.ip()).await?;
     }
+    let http = args.coordinator_http;
+    say!(
+        "  curl --cacert {ca} --resolve coordinator.drover:{port}:{ip} -H \"Authorization: Bearer $(cat {token})\" https://coordinator.drover:{port}/metrics   # Prometheus metrics",
+        ca = data_dir.join("ca.crt").display(),
+        port = http.port(),
+        ip = http.ip(),
+        token = admin_token.display(),
+    );
     say!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");
 
     let coordinator = coordinator.await.context("coordinator task")?;
