@@ -61,6 +61,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_delay: Duration,
+    /// Address of the HTTP side: /healthz, /readyz (no token) and /metrics (Prometheus; a
+    /// token of the read role or above), over TLS with the node's certificate (verified as
+    /// `agent.drover` against the cluster CA) unless `insecure`; `None` serves none.
+    pub http_listen: Option<SocketAddr>,
     /// Source address of the connection to the coordinator; default: the kernel's choice.
     #[schemars(example = "10.0.0.13")]
     pub link_source: Option<IpAddr>,
@@ -129,6 +133,7 @@ impl Default for Config {
             cluster_services_on_node: false,
             proxy_buffer_size: crate::proxy::ProxyConfig::default().buffer_size,
             link_source: None,
+            http_listen: Some(SocketAddr::from(([0, 0, 0, 0], 7404))),
             drain_delay: Duration::from_secs(3),
             handoff_wait: Duration::from_secs(10),
             token: None,
@@ -138,8 +143,9 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 25] = [
+const ENV_KEYS: [&str; 26] = [
     "insecure",
+    "http_listen",
     "handoff_wait",
     "cluster_ips",
     "cluster_services_on_node",

@@ -73,6 +73,9 @@ pub struct Link {
     pub gossip_keys: watch::Sender<Vec<String>>,
     /// The CA bundle the coordinator sends (certificate renewal follows it).
     pub ca_bundle: watch::Sender<Option<String>>,
+    /// The tokens that may read the agent's HTTP side, as the coordinator sends them (kept
+    /// in `saved` too).
+    pub read_tokens: watch::Sender<Arc<crate::read_tokens::ReadTokens>>,
     /// How to join again when the coordinator no longer knows the node's certificate (its
     /// state was reset or restored): `None` without a join token.
     pub rejoin: Option<crate::credentials::Rejoin>,
@@ -309,6 +312,16 @@ impl Link {
                 }
                 info!(keys = keyring.keys.len(), "gossip keyring received");
                 self.gossip_keys.send_replace(keyring.keys);
+            }
+            Some(pb::coordinator_message::Body::ReadTokens(tokens)) => {
+                if let Some(dir) = &self.saved
+                    && let Err(e) = crate::read_tokens::save(dir, &tokens)
+                {
+                    warn!(error = %e, "cannot keep the read tokens; a restart without the coordinator refuses every token until it sends them");
+                }
+                let tokens = crate::read_tokens::ReadTokens::from(tokens);
+                tracing::debug!(tokens = tokens.len(), "read tokens received");
+                self.read_tokens.send_replace(Arc::new(tokens));
             }
             Some(pb::coordinator_message::Body::CaBundle(bundle)) => {
                 if bundle.bundle_pem.is_empty() {
@@ -644,6 +657,7 @@ mod tests {
             desired_store: None,
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
+            read_tokens: watch::channel(Arc::default()).0,
             ca_bundle: watch::channel(None).0,
             rejoin: None,
             refused_identity: false,
@@ -949,6 +963,7 @@ mod tests {
             desired_store: None,
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
+            read_tokens: watch::channel(Arc::default()).0,
             ca_bundle: watch::channel(None).0,
             rejoin: None,
             refused_identity: false,

@@ -49,6 +49,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Address of the HTTP side (health, readiness, metrics).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<SocketAddr>,
     /// Source address of the connection to the coordinator.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

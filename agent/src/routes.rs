@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster_ips::{ClusterAddresses, LoopbackAddresses};
 use crate::dns::Records;
 use crate::proxy::balancer::Endpoint;
-use crate::proxy::listeners::{NodeTraffic, ProxyManager, ServiceRoute};
+use crate::proxy::listeners::{NodeTraffic, ProxyManager, ProxyTotals, ServiceRoute};
 use crate::supervisor::NAMESPACE;
 
 /// How long after the agent starts a node gossip has not reported on yet is taken at the
@@ -79,9 +79,10 @@ pub async fn run<L: LoopbackAddresses>(
     mut live: watch::Receiver<BTreeMap<String, MemberFacts>>,
     mut cluster_dns: watch::Receiver<Option<ClusterDns>>,
     records: Option<watch::Sender<Arc<Records>>>,
-    traffic: watch::Sender<NodeTraffic>,
+    published: Published,
     shutdown: CancellationToken,
 ) {
+    let Published { traffic, totals } = published;
     let grace_ends = tokio::time::Instant::now() + STARTUP_GRACE;
     let mut tick = tokio::time::interval(TRAFFIC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,7 +144,8 @@ pub async fn run<L: LoopbackAddresses>(
                     Err(_) => break 'routes,
                 },
                 _ = tick.tick() => {
-                    publish_traffic(&traffic, manager.node_traffic());
+                    publish(&traffic, manager.node_traffic());
+                    publish(&totals, manager.totals());
                     manager.reap();
                     release_unused(&manager, &wanted, dns.as_ref(), has_policy, addresses.as_mut()).await;
                 }
@@ -220,13 +222,23 @@ async fn release_unused<L: LoopbackAddresses>(
     }
 }
 
-/// Replaces the published totals with `totals` if they differ, so receivers wake only on a
+/// Where the routing task publishes what the proxy counted, every [`TRAFFIC_INTERVAL`]
+/// when it changed.
+#[derive(Debug)]
+pub struct Published {
+    /// For the link: outcomes per revision, connections per replica.
+    pub traffic: watch::Sender<NodeTraffic>,
+    /// For the metrics: everything, per service and per revision.
+    pub totals: watch::Sender<ProxyTotals>,
+}
+
+/// Replaces what `sender` holds with `value` if they differ, so receivers wake only on a
 /// change. Returns whether they did.
-fn publish_traffic(traffic: &watch::Sender<NodeTraffic>, totals: NodeTraffic) -> bool {
-    traffic.send_if_modified(|published| {
-        let changed = *published != totals;
+fn publish<T: PartialEq>(sender: &watch::Sender<T>, value: T) -> bool {
+    sender.send_if_modified(|published| {
+        let changed = *published != value;
         if changed {
-            *published = totals;
+            *published = value;
         }
         changed
     })
@@ -576,6 +588,7 @@ mod tests {
         let healthy = member(&[("web.1", "", AllocState::Healthy)]);
         let (_live_tx, live) = watch::channel(live(vec![("n1", healthy)]));
         let (traffic, _traffic_rx) = watch::channel(NodeTraffic::default());
+        let (totals, mut totals_rx) = watch::channel(ProxyTotals::default());
         let addressing = Addressing {
             node: IpAddr::V4(Ipv4Addr::LOCALHOST),
             cluster_ips: false,
@@ -590,7 +603,7 @@ mod tests {
             live,
             dns,
             None,
-            traffic,
+            Published { traffic, totals },
             shutdown.clone(),
         ));
 
@@ -614,6 +627,19 @@ mod tests {
             }
         };
         assert_eq!(greeting, "web.1\n");
+        // The metrics' totals count it within a publishing interval.
+        let counted = tokio::time::timeout(
+            TRAFFIC_INTERVAL * 3,
+            totals_rx.wait_for(|t| t.services.values().any(|c| c.accepted >= 1)),
+        )
+        .await;
+        let services = counted
+            .expect("totals published")
+            .expect("open")
+            .services
+            .clone();
+        assert_eq!(services.len(), 1, "{services:?}");
+        assert!(services.values().all(|c| c.connect_latency.count() >= 1));
         shutdown.cancel();
         routing.await.expect("the routing task");
     }
@@ -634,17 +660,17 @@ mod tests {
                 active,
             }],
         };
-        assert!(!publish_traffic(&tx, NodeTraffic::default()));
+        assert!(!publish(&tx, NodeTraffic::default()));
         assert!(!rx.has_changed().expect("open"));
-        assert!(publish_traffic(&tx, web(5, 1, 1)));
+        assert!(publish(&tx, web(5, 1, 1)));
         assert_eq!(*rx.borrow_and_update(), web(5, 1, 1));
-        assert!(!publish_traffic(&tx, web(5, 1, 1)));
+        assert!(!publish(&tx, web(5, 1, 1)));
         assert!(!rx.has_changed().expect("open"));
-        assert!(publish_traffic(&tx, web(6, 1, 1)));
+        assert!(publish(&tx, web(6, 1, 1)));
         assert!(rx.has_changed().expect("open"));
         rx.borrow_and_update();
         // A connection that ended is a change too (active goes down).
-        assert!(publish_traffic(&tx, web(6, 1, 0)));
+        assert!(publish(&tx, web(6, 1, 0)));
     }
 
     #[test]

@@ -121,9 +121,18 @@ async fn run_as(
     let (routes_tx, routes_rx) = watch::channel(saved_policy);
     let (cluster_dns_tx, cluster_dns_rx) = watch::channel(saved_dns);
     let (link_tx, link_rx) = watch::channel(LinkState::default());
+    let link_rx_for_metrics = link_rx.clone();
     let (status_tx, status_rx) = watch::channel(BTreeMap::new());
     let (traffic_tx, traffic_rx) = watch::channel(crate::proxy::NodeTraffic::default());
     let (ca_bundle_tx, ca_bundle_rx) = watch::channel(None);
+    let (read_tokens_tx, read_tokens_rx) =
+        watch::channel(Arc::new(crate::read_tokens::load(&config.data_dir)));
+    let (proxy_totals_tx, proxy_totals_rx) = watch::channel(crate::proxy::ProxyTotals::default());
+    // Before anything runs, so that a port in use stops the start with a clear error.
+    let http_listener = match config.http_listen {
+        Some(address) => Some(crate::http::bind(address).await?),
+        None => None,
+    };
 
     // Gossip seals with the keyring the join gave (kept in the data dir); the coordinator
     // sends a new one over the link when an operator rotates keys.
@@ -180,7 +189,15 @@ async fn run_as(
     );
     supervisor.set_drain(config.drain_delay);
     supervisor.set_usage_interval(usage_interval);
+    let counters = crate::metrics::WorkCounters::default();
+    supervisor.set_counters(counters.clone());
     let usage_rx = supervisor.usage_reports();
+    tasks.spawn_infallible(
+        "restart-counts",
+        counters
+            .clone()
+            .follow_restarts(status_rx.clone(), shutdown.clone()),
+    );
     tasks.spawn_infallible("supervisor", supervisor.run());
 
     let link = Link {
@@ -200,12 +217,13 @@ async fn run_as(
         cluster_dns: cluster_dns_tx,
         saved: Some(config.data_dir.clone()),
         traffic: traffic_rx,
-        usage: usage_rx,
+        usage: usage_rx.clone(),
         source: config.link_source,
         desired_store: None,
         credentials: credentials.as_ref().map(|(_, rx)| rx.clone()),
         gossip_keys: gossip_keys_tx,
         ca_bundle: ca_bundle_tx,
+        read_tokens: read_tokens_tx,
         rejoin: credentials
             .as_ref()
             .map(|(current, _)| credentials::Rejoin {
@@ -216,6 +234,34 @@ async fn run_as(
             }),
         refused_identity: false,
     };
+    if let Some(listener) = http_listener {
+        let sources = crate::metrics::Sources {
+            proxy: proxy_totals_rx,
+            statuses: status_rx.clone(),
+            usage: usage_rx,
+            members: membership.live_members(),
+            gossip: membership.counters(),
+            link: link_rx_for_metrics,
+            counters,
+        };
+        let readiness = crate::http::Readiness {
+            node: node_id.clone(),
+            policy: routes_rx.clone(),
+            members: membership.live_members(),
+        };
+        let secure = credentials.is_some();
+        let router = crate::http::router(sources, readiness, secure.then_some(read_tokens_rx));
+        info!(listen = %config.http_listen.map(|a| a.to_string()).unwrap_or_default(), tls = secure, "serving health and metrics over HTTP");
+        tasks.spawn(
+            "http",
+            crate::http::serve(
+                listener,
+                router,
+                credentials.as_ref().map(|(_, rx)| rx.clone()),
+                shutdown.clone(),
+            ),
+        );
+    }
     if let Some((current, _)) = credentials {
         tasks.spawn_infallible(
             "certificate-renewal",
@@ -284,7 +330,10 @@ async fn run_as(
             membership.live_members(),
             cluster_dns_rx,
             records,
-            traffic_tx,
+            routes::Published {
+                traffic: traffic_tx,
+                totals: proxy_totals_tx,
+            },
             shutdown.clone(),
         ),
     );

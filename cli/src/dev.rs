@@ -36,6 +36,9 @@ pub struct DevArgs {
     /// Address of the coordinator's HTTP side (healthz, readyz, metrics).
     #[arg(long, default_value = "127.0.0.1:7401")]
     coordinator_http: SocketAddr,
+    /// Address of the agent's HTTP side (healthz, readyz, metrics).
+    #[arg(long, default_value = "127.0.0.1:7404")]
+    agent_http: SocketAddr,
     /// UDP address of the coordinator's gossip.
     #[arg(long, default_value = "127.0.0.1:7402")]
     coordinator_gossip: SocketAddr,
@@ -90,6 +93,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         coordinators: vec![url.clone()],
         data_dir: data_dir.join("agent"),
         gossip_listen: args.agent_gossip,
+        http_listen: Some(args.agent_http),
         gossip_seeds: vec![coordinator_gossip.to_string()],
         token_file: Some(data_dir.join(drover_coordinator::security::AGENT_TOKEN_FILE)),
         // So that `curl 127.0.0.1:80` reaches the seed's (ClusterIP) service from the host.
@@ -153,6 +157,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     say!(
         "  curl --cacert {ca} --resolve coordinator.drover:{port}:{ip} -H \"Authorization: Bearer $(cat {token})\" https://coordinator.drover:{port}/metrics   # Prometheus metrics",
         ca = data_dir.join("ca.crt").display(),
+        port = http.port(),
+        ip = http.ip(),
+        token = admin_token.display(),
+    );
+    let http = args.agent_http;
+    say!(
+        "  curl --cacert {ca} --resolve {agent}:{port}:{ip} -H \"Authorization: Bearer $(cat {token})\" https://{agent}:{port}/metrics   # the agent's",
+        ca = data_dir.join("ca.crt").display(),
+        agent = drover_security::AGENT_NAME,
         port = http.port(),
         ip = http.ip(),
         token = admin_token.display(),

@@ -37,6 +37,8 @@ struct AgentSession {
     sent_gossip_keys: Option<Vec<String>>,
     /// Last CA bundle sent.
     sent_ca_bundle: Option<String>,
+    /// Last read-capable token digests sent.
+    sent_read_tokens: Option<Vec<pb::ReadToken>>,
     /// Last route policy sent (its services), to send only changes.
     sent_routes: Option<Vec<drover_proto::model::ServiceRoute>>,
 }
@@ -455,8 +457,26 @@ impl Coordinator {
         let routes = crate::routing::route_policy(&inner.state);
         let gossip_keys = crate::security::gossip_keys(&inner.state);
         let ca_bundle = self.authority().map(|a| a.ca().bundle_pem().to_string());
+        // Only with security on: an insecure agent's HTTP side takes no token.
+        let read_tokens = ca_bundle
+            .is_some()
+            .then(|| crate::security::read_tokens(&inner.state));
         let nodes: Vec<String> = inner.agents.keys().cloned().collect();
         for node in nodes {
+            // Who may read the agent's metrics.
+            if let Some(session) = inner.agents.get_mut(&node)
+                && let Some(tokens) = &read_tokens
+                && session.sent_read_tokens.as_ref() != Some(tokens)
+            {
+                let message = pb::CoordinatorMessage {
+                    body: Some(pb::coordinator_message::Body::ReadTokens(pb::ReadTokens {
+                        tokens: tokens.clone(),
+                    })),
+                };
+                if session.tx.try_send(Ok(message)).is_ok() {
+                    session.sent_read_tokens = Some(tokens.clone());
+                }
+            }
             // The CAs trusted, so that an agent renews at once after a rotation's step.
             if let Some(session) = inner.agents.get_mut(&node)
                 && let Some(bundle) = &ca_bundle
@@ -628,6 +648,7 @@ impl Coordinator {
                 sent_routes: None,
                 sent_gossip_keys: None,
                 sent_ca_bundle: None,
+                sent_read_tokens: None,
             },
         );
         self.commit(&mut inner, changes).await?;

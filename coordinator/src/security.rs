@@ -735,6 +735,27 @@ pub fn gossip_keys(state: &ClusterState) -> Vec<String> {
     }
 }
 
+/// Every token as agents check them on their HTTP side: digests only, sorted by id, with
+/// their role and expiry (which agents check). Join tokens are among them, so that an agent
+/// refuses one for its role, as the coordinator does, rather than as unknown.
+pub fn read_tokens(state: &ClusterState) -> Vec<pb::ReadToken> {
+    state
+        .stored
+        .credentials
+        .values()
+        .filter_map(|c| match c {
+            Credential::Token(t) => Some(pb::ReadToken {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                role: t.role.clone(),
+                secret_sha256: t.secret_sha256.clone(),
+                expires_unix_ms: t.expires_unix_ms,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The stored gossip keyring, parsed; `None` when none is stored.
 pub fn keyring(state: &ClusterState) -> Result<Option<drover_membership::Keyring>, Error> {
     let keys = gossip_keys(state);

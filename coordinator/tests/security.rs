@@ -275,3 +275,60 @@ async fn a_secret_reaches_only_the_node_that_runs_it_and_only_admins_see_its_val
         .expect_err("withheld values");
     assert!(refused.message().contains("were withheld"), "{refused:?}");
 }
+
+#[tokio::test]
+async fn agents_get_the_digests_of_every_token_and_follow_their_changes() {
+    let server = start().await;
+    let mut admin = control(&server).await;
+    let mut agent = FakeAgent::connect(&server, "n1", &[]).await;
+    // The bootstrap admin token, not the agent join token.
+    agent
+        .until("the first read tokens", |a| !a.read_tokens.is_empty())
+        .await;
+    assert!(
+        agent.read_tokens.iter().all(|t| t.role != "agent"),
+        "{:?}",
+        agent.read_tokens
+    );
+    let made = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "prometheus".into(),
+            role: "read".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let token: Token = made.token.parse().expect("token");
+    agent
+        .until("the new read token", |a| {
+            a.read_tokens.iter().any(|t| t.id == token.id)
+        })
+        .await;
+    let sent = agent
+        .read_tokens
+        .iter()
+        .find(|t| t.id == token.id)
+        .expect("sent");
+    assert_eq!(
+        (sent.name.as_str(), sent.role.as_str()),
+        ("prometheus", "read")
+    );
+    // A digest, never the secret.
+    let digest = data_encoding::HEXLOWER
+        .decode(sent.secret_sha256.as_bytes())
+        .expect("hex");
+    assert!(token.matches(&digest));
+    assert!(!made.token.contains(&sent.secret_sha256));
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token: "prometheus".into(),
+        })
+        .await
+        .expect("revoke");
+    agent
+        .until("the revoked token gone", |a| {
+            a.read_tokens.iter().all(|t| t.id != token.id)
+        })
+        .await;
+}

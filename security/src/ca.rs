@@ -293,12 +293,20 @@ impl ClusterCa {
         let what = || format!("the CSR of {peer}");
         let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| SecurityError::cert(what(), e))?;
-        request.params = leaf_params(
-            &peer.dns_name(),
-            &peer.to_string(),
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ttl,
-        )?;
+        request.params = leaf_params(&peer.dns_name(), &peer.to_string(), ttl)?;
+        if let Peer::Node(_) = peer {
+            // A node also serves its HTTP side (health, metrics) with it, under the name
+            // every agent shares, so that one scrape config verifies them all.
+            request.params.subject_alt_names.push(SanType::DnsName(
+                crate::AGENT_NAME
+                    .try_into()
+                    .map_err(|e| SecurityError::cert(crate::AGENT_NAME, e))?,
+            ));
+            request.params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ];
+        }
         let serial = hex(&request
             .params
             .serial_number
@@ -321,12 +329,8 @@ impl ClusterCa {
     /// (leaf, then the CA, so a newcomer can pin the CA by its digest) and the key, PEM.
     pub fn server_identity(&self, ttl: Duration) -> Result<(String, String), SecurityError> {
         let key = KeyPair::generate().map_err(|e| SecurityError::cert("the coordinator key", e))?;
-        let params = leaf_params(
-            COORDINATOR_NAME,
-            "Drover coordinator",
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ttl,
-        )?;
+        let mut params = leaf_params(COORDINATOR_NAME, "Drover coordinator", ttl)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params
             .signed_by(&key, &self.issuer()?)
             .map_err(|e| SecurityError::cert("the coordinator certificate", e))?;
@@ -421,12 +425,12 @@ fn remove(path: &Path) -> Result<(), SecurityError> {
     }
 }
 
-/// What every leaf certificate says: one DNS name, the given purpose, a random serial and a
-/// bounded validity (rcgen's default runs to the year 4096).
+/// What every leaf certificate says: its DNS name, client authentication (a coordinator's
+/// and a node's add what they serve), a random serial and a bounded validity (rcgen's
+/// default runs to the year 4096).
 fn leaf_params(
     dns_name: &str,
     common_name: &str,
-    purpose: ExtendedKeyUsagePurpose,
     ttl: Duration,
 ) -> Result<CertificateParams, SecurityError> {
     let name = dns_name
@@ -440,7 +444,7 @@ fn leaf_params(
     params.subject_alt_names = vec![SanType::DnsName(name)];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![purpose];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
     set_validity(&mut params, ttl);

@@ -25,6 +25,9 @@ pub use transport::{ClientIdentity, ClientTls, Trust};
 /// address it dialled: trust comes from the cluster CA, which gives that name to
 /// coordinators only (node and operator names end in other suffixes).
 pub const COORDINATOR_NAME: &str = "coordinator.drover";
+/// The name every node certificate also carries, which agents serve their HTTP side
+/// (health, metrics) under: a scraper verifies every agent as this name.
+pub const AGENT_NAME: &str = "agent.drover";
 /// Suffix of a node certificate's DNS name: `<node id>.node.drover`.
 pub const NODE_SUFFIX: &str = ".node.drover";
 /// Suffix of an operator certificate's DNS name: `<token id>.operator.drover`.

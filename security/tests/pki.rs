@@ -254,3 +254,98 @@ fn a_rotation_cut_short_by_a_crash_leaves_one_whole_ca() {
     assert_eq!(loaded.digest(), new.digest());
     assert!(loaded.rotating());
 }
+
+/// A client that trusts `ca` and verifies the server as `name` (what Prometheus or curl
+/// does with the CA file): the server's answer, or why the handshake failed.
+async fn verify_as(
+    address: std::net::SocketAddr,
+    ca: &ClusterCa,
+    name: &str,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.bundle_pem().as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn a_node_serves_tls_under_the_agents_shared_name_and_still_names_itself() {
+    drover_security::install_crypto_provider();
+    let ca = ClusterCa::generate("test").expect("ca");
+    let node = node_identity(&ca, "web-1");
+    // The node's identity for the coordinator is unchanged by the second name.
+    let cert = PeerCert::from_pem(&node.cert_pem).expect("parse");
+    assert_eq!(cert.peer, Peer::Node("web-1".into()));
+    let tls = ServerTls::new(&node.cert_pem, &node.key_pem, ca.bundle_pem()).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let mut incoming = tls.incoming(listener);
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt as _;
+        while let Some(Ok(mut tls)) = incoming.next().await {
+            tokio::spawn(async move {
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    assert_eq!(
+        verify_as(address, &ca, drover_security::AGENT_NAME).await,
+        Ok("ok".to_string())
+    );
+    assert_eq!(
+        verify_as(address, &ca, "web-1.node.drover").await,
+        Ok("ok".to_string())
+    );
+    // Not the coordinator's name: a node cannot pass for it.
+    let error = verify_as(address, &ca, drover_security::COORDINATOR_NAME)
+        .await
+        .expect_err("a node is not the coordinator");
+    assert!(error.contains("certificate"), "{error}");
+
+    // An operator's certificate serves nothing: client authentication only.
+    let request = KeyAndCsr::generate(&Peer::Operator("tok1".into())).expect("csr");
+    let issued = ca
+        .sign(
+            &request.csr_pem,
+            &Peer::Operator("tok1".into()),
+            Duration::from_secs(60),
+        )
+        .expect("sign");
+    let tls = ServerTls::new(&issued.pem, &request.key_pem, ca.bundle_pem()).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let mut incoming = tls.incoming(listener);
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt as _;
+        while let Some(Ok(mut tls)) = incoming.next().await {
+            let _ = tls.write_all(b"ok").await;
+        }
+    });
+    let error = verify_as(address, &ca, "tok1.operator.drover")
+        .await
+        .expect_err("an operator certificate is for clients");
+    assert!(error.contains("certificate"), "{error}");
+}

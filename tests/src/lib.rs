@@ -87,8 +87,11 @@ pub struct DroverProcess {
     pub service_network: String,
     /// Whether it puts cluster addresses on `lo` (removed when it is dropped).
     serves_cluster_ips: bool,
-    /// The HTTP port (healthz, readyz, metrics) of a coordinator; 0 for others.
+    /// The HTTP port (healthz, readyz, metrics) of a coordinator, an agent or `drover dev`'s
+    /// coordinator (its agent's is [`DroverProcess::agent_http_port`]); 0 for others.
     pub http_port: u16,
+    /// The HTTP port of `drover dev`'s agent; 0 for others.
+    pub agent_http_port: u16,
 }
 
 /// A service network no other coordinator of this test run has: 10.(240 + pid % 16).n.0/24.
@@ -176,10 +179,13 @@ impl DroverProcess {
     pub fn dev(data_dir: &Path, ip: &str, node: &str, apply: &[&Path]) -> DroverProcess {
         let port = free_port();
         let http_port = free_port();
+        let agent_http_port = free_port();
         let mut args = vec![
             "dev".to_string(),
             "--coordinator-http".into(),
             format!("{ip}:{http_port}"),
+            "--agent-http".into(),
+            format!("{ip}:{agent_http_port}"),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--listen".into(),
@@ -204,6 +210,7 @@ impl DroverProcess {
         process.service_network = network;
         process.serves_cluster_ips = true;
         process.http_port = http_port;
+        process.agent_http_port = agent_http_port;
         process.spawn();
         process.wait_for_tokens();
         process
@@ -238,8 +245,11 @@ impl DroverProcess {
     ) -> DroverProcess {
         let file = data_dir.join("agent.toml");
         std::fs::write(&file, config).expect("write the agent's config");
+        let http_port = free_port();
         let mut args = vec![
-            "--config".to_string(),
+            "--http-listen".to_string(),
+            format!("{ip}:{http_port}"),
+            "--config".into(),
             file.display().to_string(),
             "--node-id".into(),
             node.into(),
@@ -273,6 +283,7 @@ impl DroverProcess {
         process.coordinator_dir = coordinator.coordinator_dir.clone();
         process.service_network = coordinator.service_network.clone();
         process.serves_cluster_ips = !config.contains("cluster_ips = false");
+        process.http_port = http_port;
         process.spawn();
         process
     }
@@ -296,6 +307,7 @@ impl DroverProcess {
             service_network: String::new(),
             serves_cluster_ips: false,
             http_port: 0,
+            agent_http_port: 0,
         }
     }
 

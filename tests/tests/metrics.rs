@@ -1,8 +1,10 @@
-//! The coordinator's HTTP side through the real binaries: `/healthz` and `/readyz` without
-//! a token, `/metrics` over TLS with the API's certificate (checked against the cluster CA
-//! in the data dir) and a read token, refused without one; the text passes Prometheus'
-//! own linter (`promtool check metrics`, from Debian's prometheus package), carries the
-//! cluster's state, and a real Prometheus server scrapes it as the README says to.
+//! The daemons' HTTP side through the real binaries: `/healthz` and `/readyz` without a
+//! token, `/metrics` over TLS (the coordinator's with the API's certificate, each agent's
+//! with its node certificate as `agent.drover`, checked against the cluster CA in the data
+//! dir) and a read token, refused without one; the text passes Prometheus' own linter
+//! (`promtool check metrics`, from Debian's prometheus package), carries the cluster's
+//! state and counts every proxied connection, and a real Prometheus server scrapes the
+//! coordinator and a three-node cluster as the README says to.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -13,8 +15,20 @@ use drover_tests::{DroverProcess, build_images, healthy_nodes, success, unique_n
 /// `curl` of `path` on the coordinator's HTTP port, verifying its certificate against the
 /// cluster CA: (HTTP status, body).
 fn get(coordinator: &DroverProcess, path: &str, token: Option<&str>) -> (u16, String) {
-    let port = coordinator.http_port;
-    let ca = coordinator.coordinator_dir.join("ca.crt");
+    curl(coordinator, "coordinator.drover", "127.0.0.1", path, token)
+}
+
+/// `curl` of `path` on the HTTP port of `daemon` (a coordinator or an agent) at `ip`,
+/// verifying its certificate as `name` against the cluster CA: (HTTP status, body).
+fn curl(
+    daemon: &DroverProcess,
+    name: &str,
+    ip: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let port = daemon.http_port;
+    let ca = daemon.coordinator_dir.join("ca.crt");
     let mut command = Command::new("curl");
     command.args([
         "-s",
@@ -25,8 +39,8 @@ fn get(coordinator: &DroverProcess, path: &str, token: Option<&str>) -> (u16, St
         "--cacert",
         &ca.display().to_string(),
         "--resolve",
-        &format!("coordinator.drover:{port}:127.0.0.1"),
-        &format!("https://coordinator.drover:{port}{path}"),
+        &format!("{name}:{port}:{ip}"),
+        &format!("https://{name}:{port}{path}"),
     ]);
     if let Some(token) = token {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
@@ -147,7 +161,12 @@ fn the_coordinator_serves_health_and_metrics_that_prometheus_accepts() {
     assert_eq!(get(&coordinator, "/metrics", Some(&read)).0, 200);
 
     // A real Prometheus server scrapes it as the README's job does, and answers a query.
-    let prometheus = Prometheus::start(dir.path(), &coordinator, &read);
+    let job = Job {
+        name: "drover-coordinator",
+        server_name: "coordinator.drover",
+        targets: vec![format!("127.0.0.1:{}", coordinator.http_port)],
+    };
+    let prometheus = Prometheus::start(dir.path(), &coordinator, &read, &[job]);
     let mut answer = String::new();
     wait_for(
         "Prometheus to have scraped the coordinator",
@@ -163,32 +182,47 @@ fn the_coordinator_serves_health_and_metrics_that_prometheus_accepts() {
     drop(agent);
 }
 
-/// A Prometheus server (Debian's package) on a free port, scraping `coordinator` every
-/// second over TLS with `token`; stopped when dropped.
+/// One scrape job: HTTPS targets verified as `server_name`.
+struct Job {
+    name: &'static str,
+    server_name: &'static str,
+    targets: Vec<String>,
+}
+
+/// A Prometheus server (Debian's package) on a free port, scraping `jobs` every second over
+/// TLS (the CA of `coordinator`'s cluster) with `token`; stopped when dropped.
 struct Prometheus {
     child: std::process::Child,
     port: u16,
 }
 
 impl Prometheus {
-    fn start(dir: &std::path::Path, coordinator: &DroverProcess, token: &str) -> Prometheus {
+    fn start(
+        dir: &std::path::Path,
+        coordinator: &DroverProcess,
+        token: &str,
+        jobs: &[Job],
+    ) -> Prometheus {
         let port = drover_tests::free_port();
         let token_file = dir.join("prometheus.token");
         std::fs::write(&token_file, token).expect("write token");
         let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: drover-coordinator\n    scheme: https\n    \
-                 tls_config: {{ca_file: {ca}, server_name: coordinator.drover}}\n    \
+        let mut text = "global: {scrape_interval: 1s}\nscrape_configs:\n".to_string();
+        for job in jobs {
+            let targets: Vec<String> = job.targets.iter().map(|t| format!("'{t}'")).collect();
+            text.push_str(&format!(
+                "  - job_name: {name}\n    scheme: https\n    \
+                 tls_config: {{ca_file: {ca}, server_name: {server}}}\n    \
                  authorization: {{credentials_file: {token}}}\n    \
-                 static_configs: [{{targets: ['127.0.0.1:{http}']}}]\n",
+                 static_configs: [{{targets: [{targets}]}}]\n",
+                name = job.name,
+                server = job.server_name,
                 ca = coordinator.coordinator_dir.join("ca.crt").display(),
                 token = token_file.display(),
-                http = coordinator.http_port,
-            ),
-        )
-        .expect("write prometheus.yml");
+                targets = targets.join(", "),
+            ));
+        }
+        std::fs::write(&config, text).expect("write prometheus.yml");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -214,7 +248,13 @@ impl Prometheus {
     }
 
     fn query(&self, query: &str) -> String {
-        self.get(&format!("/api/v1/query?query={query}"))
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-G", "--data-urlencode"])
+            .arg(format!("query={query}"))
+            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 }
 
@@ -223,4 +263,215 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split(' ').next()?.parse().ok()
+    })
+}
+
+#[test]
+fn agents_count_every_connection_and_prometheus_scrapes_the_cluster() {
+    build_images();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir).expect("dir");
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let ips = ["127.0.0.205", "127.0.0.206", "127.0.0.207"];
+    let agents: Vec<DroverProcess> = ips
+        .iter()
+        .map(|ip| {
+            let agent_dir = dir.path().join(ip);
+            std::fs::create_dir_all(&agent_dir).expect("dir");
+            DroverProcess::agent_on(&agent_dir, ip, &unique_node("agentmetrics"), &coordinator)
+        })
+        .collect();
+    let manifest = dir.path().join("web.yaml");
+    let health = "  health: {http: {path: /, port: 8080}, interval: 1s}\n";
+    std::fs::write(
+        &manifest,
+        drover_tests::web_manifest("user-service:latest", 3, health),
+    )
+    .expect("write manifest");
+    coordinator.apply(&manifest);
+    wait_for("three healthy replicas", Duration::from_secs(90), || {
+        healthy_nodes(&coordinator, "web").len() == 3
+    });
+    let token = std::fs::read_to_string(coordinator.admin_token_file()).expect("admin token");
+    let token = token.trim().to_string();
+    let (agent, ip) = (&agents[0], ips[0]);
+    let scrape =
+        |token: Option<&str>| curl(agent, drover_security::AGENT_NAME, ip, "/metrics", token);
+
+    assert_eq!(
+        curl(agent, drover_security::AGENT_NAME, ip, "/healthz", None),
+        (200, "ok\n".to_string())
+    );
+    wait_for("the agent ready", Duration::from_secs(30), || {
+        curl(agent, drover_security::AGENT_NAME, ip, "/readyz", None).0 == 200
+    });
+    let (status, refusal) = scrape(None);
+    assert_eq!(status, 401, "{refusal}");
+    assert!(refusal.contains("needs a token"), "{refusal}");
+    // The agent's join token is no reader.
+    let join = std::fs::read_to_string(coordinator.agent_token_file()).expect("agent token");
+    let (status, refusal) = scrape(Some(join.trim()));
+    assert_eq!(status, 403, "{refusal}");
+    // The cluster's tokens reach the agent over its link; a read token made now does too.
+    let out = coordinator.cli(&["token", "create", "agent-scraper", "--role", "read"]);
+    let read = success(&out, "drover token create agent-scraper")
+        .trim()
+        .to_string();
+    let mut text = String::new();
+    wait_for(
+        "the agent's metrics with a read token",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = scrape(Some(&read));
+            text = body;
+            status == 200
+        },
+    );
+    assert_eq!(scrape(Some(&token)).0, 200, "the admin token reads too");
+    let (ok, said) = promtool(&text);
+    assert!(ok, "promtool check metrics: {said}\n{text}");
+    for wanted in [
+        "drover_agent_gossip_members 4",
+        "drover_agent_coordinator_connected 1",
+        "drover_agent_proxy_connect_duration_seconds_bucket{le=\"+Inf\",service=\"web\"}",
+        "drover_agent_gossip_datagrams_total{direction=\"in\"}",
+    ] {
+        assert!(text.contains(wanted), "{wanted:?} in\n{text}");
+    }
+    // Every replica is counted once, on its own node; probes pass.
+    let mut healthy = 0.0;
+    for (agent, ip) in agents.iter().zip(ips) {
+        let (status, body) = curl(
+            agent,
+            drover_security::AGENT_NAME,
+            ip,
+            "/metrics",
+            Some(&read),
+        );
+        assert_eq!(status, 200, "{body}");
+        healthy += sample(
+            &body,
+            "drover_agent_replicas{workload=\"web\",state=\"healthy\"}",
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(healthy, 3.0, "healthy replicas over the three agents");
+    // Probes are counted where the replicas run.
+    wait_for("readiness probes counted", Duration::from_secs(30), || {
+        agents.iter().zip(ips).any(|(agent, ip)| {
+            let (_, body) = curl(agent, drover_security::AGENT_NAME, ip, "/metrics", Some(&read));
+            sample(
+                &body,
+                "drover_agent_health_probes_total{workload=\"web\",check=\"readiness\",result=\"passed\"}",
+            )
+            .is_some_and(|n| n > 0.0)
+        })
+    });
+
+    // Exactly N connections through this node's proxy move its counter by exactly N.
+    let accepted = "drover_agent_proxy_connections_accepted_total{service=\"web\"}";
+    let counted = |token: &str| {
+        let (status, body) = scrape(Some(token));
+        assert_eq!(status, 200, "{body}");
+        (sample(&body, accepted).unwrap_or(0.0), body)
+    };
+    let (before, _) = counted(&read);
+    const N: usize = 37;
+    let proxy = format!("{ip}:80");
+    for i in 0..N {
+        let body =
+            drover_tests::try_http_get(&proxy).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert!(body.starts_with("user-service"), "{body}");
+    }
+    let mut after = 0.0;
+    wait_for("the counter to move by N", Duration::from_secs(10), || {
+        after = counted(&read).0;
+        after >= before + N as f64
+    });
+    // And no further: published totals settle at exactly that.
+    std::thread::sleep(Duration::from_secs(2));
+    let (settled, body) = counted(&read);
+    assert_eq!(
+        (after, settled),
+        (before + N as f64, before + N as f64),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "drover_agent_proxy_connections_active{service=\"web\"}"
+        ),
+        Some(0.0),
+        "{body}"
+    );
+    let connects = sample(
+        &body,
+        "drover_agent_proxy_connect_duration_seconds_count{service=\"web\"}",
+    )
+    .expect("connect latency count");
+    assert!(connects >= before + N as f64, "{connects} connects\n{body}");
+    let received = sample(
+        &body,
+        "drover_agent_proxy_received_bytes_total{service=\"web\"}",
+    )
+    .expect("bytes received");
+    assert!(
+        received >= (N * "GET / HTTP/1.0\r\n\r\n".len()) as f64,
+        "{body}"
+    );
+
+    // A Prometheus server scrapes the three agents and answers the proxies' connection rate.
+    let job = Job {
+        name: "drover-agents",
+        server_name: drover_security::AGENT_NAME,
+        targets: agents
+            .iter()
+            .zip(ips)
+            .map(|(a, ip)| format!("{ip}:{}", a.http_port))
+            .collect(),
+    };
+    let prometheus = Prometheus::start(dir.path(), &coordinator, &read, &[job]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Traffic through every node meanwhile, so that the rate is above zero.
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for ip in ips {
+                    let _ = drover_tests::try_http_get(&format!("{ip}:80"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut answer = String::new();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(
+                "Prometheus to answer the proxies' connection rate on every node",
+                Duration::from_secs(60),
+                || {
+                    answer = prometheus.query(
+                        "sum by (instance, service) (rate(drover_agent_proxy_connections_accepted_total[5s])) > 0",
+                    );
+                    ips.iter()
+                        .all(|ip| answer.contains(&format!("\"instance\":\"{ip}:")))
+                        && answer.contains("\"service\":\"web\"")
+                },
+            );
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    let targets = prometheus.get("/api/v1/targets");
+    assert_eq!(targets.matches("\"health\":\"up\"").count(), 3, "{targets}");
+    drop(prometheus);
+    drop(agents);
 }

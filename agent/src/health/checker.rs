@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use drover_proto::model::HealthCheck;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -50,6 +51,34 @@ pub struct HealthEvent {
     pub target: ProbeTarget,
 }
 
+/// Counts of one check's probe results, shared with the agent's metrics (detached ones by
+/// default).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeCounts {
+    /// Probes that passed.
+    pub passed: Counter,
+    /// Probes that failed (or timed out).
+    pub failed: Counter,
+}
+
+/// Where a checker reports: each status change, and each probe's result.
+#[derive(Debug, Clone)]
+pub struct Reports {
+    /// Status changes.
+    pub events: mpsc::Sender<HealthEvent>,
+    /// Probe results.
+    pub probes: ProbeCounts,
+}
+
+impl From<mpsc::Sender<HealthEvent>> for Reports {
+    fn from(events: mpsc::Sender<HealthEvent>) -> Reports {
+        Reports {
+            events,
+            probes: ProbeCounts::default(),
+        }
+    }
+}
+
 /// Runs one check of one allocation until cancelled. Waits only through tokio's clock, so
 /// tests can run it on paused time.
 #[derive(Debug)]
@@ -60,23 +89,26 @@ pub struct HealthChecker {
     target: ProbeTarget,
     runtime: Arc<dyn ContainerRuntime>,
     events: mpsc::Sender<HealthEvent>,
+    probes: ProbeCounts,
     tracker: HealthTracker,
 }
 
 impl HealthChecker {
     /// Starts checking now: the first probe runs at once, then one `check.interval` after
     /// each probe finishes. Sends a [`HealthEvent`] on every status change and nothing
-    /// otherwise. The task ends when `cancel` fires or the receiver of `events` is dropped.
+    /// otherwise, and counts every probe's result. The task ends when `cancel` fires or the
+    /// receiver of the events is dropped.
     pub fn spawn(
         alloc_id: impl Into<String>,
         kind: CheckKind,
         check: HealthCheck,
         target: ProbeTarget,
         runtime: Arc<dyn ContainerRuntime>,
-        events: mpsc::Sender<HealthEvent>,
+        reports: impl Into<Reports>,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
         let tracker = HealthTracker::new(&check, Instant::now());
+        let Reports { events, probes } = reports.into();
         let checker = HealthChecker {
             alloc_id: alloc_id.into(),
             kind,
@@ -84,6 +116,7 @@ impl HealthChecker {
             target,
             runtime,
             events,
+            probes,
             tracker,
         };
         tokio::spawn(checker.run(cancel))
@@ -114,6 +147,11 @@ impl HealthChecker {
             detail = %result.detail,
             "health probe finished"
         );
+        if result.ok {
+            self.probes.passed.inc();
+        } else {
+            self.probes.failed.inc();
+        }
         let Some(status) = self.tracker.record(result.ok, Instant::now()) else {
             return ControlFlow::Continue(());
         };

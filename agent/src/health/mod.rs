@@ -7,6 +7,6 @@ mod probe;
 mod test_support;
 mod tracker;
 
-pub use checker::{CheckKind, HealthChecker, HealthEvent};
+pub use checker::{CheckKind, HealthChecker, HealthEvent, ProbeCounts, Reports};
 pub use probe::{ProbeResult, ProbeTarget, probe_once};
 pub use tracker::{HealthStatus, HealthTracker};

@@ -355,6 +355,7 @@ impl ServiceProxy {
             if attempt > 0 {
                 self.counters.retry();
             }
+            let started = Instant::now();
             let error = match tokio::time::timeout(
                 self.config.connect_timeout,
                 TcpStream::connect(endpoint.address),
@@ -362,6 +363,7 @@ impl ServiceProxy {
             .await
             {
                 Ok(Ok(stream)) => {
+                    self.counters.connected(started.elapsed());
                     self.revisions
                         .attempted(&endpoint.workload, endpoint.revision, false);
                     let mut balancer = self.lock_balancer();
@@ -374,7 +376,7 @@ impl ServiceProxy {
                 Ok(Err(e)) => e,
                 Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
             };
-            self.counters.connect_error();
+            self.counters.connect_error(error.kind());
             self.revisions
                 .attempted(&endpoint.workload, endpoint.revision, true);
             self.lock_balancer()
@@ -456,6 +458,7 @@ impl ServiceProxy {
                 Ok(FirstAnswer::Started) => {}
                 Ok(FirstAnswer::Unanswered) => {
                     // The replica went away before answering: another one gets the request.
+                    self.counters.replay();
                     self.revisions
                         .unanswered(&endpoint.workload, endpoint.revision);
                     self.lock_balancer()

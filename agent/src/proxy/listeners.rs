@@ -60,6 +60,8 @@ pub struct ProxyManager {
     /// Revision outcomes of proxies dropped since (stopped and drained), kept so that
     /// [`ProxyManager::traffic`] never goes down while the agent runs.
     ended: TrafficTotals,
+    /// Their counters, for the same reason ([`ProxyManager::totals`]).
+    ended_services: BTreeMap<String, CountersSnapshot>,
     /// Addresses two routes want, already reported (once each while the clash lasts).
     clashes: BTreeSet<SocketAddr>,
 }
@@ -110,8 +112,18 @@ struct Retired {
     addresses: Vec<SocketAddr>,
 }
 
-/// Outcomes per (service, revision).
-type TrafficTotals = BTreeMap<(String, u64), RevisionOutcomes>;
+/// Outcomes per (service, workload, revision).
+type TrafficTotals = BTreeMap<(String, String, u64), RevisionOutcomes>;
+
+/// What a node's proxies counted since the agent started, for its metrics: every port of
+/// a service summed, stopped ones included, so that no count goes down while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyTotals {
+    /// Per service.
+    pub services: BTreeMap<String, CountersSnapshot>,
+    /// Per (service, workload, revision).
+    pub revisions: TrafficTotals,
+}
 
 #[derive(Debug)]
 struct Route {
@@ -155,6 +167,7 @@ impl ProxyManager {
             adopted: BTreeMap::new(),
             keeper: None,
             ended: TrafficTotals::new(),
+            ended_services: BTreeMap::new(),
             clashes: BTreeSet::new(),
         }
     }
@@ -283,7 +296,11 @@ impl ProxyManager {
             .partition(|retired| retired.proxy.open_connections() == 0);
         self.retired = draining;
         for retired in drained {
-            add_traffic(&mut self.ended, retired.proxy.revision_traffic());
+            let service = retired.proxy.service();
+            add_traffic(&mut self.ended, service, retired.proxy.revision_traffic());
+            let mut counted = retired.proxy.snapshot();
+            counted.active = 0;
+            *self.ended_services.entry(service.to_owned()).or_default() += counted;
         }
     }
 
@@ -351,10 +368,9 @@ impl ProxyManager {
     /// totals never decrease. Sorted by workload, then revision; only revisions that had a
     /// connect attempt appear.
     pub fn traffic(&self) -> Vec<RevisionTraffic> {
-        let mut totals = self.ended.clone();
-        let proxies = self.routes.values().map(|route| &route.proxy);
-        for proxy in proxies.chain(self.retired.iter().map(|r| &r.proxy)) {
-            add_traffic(&mut totals, proxy.revision_traffic());
+        let mut totals: BTreeMap<(String, u64), RevisionOutcomes> = BTreeMap::new();
+        for ((_, workload, revision), outcomes) in self.totals().revisions {
+            *totals.entry((workload, revision)).or_default() += outcomes;
         }
         totals
             .into_iter()
@@ -365,6 +381,21 @@ impl ProxyManager {
                 failed: outcomes.failed,
             })
             .collect()
+    }
+
+    /// Everything counted since the manager was created, by service and by revision.
+    pub fn totals(&self) -> ProxyTotals {
+        let mut totals = ProxyTotals {
+            services: self.ended_services.clone(),
+            revisions: self.ended.clone(),
+        };
+        let proxies = self.routes.values().map(|route| &route.proxy);
+        for proxy in proxies.chain(self.retired.iter().map(|r| &r.proxy)) {
+            let service = proxy.service();
+            *totals.services.entry(service.to_owned()).or_default() += proxy.snapshot();
+            add_traffic(&mut totals.revisions, service, proxy.revision_traffic());
+        }
+        totals
     }
 
     /// Addresses being listened on now (one whose bind failed is not among them).
@@ -561,9 +592,15 @@ async fn listen(
 }
 
 /// Adds one proxy's outcomes per (workload, revision) to the totals.
-fn add_traffic(totals: &mut TrafficTotals, outcomes: BTreeMap<(Arc<str>, u64), RevisionOutcomes>) {
+fn add_traffic(
+    totals: &mut TrafficTotals,
+    service: &str,
+    outcomes: BTreeMap<(Arc<str>, u64), RevisionOutcomes>,
+) {
     for ((workload, revision), outcomes) in outcomes {
-        *totals.entry((workload.to_string(), revision)).or_default() += outcomes;
+        *totals
+            .entry((service.to_owned(), workload.to_string(), revision))
+            .or_default() += outcomes;
     }
 }
 
@@ -595,21 +632,37 @@ mod tests {
         let (web, api) = (Arc::<str>::from("web"), Arc::<str>::from("api"));
         add_traffic(
             &mut totals,
+            "front",
             BTreeMap::from([
                 ((web.clone(), 1), outcomes(10, 1)),
                 ((web.clone(), 2), outcomes(3, 2)),
             ]),
         );
-        // A second port (or service) for the same workload, and another workload with the
-        // same revision.
-        add_traffic(&mut totals, BTreeMap::from([((web, 2), outcomes(5, 0))]));
-        add_traffic(&mut totals, BTreeMap::from([((api, 2), outcomes(7, 7))]));
+        // A second port of the same service, another service of the same workload, and
+        // another workload with the same revision.
+        add_traffic(
+            &mut totals,
+            "front",
+            BTreeMap::from([((web.clone(), 2), outcomes(5, 0))]),
+        );
+        add_traffic(
+            &mut totals,
+            "internal",
+            BTreeMap::from([((web, 2), outcomes(1, 0))]),
+        );
+        add_traffic(
+            &mut totals,
+            "front",
+            BTreeMap::from([((api, 2), outcomes(7, 7))]),
+        );
+        let key = |s: &str, w: &str, r| (s.to_owned(), w.to_owned(), r);
         assert_eq!(
             totals,
             BTreeMap::from([
-                (("api".to_owned(), 2), outcomes(7, 7)),
-                (("web".to_owned(), 1), outcomes(10, 1)),
-                (("web".to_owned(), 2), outcomes(8, 2)),
+                (key("front", "api", 2), outcomes(7, 7)),
+                (key("front", "web", 1), outcomes(10, 1)),
+                (key("front", "web", 2), outcomes(8, 2)),
+                (key("internal", "web", 2), outcomes(1, 0)),
             ])
         );
     }

@@ -22,6 +22,9 @@ mod splice;
 mod test_sockets;
 
 pub use copy::START as MIN_BUFFER_SIZE;
-pub use counters::{CountersSnapshot, RevisionCounters, RevisionOutcomes, ServiceCounters};
+pub use counters::{
+    CountersSnapshot, LATENCY_BOUNDS, LatencySnapshot, RevisionCounters, RevisionOutcomes,
+    ServiceCounters,
+};
 pub use forward::{ProxyConfig, ServiceProxy, serve};
-pub use listeners::{NodeTraffic, ProxyManager, ServiceRoute};
+pub use listeners::{NodeTraffic, ProxyManager, ProxyTotals, ServiceRoute};

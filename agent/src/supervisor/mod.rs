@@ -99,6 +99,8 @@ pub struct Supervisor {
     tracked: BTreeMap<String, Tracked>,
     health_tx: mpsc::Sender<HealthEvent>,
     health_rx: mpsc::Receiver<HealthEvent>,
+    /// Where probe results are counted.
+    counters: crate::metrics::WorkCounters,
     interval: Duration,
     drain: Duration,
     /// Since when the link to the coordinator is down (`None` while connected).
@@ -144,6 +146,7 @@ impl Supervisor {
             tracked: BTreeMap::new(),
             health_tx,
             health_rx,
+            counters: crate::metrics::WorkCounters::default(),
             interval,
             drain: Duration::ZERO,
             cut_off_since: None,
@@ -163,6 +166,11 @@ impl Supervisor {
     /// (default: none).
     pub fn set_drain(&mut self, drain: Duration) {
         self.drain = drain;
+    }
+
+    /// Counts health probe results into `counters` (the agent's metrics).
+    pub fn set_counters(&mut self, counters: crate::metrics::WorkCounters) {
+        self.counters = counters;
     }
 
     /// Time from the end of one usage sampling round to the start of the next (default
@@ -383,7 +391,12 @@ impl Supervisor {
             Some(c) => {
                 t.drive(c, self.runtime.as_ref()).await;
                 if t.is_running() {
-                    t.start_checks(self.advertise, &self.runtime, &self.health_tx);
+                    t.start_checks(
+                        self.advertise,
+                        &self.runtime,
+                        &self.health_tx,
+                        &self.counters,
+                    );
                 }
             }
         }

@@ -596,6 +596,7 @@ impl Tracked {
         advertise: IpAddr,
         runtime: &Arc<dyn ContainerRuntime>,
         events: &mpsc::Sender<HealthEvent>,
+        counters: &crate::metrics::WorkCounters,
     ) {
         let target = ProbeTarget {
             container_id: self.status.container_id.clone(),
@@ -638,7 +639,10 @@ impl Tracked {
                     check.clone(),
                     target.clone(),
                     runtime.clone(),
-                    events.clone(),
+                    crate::health::Reports {
+                        events: events.clone(),
+                        probes: counters.probes(&self.service, kind),
+                    },
                     cancel.clone(),
                 );
             }

@@ -146,6 +146,8 @@ pub struct FakeAgent {
     pub desired: Vec<pb::DesiredAllocation>,
     pub desired_version: u64,
     pub routes: Vec<pb::ServiceRoute>,
+    /// The last read tokens sent.
+    pub read_tokens: Vec<pb::ReadToken>,
 }
 
 impl FakeAgent {
@@ -219,6 +221,7 @@ impl FakeAgent {
             desired: vec![],
             desired_version: 0,
             routes: vec![],
+            read_tokens: vec![],
         })
     }
 
@@ -238,6 +241,7 @@ impl FakeAgent {
                     self.desired = set.allocations;
                 }
                 Some(pb::coordinator_message::Body::Routes(r)) => self.routes = r.services,
+                Some(pb::coordinator_message::Body::ReadTokens(t)) => self.read_tokens = t.tokens,
                 Some(
                     pb::coordinator_message::Body::GossipKeys(_)
                     | pb::coordinator_message::Body::CaBundle(_),
