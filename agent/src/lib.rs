@@ -18,6 +18,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod link;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod read_tokens;

@@ -15,7 +15,7 @@
 //! ([`crate::saved_routing`]), so that an agent restarted without a coordinator starts from
 //! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +73,9 @@ pub struct Link {
     pub gossip_keys: watch::Sender<Vec<String>>,
     /// The CA bundle the coordinator sends (certificate renewal follows it).
     pub ca_bundle: watch::Sender<Option<String>>,
+    /// Where replicas' output is read for the coordinator's log requests; `None` answers
+    /// each request that this agent reads no output.
+    pub logs: Option<crate::logs::LogSource>,
     /// The tokens that may read the agent's HTTP side, as the coordinator sends them (kept
     /// in `saved` too).
     pub read_tokens: watch::Sender<Arc<crate::read_tokens::ReadTokens>>,
@@ -192,6 +195,11 @@ impl Link {
         if !totals.is_empty() && tx.send(traffic_update(&totals)).await.is_err() {
             return Ok(());
         }
+        // Log requests of this session: each follower stops on its cancel, or with the
+        // session.
+        let session_logs = CancellationToken::new();
+        let _stop_logs = session_logs.clone().drop_guard();
+        let mut log_requests: HashMap<u64, CancellationToken> = HashMap::new();
         // The proxy's side may end first at shutdown; that must not end the session.
         let mut traffic_open = true;
         // So may the supervisor's.
@@ -202,6 +210,17 @@ impl Link {
                 message = inbound.next() => match message {
                     None => return Ok(()),
                     Some(Err(status)) => return Err(format!("session on {url}: {}", status.message())),
+                    Some(Ok(pb::CoordinatorMessage { body: Some(pb::coordinator_message::Body::LogRequest(request)) })) => {
+                        log_requests.retain(|_, cancel| !cancel.is_cancelled());
+                        let cancel = session_logs.child_token();
+                        log_requests.insert(request.request_id, cancel.clone());
+                        self.start_logs(request, tx.clone(), cancel);
+                    }
+                    Some(Ok(pb::CoordinatorMessage { body: Some(pb::coordinator_message::Body::LogCancel(cancel)) })) => {
+                        if let Some(token) = log_requests.remove(&cancel.request_id) {
+                            token.cancel();
+                        }
+                    }
                     Some(Ok(message)) => self.on_message(message, session),
                 },
                 changed = self.statuses.changed() => {
@@ -253,6 +272,32 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Starts sending the output `request` asks for, until it ends or `cancel`.
+    fn start_logs(
+        &self,
+        request: pb::LogRequest,
+        tx: mpsc::Sender<pb::AgentMessage>,
+        cancel: CancellationToken,
+    ) {
+        let Some(source) = self.logs.clone() else {
+            let refused = pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Logs(pb::LogChunk {
+                    request_id: request.request_id,
+                    lines: Vec::new(),
+                    end: true,
+                    error: format!("node {} reads no container output", self.node.id),
+                })),
+            };
+            let _ = tx.try_send(refused);
+            return;
+        };
+        tokio::spawn(async move {
+            let done = cancel.clone();
+            crate::logs::follow(source, request, tx, cancel).await;
+            done.cancel();
+        });
     }
 
     /// Applies one message from the coordinator. Wire types stop here: a message that does
@@ -361,7 +406,12 @@ impl Link {
                     Err(e) => warn!(version, error = %e, "invalid route policy ignored"),
                 }
             }
-            None => {}
+            // Handled by the session, which owns the followers.
+            Some(
+                pb::coordinator_message::Body::LogRequest(_)
+                | pb::coordinator_message::Body::LogCancel(_),
+            )
+            | None => {}
         }
     }
 
@@ -601,7 +651,7 @@ mod tests {
                     .map(ReplicaTraffic::from)
                     .collect(),
             }),
-            Some(pb::agent_message::Body::Hello(_)) => None,
+            Some(pb::agent_message::Body::Hello(_) | pb::agent_message::Body::Logs(_)) => None,
             None => panic!("empty message"),
         };
         (session, traffic)
@@ -658,6 +708,7 @@ mod tests {
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
             read_tokens: watch::channel(Arc::default()).0,
+            logs: None,
             ca_bundle: watch::channel(None).0,
             rejoin: None,
             refused_identity: false,
@@ -964,6 +1015,7 @@ mod tests {
             credentials: None,
             gossip_keys: watch::channel(Vec::new()).0,
             read_tokens: watch::channel(Arc::default()).0,
+            logs: None,
             ca_bundle: watch::channel(None).0,
             rejoin: None,
             refused_identity: false,

@@ -175,6 +175,10 @@ async fn run_as(
         );
     }
 
+    let log_source = crate::logs::LogSource {
+        runtime: runtime.clone(),
+        statuses: status_rx.clone(),
+    };
     let mut supervisor = Supervisor::new(
         node_id.clone(),
         config.advertise,
@@ -224,6 +228,7 @@ async fn run_as(
         gossip_keys: gossip_keys_tx,
         ca_bundle: ca_bundle_tx,
         read_tokens: read_tokens_tx,
+        logs: Some(log_source),
         rejoin: credentials
             .as_ref()
             .map(|(current, _)| credentials::Rejoin {

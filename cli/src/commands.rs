@@ -937,6 +937,37 @@ struct EventRow {
     message: String,
 }
 
+/// `drover logs`: lines as they come (standard output and error together, as `kubectl
+/// logs`), prefixed with their allocation when the name is not one; Drover's own notes
+/// (no timestamp) go to standard error.
+pub async fn logs(target: &str, request: pb::LogsRequest, timestamps: bool) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
+    let name = request.name.clone();
+    let mut stream = client
+        .logs(request)
+        .await
+        .map_err(|s| refused(&format!("read the output of {name}"), s))?
+        .into_inner();
+    while let Some(item) = stream.next().await {
+        let line = item.map_err(|s| refused("the output stream", s))?;
+        let mut text = String::new();
+        if line.allocation_id != name && !line.timestamp.is_empty() {
+            text.push_str(&format!("[{}] ", line.allocation_id));
+        }
+        if timestamps && !line.timestamp.is_empty() {
+            text.push_str(&line.timestamp);
+            text.push(' ');
+        }
+        text.push_str(&line.text);
+        if line.timestamp.is_empty() {
+            eprintln!("{text}");
+        } else {
+            say!("{text}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn events(target: &str, since: u64, follow: bool, format: Format) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let mut stream = client

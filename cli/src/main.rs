@@ -196,6 +196,24 @@ enum Command {
         command: CaCommand,
     },
     /// Show cluster events.
+    /// Print the output of a service's, a workload's or one allocation's replicas (several
+    /// interleaved, each line prefixed with its allocation), read by their agents.
+    Logs {
+        /// A service, a workload or an allocation id.
+        name: String,
+        /// Keep following new lines, across restarts of the replicas' containers.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines written within this long, e.g. 10s, 5m, 1h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only the last this many lines of each replica (before following).
+        #[arg(long)]
+        tail: Option<u32>,
+        /// Show each line's timestamp.
+        #[arg(long)]
+        timestamps: bool,
+    },
     Events {
         /// Start from this sequence number.
         #[arg(long, default_value_t = 0)]
@@ -484,6 +502,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             output,
         } => commands::events(&target, since, follow, output).await,
+        Command::Logs {
+            name,
+            follow,
+            since,
+            tail,
+            timestamps,
+        } => {
+            let request = drover_proto::pb::LogsRequest {
+                name,
+                follow,
+                since_seconds: since.map_or(0, |d| d.as_secs().max(1)),
+                tail: tail.unwrap_or(0),
+            };
+            commands::logs(&target, request, timestamps).await
+        }
         Command::Gossip { command } => {
             use drover_proto::pb::gossip_key_request::Action;
             let (action, key) = match command {

@@ -176,6 +176,13 @@ impl AgentLink for AgentLinkService {
                                 }
                             }
                         }
+                        Some(pb::agent_message::Body::Logs(chunk)) => {
+                            if !coordinator.logs.deliver(&node, chunk)
+                                && let Some(suppressed) = refused.allow(Instant::now())
+                            {
+                                debug!(node = %node, suppressed, "output for a log request that is closed or not this node's dropped");
+                            }
+                        }
                         Some(pb::agent_message::Body::Hello(_)) => {
                             warn!(node = %node, "second hello on one session ignored");
                         }

@@ -210,6 +210,59 @@ impl Coordinator {
         read(&inner.state, &caller)
     }
 
+    /// Asks the agents of the replicas `request.name` means for their output (reading the
+    /// cluster). Per replica, in id order: its id, and the open request (its id and where
+    /// its chunks arrive) or why none could be made.
+    pub async fn open_logs(
+        &self,
+        credentials: &Credentials,
+        request: &drover_proto::pb::LogsRequest,
+    ) -> Result<Vec<OpenedLog>, Error> {
+        use drover_proto::pb;
+        let inner = self.lock().await;
+        let caller = self.caller(&inner.state, credentials)?;
+        caller.require(Role::Read, "reading replicas' output")?;
+        let replicas = crate::logs::replicas_named(&inner.state, &request.name)?;
+        let mut opened = Vec::new();
+        for replica in replicas {
+            let (id, chunks) = self.logs.open(&replica.node);
+            let message = pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::LogRequest(pb::LogRequest {
+                    request_id: id,
+                    allocation_id: replica.id.clone(),
+                    follow: request.follow,
+                    since_seconds: request.since_seconds,
+                    tail: request.tail,
+                })),
+            };
+            let outcome = if inner.send_to_agent(&replica.node, message) {
+                Ok((id, chunks))
+            } else {
+                self.logs.close(id);
+                Err(format!("node {} is not connected", replica.node))
+            };
+            opened.push(OpenedLog {
+                allocation: replica.id,
+                outcome,
+            });
+        }
+        Ok(opened)
+    }
+
+    /// Tells the agent of log request `id` that its client is gone.
+    pub async fn cancel_logs(&self, id: u64) {
+        use drover_proto::pb;
+        let Some(node) = self.logs.close(id) else {
+            return;
+        };
+        let message = pb::CoordinatorMessage {
+            body: Some(pb::coordinator_message::Body::LogCancel(pb::LogCancel {
+                request_id: id,
+            })),
+        };
+        self.lock().await.send_to_agent(&node, message);
+    }
+
     /// Executes `command` for the caller `credentials` prove; then `view` reads the result
     /// under the same lock. Refused requests change nothing.
     pub async fn execute<T>(
@@ -306,4 +359,13 @@ impl Coordinator {
         }
         result
     }
+}
+
+/// One replica's part of a log request ([`Coordinator::open_logs`]).
+#[derive(Debug)]
+pub struct OpenedLog {
+    /// The allocation.
+    pub allocation: String,
+    /// The request's id and where its chunks arrive, or why it could not be made.
+    pub outcome: Result<(u64, tokio::sync::mpsc::Receiver<drover_proto::pb::LogChunk>), String>,
 }

@@ -582,6 +582,73 @@ impl Control for ControlService {
         Ok(Response::new(pb::GossipKeyring { key_ids }))
     }
 
+    type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let credentials = Credentials::of(&request);
+        let request = request.into_inner();
+        let opened = self.coordinator.open_logs(&credentials, &request).await?;
+        if opened.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{:?} has no replica that runs",
+                request.name
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut streams = tokio_stream::StreamMap::new();
+        let mut allocations = std::collections::HashMap::new();
+        let mut notices = Vec::new();
+        for replica in opened {
+            match replica.outcome {
+                Ok((id, chunks)) => {
+                    allocations.insert(id, replica.allocation);
+                    streams.insert(id, tokio_stream::wrappers::ReceiverStream::new(chunks));
+                }
+                Err(why) => notices.push(notice(&replica.allocation, &why)),
+            }
+        }
+        let coordinator = self.coordinator.clone();
+        let shutdown = coordinator.shutdown_token().clone();
+        tokio::spawn(async move {
+            use tokio_stream::StreamExt as _;
+            let client = tx.clone();
+            let forward = async {
+                for line in notices {
+                    tx.send(Ok(line)).await.ok()?;
+                }
+                while let Some((id, chunk)) = streams.next().await {
+                    for line in chunk.lines {
+                        tx.send(Ok(line)).await.ok()?;
+                    }
+                    if !chunk.error.is_empty() {
+                        let alloc = allocations.get(&id).map_or("", String::as_str);
+                        tx.send(Ok(notice(alloc, &chunk.error))).await.ok()?;
+                    }
+                    if chunk.end {
+                        streams.remove(&id);
+                        coordinator.logs.close(id);
+                    }
+                }
+                Some(())
+            };
+            tokio::select! {
+                _ = forward => {}
+                () = client.closed() => {}
+                () = shutdown.cancelled() => {}
+            }
+            // The client is gone, or everything ended: stop what still runs.
+            for id in streams.keys().copied().collect::<Vec<_>>() {
+                coordinator.cancel_logs(id).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(
@@ -660,6 +727,16 @@ impl Control for ControlService {
 
 /// Runs `producer` in a task that feeds a channel, and returns the channel as a stream.
 /// An error the producer returns is sent as the stream's last item.
+/// A line of Drover's own about the output of `allocation` (no timestamp, on stderr).
+fn notice(allocation: &str, what: &str) -> pb::LogLine {
+    pb::LogLine {
+        allocation_id: allocation.to_owned(),
+        timestamp: String::new(),
+        stderr: true,
+        text: format!("[drover: cannot read the output of {allocation}: {what}]"),
+    }
+}
+
 fn async_stream_events<F, Fut>(producer: F) -> EventStream
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Event, Status>>) -> Fut,

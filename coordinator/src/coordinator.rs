@@ -58,6 +58,15 @@ pub struct Inner {
     autoscalers: crate::autoscale::Autoscalers,
 }
 
+impl Inner {
+    /// Sends `message` to `node`'s agent if it has a session and room in its queue.
+    pub(crate) fn send_to_agent(&self, node: &str, message: pb::CoordinatorMessage) -> bool {
+        self.agents
+            .get(node)
+            .is_some_and(|session| session.tx.try_send(Ok(message)).is_ok())
+    }
+}
+
 impl Coordinator {
     /// The metrics registry now: the counters, and the gauges of the state.
     pub async fn metrics_registry(&self) -> prometheus_client::registry::Registry {
@@ -83,6 +92,8 @@ pub struct Coordinator {
     pub metrics: crate::metrics::Metrics,
     /// What `/readyz` reports.
     pub health: Health,
+    /// Open `drover logs` requests.
+    pub logs: crate::logs::LogRouter,
 }
 
 /// The coordinator's readiness, kept as it works (read without the state's lock).
@@ -190,6 +201,7 @@ impl Coordinator {
             keyring: std::sync::OnceLock::new(),
             metrics: crate::metrics::Metrics::default(),
             health: Health::default(),
+            logs: crate::logs::LogRouter::default(),
         });
         let mut inner = coordinator.inner.lock().await;
         let mut changes = ChangeSet::new(&inner.state, now_unix_ms());

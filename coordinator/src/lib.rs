@@ -20,6 +20,7 @@ pub mod failure;
 pub mod gossip;
 pub mod http;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod operations;
 pub mod reconcile;

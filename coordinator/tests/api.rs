@@ -478,3 +478,117 @@ async fn drain_moves_replicas_before_stopping_them() {
     server.shutdown.cancel();
     server.task.await.expect("join").expect("clean shutdown");
 }
+
+/// One chunk of `request`'s output from `agent`.
+async fn answer_logs(agent: &FakeAgent, request: &pb::LogRequest, lines: &[&str], end: bool) {
+    let lines = lines
+        .iter()
+        .enumerate()
+        .map(|(i, text)| pb::LogLine {
+            allocation_id: request.allocation_id.clone(),
+            timestamp: format!("2026-12-04T20:00:0{i}Z"),
+            stderr: false,
+            text: (*text).to_owned(),
+        })
+        .collect();
+    agent
+        .tx
+        .send(pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Logs(pb::LogChunk {
+                request_id: request.request_id,
+                lines,
+                end,
+                error: String::new(),
+            })),
+        })
+        .await
+        .expect("send chunk");
+}
+
+#[tokio::test]
+async fn logs_come_from_each_replicas_agent_and_stop_when_the_client_goes() {
+    let server = start().await;
+    let mut client = control(&server).await;
+    let mut agents = vec![
+        FakeAgent::connect(&server, "n1", &[]).await,
+        FakeAgent::connect(&server, "n2", &[]).await,
+    ];
+    client
+        .apply(pb::ApplyRequest {
+            cause: String::new(),
+            services: vec![web_service()],
+            autoscalers: Vec::new(),
+            workloads: vec![web(2)],
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
+    for agent in &mut agents {
+        agent
+            .until("a replica", |a| a.running_ids().len() == 1)
+            .await;
+    }
+    let refused = client
+        .logs(pb::LogsRequest {
+            name: "nothing".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no such name");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+
+    // By the service's name: one request to each replica's node.
+    let mut lines = client
+        .logs(pb::LogsRequest {
+            name: "web".into(),
+            follow: true,
+            since_seconds: 0,
+            tail: 5,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    for agent in &mut agents {
+        agent
+            .until("a log request", |a| !a.log_requests.is_empty())
+            .await;
+        let request = &agent.log_requests[0];
+        assert_eq!(
+            agent.running_ids(),
+            std::slice::from_ref(&request.allocation_id)
+        );
+        assert!(request.follow);
+        assert_eq!(request.tail, 5);
+    }
+    // A node answering another node's request is not heard.
+    let stolen = agents[1].log_requests[0].clone();
+    answer_logs(&agents[0], &stolen, &["forged"], false).await;
+    let first = agents[0].log_requests[0].clone();
+    answer_logs(&agents[0], &first, &["one", "two"], false).await;
+    let second = agents[1].log_requests[0].clone();
+    answer_logs(&agents[1], &second, &["three"], true).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next())
+            .await
+            .expect("a line in time")
+            .expect("open")
+            .expect("line");
+        got.push((line.allocation_id, line.text));
+    }
+    got.sort();
+    let mut want = vec![
+        (first.allocation_id.clone(), "one".to_owned()),
+        (first.allocation_id.clone(), "two".to_owned()),
+        (second.allocation_id.clone(), "three".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    // The client goes: the request still open is cancelled at its agent, the ended one not.
+    drop(lines);
+    agents[0]
+        .until("the cancel", |a| a.log_cancels == [first.request_id])
+        .await;
+    assert!(agents[1].log_cancels.is_empty());
+}

@@ -13,14 +13,18 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker};
 use drover_proto::model::Resources;
 use futures_util::StreamExt;
 use tracing::{debug, info};
 
-use super::{ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, RuntimeError, labels};
+use super::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, LogEntry, LogOptions,
+    LogStream, RuntimeError, labels,
+};
 
 /// The newest Engine API version Drover needs: Docker 20.10's. `connect` negotiates down from
 /// it when the engine is older; a newer engine serves it too (bollard's own default, 1.53, is
@@ -549,6 +553,25 @@ impl ContainerRuntime for DockerRuntime {
             Err(err) => Err(self.error(UPDATE_OPERATION, id, err)),
         }
     }
+
+    fn logs(&self, id: &str, options: LogOptions) -> LogStream {
+        let mut builder = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(options.follow)
+            .since(i32::try_from(options.since_unix_s).unwrap_or(i32::MAX));
+        if let Some(tail) = options.tail {
+            builder = builder.tail(&tail.to_string());
+        }
+        let this = self.clone();
+        let target = id.to_owned();
+        let lines = self.docker.logs(id, Some(builder.build()));
+        Box::pin(lines.map(move |output| match output {
+            Ok(output) => Ok(log_entry(&output)),
+            Err(err) => Err(this.error("read the output of container", &target, err)),
+        }))
+    }
 }
 
 /// Lists read again when one failed to parse for a state bollard does not know.
@@ -860,6 +883,20 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
+/// One frame of the engine's output with timestamps: `<RFC 3339 time> <line>\n`.
+fn log_entry(output: &bollard::container::LogOutput) -> LogEntry {
+    let stderr = matches!(output, bollard::container::LogOutput::StdErr { .. });
+    let text = String::from_utf8_lossy(output.as_ref());
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let (timestamp, line) = text.split_once(' ').unwrap_or((text, ""));
+    LogEntry {
+        timestamp: timestamp.to_owned(),
+        stderr,
+        text: line.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
@@ -1125,6 +1162,39 @@ mod tests {
                 host_ip: Some("127.0.0.1".to_owned()),
                 host_port: Some("19090".to_owned()),
             }])
+        );
+    }
+
+    #[test]
+    fn output_frames_become_lines_with_their_timestamp() {
+        let frame = |message: &'static [u8], stderr: bool| {
+            if stderr {
+                bollard::container::LogOutput::StdErr {
+                    message: message.into(),
+                }
+            } else {
+                bollard::container::LogOutput::StdOut {
+                    message: message.into(),
+                }
+            }
+        };
+        assert_eq!(
+            log_entry(&frame(
+                b"2026-12-04T20:10:11.123456789Z hello world\n",
+                false
+            )),
+            LogEntry {
+                timestamp: "2026-12-04T20:10:11.123456789Z".into(),
+                stderr: false,
+                text: "hello world".into(),
+            }
+        );
+        let entry = log_entry(&frame(b"2026-12-04T20:10:12.5Z oops\r\n", true));
+        assert!(entry.stderr);
+        assert_eq!(entry.text, "oops");
+        assert_eq!(
+            log_entry(&frame(b"2026-12-04T20:10:13Z \n", false)).text,
+            ""
         );
     }
 }

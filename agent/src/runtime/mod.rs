@@ -163,6 +163,32 @@ pub enum RuntimeError {
     },
 }
 
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// When the engine took it: RFC 3339 with nanoseconds, UTC (so later lines sort after).
+    pub timestamp: String,
+    /// From standard error.
+    pub stderr: bool,
+    /// The line, without its newline.
+    pub text: String,
+}
+
+/// Which of a container's output to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Go on with new lines until the container stops.
+    pub follow: bool,
+    /// Only lines from this Unix time on, in seconds; 0: from the start.
+    pub since_unix_s: i64,
+    /// Only the last this many lines (before following); `None`: all.
+    pub tail: Option<u32>,
+}
+
+/// Lines of a container's output, as [`ContainerRuntime::logs`] reads them.
+pub type LogStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogEntry, RuntimeError>> + Send>>;
+
 /// A container engine. Every method acts on one container or image; the agent's reconcile
 /// loop decides what to call.
 #[async_trait::async_trait]
@@ -199,6 +225,17 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug + 'static {
     /// Lowering memory below what the container uses fails (cgroup v1) or has the kernel
     /// kill it (cgroup v2): the caller checks its usage first.
     async fn update_resources(&self, id: &str, limits: Resources) -> Result<(), RuntimeError>;
+    /// The container's output (standard output and error, interleaved as written). An
+    /// engine without one says so.
+    fn logs(&self, id: &str, options: LogOptions) -> LogStream {
+        let _ = options;
+        let error = RuntimeError::Unsupported {
+            operation: "read the output of container",
+            target: id.to_owned(),
+            reason: "this engine gives no container output".to_owned(),
+        };
+        Box::pin(futures_util::stream::once(async move { Err(error) }))
+    }
 }
 
 #[doc(hidden)]

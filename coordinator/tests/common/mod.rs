@@ -148,6 +148,9 @@ pub struct FakeAgent {
     pub routes: Vec<pb::ServiceRoute>,
     /// The last read tokens sent.
     pub read_tokens: Vec<pb::ReadToken>,
+    /// Log requests received, and their cancels.
+    pub log_requests: Vec<pb::LogRequest>,
+    pub log_cancels: Vec<u64>,
 }
 
 impl FakeAgent {
@@ -222,6 +225,8 @@ impl FakeAgent {
             desired_version: 0,
             routes: vec![],
             read_tokens: vec![],
+            log_requests: vec![],
+            log_cancels: vec![],
         })
     }
 
@@ -242,6 +247,10 @@ impl FakeAgent {
                 }
                 Some(pb::coordinator_message::Body::Routes(r)) => self.routes = r.services,
                 Some(pb::coordinator_message::Body::ReadTokens(t)) => self.read_tokens = t.tokens,
+                Some(pb::coordinator_message::Body::LogRequest(r)) => self.log_requests.push(r),
+                Some(pb::coordinator_message::Body::LogCancel(c)) => {
+                    self.log_cancels.push(c.request_id)
+                }
                 Some(
                     pb::coordinator_message::Body::GossipKeys(_)
                     | pb::coordinator_message::Body::CaBundle(_),
