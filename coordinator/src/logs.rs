@@ -89,6 +89,7 @@ impl LogRouter {
         if request.node != node {
             return false;
         }
+        let (id, lines) = (chunk.request_id, chunk.lines.len() as u64);
         if request.dropped > 0 {
             let alloc = chunk
                 .lines
@@ -108,7 +109,6 @@ impl LogRouter {
                 },
             );
         }
-        let (id, lines) = (chunk.request_id, chunk.lines.len() as u64);
         match request.tx.try_send(chunk) {
             Ok(()) => request.dropped = 0,
             Err(mpsc::error::TrySendError::Full(_)) => request.dropped += lines,
