@@ -644,3 +644,39 @@ mod tests {
         assert!(restarts_since(&after, &after).is_empty());
     }
 }
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+    use crate::proxy::{CountersSnapshot, RevisionOutcomes};
+
+    #[test]
+    fn the_proxys_totals_are_encoded_per_service_and_revision() {
+        let mut totals = ProxyTotals::default();
+        totals.services.insert(
+            "svc".into(),
+            CountersSnapshot {
+                accepted: 3,
+                ..CountersSnapshot::default()
+            },
+        );
+        totals.revisions.insert(
+            ("svc".into(), "web".into(), 2),
+            RevisionOutcomes {
+                connections: 3,
+                failed: 1,
+            },
+        );
+        let mut registry = Registry::with_prefix("drover_agent");
+        registry.register_collector(Box::new(ProxyCollector(totals)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "drover_agent_proxy_connections_accepted_total{service=\"svc\"} 3",
+            "drover_agent_proxy_revision_connections_total{service=\"svc\",workload=\"web\",revision=\"2\"} 3",
+            "drover_agent_proxy_revision_connections_failed_total{service=\"svc\",workload=\"web\",revision=\"2\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+    }
+}
