@@ -194,6 +194,14 @@ impl Coordinator {
     pub fn caller(&self, state: &ClusterState, credentials: &Credentials) -> Result<Caller, Error> {
         match self.authority() {
             None => Ok(Caller::insecure()),
+            // Each request's role is checked where it is decided.
+            Some(_) if credentials.http => security::authenticate_bearer(
+                state,
+                credentials.bearer.as_deref(),
+                Role::Read,
+                "the web UI",
+                now_unix_ms(),
+            ),
             Some(_) => security::authenticate(state, credentials, now_unix_ms()),
         }
     }

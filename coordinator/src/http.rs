@@ -1,6 +1,7 @@
 //! The coordinator's HTTP side (config `http_listen`, 7401 by default): `/healthz` and
 //! `/readyz` for anyone (systemd, load balancers), `/metrics` for Prometheus with a token
-//! of the read role or above (`Authorization: Bearer TOKEN`; none in insecure mode).
+//! of the read role or above (`Authorization: Bearer TOKEN`; none in insecure mode), and
+//! the web UI ([`crate::ui`]).
 //! Served over TLS with the API's certificate (`drover-coordinator`, chained to the
 //! cluster CA in the data dir's `ca.crt`) unless the coordinator runs insecure.
 
@@ -40,10 +41,11 @@ pub fn router(
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(Http {
-            coordinator,
+            coordinator: coordinator.clone(),
             secure,
         })
         .merge(drover_daemon::http::health_routes(readiness))
+        .merge(crate::ui::router(coordinator))
 }
 
 async fn metrics(State(http): State<Http>, headers: HeaderMap) -> Response {

@@ -31,6 +31,7 @@ pub mod security;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod ui;
 pub mod usage;
 pub mod views;
 

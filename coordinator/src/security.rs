@@ -73,6 +73,9 @@ pub struct Credentials {
     pub peer: Option<PeerCert>,
     /// The bearer token, if one was sent.
     pub bearer: Option<String>,
+    /// Came over the HTTP side (the web UI), where the token alone proves the caller: a
+    /// browser has no client certificate to bind it to.
+    pub http: bool,
 }
 
 impl Credentials {
@@ -88,7 +91,20 @@ impl Credentials {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
-        Credentials { peer, bearer }
+        Credentials {
+            peer,
+            bearer,
+            http: false,
+        }
+    }
+
+    /// The credentials of an HTTP request: its bearer token alone.
+    pub fn http(bearer: Option<String>) -> Credentials {
+        Credentials {
+            peer: None,
+            bearer,
+            http: true,
+        }
     }
 }
 
