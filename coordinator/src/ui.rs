@@ -7,8 +7,12 @@
 //!   workloads with counts and revision weights, services;
 //! - `GET /api/v1/events` (read): the event log from now on as server-sent events
 //!   (`text/event-stream`), which the page follows to redraw without a reload;
-//! - `POST /api/v1/workloads/{name}/scale` `{"replicas": N}` (operator): through the same
-//!   door as `drover scale`, and recorded with the token's name.
+//! - `GET /api/v1/allocations/{id}` (read): one replica's record and status, and its
+//!   recent output (the last 50 lines, read by its agent);
+//! - `POST /api/v1/workloads/{name}/scale` `{"replicas": N}`, `POST
+//!   /api/v1/workloads/{name}/weights` `{"weights": {"1": 90, "2": 10}}` and `POST
+//!   /api/v1/nodes/{node}/{cordon|uncordon|drain}` (operator): through the same door as
+//!   the `drover` commands, and recorded with the token's name.
 //!
 //! Over HTTP the token alone proves the caller, as on `/metrics`: a browser has no client
 //! certificate to bind it to.
@@ -56,7 +60,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         )
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/allocations/{id}", get(allocation))
         .route("/api/v1/workloads/{name}/scale", post(scale))
+        .route("/api/v1/workloads/{name}/weights", post(weights))
+        .route("/api/v1/nodes/{node}/{action}", post(node_action))
         .with_state(coordinator)
 }
 
@@ -148,7 +155,21 @@ pub fn overview_of(state: &ClusterState) -> Value {
         .keys()
         .filter_map(|name| crate::views::service_summary(state, name))
         .map(|s| {
+            let rollout = crate::views::rollout_status(state, &s.name, crate::coordinator::now_unix_ms())
+                .filter(|r| r.phase == drover_proto::pb::RolloutPhase::Progressing as i32)
+                .map(|r| json!({
+                    "revision": r.revision,
+                    "from_revision": r.from_revision,
+                    "updated": r.updated,
+                    "ready": r.ready,
+                    "desired": r.desired,
+                    "step": r.step,
+                    "steps": r.steps,
+                    "paused": r.paused,
+                    "message": r.message,
+                }));
             json!({
+                "rollout": rollout,
                 "name": s.name,
                 "image": s.image,
                 "revision": s.revision,
@@ -271,16 +292,27 @@ async fn scale(
         }
     };
     let command = Command::Scale {
-        name: name.clone(),
+        name,
         replicas: body.replicas,
     };
+    act(&coordinator, &headers, command).await
+}
+
+/// A weights request's body: weight per revision.
+#[derive(Debug, Deserialize)]
+struct WeightsBody {
+    weights: std::collections::BTreeMap<u64, u32>,
+}
+
+/// Runs `command` for the request's token and answers the overview after it.
+async fn act(coordinator: &Coordinator, headers: &HeaderMap, command: Command) -> Response {
     let done = coordinator
         .execute(
-            &credentials(&headers),
+            &credentials(headers),
             command,
             |state, outcome| match outcome {
-                Outcome::Service(_) => Ok(overview_of(state)),
-                other => Err(Error::Internal(format!("scale answered {other:?}"))),
+                Outcome::Service(_) | Outcome::Node(_) => Ok(overview_of(state)),
+                other => Err(Error::Internal(format!("the action answered {other:?}"))),
             },
         )
         .await;
@@ -288,4 +320,136 @@ async fn scale(
         Ok(view) => Json(view).into_response(),
         Err(e) => refusal(&e),
     }
+}
+
+async fn weights(
+    State(coordinator): State<Arc<Coordinator>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<WeightsBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(body)) => {
+            let command = Command::SetWeights {
+                name,
+                weights: body.weights,
+            };
+            act(&coordinator, &headers, command).await
+        }
+        Err(e) => refusal(&Error::InvalidArgument(format!(
+            "weights of {name}: the body must be {{\"weights\": {{\"REVISION\": WEIGHT}}}}: {e}"
+        ))),
+    }
+}
+
+async fn node_action(
+    State(coordinator): State<Arc<Coordinator>>,
+    Path((node, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::operations::NodeAction;
+    let action = match action.as_str() {
+        "cordon" => NodeAction::Cordon,
+        "uncordon" => NodeAction::Uncordon,
+        "drain" => NodeAction::Drain,
+        other => {
+            return refusal(&Error::InvalidArgument(format!(
+                "node {node}: no action {other:?} (cordon, uncordon or drain)"
+            )));
+        }
+    };
+    act(&coordinator, &headers, Command::Node { node, action }).await
+}
+
+/// Lines of recent output an allocation's page shows.
+const RECENT_LINES: u32 = 50;
+/// How long the page waits for an agent's lines.
+const LOG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn allocation(
+    State(coordinator): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let credentials = credentials(&headers);
+    let found = coordinator
+        .read(&credentials, |state, _| {
+            let allocation = state
+                .stored
+                .allocations
+                .get(&id)
+                .ok_or_else(|| Error::NotFound {
+                    kind: "allocation",
+                    name: id.clone(),
+                })?;
+            let status = state.status.get(&id).cloned().unwrap_or_default();
+            Ok(json!({
+                "id": allocation.id,
+                "workload": allocation.service,
+                "revision": allocation.revision,
+                "node": allocation.node,
+                "desired": format!("{:?}", allocation.desired).to_lowercase(),
+                "state": status.state.as_str(),
+                "message": status.message,
+                "container_id": status.container_id,
+                "restarts": status.restarts,
+                "cpu_millis": allocation.resources.cpu_millis,
+                "memory_bytes": allocation.resources.memory_bytes,
+            }))
+        })
+        .await;
+    let mut view = match found {
+        Ok(view) => view,
+        Err(e) => return refusal(&e),
+    };
+    let request = drover_proto::pb::LogsRequest {
+        name: id,
+        follow: false,
+        since_seconds: 0,
+        tail: RECENT_LINES,
+    };
+    view["log"] = match recent_output(&coordinator, &credentials, &request).await {
+        Ok(lines) => json!(lines),
+        Err(why) => json!([format!("[drover: cannot read the output: {why}]")]),
+    };
+    Json(view).into_response()
+}
+
+/// The output `request` asks for (not following), as lines of text.
+async fn recent_output(
+    coordinator: &Coordinator,
+    credentials: &Credentials,
+    request: &drover_proto::pb::LogsRequest,
+) -> Result<Vec<String>, String> {
+    let opened = coordinator
+        .open_logs(credentials, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    for replica in opened {
+        let (id, mut chunks) = replica.outcome?;
+        let deadline = tokio::time::Instant::now() + LOG_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, chunks.recv()).await {
+                Ok(Some(chunk)) => {
+                    lines.extend(chunk.lines.into_iter().map(|l| l.text));
+                    if !chunk.error.is_empty() {
+                        coordinator.logs.close(id);
+                        return Err(chunk.error);
+                    }
+                    if chunk.end {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    coordinator.cancel_logs(id).await;
+                    lines.push("[drover: the agent sent no more within 5 s]".to_owned());
+                    break;
+                }
+            }
+        }
+        coordinator.logs.close(id);
+    }
+    Ok(lines)
 }

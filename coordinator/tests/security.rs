@@ -281,15 +281,13 @@ async fn agents_get_the_digests_of_every_token_and_follow_their_changes() {
     let server = start().await;
     let mut admin = control(&server).await;
     let mut agent = FakeAgent::connect(&server, "n1", &[]).await;
-    // The bootstrap admin token, not the agent join token.
+    // The bootstrap admin and agent tokens, each with its role.
     agent
-        .until("the first read tokens", |a| !a.read_tokens.is_empty())
+        .until("the first tokens", |a| !a.read_tokens.is_empty())
         .await;
-    assert!(
-        agent.read_tokens.iter().all(|t| t.role != "agent"),
-        "{:?}",
-        agent.read_tokens
-    );
+    let roles: std::collections::BTreeSet<&str> =
+        agent.read_tokens.iter().map(|t| t.role.as_str()).collect();
+    assert_eq!(roles, ["admin", "agent"].into(), "{:?}", agent.read_tokens);
     let made = admin
         .create_token(pb::CreateTokenRequest {
             name: "prometheus".into(),

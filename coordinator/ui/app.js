@@ -19,10 +19,16 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function showError(text) {
+// What went wrong, by source: reading the cluster ("read", cleared by the next good read)
+// and the last action ("action", cleared by the next good action), shown together.
+const errors = { read: "", action: "" };
+
+function showError(text, source = "action") {
+  errors[source] = text;
+  const shown = [errors.action, errors.read].filter(Boolean).join(" — ");
   const box = $("error");
-  box.textContent = text;
-  box.hidden = !text;
+  box.textContent = shown;
+  box.hidden = !shown;
 }
 
 async function api(path, options = {}) {
@@ -81,8 +87,16 @@ function render() {
   $("nodes").replaceChildren(...page("nodes", view.nodes).map((node) => {
     const flags = [node.health, node.cordoned ? "cordoned" : "", node.draining ? "draining" : ""]
       .filter(Boolean).join(", ");
-    const chips = node.replicas.map((r) =>
-      el("span", { class: "chip " + r.state, title: `${r.workload} revision ${r.revision}: ${r.state}` }, r.id));
+    const chips = node.replicas.map((r) => {
+      const chip = el("button", { type: "button", class: "chip " + r.state, "data-replica": r.id, title: `${r.workload} revision ${r.revision}: ${r.state}` }, r.id);
+      chip.addEventListener("click", () => showReplica(r.id));
+      return chip;
+    });
+    const actions = (node.cordoned ? ["uncordon"] : ["cordon"]).concat(node.draining ? [] : ["drain"]).map((action) => {
+      const button = el("button", { type: "button", "data-node-action": `${node.id}/${action}` }, action);
+      button.addEventListener("click", () => nodeAction(node.id, action));
+      return button;
+    });
     return el("div", { class: "node " + node.health, "data-node": node.id },
       el("h3", {}, node.id, " ", el("small", {}, node.address)),
       el("div", {}, flags),
@@ -90,20 +104,34 @@ function render() {
       bar(node.allocated.cpu_millis, node.capacity.cpu_millis),
       el("div", {}, `memory ${bytes(node.allocated.memory_bytes)} of ${bytes(node.capacity.memory_bytes)}`),
       bar(node.allocated.memory_bytes, node.capacity.memory_bytes),
-      el("div", { class: "chips" }, ...chips));
+      el("div", { class: "chips" }, ...chips),
+      el("div", { class: "actions" }, ...actions));
   }));
 
   $("workloads").replaceChildren(...page("workloads", view.workloads).map((w) => {
     const input = el("input", { class: "replicas", type: "number", min: "0", value: w.desired, "aria-label": `replicas of ${w.name}` });
     const button = el("button", { type: "button", "data-scale": w.name }, "Scale");
     button.addEventListener("click", () => scale(w.name, Number(input.value)));
-    const weights = w.weights.map((x) => `${x.revision}: ${x.weight}`).join(", ");
+    const weights = w.weights.map((x) => `${x.revision}=${x.weight}`).join(" ");
+    const weightsCell = el("td", {}, weights || "—");
+    if (w.weights.length > 1) {
+      const field = el("input", { class: "weights", value: weights, "aria-label": `weights of ${w.name}` });
+      const set = el("button", { type: "button", "data-weights": w.name }, "Set");
+      set.addEventListener("click", () => setWeights(w.name, field.value));
+      weightsCell.replaceChildren(field, " ", set);
+    }
+    const rollout = w.rollout
+      ? `${w.rollout.from_revision} → ${w.rollout.revision}: ${w.rollout.updated} updated, ${w.rollout.ready} ready of ${w.rollout.desired}` +
+        (w.rollout.steps ? `, step ${w.rollout.step}/${w.rollout.steps}` : "") + (w.rollout.paused ? " (paused)" : "") +
+        (w.rollout.message ? ` — ${w.rollout.message}` : "")
+      : "—";
     return el("tr", { "data-workload": w.name },
       el("td", {}, w.name),
       el("td", {}, w.image),
       el("td", {}, w.revision),
       el("td", { class: "ready" }, `${w.healthy} / ${w.desired}`),
-      el("td", {}, weights || "—"),
+      el("td", { class: "rollout" }, rollout),
+      weightsCell,
       el("td", {}, w.services.join(", ")),
       el("td", {}, input, " ", button));
   }));
@@ -119,10 +147,10 @@ function render() {
 async function refresh() {
   try {
     state.overview = await (await api("/api/v1/overview")).json();
-    showError("");
+    showError("", "read");
     render();
   } catch (e) {
-    showError("Reading the cluster failed: " + e.message);
+    showError("Reading the cluster failed: " + e.message, "read");
   }
 }
 
@@ -141,23 +169,61 @@ function confirmed(text) {
   });
 }
 
-async function scale(name, replicas) {
-  if (!Number.isInteger(replicas) || replicas < 0) {
-    showError(`Scale ${name}: the replica count must be a whole number, 0 or more`);
-    return;
-  }
-  if (!(await confirmed(`Scale ${name} to ${replicas} replicas?`))) return;
+// Confirms `question`, then posts `body` to `path`; shows the overview it answers, or why not.
+async function act(question, what, path, body) {
+  if (!(await confirmed(question))) return;
   try {
-    const answer = await api(`/api/v1/workloads/${encodeURIComponent(name)}/scale`, {
+    const answer = await api(path, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ replicas }),
+      body: JSON.stringify(body || {}),
     });
     state.overview = await answer.json();
     showError("");
     render();
   } catch (e) {
-    showError(`Scale ${name} refused: ${e.message}`);
+    showError(`${what} refused: ${e.message}`);
+  }
+}
+
+async function scale(name, replicas) {
+  if (!Number.isInteger(replicas) || replicas < 0) {
+    showError(`Scale ${name}: the replica count must be a whole number, 0 or more`);
+    return;
+  }
+  await act(`Scale ${name} to ${replicas} replicas?`, `Scale ${name}`,
+    `/api/v1/workloads/${encodeURIComponent(name)}/scale`, { replicas });
+}
+
+async function setWeights(name, text) {
+  const weights = {};
+  for (const pair of text.trim().split(/\s+/)) {
+    const [revision, weight] = pair.split("=");
+    if (!/^\d+$/.test(revision || "") || !/^\d+$/.test(weight || "")) {
+      showError(`Weights of ${name}: write REVISION=WEIGHT pairs, e.g. 1=90 2=10 (not ${JSON.stringify(pair)})`);
+      return;
+    }
+    weights[revision] = Number(weight);
+  }
+  await act(`Set the weights of ${name} to ${text.trim()}?`, `Weights of ${name}`,
+    `/api/v1/workloads/${encodeURIComponent(name)}/weights`, { weights });
+}
+
+async function nodeAction(node, action) {
+  await act(`${action[0].toUpperCase() + action.slice(1)} node ${node}?`, `${action} ${node}`,
+    `/api/v1/nodes/${encodeURIComponent(node)}/${action}`);
+}
+
+async function showReplica(id) {
+  try {
+    const replica = await (await api(`/api/v1/allocations/${encodeURIComponent(id)}`)).json();
+    $("detail-id").textContent = replica.id;
+    const fields = ["workload", "revision", "node", "state", "desired", "restarts", "container_id", "message"];
+    $("detail-fields").replaceChildren(...fields.flatMap((f) => [el("dt", {}, f), el("dd", {}, String(replica[f] ?? ""))]));
+    $("detail-log").textContent = replica.log.join("\n");
+    $("detail").hidden = false;
+  } catch (e) {
+    showError(`Reading replica ${id} failed: ${e.message}`);
   }
 }
 
@@ -192,7 +258,7 @@ async function follow() {
         }
       }
     } catch (e) {
-      showError("Following the cluster's events failed: " + e.message);
+      showError("Following the cluster's events failed: " + e.message, "read");
     }
     state.following = false;
     $("live").textContent = "reconnecting";
@@ -215,6 +281,7 @@ function start() {
     $("token").value = "";
     refresh();
   });
+  $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
   refresh();
   follow();
 }

@@ -3,7 +3,8 @@
 //! cluster. The overview lists the nodes and services; after `drover scale`, the page shows
 //! the new count without a reload (it follows the event stream); a scale from the page is
 //! refused with a read token, with the refusal shown, and works with an operator token,
-//! each after its confirmation. Screenshots are kept under target/ui-screenshots/.
+//! each after its confirmation; a replica's detail shows its recent output; a node is
+//! cordoned from the page. Screenshots are kept under target/ui-screenshots/.
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -273,6 +274,44 @@ fn the_ui_shows_the_cluster_live_and_scales_with_an_operator_token_only() {
         json!(true)
     );
     browser.screenshot("scaled");
+
+    // One replica's detail, with its recent output as its agent reads it.
+    for _ in 0..6 {
+        let _ = drover_tests::try_http_get("127.0.0.214:80");
+    }
+    browser.eval("document.querySelector('[data-replica].healthy').click(); true");
+    browser.wait_until(
+        "a replica's detail with its output",
+        "!document.getElementById('detail').hidden && \
+         document.getElementById('detail-log').textContent.includes('response:200')",
+    );
+    browser.screenshot("replica");
+
+    // Cordon a node from the page, confirmed.
+    browser.eval(&format!(
+        "document.querySelector('[data-node-action=\"{}/cordon\"]').click(); true",
+        nodes[1]
+    ));
+    browser.wait_until(
+        "the confirmation",
+        "document.getElementById('confirm').open",
+    );
+    browser.eval("document.getElementById('confirm-ok').click(); true");
+    wait_for("the node cordoned", Duration::from_secs(30), || {
+        coordinator
+            .try_cli_json(&["nodes"])
+            .and_then(|n| n.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|n| n["id"] == nodes[1].as_str() && n["cordoned"] == true)
+    });
+    browser.wait_until(
+        "the node shown cordoned",
+        &format!(
+            "document.querySelector('[data-node=\"{}\"]').textContent.includes('cordoned')",
+            nodes[1]
+        ),
+    );
     let events = coordinator.cli(&["events"]);
     let events = success(&events, "drover events");
     assert!(
