@@ -170,6 +170,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ip = http.ip(),
         token = admin_token.display(),
     );
+    say!(
+        "  https://{ip}:{port}/ui/   # the web UI: give it the token in {token} (the certificate is coordinator.drover's, from {ca})",
+        ip = args.coordinator_http.ip(),
+        port = args.coordinator_http.port(),
+        token = admin_token.display(),
+        ca = data_dir.join("ca.crt").display(),
+    );
     say!("Ctrl-C stops Drover; the containers keep running and are adopted on the next start.");
 
     let coordinator = coordinator.await.context("coordinator task")?;
