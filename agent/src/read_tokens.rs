@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use drover_proto::pb;
-use drover_security::{Role, Token};
+use drover_security::{Role, StoredMismatch, Token};
 use prost::Message as _;
 use tracing::warn;
 
@@ -78,17 +78,15 @@ impl ReadTokens {
             Refused::Unauthenticated(why)
         };
         let record = self.by_id.get(&token.id).ok_or_else(unknown)?;
-        let hash = data_encoding::HEXLOWER
-            .decode(record.secret_sha256.as_bytes())
-            .map_err(|_| unknown())?;
-        if !token.matches(&hash) {
-            return Err(unknown());
-        }
-        if record.expires_unix_ms != 0 && record.expires_unix_ms <= now_unix_ms {
-            return Err(Refused::Unauthenticated(format!(
-                "token {:?} ({}) has expired",
-                record.name, record.id
-            )));
+        match token.check_stored(&record.secret_sha256, record.expires_unix_ms, now_unix_ms) {
+            Ok(()) => {}
+            Err(StoredMismatch::Unknown) => return Err(unknown()),
+            Err(StoredMismatch::Expired) => {
+                return Err(Refused::Unauthenticated(format!(
+                    "token {:?} ({}) has expired",
+                    record.name, record.id
+                )));
+            }
         }
         let role: Role = record
             .role

@@ -122,19 +122,14 @@ fn token_record<'a>(
     else {
         return Err(unknown());
     };
-    let hash = data_encoding::HEXLOWER
-        .decode(record.secret_sha256.as_bytes())
-        .map_err(|_| unknown())?;
-    if !token.matches(&hash) {
-        return Err(unknown());
-    }
-    if record.expires_unix_ms != 0 && record.expires_unix_ms <= now_unix_ms {
-        return Err(Error::Unauthenticated(format!(
+    match token.check_stored(&record.secret_sha256, record.expires_unix_ms, now_unix_ms) {
+        Ok(()) => Ok(record),
+        Err(drover_security::StoredMismatch::Unknown) => Err(unknown()),
+        Err(drover_security::StoredMismatch::Expired) => Err(Error::Unauthenticated(format!(
             "token {:?} ({}) has expired",
             record.name, record.id
-        )));
+        ))),
     }
-    Ok(record)
 }
 
 fn parse_token(text: &str) -> Result<Token, Error> {

@@ -18,7 +18,7 @@ pub mod transport;
 
 pub use ca::{CaDigest, ClusterCa, IssuedCert};
 pub use identity::{KeyAndCsr, Peer, PeerCert};
-pub use token::{Role, Token};
+pub use token::{Role, StoredMismatch, Token};
 pub use transport::{ClientIdentity, ClientTls, Trust};
 
 /// The DNS name every coordinator certificate carries and every client verifies, whatever

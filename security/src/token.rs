@@ -109,6 +109,26 @@ impl Token {
         self.secret_hash().ct_eq(stored_hash).into()
     }
 
+    /// Checks the token against what is stored of it: the SHA-256 of its secret, hex, and
+    /// its expiry (ms since the Unix epoch; 0: never) at `now_unix_ms`.
+    pub fn check_stored(
+        &self,
+        secret_sha256_hex: &str,
+        expires_unix_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoredMismatch> {
+        let hash = data_encoding::HEXLOWER
+            .decode(secret_sha256_hex.as_bytes())
+            .map_err(|_| StoredMismatch::Unknown)?;
+        if !self.matches(&hash) {
+            return Err(StoredMismatch::Unknown);
+        }
+        if expires_unix_ms != 0 && expires_unix_ms <= now_unix_ms {
+            return Err(StoredMismatch::Expired);
+        }
+        Ok(())
+    }
+
     /// The same token pinning the CA with `digest` (after a CA rotation: its id and secret
     /// stay, only what it pins changes).
     pub fn with_digest(&self, digest: CaDigest) -> Token {
@@ -122,6 +142,15 @@ impl Token {
     pub fn reveal(&self) -> String {
         format!("{PREFIX}-{}-{}.{}", self.digest, self.id, self.secret)
     }
+}
+
+/// Why a token does not pass [`Token::check_stored`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredMismatch {
+    /// Its secret is not the stored one (or the record is unreadable): as if unknown.
+    Unknown,
+    /// Past its expiry.
+    Expired,
 }
 
 impl fmt::Debug for Token {

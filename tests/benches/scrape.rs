@@ -13,27 +13,18 @@
 use std::process::Command;
 use std::time::Duration;
 
-use drover_tests::{DroverProcess, build_images, success, unique_node, wait_for};
+use drover_tests::{DroverProcess, build_images, success, wait_for};
 
 const SERVICES: u16 = 50;
 const DEFAULT_ROUNDS: usize = 200;
 const FIRST_NODE_PORT: u16 = 31000;
 
 fn main() {
-    let rounds = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(DEFAULT_ROUNDS);
+    let rounds = drover_tests::bench_arg(DEFAULT_ROUNDS);
     drover_tests::require_binaries("scrape");
     build_images();
     let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    let agent_dir = dir.path().join("agent");
-    for d in [&coordinator_dir, &agent_dir] {
-        std::fs::create_dir_all(d).expect("create data dir");
-    }
-    let coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let agent = DroverProcess::agent(&agent_dir, &unique_node("scrape"), &coordinator);
+    let (coordinator, agent) = drover_tests::single_node_cluster(dir.path(), "scrape");
     let manifest = dir.path().join("scrape.yaml");
     std::fs::write(&manifest, manifest_text()).expect("write manifest");
     coordinator.apply(&manifest);

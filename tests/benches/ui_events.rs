@@ -14,36 +14,18 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use drover_tests::{DroverProcess, build_images, success, unique_node, wait_for};
+use drover_tests::{DroverProcess, build_images, success, wait_for};
 
 const DEFAULT_STREAMS: usize = 50;
 const ROUNDS: usize = 10;
 
 fn main() {
-    let streams = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(DEFAULT_STREAMS);
+    let streams = drover_tests::bench_arg(DEFAULT_STREAMS);
     drover_tests::require_binaries("ui_events");
     build_images();
     let dir = tempfile::tempdir().expect("tempdir");
-    let coordinator_dir = dir.path().join("coordinator");
-    let agent_dir = dir.path().join("agent");
-    for d in [&coordinator_dir, &agent_dir] {
-        std::fs::create_dir_all(d).expect("create data dir");
-    }
-    let coordinator = DroverProcess::coordinator(&coordinator_dir);
-    let agent = DroverProcess::agent(&agent_dir, &unique_node("uibench"), &coordinator);
-    let manifest = dir.path().join("web.yaml");
-    std::fs::write(
-        &manifest,
-        drover_tests::web_manifest("user-service:latest", 2, ""),
-    )
-    .expect("write manifest");
-    coordinator.apply(&manifest);
-    wait_for("two healthy replicas", Duration::from_secs(60), || {
-        drover_tests::healthy_nodes(&coordinator, "web").len() == 2
-    });
+    let (coordinator, agent) = drover_tests::single_node_cluster(dir.path(), "uibench");
+    drover_tests::apply_web(&coordinator, dir.path(), 2, "");
     let token = std::fs::read_to_string(coordinator.admin_token_file()).expect("admin token");
     let token = token.trim().to_string();
     let pid = coordinator.pid().expect("coordinator pid");

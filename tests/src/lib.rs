@@ -775,6 +775,44 @@ pub fn web_manifest(image: &str, replicas: u32, extra: &str) -> String {
     )
 }
 
+/// Applies [`web_manifest`] (`user-service:latest`, `replicas`, `extra`) through
+/// `coordinator`, writing it in `dir`, and waits until `replicas` replicas are healthy.
+pub fn apply_web(coordinator: &DroverProcess, dir: &Path, replicas: u32, extra: &str) {
+    let manifest = dir.join("web.yaml");
+    std::fs::write(
+        &manifest,
+        web_manifest("user-service:latest", replicas, extra),
+    )
+    .expect("write the web manifest");
+    coordinator.apply(&manifest);
+    wait_for(
+        &format!("{replicas} healthy replicas of web"),
+        Duration::from_secs(90),
+        || healthy_nodes(coordinator, "web").len() == replicas as usize,
+    );
+}
+
+/// A coordinator and one agent (on 127.0.0.1, node `unique_node(prefix)`) with their data
+/// dirs in `dir`, for benchmarks.
+pub fn single_node_cluster(dir: &Path, prefix: &str) -> (DroverProcess, DroverProcess) {
+    let coordinator_dir = dir.join("coordinator");
+    let agent_dir = dir.join("agent");
+    for d in [&coordinator_dir, &agent_dir] {
+        std::fs::create_dir_all(d).expect("create data dir");
+    }
+    let coordinator = DroverProcess::coordinator(&coordinator_dir);
+    let agent = DroverProcess::agent(&agent_dir, &unique_node(prefix), &coordinator);
+    (coordinator, agent)
+}
+
+/// The first argument a benchmark was given that parses as `T`, else `default`.
+pub fn bench_arg<T: std::str::FromStr>(default: T) -> T {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Answers over `connections` connections through `proxy`: (from `user-service`, from
 /// `order-service`) — the stable and canary revisions of [`web_manifest`] tests.
 pub fn revision_split(proxy: &str, connections: usize) -> (usize, usize) {

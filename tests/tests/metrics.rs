@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use drover_tests::{DroverProcess, build_images, healthy_nodes, success, unique_node, wait_for};
+use drover_tests::{DroverProcess, build_images, success, unique_node, wait_for};
 
 /// `curl` of `path` on the coordinator's HTTP port, verifying its certificate against the
 /// cluster CA: (HTTP status, body).
@@ -90,16 +90,7 @@ fn the_coordinator_serves_health_and_metrics_that_prometheus_accepts() {
         &unique_node("metrics"),
         &coordinator,
     );
-    let manifest = dir.path().join("web.yaml");
-    std::fs::write(
-        &manifest,
-        drover_tests::web_manifest("user-service:latest", 2, ""),
-    )
-    .expect("write manifest");
-    coordinator.apply(&manifest);
-    wait_for("two healthy replicas", Duration::from_secs(60), || {
-        healthy_nodes(&coordinator, "web").len() == 2
-    });
+    drover_tests::apply_web(&coordinator, dir.path(), 2, "");
 
     assert_eq!(
         get(&coordinator, "/healthz", None),
@@ -289,17 +280,8 @@ fn agents_count_every_connection_and_prometheus_scrapes_the_cluster() {
             DroverProcess::agent_on(&agent_dir, ip, &unique_node("agentmetrics"), &coordinator)
         })
         .collect();
-    let manifest = dir.path().join("web.yaml");
     let health = "  health: {http: {path: /, port: 8080}, interval: 1s}\n";
-    std::fs::write(
-        &manifest,
-        drover_tests::web_manifest("user-service:latest", 3, health),
-    )
-    .expect("write manifest");
-    coordinator.apply(&manifest);
-    wait_for("three healthy replicas", Duration::from_secs(90), || {
-        healthy_nodes(&coordinator, "web").len() == 3
-    });
+    drover_tests::apply_web(&coordinator, dir.path(), 3, health);
     let token = std::fs::read_to_string(coordinator.admin_token_file()).expect("admin token");
     let token = token.trim().to_string();
     let (agent, ip) = (&agents[0], ips[0]);

@@ -170,16 +170,7 @@ fn the_ui_shows_the_cluster_live_and_scales_with_an_operator_token_only() {
             DroverProcess::agent_on(&agent_dir, ip, node, &coordinator)
         })
         .collect();
-    let manifest = dir.path().join("web.yaml");
-    std::fs::write(
-        &manifest,
-        drover_tests::web_manifest("user-service:latest", 2, ""),
-    )
-    .expect("write manifest");
-    coordinator.apply(&manifest);
-    wait_for("two healthy replicas", Duration::from_secs(60), || {
-        drover_tests::healthy_nodes(&coordinator, "web").len() == 2
-    });
+    drover_tests::apply_web(&coordinator, dir.path(), 2, "");
     let token = |name: &str, role: &str| {
         let out = coordinator.cli(&["token", "create", name, "--role", role]);
         success(&out, "drover token create").trim().to_string()
