@@ -282,15 +282,8 @@ impl Link {
         cancel: CancellationToken,
     ) {
         let Some(source) = self.logs.clone() else {
-            let refused = pb::AgentMessage {
-                body: Some(pb::agent_message::Body::Logs(pb::LogChunk {
-                    request_id: request.request_id,
-                    lines: Vec::new(),
-                    end: true,
-                    error: format!("node {} reads no container output", self.node.id),
-                })),
-            };
-            let _ = tx.try_send(refused);
+            let why = format!("node {} reads no container output", self.node.id);
+            let _ = tx.try_send(crate::logs::end_chunk(request.request_id, why));
             return;
         };
         tokio::spawn(async move {

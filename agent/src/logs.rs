@@ -49,18 +49,23 @@ pub async fn follow(
     out: mpsc::Sender<pb::AgentMessage>,
     cancel: CancellationToken,
 ) {
-    let id = request.request_id;
     let error = tokio::select! {
         () = cancel.cancelled() => return,
         error = send_lines(source, &request, &out) => error,
     };
-    let end = pb::LogChunk {
+    let _ = out
+        .send(end_chunk(request.request_id, error.unwrap_or_default()))
+        .await;
+}
+
+/// The last chunk of request `id`: `error` says why it failed, if it did.
+pub fn end_chunk(id: u64, error: String) -> pb::AgentMessage {
+    chunk(pb::LogChunk {
         request_id: id,
         lines: Vec::new(),
         end: true,
-        error: error.unwrap_or_default(),
-    };
-    let _ = out.send(chunk(end)).await;
+        error,
+    })
 }
 
 fn chunk(chunk: pb::LogChunk) -> pb::AgentMessage {

@@ -191,6 +191,8 @@ impl AgentLink for AgentLinkService {
                 }
             };
             coordinator.agent_disconnected(&node, serial, &cause).await;
+            // The agent stopped its followers with the session: their clients are told.
+            coordinator.logs.node_gone(&node, &cause);
         });
 
         Ok(Response::new(Box::pin(

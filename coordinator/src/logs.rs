@@ -120,6 +120,28 @@ impl LogRouter {
         true
     }
 
+    /// Ends every request open on `node`, whose session ended for `cause` (its agent
+    /// stops their followers with it): each client gets a last chunk that says so, instead
+    /// of waiting for lines that never come.
+    pub fn node_gone(&self, node: &str, cause: &str) {
+        let mut open = self.lock();
+        let ids: Vec<u64> = open
+            .iter()
+            .filter(|(_, request)| request.node == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(request) = open.remove(&id) {
+                let _ = request.tx.try_send(pb::LogChunk {
+                    request_id: id,
+                    lines: Vec::new(),
+                    end: true,
+                    error: format!("node {node} disconnected ({cause})"),
+                });
+            }
+        }
+    }
+
     /// Forgets request `id`; the node it went to, if it was open.
     pub fn close(&self, id: u64) -> Option<String> {
         self.lock().remove(&id).map(|open| open.node)
@@ -167,6 +189,22 @@ mod tests {
         );
         assert_eq!(router.close(id).as_deref(), Some("n1"));
         assert!(!router.deliver("n1", chunk(id, 1)), "closed");
+    }
+
+    #[test]
+    fn requests_on_a_node_whose_session_ended_end_saying_why() {
+        let router = LogRouter::default();
+        let (gone, mut gone_rx) = router.open("n1");
+        let (other, mut other_rx) = router.open("n2");
+        router.node_gone("n1", "stream closed by agent");
+        let last = gone_rx.try_recv().expect("a last chunk");
+        assert!(
+            last.end && last.error.contains("node n1 disconnected"),
+            "{last:?}"
+        );
+        assert_eq!(router.close(gone), None, "no longer open");
+        assert!(other_rx.try_recv().is_err());
+        assert_eq!(router.close(other).as_deref(), Some("n2"));
     }
 
     #[test]
